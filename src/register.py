@@ -1,0 +1,9 @@
+"""Stage register: the checkpoint becomes a version of rs-detector in MLflow; the champion alias moves only if it is better."""
+import sys
+
+from rsdetect.cli import run_stage
+from rsdetect.registry import register_from_outputs
+
+
+if __name__ == "__main__":
+    run_stage(lambda: register_from_outputs("params.yaml", *sys.argv[1:5]))

@@ -1,0 +1,2 @@
+"""rsdetect: detect rolling-shutter distortion in camera frames."""
+__version__ = "0.1.0"

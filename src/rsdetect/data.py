@@ -1,0 +1,268 @@
+"""Synthesis of rolling-shutter / global-shutter twin pairs from COCO-format photos, and the split by photo.
+
+Each usable photo gives one pair: the RS image and its control twin go through the same cut,
+inpaint, paste, crop, resize and JPEG steps; only the row dependence of the displacement differs.
+Each sample's randomness derives from (seed, image id, annotation id): byte-identical reruns.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from tqdm import tqdm
+
+from rsdetect.config import KINDS, RsdetectError, SynthParams
+from rsdetect.io import atomic_write_bytes, atomic_write_text, write_json
+from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
+                              shear_extent, warp_rows)
+
+MANIFEST_FIELDS = ["path", "label", "split", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
+                   "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
+MAX_TRIES = 12
+
+
+class SkipImage(Exception):
+    """A photo that cannot give a sample; the message is the reason counted in the report."""
+
+
+@dataclass(frozen=True)
+class Task:
+    image_id: int
+    file: str
+    split: str
+    anns: list
+
+
+def load_instances(path: str | Path) -> dict:
+    """Read a COCO instances JSON, with a one-line error naming the file if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RsdetectError(f"{path}: cannot read COCO instances ({exc})") from None
+    if not all(k in data for k in ("images", "annotations")):
+        raise RsdetectError(f"{path}: not a COCO instances file (needs 'images' and 'annotations')")
+    return data
+
+
+def split_images(images: list[dict], seed: int, val_fraction: float, test_fraction: float) -> dict[int, str]:
+    """Assign each photo to exactly one split. COCO val2017 photos go to test; the rest are shuffled by the seed."""
+    test = sorted(im["id"] for im in images if im.get("coco_split") == "val2017")
+    rest = np.array(sorted(im["id"] for im in images if im.get("coco_split") != "val2017"), dtype=np.int64)
+    rest = rest[np.random.default_rng([seed, 7]).permutation(len(rest))]
+    n_val = int(round(len(rest) * val_fraction))
+    n_test = 0 if test else int(round(len(rest) * test_fraction))
+    split = {int(i): "test" for i in test}
+    split.update({int(i): "test" for i in rest[:n_test]})
+    split.update({int(i): "val" for i in rest[n_test:n_test + n_val]})
+    split.update({int(i): "train" for i in rest[n_test + n_val:]})
+    return split
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to 8-bit BGR; grayscale and 16-bit are converted, anything undecodable is skipped."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise SkipImage("image cannot be decoded (corrupt or truncated)")
+    if img.dtype == np.uint16:
+        img = (img / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise SkipImage(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise SkipImage("JPEG is truncated (no end-of-image marker)")
+    return img
+
+
+def person_mask(ann: dict, height: int, width: int) -> np.ndarray | None:
+    """The annotation's mask via pycocotools (all polygon parts merged), or None if unusable."""
+    seg = ann.get("segmentation")
+    if ann.get("iscrowd") or not isinstance(seg, list):
+        return None  # crowd RLE is never the moving person
+    polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+    if not polys:
+        return None
+    mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, height, width)))
+    return mask if mask.any() else None
+
+
+def draw_motion(rng: np.random.Generator, p: SynthParams) -> tuple[Motion, float]:
+    """Draw a motion (kind from the params' mix) and a readout time."""
+    names = [k for k in KINDS if p.kinds.get(k, 0) > 0]
+    weights = np.array([p.kinds[k] for k in names], np.float64)
+    kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    readout = float(rng.uniform(*p.readout))
+    direction = float(rng.uniform(0, 2 * np.pi))
+    if kind == "object":
+        return Motion(kind, speed=float(rng.uniform(*p.object_speed)), direction=direction,
+                      turn=float(rng.uniform(*p.object_turn))), readout
+    if kind == "pan":  # cameras pan mostly sideways
+        return Motion(kind, speed=float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, 0.2))), readout
+    return Motion(kind, amplitude=float(rng.uniform(*p.vibration_amplitude)), direction=direction,
+                  cycles=float(rng.uniform(*p.vibration_cycles)), phase=float(rng.uniform(0, 2 * np.pi))), readout
+
+
+def crop_window(bbox: tuple[float, float, float, float], height: int, width: int, side: int) -> tuple[int, int]:
+    """Top-left of a side x side window centred on the person's box, kept inside the image."""
+    x, y, w, h = bbox
+    x0 = int(round(min(max(x + w / 2 - side / 2, 0), width - side)))
+    y0 = int(round(min(max(y + h / 2 - side / 2, 0), height - side)))
+    return x0, y0
+
+
+def make_pair(image: np.ndarray, mask: np.ndarray, motion: Motion, readout: float, t_star: float,
+              size: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Rolling-shutter image and its global-shutter twin (both size x size), the effective shear and the rigid shift.
+
+    Scale so the window is size + 2*margin, apply the per-row (RS) or constant (twin) displacement through
+    the same steps, and crop the margin away: both images see the same resampling, fill and crop.
+    """
+    frame_kind = motion.kind != "object"
+    probe_dx, probe_dy = rolling_rows(motion, size, readout)
+    margin = int(math.ceil(np.abs(np.concatenate([probe_dx, probe_dy])).max())) + 1 if frame_kind else 0
+    side = size + 2 * margin
+    h, w = image.shape[:2]
+    scale = side / min(h, w)
+    new_w, new_h = max(side, int(round(w * scale))), max(side, int(round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    scaled = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    alpha = cv2.resize(mask.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(alpha > 0.5)
+    bbox = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) if len(xs) else (0, 0, new_w, new_h)
+    x0, y0 = crop_window(bbox, new_h, new_w, side)
+    window, alpha = scaled[y0:y0 + side, x0:x0 + side], alpha[y0:y0 + side, x0:x0 + side]
+    # Rows are timed on the output frame: row y of the window is output row y - margin.
+    t_rows = readout * (np.arange(side) - margin) / max(size - 1, 1)
+    rs_dx, rs_dy = displacement(motion, t_rows)
+    gs_dx, gs_dy = global_rows(motion, side, t_star)
+    if frame_kind:
+        rs = warp_rows(window, rs_dx, rs_dy)
+        gs = warp_rows(window, gs_dx, gs_dy)
+        extent = shear_extent(rs_dx[margin:margin + size], rs_dy[margin:margin + size])
+    else:
+        background = fill_person_hole(window, alpha)
+        rs, moved = move_person(window, background, alpha, rs_dx, rs_dy)
+        gs, _ = move_person(window, background, alpha, gs_dx, gs_dy)
+        extent = shear_extent(rs_dx, rs_dy, np.flatnonzero((moved > 0.5).any(axis=1)))
+    crop = (slice(margin, margin + size), slice(margin, margin + size))
+    rigid = float(np.hypot(gs_dx[0], gs_dy[0]))
+    return rs[crop], gs[crop], extent, rigid
+
+
+def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
+    """One photo -> one RS/GS pair written as JPEGs; returns the two manifest rows. Raises SkipImage with a reason."""
+    try:
+        data = (Path(root) / task.file).read_bytes()
+    except OSError as exc:
+        raise SkipImage(f"image cannot be read ({exc.strerror})") from None
+    image = decode_image(data, task.file)
+    h, w = image.shape[:2]
+    if min(h, w) < 16:
+        raise SkipImage(f"image too small ({w}x{h})")
+    scale2 = (p.size / min(h, w)) ** 2
+    usable = []
+    for ann in task.anns:
+        mask = person_mask(ann, h, w)
+        if mask is not None and mask.sum() * scale2 >= p.min_person_area:
+            usable.append((ann, mask))
+    if not usable:
+        raise SkipImage("no usable person (crowd-only, too small, fewer than 3 points, zero-area or off-image)")
+    ann, mask = usable[int(np.random.default_rng([seed, task.image_id]).integers(len(usable)))]
+    rng = np.random.default_rng([seed, task.image_id, int(ann["id"])])
+    for _ in range(MAX_TRIES):
+        motion, readout = draw_motion(rng, p)
+        t_star = float(rng.uniform(0, readout))
+        rs, gs, extent, rigid = make_pair(image, mask, motion, readout, t_star, p.size)
+        if extent >= p.min_visible_px:
+            break
+    else:
+        raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
+    pair_id = f"{task.image_id:012d}_{int(ann['id'])}"
+    base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, "ann_id": int(ann["id"]),
+            "readout": round(readout, 4), "t_star": round(t_star, 4), "max_disp_px": round(extent, 3),
+            "rigid_px": round(rigid, 3), **{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(motion).items()}}
+    rows = []
+    for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
+        rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
+        atomic_write_bytes(Path(out_dir) / rel, buf.tobytes())
+        rows.append({**base, "path": rel, "label": label})
+    return rows
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)  # parallelism comes from processes; nested threads only contend
+
+
+def _run_task(args: tuple) -> tuple[int, str, list[dict] | str]:
+    task, root, out_dir, seed, p = args
+    try:
+        return task.image_id, task.file, synthesize_photo(task, root, out_dir, seed, p)
+    except SkipImage as exc:
+        return task.image_id, task.file, str(exc)
+
+
+def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
+    """Make the RS/GS dataset from a COCO-format folder: images/, manifest.csv and report.json under out_dir."""
+    instances_path, out_dir = Path(instances_path), Path(out_dir)
+    coco = load_instances(instances_path)
+    persons = {c["id"] for c in coco.get("categories", []) if c.get("name") == "person"} or {1}
+    by_image: dict[int, list] = {}
+    for ann in coco["annotations"]:
+        if ann.get("category_id") in persons:
+            by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    split = split_images(coco["images"], seed, p.val_fraction, p.test_fraction)
+    tasks = [Task(int(im["id"]), f"images/{im['file_name']}", split[int(im["id"])], by_image.get(int(im["id"]), []))
+             for im in sorted(coco["images"], key=lambda im: im["id"])]
+    workers = p.workers or os.cpu_count() or 1
+    jobs = [(t, str(instances_path.parent), str(out_dir), seed, p) for t in tasks]
+    rows, skipped = [], []
+    ctx = get_context("fork") if hasattr(os, "fork") else get_context()
+    with ctx.Pool(workers, initializer=_worker_init) as pool:
+        for image_id, file, result in tqdm(pool.imap(_run_task, jobs, chunksize=4), total=len(jobs), desc="synthesize", unit="photo"):
+            if isinstance(result, str):
+                skipped.append({"image_id": image_id, "file": file, "reason": result})
+            else:
+                rows.extend(result)
+    if not rows:
+        raise RsdetectError(f"{instances_path}: no photo gave a sample ({len(skipped)} skipped; see reasons in the report)")
+    rows.sort(key=lambda r: ({"train": 0, "val": 1, "test": 2}[r["split"]], r["pair_id"], r["label"]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / "manifest.csv", buf.getvalue())
+    counts = Counter((r["split"], r["label"]) for r in rows)
+    report = {
+        "photos": len(tasks), "pairs": len(rows) // 2, "skipped": len(skipped),
+        "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
+        "skipped_items": skipped,
+        "samples": {s: {"rs": counts[(s, 1)], "gs": counts[(s, 0)]} for s in ("train", "val", "test")},
+        "kinds": dict(Counter(r["kind"] for r in rows if r["label"] == 1)),
+    }
+    write_json(out_dir / "report.json", report)
+    return report
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of manifest.csv with numeric fields parsed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["label"] = int(r["label"])
+        r["image_id"] = int(r["image_id"])
+        r["max_disp_px"] = float(r["max_disp_px"])
+    return rows

@@ -1,0 +1,164 @@
+"""The CNN: a Keras MobileNetV3Large backbone, its pooled features cached once, a head trained on them,
+and optional fine-tuning of the top blocks. Inputs are raw RGB 0-255; the model does its own preprocessing.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rsdetect.config import RsdetectError
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TF from the one seed; op determinism makes CPU runs repeatable."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def use_mixed_precision_if_gpu() -> bool:
+    """Mixed precision only where a GPU makes it pay; CPU stays float32."""
+    if tf.config.list_physical_devices("GPU"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        return True
+    return False
+
+
+def build_backbone(image_size: int, weights: str) -> keras.Model:
+    """MobileNetV3Large without top, average-pooled; weights: 'imagenet', 'none' or a local weights file."""
+    kwargs = dict(input_shape=(image_size, image_size, 3), include_top=False, pooling="avg", include_preprocessing=True)
+    if weights == "imagenet":
+        try:
+            return keras.applications.MobileNetV3Large(weights="imagenet", **kwargs)
+        except (OSError, ValueError) as exc:  # urllib errors are OSErrors: no network, proxy, DNS
+            raise RsdetectError(f"features.weights: cannot download the ImageNet weights ({type(exc).__name__}); "
+                                "set features.weights to a local .weights.h5 file or to none") from None
+    backbone = keras.applications.MobileNetV3Large(weights=None, **kwargs)
+    if weights != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise RsdetectError(f"features.weights: weights file {path} not found")
+        try:
+            backbone.load_weights(path, skip_mismatch=False)
+        except (OSError, ValueError) as exc:
+            raise RsdetectError(f"features.weights: {path} does not match MobileNetV3Large at {image_size}px ({str(exc).splitlines()[0][:160]})") from None
+    return backbone
+
+
+def load_images(paths: list[str], image_size: int) -> np.ndarray:
+    """Decode JPEGs to a float32 (N, S, S, 3) RGB batch in 0-255, resized only if not already S x S."""
+    out = np.empty((len(paths), image_size, image_size, 3), np.float32)
+    for i, p in enumerate(paths):
+        img = tf.io.decode_jpeg(tf.io.read_file(p), channels=3)
+        if img.shape[0] != image_size or img.shape[1] != image_size:
+            img = tf.image.resize(img, (image_size, image_size), antialias=True)
+        out[i] = img.numpy()
+    return out
+
+
+def image_dataset(paths: list[str], labels: np.ndarray | None, image_size: int, batch_size: int,
+                  shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """tf.data over JPEG files: decode, resize to S x S (aspect kept by the square synthesis), batch, prefetch."""
+    ds = tf.data.Dataset.from_tensor_slices(paths if labels is None else (paths, labels.astype(np.float32)))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def decode(path, *label):
+        img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        img = tf.image.resize(img, (image_size, image_size), antialias=True)
+        img = tf.ensure_shape(img, (image_size, image_size, 3))
+        return (img, *label) if label else img
+
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def recalibrate_batchnorm(backbone: keras.Model, images: np.ndarray) -> None:
+    """Set every BatchNorm's moving statistics to those of `images`.
+
+    A randomly initialised MobileNetV3 keeps mean 0 / variance 1 statistics that collapse its
+    inference-mode output to a constant; one training-mode pass with momentum 0 fixes that.
+    """
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    backbone(tf.convert_to_tensor(images), training=True)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
+
+
+def extract_features(backbone: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    """Pooled backbone features of every image, in order, computed once (batched, inference mode)."""
+    feats = [backbone(batch, training=False).numpy() for batch in image_dataset(paths, None, image_size, batch_size)]
+    return np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, backbone.output_shape[-1]), np.float32)
+
+
+def build_head(n_features: int, dropout: float) -> keras.Model:
+    """The classifier on pooled features: dropout then one sigmoid unit."""
+    inputs = keras.Input((n_features,), name="features")
+    x = keras.layers.Dropout(dropout, name="head_dropout")(inputs)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head_dense")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def fit_head(head: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+             epochs: int, lr: float, batch_size: int, patience: int, callbacks: list | None = None) -> keras.callbacks.History:
+    """Train the head on cached features with early stopping on validation loss (best weights restored)."""
+    head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)
+    return head.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, batch_size=batch_size,
+                    shuffle=True, verbose=0, callbacks=[stop, *(callbacks or [])])
+
+
+def standardize(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std, the normalisation the head is trained with."""
+    return (features - mean) / std
+
+
+def assemble(backbone: keras.Model, head: keras.Model, mean: np.ndarray, std: np.ndarray) -> keras.Model:
+    """Image -> probability: backbone, the feature normalisation learnt on train, then the head."""
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    feats = backbone(inputs, training=False)
+    norm = keras.layers.Normalization(mean=mean, variance=np.square(std), name="feature_norm")(feats)
+    return keras.Model(inputs, head(norm), name="rs_detector")
+
+
+def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int) -> list[str]:
+    """Make the top `n_blocks` inverted-residual blocks (and the last conv) trainable; BatchNorm stays frozen."""
+    backbone.trainable = True
+    block_of = {}
+    for layer in backbone.layers:
+        m = re.match(r"expanded_conv_(\d+)_", layer.name)
+        block_of[layer.name] = int(m.group(1)) if m else None
+    blocks = sorted({b for b in block_of.values() if b is not None})
+    top = set(blocks[-n_blocks:]) if n_blocks > 0 else set()
+    last_block_layer = max((i for i, l in enumerate(backbone.layers) if block_of[l.name] is not None), default=-1)
+    unfrozen = []
+    for i, layer in enumerate(backbone.layers):
+        train_it = n_blocks > 0 and (block_of[layer.name] in top or i > last_block_layer)
+        layer.trainable = train_it and not isinstance(layer, keras.layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            unfrozen.append(layer.name)
+    return unfrozen
+
+
+def fine_tune(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int, lr: float,
+              patience: int, checkpoint: str | Path, callbacks: list | None = None) -> keras.callbacks.History:
+    """Fine-tune the assembled model end to end (only unfrozen layers move); keep the best checkpoint by val loss."""
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
+    cbs = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+           keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True)]
+    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=cbs + (callbacks or []))
+
+
+def predict_paths(model: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
+    """Probabilities for image files, batched (model called directly: no per-call predict overhead)."""
+    probs = [model(batch, training=False).numpy().reshape(-1) for batch in image_dataset(paths, None, image_size, batch_size)]
+    return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)

@@ -1,0 +1,220 @@
+"""MLflow: where runs go, the pyfunc that production loads (preprocessing and threshold inside), and
+registration of a candidate as `rs-detector`, moving the `champion` alias only when it is better.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsdetect.config import RsdetectError
+
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The repository root; inside a `dvc exp run --temp` copy (.dvc/tmp/exps/...), the original one."""
+    here = Path(start or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else a SQLite file at the repository root (absolute: survives temp copies)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def setup_mlflow(experiment: str = "rsdetect") -> None:
+    """Point MLflow at the tracking URI and the experiment."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+
+
+def decode_frame(item: Any) -> np.ndarray:
+    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)."""
+    import cv2
+
+    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
+        return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
+    if isinstance(item, str):
+        item = base64.b64decode(item)
+    if isinstance(item, (bytes, bytearray)):
+        img = cv2.imdecode(np.frombuffer(item, np.uint8), cv2.IMREAD_COLOR)
+        if img is None:
+            raise RsdetectError("input image cannot be decoded")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise RsdetectError(f"unsupported image input of type {type(item).__name__} (give RGB uint8 arrays or encoded bytes)")
+
+
+def to_model_input(frame: np.ndarray, size: int) -> np.ndarray:
+    """Resize the short side to `size` and centre-crop a square: the geometry the model was trained on."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    scale = size / min(h, w)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    y0, x0 = (nh - size) // 2, (nw - size) // 2
+    return resized[y0:y0 + size, x0:x0 + size].astype(np.float32)
+
+
+def frames_from_input(model_input: Any) -> list[np.ndarray]:
+    """Accept a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column."""
+    if hasattr(model_input, "columns"):
+        column = "image" if "image" in model_input.columns else model_input.columns[0]
+        return [decode_frame(v) for v in model_input[column].tolist()]
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
+        return [decode_frame(f) for f in model_input]
+    if isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
+        return [model_input]
+    return [decode_frame(v) for v in list(model_input)]
+
+
+try:
+    import mlflow.pyfunc as _pyfunc
+    _Base = _pyfunc.PythonModel
+except ImportError:  # scanning with an exported model needs no MLflow
+    _Base = object
+
+
+class RsDetector(_Base):
+    """MLflow pyfunc: raw images in, probability and flag out (threshold from the model config)."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        self.threshold = float(context.model_config["threshold"])
+        self.image_size = int(context.model_config["image_size"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        frames = frames_from_input(model_input)
+        batch = np.stack([to_model_input(f, self.image_size) for f in frames]) if frames else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+        prob = np.asarray(self.model(batch, training=False)).reshape(-1).astype(np.float64) if len(batch) else np.zeros(0)
+        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold})
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """MD5 of a file (the identity of a checkpoint)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
+    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from rsdetect.evaluate import binary_metrics
+
+    client = mlflow.MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None, None
+    champion = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+    threshold = float(current.tags.get("threshold", 0.5))
+    frames = [Path(p).read_bytes() for p in test_paths]
+    prob = champion.predict(_bytes_frame(frames))["probability"].to_numpy()
+    return current.version, binary_metrics(test_labels, prob, threshold)[metric]
+
+
+def _bytes_frame(frames: list[bytes]):
+    import pandas as pd
+
+    return pd.DataFrame({"image": frames})
+
+
+def register_candidate(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
+                       test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
+                       tags: dict[str, str], force: bool = False) -> dict:
+    """Register the checkpoint as a version of `name` (once per checkpoint and threshold) and move `alias`
+    to it only if it beats the current champion on `metric` over the same test set (or `force`)."""
+    import mlflow
+
+    setup_mlflow()
+    client = mlflow.MlflowClient()
+    identity = f"{file_md5(model_path)}-{threshold:.6f}"
+    existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("identity") == identity] \
+        if client.search_registered_models(f"name='{name}'") else []
+    champ_version, champ_score = champion_score(name, alias, metric, test_paths, test_labels)
+    if existing:
+        version = existing[0].version
+    else:
+        with mlflow.start_run(run_name=f"register-{tags.get('git_commit', 'nogit')[:8]}"):
+            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)})
+            mlflow.log_params({"threshold": threshold, "image_size": image_size})
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
+                model_config={"threshold": threshold, "image_size": image_size}, registered_model_name=name,
+                pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1", "opencv-python-headless==5.0.0.93"])
+        version = str(info.registered_model_version)
+        all_tags = {**tags, "identity": identity, "threshold": f"{threshold:.6f}",
+                    **{f"test_{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
+        for k, v in all_tags.items():
+            client.set_model_version_tag(name, version, k, str(v))
+    score = float(metrics[metric])
+    promote = force or champ_version is None or (str(champ_version) != str(version) and score > champ_score)
+    if promote:
+        client.set_registered_model_alias(name, alias, version)
+    current = client.get_model_version_by_alias(name, alias).version
+    return {"model_name": name, "version": str(version), "alias": alias, "champion_version": str(current),
+            "promoted": bool(promote), "candidate_score": score, "previous_champion_version": champ_version,
+            "previous_champion_score": champ_score, "metric": metric, "uri": f"models:/{name}@{alias}",
+            "tracking_uri": tracking_uri()}
+
+
+def git_commit() -> str:
+    """The current git commit, or 'nogit'."""
+    import subprocess
+
+    res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root())
+    return res.stdout.strip() if res.returncode == 0 else "nogit"
+
+
+def register_from_outputs(params_path: str, model_path: str, evaluation_path: str, manifest_path: str,
+                          out_path: str, force: bool = False) -> dict:
+    """Register the pipeline's checkpoint with its operating threshold and test metrics; write the result JSON."""
+    import json
+
+    from rsdetect.config import load_params
+    from rsdetect.data import read_manifest
+    from rsdetect.io import write_json
+
+    params = load_params(params_path)
+    for path in (model_path, evaluation_path, manifest_path):
+        if not Path(path).is_file():
+            raise RsdetectError(f"{path}: missing; run `dvc repro` first")
+    evaluation = json.loads(Path(evaluation_path).read_text())
+    cnn = evaluation["models"]["cnn"]
+    synth = Path(manifest_path).parent
+    test = [r for r in read_manifest(manifest_path) if r["split"] == "test"]
+    lock = project_root() / "dvc.lock"
+    tags = {"git_commit": git_commit(), "dvc_lock_md5": file_md5(lock) if lock.is_file() else "none",
+            "data_md5": file_md5(manifest_path), "image_size": str(params.features.image_size)}
+    r = params.register
+    result = register_candidate(model_path, params.features.image_size, cnn["threshold"], cnn["test"],
+                                [str(synth / t["path"]) for t in test], np.array([t["label"] for t in test]),
+                                r.model_name, r.alias, r.metric, tags, force=force)
+    write_json(out_path, {k: v for k, v in result.items() if k != "tracking_uri"})
+    print(f"register: {result['model_name']} version {result['version']} "
+          f"({'now' if result['promoted'] else 'not'} {r.alias}; {r.alias} is version {result['champion_version']}); "
+          f"load it with mlflow.pyfunc.load_model('{result['uri']}') from {result['tracking_uri']}")
+    return result
