@@ -16,8 +16,6 @@ from rsdetect.io import write_json
 def main() -> None:
     sample_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     params = load_params()
-    if out.exists():
-        shutil.rmtree(out)
     if params.fetch.source == "coco2017":
         from rsdetect.coco import fetch_coco2017
 
@@ -26,6 +24,8 @@ def main() -> None:
         if not (sample_dir / "instances.json").is_file():
             raise RsdetectError(f"{sample_dir}: embedded dataset missing; run `dvc pull data.dvc` (or `rsdetect make-sample`)")
         coco = load_instances(sample_dir / "instances.json")
+        if out.exists():  # data/raw persists between runs (for coco2017 resume); the sample copy starts clean
+            shutil.rmtree(out)
         shutil.copytree(sample_dir / "images", out / "images")
         shutil.copy2(sample_dir / "instances.json", out / "instances.json")
         report = {"source": "sample", "images": len(coco["images"]), "annotations": len(coco["annotations"])}
