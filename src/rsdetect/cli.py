@@ -32,6 +32,35 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
+def _scan(args: argparse.Namespace) -> None:
+    from rsdetect.scan import ScanOptions, load_model, parse_sources, run_scan
+
+    try:
+        options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
+                              threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
+        sources = parse_sources(args.sources, args.cameras)
+        model = load_model(args.model)
+        result = run_scan(sources, model, args.out, options)
+    except KeyboardInterrupt:  # Ctrl-C before scoring started (run_scan handles it once scoring runs)
+        print("scan: interrupted", file=sys.stderr)
+        sys.exit(130)
+    t = result.summary["totals"]
+    rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
+    state = " (interrupted)" if result.interrupted else ""
+    print(f"scan{state}: {t['frames_scored']} frames from {t['cameras']} cameras, {t['flagged']} flagged ({rate}), "
+          f"{t['failed_cameras']} cameras with failures; reports in {result.out_dir}")
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from rsdetect.export import export_model
+
+    r = export_model(args.model, args.format, args.out)
+    print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "
+          f"max |p - p_keras| = {r['max_abs_diff']:.2g}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdetect", description="Detect rolling-shutter distortion in camera frames.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="metrics/register.json")
     r.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     r.set_defaults(func=_register)
+    sc = sub.add_parser("scan", help="score frames of images, folders, globs, videos or streams; write reports")
+    sc.add_argument("sources", nargs="*", metavar="SOURCE",
+                    help="image, folder, glob, video or stream URL (rtsp://, http://); name it as cam1=SOURCE")
+    sc.add_argument("--model", default="models:/rs-detector@champion",
+                    help="models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file")
+    sc.add_argument("--out", default="scan-out", help="report folder (default: scan-out)")
+    rate = sc.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
+    rate.add_argument("--fps", type=float, default=None, metavar="F",
+                      help="score about F frames per second of video (image folders: use --every)")
+    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per model call (default 16)")
+    sc.add_argument("--smooth", type=int, default=1, metavar="K",
+                    help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
+    sc.add_argument("--threshold", type=float, default=None, metavar="T",
+                    help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
+    sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
+    sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
+    sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
+    sc.set_defaults(func=_scan)
+    ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
+    ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
+    ex.add_argument("--format", required=True, choices=["tflite", "onnx"])
+    ex.add_argument("--out", required=True, metavar="PATH", help="output file (.tflite or .onnx)")
+    ex.set_defaults(func=_export)
     return parser
 
 

@@ -1,0 +1,259 @@
+"""rsdetect export (TFLite, ONNX) agrees with Keras and feeds `scan`; the pyfunc serves over HTTP."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from rsdetect import cli  # noqa: E402
+from rsdetect.config import RsdetectError  # noqa: E402
+from rsdetect.export import check_inputs, export_model, sidecar_path  # noqa: E402
+
+SIZE = 32
+GAIN = 0.05
+
+
+def colour_model() -> keras.Model:
+    """p = sigmoid(GAIN * mean(R - B)), so frames have known scores (same rule as test_scan)."""
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(1, 1, use_bias=False, name="r_minus_b")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
+    model = keras.Model(inp, out)
+    model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
+    model.get_layer("gain").set_weights([np.array([[GAIN]], np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+def conv_model(seed: int = 0) -> keras.Model:
+    """A small random conv net with BatchNorm and hard-swish, whose outputs vary with the image (unlike an
+    untrained MobileNetV3, whose output collapses to a constant), so agreement checks mean something."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Activation("hard_swish")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.Conv2D(16, 1, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inp, out)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    colour_model().save(d / "colour.keras")
+    conv_model().save(d / "conv.keras")
+    return d
+
+
+def write_video(path: Path, red_at: set[int], n: int) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(n):
+        img = np.empty((48, 64, 3), np.uint8)
+        img[:] = (50, 90, 200) if i in red_at else (200, 90, 50)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def litert_probs(path: Path, x: np.ndarray) -> np.ndarray:
+    """Score with ai_edge_litert directly (not through rsdetect's loader)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"]).reshape(-1)
+
+
+def scanned_flags(out: Path) -> list[tuple[int, bool]]:
+    return [(r["frame_index"], r["flag"]) for r in map(json.loads, (out / "frames.jsonl").read_text().splitlines())]
+
+
+# ---------------------------------------------------------------- TFLite
+
+def test_tflite_export_agrees_with_keras(tmp_path, models_dir, capsys) -> None:
+    out = tmp_path / "conv.tflite"
+    cli.main(["export", "--model", str(models_dir / "conv.keras"), "--format", "tflite", "--out", str(out)])
+    assert "max |p - p_keras|" in capsys.readouterr().out
+    keras_model = keras.saving.load_model(models_dir / "conv.keras")
+    x = np.random.default_rng(7).uniform(0, 255, (6, SIZE, SIZE, 3)).astype(np.float32)
+    ref = keras_model(x, training=False).numpy().reshape(-1)
+    assert np.ptp(ref) > 1e-3  # the outputs differ per image, so the comparison is not trivially true
+    assert np.abs(litert_probs(out, x) - ref).max() < 1e-4
+    assert not sidecar_path(out).exists()  # a plain .keras file carries no threshold
+
+
+def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
+    model = tmp_path / "colour.tflite"
+    r = export_model(str(models_dir / "colour.keras"), "tflite", model)
+    assert r["max_abs_diff"] < 1e-4 and r["image_size"] == SIZE
+    video = write_video(tmp_path / "cam.avi", {2, 3, 7}, 10)
+    flags = {}
+    for kind, path in (("keras", models_dir / "colour.keras"), ("tflite", model)):
+        cli.main(["scan", str(video), "--model", str(path), "--out", str(tmp_path / f"scan-{kind}"), "--batch", "3"])
+        flags[kind] = scanned_flags(tmp_path / f"scan-{kind}")
+    capsys.readouterr()
+    assert flags["tflite"] == flags["keras"]
+    assert {i for i, f in flags["tflite"] if f} == {2, 3, 7}
+    assert json.loads((tmp_path / "scan-tflite" / "summary.json").read_text())["model_kind"] == "tflite"
+
+
+def test_export_refuses_a_model_that_disagrees(tmp_path, models_dir, monkeypatch) -> None:
+    from rsdetect import scan
+
+    real = scan.tflite_scorer
+
+    def off_by_a_bit(path):
+        scorer, size = real(path)
+        return (lambda batch: scorer(batch) + 1e-3), size
+
+    monkeypatch.setattr(scan, "tflite_scorer", off_by_a_bit)
+    out = tmp_path / "bad.tflite"
+    with pytest.raises(RsdetectError, match="disagrees with Keras"):
+        export_model(str(models_dir / "colour.keras"), "tflite", out)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temp file left
+    with pytest.raises(RsdetectError, match="use a .tflite file name"):
+        export_model(str(models_dir / "colour.keras"), "tflite", tmp_path / "x.onnx")
+
+
+# ---------------------------------------------------------------- ONNX
+
+def test_onnx_export(tmp_path, models_dir, capsys, monkeypatch) -> None:
+    out = tmp_path / "conv.onnx"
+    try:
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["export", "--model", str(models_dir / "conv.keras"), "--format", "onnx", "--out", str(out)])
+        assert exc.value.code == 2 and "tf2onnx" in capsys.readouterr().err
+        return
+    r = export_model(str(models_dir / "conv.keras"), "onnx", out)
+    assert r["max_abs_diff"] < 1e-4
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = check_inputs(SIZE, 6, seed=3)
+    ref = keras.saving.load_model(models_dir / "conv.keras")(x, training=False).numpy().reshape(-1)
+    assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1) - ref).max() < 1e-4
+    video = write_video(tmp_path / "cam.avi", {1}, 4)
+    cli.main(["scan", str(video), "--model", str(out), "--out", str(tmp_path / "scan")])
+    assert json.loads((tmp_path / "scan" / "summary.json").read_text())["cameras"]["cam"]["frames_scored"] == 4
+    # Without tf2onnx installed, --format onnx fails with one line saying why.
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["export", "--model", str(models_dir / "conv.keras"), "--format", "onnx", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "tf2onnx" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- pyfunc: exported threshold and HTTP serving
+
+@pytest.fixture(scope="module")
+def pyfunc_dir(tmp_path_factory, models_dir) -> Path:
+    import mlflow
+
+    from rsdetect.registry import RsDetector
+
+    path = tmp_path_factory.mktemp("pyfunc") / "rs-detector"
+    mlflow.pyfunc.save_model(str(path), python_model=RsDetector(), artifacts={"keras_model": str(models_dir / "colour.keras")},
+                             model_config={"threshold": 0.9, "image_size": SIZE}, pip_requirements=["rsdetect"])
+    return path
+
+
+def test_export_from_pyfunc_keeps_threshold(tmp_path, pyfunc_dir, capsys) -> None:
+    out = tmp_path / "m.tflite"
+    r = export_model(str(pyfunc_dir), "tflite", out)
+    assert r["threshold"] == 0.9 and json.loads(sidecar_path(out).read_text())["threshold"] == 0.9
+    img = tmp_path / "mid.png"
+    cv2.imwrite(str(img), np.full((48, 64, 3), (80, 90, 120), np.uint8))  # p = sigmoid(GAIN * 40) ~ 0.88
+    cli.main(["scan", str(img), "--model", str(out), "--out", str(tmp_path / "scan")])
+    s = json.loads((tmp_path / "scan" / "summary.json").read_text())
+    assert s["threshold"] == 0.9 and s["cameras"]["mid"]["flagged"] == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None, timeout: float = 5.0) -> tuple[int, object]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if body is not None else raw)
+
+
+def test_mlflow_models_serve_answers(tmp_path, pyfunc_dir) -> None:
+    port = free_port()
+    log = open(tmp_path / "serve.log", "w+")
+    # mlflow execs `uvicorn` by name: the virtualenv's bin must be on PATH even when it is not activated.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(pyfunc_dir), "--env-manager", "local",
+           "-p", str(port), "-h", "127.0.0.1", "--workers", "1"]
+    # Own session, so the server and the workers it spawns can be stopped together by our process group id.
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"server exited: {(log.seek(0), log.read()[-2000:])[1]}"
+            try:
+                if http_json(f"http://127.0.0.1:{port}/ping", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "server did not answer /ping within 120 s"
+            time.sleep(0.5)
+        red = np.empty((48, 64, 3), np.uint8)
+        red[:] = (50, 90, 200)
+        blue = red[..., ::-1].copy()
+        images = [base64.b64encode(cv2.imencode(".jpg", im)[1].tobytes()).decode() for im in (red, blue)]
+        status, reply = http_json(f"http://127.0.0.1:{port}/invocations",
+                                  {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}}, timeout=60)
+        assert status == 200
+        preds = reply["predictions"]
+        assert [sorted(p) for p in preds] == [["flag", "probability"]] * 2
+        assert preds[0]["probability"] > 0.99 and preds[0]["flag"] is True
+        assert preds[1]["probability"] < 0.01 and preds[1]["flag"] is False
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (workers included), SIGKILL after 15 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the whole group is gone already
+            return
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -1,0 +1,334 @@
+"""rsdetect scan on generated videos/images with a tiny Keras model whose score is set by frame colour:
+exact flagged positions (with and without smoothing), sampling, per-camera rates, failures, exit codes,
+output formats and Ctrl-C.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from rsdetect import cli  # noqa: E402
+from rsdetect.config import RsdetectError  # noqa: E402
+from rsdetect.scan import (FIELDS, LoadedModel, ScanOptions, load_model, longest_run, parse_sources,  # noqa: E402
+                           run_scan, smooth)
+
+SIZE = 32  # model input; frames are 64x48 and get resized + centre-cropped to this
+GAIN = 0.05  # p = sigmoid(GAIN * mean(R - B)): red frames ~0.9994, blue frames ~0.0006
+RED, BLUE = (200, 50), (50, 200)  # (R, B) of "distorted" and clean frames
+QUIET = dict(progress=False)
+
+
+def colour_model(size: int = SIZE) -> keras.Model:
+    """A model scoring mean(R - B): a fixed 1x1 conv, global average pooling, a fixed sigmoid unit."""
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(1, 1, use_bias=False, name="r_minus_b")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
+    model = keras.Model(inp, out)
+    model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
+    model.get_layer("gain").set_weights([np.array([[GAIN]], np.float32), np.zeros(1, np.float32)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "colour.keras"
+    colour_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path) -> LoadedModel:
+    return load_model(str(model_path))
+
+
+def frame(red: bool, w: int = 64, h: int = 48) -> np.ndarray:
+    """A BGR frame: red-dominant ("distorted") or blue-dominant (clean)."""
+    r, b = RED if red else BLUE
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (b, 90, r)
+    return img
+
+
+def write_video(path: Path, red_at: set[int], n: int, fps: float = 10.0) -> Path:
+    """An MJPG .avi of n frames, red exactly at the indices in red_at."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(frame(i in red_at))
+    writer.release()
+    return path
+
+
+def write_images(folder: Path, red: list[bool]) -> Path:
+    """PNG frames img_000.png... in a folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, is_red in enumerate(red):
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), frame(is_red))
+    return folder
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+
+
+def flagged(out: Path, camera: str) -> set[int]:
+    return {r["frame_index"] for r in rows(out) if r["camera"] == camera and r["flag"]}
+
+
+def scan_lines(err: str) -> list[str]:
+    """The one-line reports in stderr (progress bars aside)."""
+    return [line[line.index("scan: "):] for line in err.replace("\r", "\n").splitlines() if "scan: " in line]
+
+
+# ---------------------------------------------------------------- pure functions
+
+def test_smooth_is_rolling_mean_of_last_k() -> None:
+    p = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.2])
+    np.testing.assert_allclose(smooth(p, 1), p)
+    naive = [np.mean(p[max(0, i - 2):i + 1]) for i in range(len(p))]
+    np.testing.assert_allclose(smooth(p, 3), naive)
+    np.testing.assert_allclose(smooth(p, 100), np.cumsum(p) / np.arange(1, 7))
+    assert smooth([], 3).size == 0
+    with pytest.raises(RsdetectError):
+        smooth(p, 0)
+    assert longest_run([True, True, False, True, True, True, False]) == 3
+    assert longest_run([]) == 0
+
+
+def test_parse_sources_names(tmp_path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    va = write_video(tmp_path / "a" / "lobby.avi", set(), 2)
+    vb = write_video(tmp_path / "b" / "lobby.avi", set(), 2)
+    srcs = parse_sources([str(va), str(vb), f"door={va}", "http://127.0.0.1:9/live.mjpg?user=x", str(tmp_path / "*.png")])
+    assert [s.camera for s in srcs] == ["lobby", "lobby-2", "door", "live", tmp_path.name]
+    assert [s.kind for s in srcs] == ["video", "video", "video", "stream", "images"]
+    with pytest.raises(RsdetectError, match="used twice"):
+        parse_sources([f"x={va}", f"x={vb}"])
+    with pytest.raises(RsdetectError, match="no sources"):
+        parse_sources([])
+
+
+# ---------------------------------------------------------------- flags and smoothing
+
+def test_flags_exactly_the_distorted_frames_k1(tmp_path, model) -> None:
+    red = {3, 4, 5, 12, 20, 21}
+    video = write_video(tmp_path / "cam.avi", red, 30)
+    result = run_scan(parse_sources([str(video)]), model, tmp_path / "out", ScanOptions(batch=7, **QUIET))
+    assert result.exit_code == 0
+    assert flagged(result.out_dir, "cam") == red
+    cam = result.summary["cameras"]["cam"]
+    assert (cam["frames_scored"], cam["flagged"], cam["longest_flagged_run"], cam["failures"]) == (30, 6, 3, 0)
+    assert cam["flagged_rate"] == pytest.approx(0.2)
+    assert result.summary["threshold"] == 0.5  # plain .keras file: default threshold
+    worst = cam["worst_frames"]
+    assert len(worst) == 5 and {w["frame_index"] for w in worst} <= red
+    for w in worst:
+        img = cv2.imread(str(result.out_dir / w["path"]))
+        assert img is not None and img.shape == (48, 64, 3)
+        assert w["path"] == f"worst/cam_{w['frame_index']}.jpg"
+
+
+def test_smoothing_needs_two_of_last_three(tmp_path, model) -> None:
+    # K=3, threshold 0.5: a frame is flagged when >= 2 of the last 3 frames are red; the lone red frame 20 never is.
+    red = {10, 11, 12, 20, 25, 26, 27, 28}
+    video = write_video(tmp_path / "cam.avi", red, 32)
+    result = run_scan(parse_sources([str(video)]), model, tmp_path / "out", ScanOptions(smooth=3, batch=5, **QUIET))
+    assert flagged(result.out_dir, "cam") == {11, 12, 13, 26, 27, 28, 29}
+    r = rows(result.out_dir)
+    np.testing.assert_allclose([x["smoothed"] for x in r], smooth([x["probability"] for x in r], 3), atol=2e-6)
+    assert result.summary["cameras"]["cam"]["longest_flagged_run"] == 4
+    # Without smoothing the same video flags every red frame, including the lone one.
+    raw = run_scan(parse_sources([str(video)]), model, tmp_path / "raw", ScanOptions(smooth=1, **QUIET))
+    assert flagged(raw.out_dir, "cam") == red
+
+
+def test_sampling_every_n_and_fps(tmp_path, model) -> None:
+    video = write_video(tmp_path / "cam.avi", {3, 6, 9}, 20, fps=10)
+    every = run_scan(parse_sources([str(video)]), model, tmp_path / "every", ScanOptions(every=3, **QUIET))
+    r = rows(every.out_dir)
+    assert [x["frame_index"] for x in r] == [0, 3, 6, 9, 12, 15, 18]
+    assert [x["timestamp_s"] for x in r] == pytest.approx([i / 10 for i in range(0, 20, 3)])
+    assert flagged(every.out_dir, "cam") == {3, 6, 9}
+    fps = run_scan(parse_sources([str(video)]), model, tmp_path / "fps", ScanOptions(fps=2, **QUIET))
+    assert [x["frame_index"] for x in rows(fps.out_dir)] == [0, 5, 10, 15]
+    capped = run_scan(parse_sources([str(video)]), model, tmp_path / "cap", ScanOptions(max_frames=4, **QUIET))
+    assert capped.exit_code == 0 and [x["frame_index"] for x in rows(capped.out_dir)] == [0, 1, 2, 3]
+
+
+def test_two_cameras_rates_from_cameras_yaml(tmp_path, model) -> None:
+    write_video(tmp_path / "lobby.avi", {0, 5, 10, 15}, 20)
+    write_images(tmp_path / "gate", [i % 2 == 1 for i in range(10)])
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  lobby: lobby.avi\n  gate: gate\n")  # relative to the YAML
+    result = run_scan(parse_sources([], str(tmp_path / "cameras.yaml")), model, tmp_path / "out",
+                      ScanOptions(batch=8, **QUIET))
+    cams = result.summary["cameras"]
+    assert (cams["lobby"]["flagged_rate"], cams["gate"]["flagged_rate"]) == (pytest.approx(0.2), pytest.approx(0.5))
+    assert (cams["lobby"]["frames_scored"], cams["gate"]["frames_scored"]) == (20, 10)
+    assert flagged(result.out_dir, "gate") == {1, 3, 5, 7, 9}
+    gate_rows = [x for x in rows(result.out_dir) if x["camera"] == "gate"]
+    assert gate_rows[1]["source"].endswith("img_001.png") and gate_rows[1]["timestamp_s"] is None
+    assert result.summary["totals"]["flagged_rate"] == pytest.approx(9 / 30)
+
+
+# ---------------------------------------------------------------- failures and exit codes
+
+def test_failing_sources_are_reported_counted_and_others_go_on(tmp_path, model_path, capsys) -> None:
+    good = write_video(tmp_path / "good.avi", {1, 2}, 10)
+    data = write_video(tmp_path / "cut.avi", set(range(20)), 20).read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[:int(len(data) * 0.8)])  # index lost, 12 of 20 frames left
+    folder = write_images(tmp_path / "shots", [True, False, True])
+    (folder / "img_001.png").write_bytes(b"not a png")
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 garbage")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", str(good), str(tmp_path / "missing.avi"), str(tmp_path / "corrupt.jpg"), str(folder),
+                  "cam9=rtsp://admin:hunter2@127.0.0.1:9/x", str(tmp_path / "cut.avi"), "--model", str(model_path),
+                  "--out", str(tmp_path / "out")])
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "hunter2" not in err  # stream passwords are not echoed
+    lines = scan_lines(err)
+    assert len(lines) == 5, lines  # one line per failure
+    for camera, needle in [("missing", "no such file"), ("corrupt", "cannot decode"), ("shots", "img_001.png"),
+                           ("cam9", "cannot open"), ("cut", "ended early after 12 of 20")]:
+        assert any(line.startswith(f"scan: {camera}: ") and needle in line for line in lines), (camera, lines)
+    cams = json.loads((tmp_path / "out" / "summary.json").read_text())["cameras"]
+    failures = {name: c["failures"] for name, c in cams.items()}
+    assert failures == {"good": 0, "missing": 1, "corrupt": 1, "shots": 1, "cam9": 1, "cut": 1}
+    assert cams["good"]["frames_scored"] == 10 and cams["good"]["flagged"] == 2
+    assert cams["shots"]["frames_scored"] == 2 and cams["shots"]["flagged"] == 2  # the images around the bad one
+    assert cams["cut"]["frames_scored"] == 12 and cams["cut"]["flagged"] == 12  # frames before the cut still count
+    assert flagged(tmp_path / "out", "shots") == {0, 2}
+    assert cams["cam9"]["source"] == "rtsp://admin:***@127.0.0.1:9/x"
+
+
+def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
+    video = write_video(tmp_path / "v.avi", {1}, 4)
+    cli.main(["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "ok")])  # 0: returns
+    assert "scan: 4 frames from 1 cameras, 1 flagged" in capsys.readouterr().out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no-registry.db'}")
+    for argv in (["--model", "models:/rs-detector@champion"], ["--model", str(tmp_path / "none.keras")],
+                 ["--model", str(tmp_path / "v.avi")], ["--smooth", "0"], ["--threshold", "1.5"], ["--batch", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"), *argv])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, argv
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "no-registry.db").exists()  # no empty registry created as a side effect
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", "--model", str(model_path)])
+    assert exc.value.code == 2 and "no sources" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: --every and --fps are exclusive
+        cli.main(["scan", str(video), "--every", "2", "--fps", "1"])
+    assert exc.value.code == 2
+
+
+class Interrupting:
+    """A scorer that presses Ctrl-C on its (n+1)-th batch."""
+
+    def __init__(self, scorer, n: int) -> None:
+        self.scorer, self.n, self.calls = scorer, n, 0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls > self.n:
+            raise KeyboardInterrupt
+        return self.scorer(batch)
+
+
+def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> None:
+    video = write_video(tmp_path / "cam.avi", {1, 5}, 30)
+    second = write_video(tmp_path / "later.avi", {0}, 5)
+    stopping = LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", "test")
+    result = run_scan(parse_sources([str(video), str(second)]), stopping, tmp_path / "out",
+                      ScanOptions(batch=4, **QUIET))
+    assert result.exit_code == 130 and result.interrupted
+    assert [r["frame_index"] for r in rows(result.out_dir)] == list(range(8))  # two batches of 4
+    with open(result.out_dir / "frames.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 8
+    s = json.loads((result.out_dir / "summary.json").read_text())
+    assert s["interrupted"] and s["exit_code"] == 130
+    assert s["cameras"]["cam"]["frames_scored"] == 8 and s["cameras"]["cam"]["flagged"] == 2
+    assert s["cameras"]["later"]["frames_scored"] == 0
+    assert (result.out_dir / "flagged_rate.png").is_file()
+    assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+    # Through the CLI: exit code 130.
+    monkeypatch.setattr("rsdetect.scan.load_model",
+                        lambda spec: LoadedModel(Interrupting(model.scorer, 1), model.image_size, None, "keras", spec))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
+    assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(rows(tmp_path / "cli")) == 4
+
+
+# ---------------------------------------------------------------- outputs
+
+def test_outputs_are_well_formed(tmp_path, model_path, capsys) -> None:
+    video = write_video(tmp_path / "cam.avi", {2, 3}, 12)
+    images = write_images(tmp_path / "stills", [False, True])
+    out = tmp_path / "out"
+    cli.main(["scan", str(video), str(images), "--model", str(model_path), "--out", str(out), "--annotate",
+              "--every", "2"])
+    capsys.readouterr()
+    expected = {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"}
+    assert {p.name for p in out.iterdir()} == expected  # and no leftover temp files
+    jl = rows(out)
+    assert all(tuple(r) == FIELDS for r in jl) and len(jl) == 6 + 1  # 12 frames every 2nd; 2 stills every 2nd
+    with open(out / "frames.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == FIELDS
+        table = list(reader)
+    assert [(r["camera"], int(r["frame_index"]), r["flag"]) for r in table] == \
+           [(r["camera"], r["frame_index"], str(r["flag"])) for r in jl]
+    assert (out / "flagged_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["cameras"]) == {"cam", "stills"}
+    for c in s["cameras"].values():
+        assert {"frames_scored", "flagged", "flagged_rate", "longest_flagged_run", "worst_frames", "failures"} <= set(c)
+        for w in c["worst_frames"]:
+            assert (out / w["path"]).is_file()
+    cap = cv2.VideoCapture(str(out / s["cameras"]["cam"]["annotated_video"]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 12  # every frame, scored or carried forward
+    ok, first = cap.read()
+    cap.release()
+    assert ok and first.shape == (48, 64, 3)
+    assert "annotated_video" not in s["cameras"]["stills"]
+
+
+def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeypatch, capsys) -> None:
+    """A models:/ URI loads through MLflow, takes its threshold from the model config; --threshold overrides."""
+    import mlflow
+
+    from rsdetect.registry import RsDetector
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run():
+        mlflow.pyfunc.log_model(name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
+                                model_config={"threshold": 0.9, "image_size": SIZE}, registered_model_name="tiny",
+                                pip_requirements=["rsdetect"])
+    mlflow.MlflowClient().set_registered_model_alias("tiny", "champion", "1")
+    # p = sigmoid(GAIN * 40) ~ 0.88: flagged at 0.5, not at the registered 0.9.
+    (tmp_path / "mid.png").write_bytes(cv2.imencode(".png", np.full((48, 64, 3), (80, 90, 120), np.uint8))[1].tobytes())
+    loaded = load_model("models:/tiny@champion")
+    assert (loaded.threshold, loaded.image_size, loaded.kind) == (0.9, SIZE, "pyfunc-keras")
+    registered = run_scan(parse_sources([str(tmp_path / "mid.png")]), loaded, tmp_path / "a", ScanOptions(**QUIET))
+    assert registered.summary["threshold"] == 0.9 and registered.summary["cameras"]["mid"]["flagged"] == 0
+    override = run_scan(parse_sources([str(tmp_path / "mid.png")]), loaded, tmp_path / "b",
+                        ScanOptions(threshold=0.5, **QUIET))
+    assert override.summary["cameras"]["mid"]["flagged"] == 1
+    assert rows(tmp_path / "a")[0]["probability"] == pytest.approx(1 / (1 + np.exp(-GAIN * 40)), abs=1e-3)
+    capsys.readouterr()  # MLflow's own logging while registering
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "models:/tiny@nope" in err
