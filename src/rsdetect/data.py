@@ -230,8 +230,8 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
     workers = p.workers or os.cpu_count() or 1
     jobs = [(t, str(instances_path.parent), str(out_dir), seed, p) for t in tasks]
     rows, skipped = [], []
-    ctx = get_context("fork") if hasattr(os, "fork") else get_context()
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
+    # spawn, not fork: a fork after OpenCV's thread pool has started can deadlock the children.
+    with get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
         for image_id, file, result in tqdm(pool.imap(_run_task, jobs, chunksize=4), total=len(jobs), desc="synthesize", unit="photo"):
             if isinstance(result, str):
                 skipped.append({"image_id": image_id, "file": file, "reason": result})

@@ -92,6 +92,8 @@ except ImportError:  # scanning with an exported model needs no MLflow
 class RsDetector(_Base):
     """MLflow pyfunc: raw images in, probability and flag out (threshold from the model config)."""
 
+    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in frames_from_input
+
     def load_context(self, context) -> None:
         import keras
 

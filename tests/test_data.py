@@ -1,0 +1,126 @@
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold, cross_val_predict
+
+from rsdetect.config import RsdetectError, SynthParams
+from rsdetect.data import read_manifest, split_images, synthesize
+
+P = SynthParams(size=96, min_person_area=150, workers=2)
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_pairs_are_balanced_split_by_photo_and_deterministic(sample_dir, tmp_path):
+    r1 = synthesize(sample_dir / "instances.json", tmp_path / "a", 5, P)
+    r2 = synthesize(sample_dir / "instances.json", tmp_path / "b", 5, replace(P, workers=1))
+    assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")  # byte-identical, whatever the worker count
+    rows = read_manifest(tmp_path / "a" / "manifest.csv")
+    assert r1["pairs"] * 2 == len(rows) > 0
+    splits_of_photo = {}
+    for r in rows:
+        splits_of_photo.setdefault(r["image_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of_photo.values())  # no photo in two splits
+    for split, counts in r1["samples"].items():
+        assert counts["rs"] == counts["gs"]
+    rs = [r for r in rows if r["label"] == 1]
+    assert all(r["max_disp_px"] >= P.min_visible_px for r in rs)
+    assert all(float(r["max_disp_px"]) > 0 for r in rs)
+    for r in rows:
+        img = cv2.imread(str(tmp_path / "a" / r["path"]))
+        assert img.shape == (96, 96, 3)
+
+
+def test_val2017_photos_go_to_test_and_splits_are_disjoint():
+    images = [{"id": i, "coco_split": "val2017" if i > 80 else "train2017"} for i in range(1, 101)]
+    split = split_images(images, seed=1, val_fraction=0.2, test_fraction=0.2)
+    assert {i for i, s in split.items() if s == "test"} == set(range(81, 101))
+    assert sum(s == "val" for s in split.values()) == 16 and len(split) == 100
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_bad_inputs_are_counted_skips_with_reasons(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
+    jpeg = cv2.imencode(".jpg", photo)[1].tobytes()
+    person = [[40, 20, 90, 20, 95, 110, 60, 115, 35, 110]]
+    images, anns = [], []
+
+    def add(name, data, segs, iscrowd=0, area=4000.0):
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": name, "width": 160, "height": 120})
+        if data is not None:
+            _write(tmp_path / "images" / name, data)
+        for seg in segs:
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": iscrowd,
+                         "segmentation": seg, "area": area, "bbox": [0, 0, 1, 1]})
+
+    add("good.jpg", jpeg, [person])
+    add("gray.jpg", cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))[1].tobytes(), [person])
+    add("deep.png", cv2.imencode(".png", photo.astype(np.uint16) * 257)[1].tobytes(), [person])
+    add("corrupt.jpg", b"not an image at all", [person])
+    add("truncated.jpg", jpeg[: len(jpeg) // 2], [person])
+    add("missing.jpg", None, [person])
+    add("twopoints.jpg", jpeg, [[[10, 10, 50, 50]]])
+    add("zeroarea.jpg", jpeg, [[[10, 10, 10, 10, 10, 10]]])
+    add("offimage.jpg", jpeg, [[[500, 500, 600, 500, 600, 600]]])
+    add("crowdonly.jpg", jpeg, [{"counts": [0, 19200], "size": [120, 160]}], iscrowd=1)
+    add("border.jpg", jpeg, [[[0, 10, 50, 10, 50, 119, 0, 119]]])
+    (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                         "categories": [{"id": 1, "name": "person"}]}))
+    out = tmp_path / "synth"
+    report = synthesize(tmp_path / "instances.json", out, 1, replace(P, min_person_area=50))
+    reasons = {s["file"].split("/")[-1]: s["reason"] for s in report["skipped_items"]}
+    assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "missing.jpg", "twopoints.jpg", "zeroarea.jpg",
+                            "offimage.jpg", "crowdonly.jpg"}
+    assert "decoded" in reasons["corrupt.jpg"] and "truncated" in reasons["truncated.jpg"]
+    assert "cannot be read" in reasons["missing.jpg"] and "no usable person" in reasons["crowdonly.jpg"]
+    assert report["pairs"] == 4 and report["skipped"] == 7  # good, gray, 16-bit and border photos give pairs
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))  # nothing half-written
+
+
+def test_unreadable_instances_is_one_line_error(tmp_path):
+    (tmp_path / "instances.json").write_text("{not json")
+    with pytest.raises(RsdetectError, match="instances.json: cannot read COCO instances"):
+        synthesize(tmp_path / "instances.json", tmp_path / "out", 1, P)
+
+
+def shortcut_features(path: Path) -> np.ndarray:
+    """Features blind to geometry: colour histograms, exact zeros/saturation, file size, global moments."""
+    img = cv2.imread(str(path))
+    hist = np.concatenate([np.histogram(img[..., c], bins=8, range=(0, 256))[0] for c in range(3)]) / img[..., 0].size
+    return np.concatenate([hist, [(img == 0).mean(), (img == 255).mean(), path.stat().st_size / 1e4,
+                                  img.mean() / 255, img.std() / 255]])
+
+
+@pytest.mark.slow
+def test_artefact_features_cannot_tell_the_classes_apart(tmp_path):
+    from rsdetect.sample import make_sample_dataset
+
+    make_sample_dataset(tmp_path / "raw", seed=11, n_images=160, width=240, height=180)
+    synthesize(tmp_path / "raw" / "instances.json", tmp_path / "synth", 11, replace(P, size=128))
+    rows = read_manifest(tmp_path / "synth" / "manifest.csv")
+    x = np.stack([shortcut_features(tmp_path / "synth" / r["path"]) for r in rows])
+    y = np.array([r["label"] for r in rows])
+    groups = np.array([r["pair_id"] for r in rows])
+    prob = cross_val_predict(LogisticRegression(max_iter=2000), x, y, groups=groups, cv=GroupKFold(5), method="predict_proba")[:, 1]
+    auc = roc_auc_score(y, prob)
+    assert 0.38 < auc < 0.62, f"shortcut features separate the classes (AUC {auc:.3f})"
