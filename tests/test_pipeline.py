@@ -1,0 +1,87 @@
+"""The whole pipeline as a user runs it: a fresh copy, `dvc repro --pull` offline, a no-op rerun, a param
+change on a branch that re-runs only train and what follows, `dvc metrics diff`, and the champion."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT
+
+TINY = {"synthesize": {"size": 64, "min_person_area": 60}, "features": {"image_size": 64, "calibration_images": 32},
+        "train": {"head_epochs": 20, "finetune_blocks": 1, "finetune_epochs": 1}, "baselines": {"rf_trees": 20}}
+
+
+def sh(cmd: str, cwd: Path, env: dict) -> str:
+    res = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout + res.stderr
+
+
+def merge(base: dict, over: dict) -> dict:
+    return {k: merge(base[k], over[k]) if isinstance(over.get(k), dict) and k in base else over.get(k, base.get(k))
+            for k in {**base, **over}}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project's tracked files copied into a new git repo, with tiny params, as a fresh clone would be."""
+    repo = tmp_path_factory.mktemp("clone") / "rsdetect"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("PYTHONPATH", None)
+    sh("git init -q -b main && git add -A && git commit -qm init", repo, env)
+    return repo, env
+
+
+@pytest.mark.slow
+def test_whole_pipeline_offline_from_a_fresh_copy(repo):
+    repo, env = repo
+    out = sh("dvc repro --pull", repo, env)
+    for stage in ("fetch", "synthesize", "features", "train", "baselines", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out
+    assert "models:/rs-detector@champion" in out
+    shown = sh("dvc metrics show --json", repo, env)
+    for key in ("cnn", "lr_pixels", "rf_features", "roc_auc"):
+        assert key in shown
+    for f in ("metrics/plots/roc/cnn.json", "metrics/plots/confusion.json", "metrics/figures/evaluate/roc.png",
+              "metrics/figures/synth_pairs.png", "metrics/report.md", "metrics/register.json"):
+        assert (repo / f).is_file(), f
+    # nothing to do the second time
+    again = sh("dvc repro", repo, env)
+    assert "Running stage" not in again
+    # the champion loads and predicts on an image batch
+    code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/rs-detector@champion'); "
+            "r = m.predict(np.random.default_rng(0).integers(0, 255, (3, 90, 120, 3), dtype=np.uint8)); "
+            "print(r.shape, sorted(r.columns), float(r.probability.std()) >= 0)")
+    assert "(3, 2) ['flag', 'probability'] True" in sh(f'python -c "{code}"', repo, env)
+
+    # a branch that changes one train param re-runs train and what follows, not fetch/synthesize/features
+    sh("git add -A && git commit -qm 'run on main'", repo, env)
+    sh("git checkout -q -b faster-head", repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["head_lr"] = params["train"]["head_lr"] * 10
+    params["train"]["finetune_blocks"] = 0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = sh("dvc repro", repo, env)
+    for stage in ("train", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("fetch", "synthesize", "features", "baselines"):
+        assert f"Running stage '{stage}'" not in out
+    assert "train.head_lr" in sh("dvc params diff main", repo, env)
+    diff = sh("dvc metrics diff main --all", repo, env)
+    assert "metrics/train.json" in diff and "cnn.test.roc_auc" in diff
+
