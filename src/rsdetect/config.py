@@ -184,8 +184,10 @@ def _check(p: Params) -> None:
         raise ConfigError(f"fetch.source: unknown source {p.fetch.source!r} (choose one of {', '.join(SOURCES)})")
     for key in ("n_images", "width", "height"):
         positive(f"fetch.sample.{key}", getattr(p.fetch.sample, key))
-    for key in ("train_images", "test_images", "workers", "timeout_s"):
+    for key in ("train_images", "workers", "timeout_s"):
         positive(f"fetch.coco2017.{key}", getattr(p.fetch.coco2017, key))
+    if p.fetch.coco2017.test_images < 0:  # 0: no val2017 photos; test then comes from train2017 by test_fraction
+        raise ConfigError(f"fetch.coco2017.test_images: must be >= 0, got {p.fetch.coco2017.test_images}")
     if p.fetch.coco2017.retries < 0:
         raise ConfigError(f"fetch.coco2017.retries: must be >= 0, got {p.fetch.coco2017.retries}")
     if not 0 <= p.fetch.coco2017.max_failed_fraction <= 1:

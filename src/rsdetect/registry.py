@@ -219,4 +219,6 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
     print(f"register: {result['model_name']} version {result['version']} "
           f"({'now' if result['promoted'] else 'not'} {r.alias}; {r.alias} is version {result['champion_version']}); "
           f"load it with mlflow.pyfunc.load_model('{result['uri']}') from {result['tracking_uri']}")
+    print("register: metrics in metrics/*.json (dvc metrics show), report in metrics/report.md, "
+          "plots in metrics/plots (dvc plots show) and metrics/figures/*.png")
     return result
