@@ -86,8 +86,8 @@ def test_shuffled_labels_score_at_chance(synth_dataset):
         y_shuffled = rng.permutation(y[tr])
         prob = fit_predict(logistic_regression(1.0, 0), x[tr], y_shuffled, x)
         aucs.append(roc_auc_score(y[held], prob[held]))
-    assert all(abs(a - 0.5) < 0.25 for a in aucs), aucs
-    assert abs(np.mean(aucs) - 0.5) < 0.1, aucs
+    assert all(abs(a - 0.5) < 0.15 for a in aucs), aucs
+    assert abs(np.mean(aucs) - 0.5) < 0.07, aucs
 
 
 def test_true_labels_fit_the_training_set(synth_dataset):

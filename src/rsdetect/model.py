@@ -37,7 +37,7 @@ def build_backbone(image_size: int, weights: str) -> keras.Model:
     if weights == "imagenet":
         try:
             return keras.applications.MobileNetV3Large(weights="imagenet", **kwargs)
-        except (OSError, ValueError) as exc:  # urllib errors are OSErrors: no network, proxy, DNS
+        except Exception as exc:  # Keras wraps network failures in a bare Exception("URL fetch failure ...")
             raise RsdetectError(f"features.weights: cannot download the ImageNet weights ({type(exc).__name__}); "
                                 "set features.weights to a local .weights.h5 file or to none") from None
     backbone = keras.applications.MobileNetV3Large(weights=None, **kwargs)
@@ -66,7 +66,8 @@ def load_images(paths: list[str], image_size: int) -> np.ndarray:
 def image_dataset(paths: list[str], labels: np.ndarray | None, image_size: int, batch_size: int,
                   shuffle_seed: int | None = None) -> tf.data.Dataset:
     """tf.data over JPEG files: decode, resize to S x S (aspect kept by the square synthesis), batch, prefetch."""
-    ds = tf.data.Dataset.from_tensor_slices(paths if labels is None else (paths, labels.astype(np.float32)))
+    paths_t = tf.constant(list(paths), dtype=tf.string)  # an empty list would otherwise become float32
+    ds = tf.data.Dataset.from_tensor_slices(paths_t if labels is None else (paths_t, labels.astype(np.float32)))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 

@@ -4,6 +4,7 @@ registration of a candidate as `rs-detector`, moving the `champion` alias only w
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 from pathlib import Path
@@ -49,7 +50,10 @@ def decode_frame(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
         return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
     if isinstance(item, str):
-        item = base64.b64decode(item)
+        try:
+            item = base64.b64decode(item, validate=True)
+        except binascii.Error:
+            raise RsdetectError("input image is not valid base64") from None
     if isinstance(item, (bytes, bytearray)):
         img = cv2.imdecode(np.frombuffer(item, np.uint8), cv2.IMREAD_COLOR)
         if img is None:
@@ -178,7 +182,7 @@ def register_candidate(model_path: str | Path, image_size: int, threshold: float
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version
     return {"model_name": name, "version": str(version), "alias": alias, "champion_version": str(current),
-            "promoted": bool(promote), "candidate_score": score, "previous_champion_version": champ_version,
+            "promoted": bool(promote), "candidate_score": score, "previous_champion_version": None if champ_version is None else str(champ_version),
             "previous_champion_score": champ_score, "metric": metric, "uri": f"models:/{name}@{alias}",
             "tracking_uri": tracking_uri()}
 

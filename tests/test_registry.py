@@ -1,0 +1,244 @@
+"""rsdetect.registry: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsdetect.config import RsdetectError
+from rsdetect.registry import (decode_frame, file_md5, frames_from_input, project_root, register_candidate, to_model_input,
+                               tracking_uri)
+
+S = 64
+NAME, ALIAS = "rs-detector", "champion"
+
+
+# --- where runs go ---------------------------------------------------------------------------------------------
+
+def test_project_root_inside_a_dvc_temp_experiment(tmp_path):
+    root = tmp_path / "repo"
+    inside = root / ".dvc" / "tmp" / "exps" / "tmpabc" / "src"
+    inside.mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    (root / ".dvc" / "tmp" / "exps" / "tmpabc" / "dvc.yaml").write_text("stages: {}\n")  # the temp copy has one too
+    assert project_root(inside) == root.resolve()
+    assert project_root(inside.parent) == root.resolve()
+    assert project_root(root / "src") == root.resolve()  # ordinary: nearest parent with dvc.yaml
+
+
+def test_tracking_uri_defaults_to_an_absolute_sqlite_file_at_the_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "repo"
+    (root / "src" / "deep").mkdir(parents=True)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(root / "src" / "deep")
+    uri = tracking_uri()
+    assert uri.startswith("sqlite:///")
+    db = Path(uri[len("sqlite:///"):])
+    assert db.is_absolute() and db == root.resolve() / "mlflow.db"
+    # from inside a dvc exp temp copy, the runs still go to the original repository's file
+    exp = root / ".dvc" / "tmp" / "exps" / "tmpxyz"
+    exp.mkdir(parents=True)
+    (exp / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(exp)
+    assert tracking_uri() == uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
+    assert tracking_uri() == "sqlite:////elsewhere/x.db"
+
+
+# --- inputs the pyfunc accepts ---------------------------------------------------------------------------------
+
+def rgb_frame(h=40, w=60, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (h, w, 3), np.uint8)
+    img[:, : w // 3] = (250, 10, 10)  # a red band on the left, to check channel order
+    return img
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def test_decode_frame_inputs():
+    rgb = rgb_frame()
+    assert decode_frame(rgb) is rgb
+    gray = rgb[..., 1].copy()
+    g3 = decode_frame(gray)
+    assert g3.shape == (40, 60, 3) and all(np.array_equal(g3[..., c], gray) for c in range(3))
+    data = png_bytes(rgb)
+    np.testing.assert_array_equal(decode_frame(data), rgb)  # lossless, RGB order kept
+    np.testing.assert_array_equal(decode_frame(bytearray(data)), rgb)
+    np.testing.assert_array_equal(decode_frame(base64.b64encode(data).decode()), rgb)
+    assert tuple(decode_frame(data)[5, 2]) == (250, 10, 10)
+    with pytest.raises(RsdetectError, match="cannot be decoded"):
+        decode_frame(b"this is not an image")
+    with pytest.raises(RsdetectError, match="cannot be decoded"):
+        decode_frame(base64.b64encode(b"\x00" * 64).decode())
+    with pytest.raises(RsdetectError, match="unsupported"):
+        decode_frame(rgb.astype(np.float32))
+    with pytest.raises(RsdetectError, match="unsupported"):
+        decode_frame(42)
+
+
+def test_decode_frame_non_base64_text_is_an_rsdetect_error():
+    with pytest.raises(RsdetectError):
+        decode_frame("hello world!")
+
+
+def test_frames_from_input_forms():
+    a, b = rgb_frame(seed=1), rgb_frame(seed=2)
+    batch = np.stack([a, b])
+    out = frames_from_input(batch)
+    assert len(out) == 2 and np.array_equal(out[0], a) and np.array_equal(out[1], b)
+    single = frames_from_input(a)
+    assert len(single) == 1 and single[0] is a
+    mixed = frames_from_input([a, png_bytes(b), base64.b64encode(png_bytes(a)).decode()])
+    assert [f.shape for f in mixed] == [(40, 60, 3)] * 3
+    np.testing.assert_array_equal(mixed[1], b)
+    np.testing.assert_array_equal(mixed[2], a)
+    df = pd.DataFrame({"id": [7, 8], "image": [png_bytes(a), base64.b64encode(png_bytes(b)).decode()]})
+    frames = frames_from_input(df)
+    np.testing.assert_array_equal(frames[0], a)
+    np.testing.assert_array_equal(frames[1], b)
+    with pytest.raises(RsdetectError):
+        frames_from_input(pd.DataFrame({"image": [b"garbage"]}))
+
+
+def test_to_model_input_resizes_short_side_and_centre_crops():
+    frame = np.zeros((100, 200, 3), np.uint8)
+    frame[:, :] = (255, 0, 0)
+    frame[:, 50:150] = (0, 255, 0)  # the centre square (after halving) is all green
+    out = to_model_input(frame, 50)
+    assert out.shape == (50, 50, 3) and out.dtype == np.float32
+    assert (out[..., 1] == 255).all() and (out[..., 0] == 0).all()
+    portrait = np.zeros((200, 100, 3), np.uint8)
+    portrait[50:150] = 200
+    out = to_model_input(portrait, 50)
+    assert out.shape == (50, 50, 3) and (out == 200).all()
+    small = rgb_frame(30, 45)
+    up = to_model_input(small, S)
+    assert up.shape == (S, S, 3) and up.dtype == np.float32
+    assert to_model_input(rgb_frame(S, S), S) == pytest.approx(rgb_frame(S, S).astype(np.float32))
+
+
+# --- registration ----------------------------------------------------------------------------------------------
+
+keras = pytest.importorskip("keras")
+
+
+def colour_model(gain: float, bias: float = 0.0) -> keras.Model:
+    """p = sigmoid(gain * mean(R - B) + bias): known scores for red vs blue frames."""
+    inp = keras.Input((S, S, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inp)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inp, out)
+    model.layers[-1].set_weights([np.array([[gain], [0.0], [-gain]], np.float32), np.array([bias], np.float32)])
+    return model
+
+
+def make_test_frames(tmp_path: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """Six non-square JPEGs: reddish ones are 'RS' (label 1), bluish ones are not."""
+    rng = np.random.default_rng(0)
+    paths, frames, labels = [], [], []
+    for i in range(6):
+        label = i % 2
+        base = np.array([170, 90, 60] if label else [60, 90, 170], np.float32) + 15 * i
+        img = np.clip(base + rng.normal(0, 25, (72, 96, 3)), 0, 255).astype(np.uint8)
+        p = tmp_path / f"test_{i}.jpg"
+        assert cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        paths.append(str(p))
+        frames.append(img)
+        labels.append(label)
+    return paths, np.array(labels), frames
+
+
+@pytest.fixture
+def mlflow_env(tmp_path, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # any relative artifact location lands in tmp
+    # register_candidate sets MLflow's process-global URIs; put them back afterwards
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None, raising=False)
+    yield mlflow
+    if mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_register_candidate_end_to_end(tmp_path, mlflow_env):
+    mlflow = mlflow_env
+    paths, labels, frames = make_test_frames(tmp_path)
+    tags = {"git_commit": "0123456789abcdef", "image_size": str(S)}
+    good = tmp_path / "good.keras"
+    colour_model(0.08).save(good)
+    bad = tmp_path / "bad.keras"
+    colour_model(-0.08).save(bad)  # ranks the test set backwards
+    better = tmp_path / "better.keras"
+    colour_model(0.08, 0.1).save(better)
+
+    def register(path, auc, threshold=0.5, force=False):
+        return register_candidate(path, S, threshold, {"roc_auc": auc, "precision": 1.0, "n": 6}, paths, labels,
+                                  NAME, ALIAS, "roc_auc", tags, force=force)
+
+    # 1. the first registration creates version 1 and makes it champion
+    r1 = register(good, 1.0)
+    assert (r1["version"], r1["champion_version"], r1["promoted"]) == ("1", "1", True)
+    assert r1["previous_champion_version"] is None and r1["uri"] == f"models:/{NAME}@{ALIAS}"
+    assert r1["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+
+    # the served champion: raw uint8 RGB frames in, probability and flag out, same as Keras after to_model_input
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}")
+    out = served.predict(np.stack(frames))
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["probability", "flag"] and len(out) == 6
+    ref = colour_model(0.08)(np.stack([to_model_input(f, S) for f in frames]), training=False).numpy().reshape(-1)
+    np.testing.assert_allclose(out["probability"].to_numpy(), ref, atol=1e-5)
+    np.testing.assert_array_equal(out["flag"].to_numpy(), ref >= 0.5)
+    assert out["flag"].tolist() == [bool(v) for v in labels]  # the colour rule separates the set
+    assert 0 < out["flag"].sum() < 6
+
+    client = mlflow.MlflowClient()
+    v1 = client.get_model_version(NAME, "1")
+    assert v1.tags["git_commit"] == "0123456789abcdef"
+    assert float(v1.tags["threshold"]) == 0.5 and float(v1.tags["test_roc_auc"]) == 1.0
+    assert v1.tags["identity"].startswith(file_md5(good))
+
+    # 2. the same checkpoint again: idempotent, no new version
+    r2 = register(good, 1.0)
+    assert (r2["version"], r2["champion_version"], r2["promoted"]) == ("1", "1", False)
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+    # 3. a worse candidate (claims 0.4; the champion re-scores 1.0 on this test set) does not move the alias
+    r3 = register(bad, 0.4)
+    assert r3["version"] == "2" and not r3["promoted"] and r3["champion_version"] == "1"
+    assert r3["previous_champion_score"] == pytest.approx(1.0)
+    assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "1"
+
+    # 4. force moves it (and registers nothing new)
+    r4 = register(bad, 0.4, force=True)
+    assert r4["version"] == "2" and r4["promoted"] and str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+    flipped = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}").predict(np.stack(frames))
+    np.testing.assert_allclose(flipped["probability"].to_numpy(), 1 - ref, atol=1e-5)
+
+    # 5. a better candidate (0.9 > the forced champion's re-scored 0.0) moves it
+    r5 = register(better, 0.9, threshold=0.6)
+    assert str(r5["previous_champion_version"]) == "2" and r5["previous_champion_score"] == pytest.approx(0.0)
+    assert (r5["version"], r5["promoted"], r5["champion_version"]) == ("3", True, "3")
+    v3 = client.get_model_version(NAME, "3")
+    assert float(v3.tags["threshold"]) == pytest.approx(0.6) and float(v3.tags["test_roc_auc"]) == pytest.approx(0.9)
+    champion = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}")
+    probs = champion.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+    np.testing.assert_array_equal(probs["flag"].to_numpy(), probs["probability"].to_numpy() >= 0.6)
+
+    # the same checkpoint with a new threshold is a new identity, hence a new version
+    r6 = register(better, 0.9, threshold=0.7)
+    assert r6["version"] == "4"
