@@ -1,6 +1,8 @@
 """rsdetect.registry: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
 from __future__ import annotations
 
+import os
+
 import base64
 from pathlib import Path
 
@@ -169,9 +171,12 @@ def mlflow_env(tmp_path, monkeypatch):
     # register_candidate sets MLflow's process-global URIs; put them back afterwards
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     monkeypatch.setattr(registry_utils, "_registry_uri", None, raising=False)
+    # set_experiment caches the experiment id process-wide; an id from this tmp DB must not leak into later tests
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None, raising=False)
     yield mlflow
     if mlflow.active_run():
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports the tmp DB's id; it must not leak
 
 
 def test_register_candidate_end_to_end(tmp_path, mlflow_env):
