@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rsdetect.cli import run_stage
-from rsdetect.config import load_params
+from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.io import atomic_write_bytes
 
@@ -28,7 +28,7 @@ def main() -> None:
         m.recalibrate_batchnorm(backbone, m.load_images(calib, f.image_size))
     features = m.extract_features(backbone, paths, f.image_size, f.batch_size)
     if features.std(axis=0).max() == 0:
-        raise SystemExit("features: every image gives the same features; the backbone is degenerate")
+        raise RsdetectError("features: every image gives the same features; the backbone is degenerate")
     out.mkdir(parents=True, exist_ok=True)
     backbone.save(out / "backbone.keras")
     import io

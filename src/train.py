@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from rsdetect.cli import run_stage
-from rsdetect.config import load_params
+from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import binary_metrics, write_predictions
 from rsdetect.io import write_json
@@ -29,7 +29,8 @@ def main() -> None:
     m.use_mixed_precision_if_gpu()
     rows = read_manifest(synth / "manifest.csv")
     cached = np.load(feats_dir / "features.npz")
-    assert list(cached["paths"]) == [r["path"] for r in rows], "features are stale for this manifest"
+    if list(cached["paths"]) != [r["path"] for r in rows]:
+        raise RsdetectError(f"{feats_dir / 'features.npz'}: features do not match {synth / 'manifest.csv'}; run `dvc repro features`")
     x, y = cached["features"], np.array([r["label"] for r in rows], np.float32)
     split = np.array([r["split"] for r in rows])
     tr, va = split == "train", split == "val"
@@ -64,7 +65,7 @@ def main() -> None:
         model.save(checkpoint)
         prob = m.predict_paths(model, paths, f.image_size, f.batch_size)
         if prob.std() < 1e-6:
-            raise SystemExit("train: the model gives the same probability for every image; refusing to report metrics")
+            raise RsdetectError("train: the model gives the same probability for every image; refusing to report metrics")
         write_predictions(model_dir / "predictions.csv", rows, prob)
         metrics = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("val", "test")}
         write_json(metrics_path, {"cnn": metrics})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -27,3 +28,20 @@ def shared_coco() -> Path:
     if not (SHARED_COCO / "instances_person_train2017_sample.json").is_file():
         pytest.skip("../shared/data/coco-person-sample is absent")
     return SHARED_COCO
+
+
+COLOUR_GAIN = 0.05  # p = sigmoid(GAIN * mean(R - B)): red frames ~0.9994, blue frames ~0.0006
+
+
+def colour_model(size: int):
+    """A model with known scores: p = sigmoid(COLOUR_GAIN * mean(R - B)) via a fixed 1x1 conv, pooling and unit."""
+    import keras
+
+    inp = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Conv2D(1, 1, use_bias=False, name="r_minus_b")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
+    model = keras.Model(inp, out)
+    model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
+    model.get_layer("gain").set_weights([np.array([[COLOUR_GAIN]], np.float32), np.zeros(1, np.float32)])
+    return model

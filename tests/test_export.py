@@ -19,24 +19,15 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.export import check_inputs, export_model, sidecar_path  # noqa: E402
 
 SIZE = 32
-GAIN = 0.05
+GAIN = COLOUR_GAIN
 
 
-def colour_model() -> keras.Model:
-    """p = sigmoid(GAIN * mean(R - B)), so frames have known scores (same rule as test_scan)."""
-    inp = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Conv2D(1, 1, use_bias=False, name="r_minus_b")(inp)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
-    model = keras.Model(inp, out)
-    model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
-    model.get_layer("gain").set_weights([np.array([[GAIN]], np.float32), np.zeros(1, np.float32)])
-    return model
 
 
 def conv_model(seed: int = 0) -> keras.Model:
@@ -58,7 +49,7 @@ def conv_model(seed: int = 0) -> keras.Model:
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models")
-    colour_model().save(d / "colour.keras")
+    colour_model(SIZE).save(d / "colour.keras")
     conv_model().save(d / "conv.keras")
     return d
 

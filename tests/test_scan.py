@@ -14,33 +14,24 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.scan import (FIELDS, LoadedModel, ScanOptions, load_model, longest_run, parse_sources,  # noqa: E402
                            run_scan, smooth)
 
 SIZE = 32  # model input; frames are 64x48 and get resized + centre-cropped to this
-GAIN = 0.05  # p = sigmoid(GAIN * mean(R - B)): red frames ~0.9994, blue frames ~0.0006
+GAIN = COLOUR_GAIN
 RED, BLUE = (200, 50), (50, 200)  # (R, B) of "distorted" and clean frames
 QUIET = dict(progress=False)
 
 
-def colour_model(size: int = SIZE) -> keras.Model:
-    """A model scoring mean(R - B): a fixed 1x1 conv, global average pooling, a fixed sigmoid unit."""
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Conv2D(1, 1, use_bias=False, name="r_minus_b")(inp)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
-    model = keras.Model(inp, out)
-    model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
-    model.get_layer("gain").set_weights([np.array([[GAIN]], np.float32), np.zeros(1, np.float32)])
-    return model
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "colour.keras"
-    colour_model().save(path)
+    colour_model(SIZE).save(path)
     return path
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 
 class RsdetectError(Exception):
@@ -245,20 +244,7 @@ def parse_params(raw: dict) -> Params:
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate params.yaml."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_params(raw or {})
+    from rsdetect.io import read_yaml
 
+    return parse_params(read_yaml(path, "params file", ConfigError) or {})
 
-def repo_root(start: str | os.PathLike | None = None) -> Path:
-    """The repository root: the nearest parent holding dvc.yaml (else the current directory)."""
-    here = Path(start or os.getcwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    return here

@@ -32,11 +32,10 @@ from urllib.parse import urlparse
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from rsdetect.config import RsdetectError
-from rsdetect.io import atomic_write_bytes, write_json
+from rsdetect.io import atomic_write_bytes, read_yaml, write_json
 from rsdetect.registry import to_model_input, tracking_uri
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -132,12 +131,7 @@ def _split_named(arg: str) -> tuple[str | None, str]:
 def read_cameras_yaml(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(name, source) pairs from a YAML file {cameras: {name: source}}."""
     path = Path(path)
-    if not path.is_file():
-        raise RsdetectError(f"{path}: cameras file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RsdetectError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, "cameras file", RsdetectError)
     cams = raw.get("cameras") if isinstance(raw, dict) else None
     if not isinstance(cams, dict) or not cams:
         raise RsdetectError(f"{path}: expected a mapping 'cameras: {{name: source}}'")
