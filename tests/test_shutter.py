@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 
 from rsdetect.shutter import Motion, global_rows, rolling_rows, shear_extent, warp_rows
@@ -55,3 +56,11 @@ def test_vibration_wobbles_rows_sinusoidally():
     dx, _ = rolling_rows(motion, 200, readout=1.0)
     assert np.isclose(dx.max(), 5.0, atol=0.05) and np.isclose(dx.min(), -5.0, atol=0.05)
     assert (np.diff(np.sign(dx[1:-1])) != 0).sum() >= 3  # several zero crossings
+
+
+def test_warp_of_a_box_is_the_crop_of_the_full_warp():
+    img = (np.random.default_rng(1).random((50, 70, 3)) * 255).astype(np.uint8)
+    dx, dy = rolling_rows(Motion("object", speed=15, direction=0.4, turn=6), 50, readout=1.0)
+    full = warp_rows(img, dx, dy, border=cv2.BORDER_REPLICATE)
+    part = warp_rows(img, dx, dy, border=cv2.BORDER_REPLICATE, box=(9, 13, 30, 21))
+    assert np.array_equal(part, full[13:34, 9:39])
