@@ -26,7 +26,8 @@ def main() -> None:
     if f.weights == "none":  # random init: BatchNorm statistics must come from data, or outputs are constant
         calib = [p for p, r in zip(paths, rows) if r["split"] == "train"][: f.calibration_images]
         m.recalibrate_batchnorm(backbone, m.load_images(calib, f.image_size))
-    features = m.extract_features(backbone, paths, f.image_size, f.batch_size)
+    batch = m.gpu_batch_size(backbone, f.image_size, f.batch_size, f.gpu_max_batch, training=False)
+    features = m.extract_features(backbone, paths, f.image_size, batch)
     if features.std(axis=0).max() == 0:
         raise RsdetectError("features: every image gives the same features; the backbone is degenerate")
     out.mkdir(parents=True, exist_ok=True)

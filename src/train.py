@@ -57,8 +57,10 @@ def main() -> None:
             print(f"train: fine-tuning {len(unfrozen)} layers")
             ptr = [p for p, s in zip(paths, split) if s == "train"]
             pva = [p for p, s in zip(paths, split) if s == "val"]
-            train_ds = m.image_dataset(ptr, y[tr], f.image_size, t.batch_size, shuffle_seed=params.seed)
-            val_ds = m.image_dataset(pva, y[va], f.image_size, t.batch_size)
+            batch = m.gpu_batch_size(model, f.image_size, t.batch_size, t.gpu_max_batch, training=True)
+            mlflow.log_param("finetune_batch_size", batch)
+            train_ds = m.image_dataset(ptr, y[tr], f.image_size, batch, shuffle_seed=params.seed)
+            val_ds = m.image_dataset(pva, y[va], f.image_size, batch)
             log_ft = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"finetune_{k}": float(v) for k, v in logs.items()}, step=e))
             ft = m.fine_tune(model, train_ds, val_ds, t.finetune_epochs, t.finetune_lr, t.patience, checkpoint, [log_ft])
             history += [{"epoch": len(history) + i, "phase": "finetune", **{k: float(v[i]) for k, v in ft.history.items()}} for i in range(len(ft.history["loss"]))]

@@ -271,3 +271,32 @@ def test_set_determinism_repeats_head_training():
     for wa, wb in zip(a, b):
         np.testing.assert_array_equal(wa, wb)
     assert any(not np.array_equal(wa, wc) for wa, wc in zip(a, c))
+
+
+def test_largest_batch_doubles_until_memory_runs_out():
+    tried = []
+
+    def step(batch):
+        tried.append(batch)
+        if batch > 100:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    assert m.largest_batch(step, 8, 1024) == 64 and tried == [8, 16, 32, 64, 128]
+    tried.clear()
+    assert m.largest_batch(step, 8, 40) == 32 and tried == [8, 16, 32]  # the cap bounds the search
+    with pytest.raises(RsdetectError, match="batch of 128 images does not fit"):
+        m.largest_batch(step, 128, 1024)
+
+
+def test_gpu_batch_size_is_the_param_on_cpu(calibrated):
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    assert m.gpu_batch_size(calibrated, S, 32, 512, training=True) == 32
+
+
+def test_gpu_batch_probe_runs_forward_and_gradients_without_changing_weights(calibrated, monkeypatch):
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"])
+    before = [w.numpy().copy() for w in calibrated.weights]
+    assert m.gpu_batch_size(calibrated, S, 2, 8, training=False) == 8  # this machine's memory holds all of them
+    assert m.gpu_batch_size(calibrated, S, 2, 8, training=True) == 8
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, calibrated.weights))

@@ -1,5 +1,6 @@
 """The whole pipeline as a user runs it: a fresh copy, `dvc repro --pull` offline, a no-op rerun, a param
 change on a branch that re-runs only train and what follows, `dvc metrics diff`, and the champion."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -47,10 +48,20 @@ def repo(tmp_path_factory):
     return repo, env
 
 
-@pytest.mark.slow
-def test_whole_pipeline_offline_from_a_fresh_copy(repo):
+@pytest.fixture(scope="module")
+def reproduced(repo):
+    """`dvc repro --pull` run once in the fresh copy: (repo, env, its output)."""
     repo, env = repo
-    out = sh("dvc repro --pull", repo, env)
+    return repo, env, sh("dvc repro --pull", repo, env)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_whole_pipeline_offline_from_a_fresh_copy(reproduced):
+    repo, env, out = reproduced
     for stage in ("fetch", "synthesize", "features", "train", "baselines", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out
     assert "models:/rs-detector@champion" in out
@@ -69,11 +80,19 @@ def test_whole_pipeline_offline_from_a_fresh_copy(repo):
             "print(r.shape, sorted(r.columns), float(r.probability.std()) >= 0)")
     assert "(3, 2) ['flag', 'probability'] True" in sh(f'python -c "{code}"', repo, env)
 
-    # a branch that changes one train param re-runs train and what follows, not fetch/synthesize/features
+
+@pytest.mark.slow
+def test_feature_cache_is_reused_when_only_head_params_change(reproduced):
+    """A branch that changes head params re-runs train and what follows on the cached features: the backbone
+    is not run again (features.npz untouched, same bytes and mtime), nor fetch, synthesize or the baselines."""
+    repo, env, _ = reproduced
+    cache = repo / "data/features/features.npz"
+    before, mtime = digest(cache), cache.stat().st_mtime_ns
     sh("git add -A && git commit -qm 'run on main'", repo, env)
     sh("git checkout -q -b faster-head", repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["head_lr"] = params["train"]["head_lr"] * 10
+    params["train"]["dropout"] = 0.5
     params["train"]["finetune_blocks"] = 0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh("dvc repro", repo, env)
@@ -81,7 +100,8 @@ def test_whole_pipeline_offline_from_a_fresh_copy(repo):
         assert f"Running stage '{stage}'" in out
     for stage in ("fetch", "synthesize", "features", "baselines"):
         assert f"Running stage '{stage}'" not in out
+    assert "Stage 'features' didn't change, skipping" in out
+    assert digest(cache) == before and cache.stat().st_mtime_ns == mtime
     assert "train.head_lr" in sh("dvc params diff main", repo, env)
     diff = sh("dvc metrics diff main --all", repo, env)
     assert "metrics/train.json" in diff and "cnn.test.roc_auc" in diff
-

@@ -69,12 +69,14 @@ class FeatureParams:
     image_size: int = 224
     weights: str = "none"
     batch_size: int = 32
+    gpu_max_batch: int = 512
     calibration_images: int = 64
 
 
 @dataclass(frozen=True)
 class TrainParams:
     batch_size: int = 32
+    gpu_max_batch: int = 256
     head_epochs: int = 60
     head_lr: float = 0.003
     dropout: float = 0.2
@@ -211,14 +213,14 @@ def _check(p: Params) -> None:
     if s.workers < 0:
         raise ConfigError(f"synthesize.workers: must be >= 0, got {s.workers}")
     f = p.features
-    for key in ("image_size", "batch_size", "calibration_images"):
+    for key in ("image_size", "batch_size", "gpu_max_batch", "calibration_images"):
         positive(f"features.{key}", getattr(f, key))
     if f.image_size < 32:
         raise ConfigError(f"features.image_size: must be >= 32, got {f.image_size}")
     if f.weights not in ("imagenet", "none") and not Path(f.weights).is_file():
         raise ConfigError(f"features.weights: weights file {f.weights!r} not found (use imagenet, none or a path to a .weights.h5 file)")
     t = p.train
-    for key in ("batch_size", "head_epochs", "head_lr", "finetune_lr", "patience"):
+    for key in ("batch_size", "gpu_max_batch", "head_epochs", "head_lr", "finetune_lr", "patience"):
         positive(f"train.{key}", getattr(t, key))
     for key in ("finetune_blocks", "finetune_epochs"):
         if getattr(t, key) < 0:

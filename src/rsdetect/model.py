@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -29,6 +30,39 @@ def use_mixed_precision_if_gpu() -> bool:
         keras.mixed_precision.set_global_policy("mixed_float16")
         return True
     return False
+
+
+def largest_batch(step: Callable[[int], object], start: int, cap: int) -> int:
+    """The largest of start, 2*start, 4*start, ... <= cap for which `step(batch)` runs without exhausting memory."""
+    fits, batch = 0, start
+    while batch <= cap:
+        try:
+            step(batch)
+        except tf.errors.ResourceExhaustedError:
+            break
+        fits, batch = batch, batch * 2
+    if not fits:
+        raise RsdetectError(f"a batch of {start} images does not fit in GPU memory; lower batch_size in params.yaml")
+    return fits
+
+
+def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int, training: bool) -> int:
+    """On a GPU, the largest batch that fits one forward pass (or, training, one gradient computation); else `start`."""
+    if not tf.config.list_physical_devices("GPU"):
+        return start
+
+    def step(batch: int) -> None:
+        x = tf.random.uniform((batch, image_size, image_size, 3), 0, 255)
+        if not training:
+            model(x, training=False)
+            return
+        # The memory of a train step without changing any weight: inference mode, or BatchNorm statistics would move
+        # (fine-tuning keeps BatchNorm in inference mode anyway).
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(x, training=False))
+        tape.gradient(loss, model.trainable_variables)
+
+    return largest_batch(step, start, cap)
 
 
 def build_backbone(image_size: int, weights: str) -> keras.Model:
