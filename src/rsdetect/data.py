@@ -87,15 +87,19 @@ def decode_image(data: bytes, name: str) -> np.ndarray:
     return img
 
 
-def person_rle(ann: dict, height: int, width: int) -> dict | None:
-    """The annotation's mask as one RLE via pycocotools (all polygon parts merged), or None if unusable."""
+def person_polygons(ann: dict) -> list[list[float]]:
+    """The annotation's polygons with at least 3 points; none for crowd RLE (never the moving person)."""
     seg = ann.get("segmentation")
     if ann.get("iscrowd") or not isinstance(seg, list):
-        return None  # crowd RLE is never the moving person
-    polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
-    if not polys:
+        return []
+    return [p for p in seg if isinstance(p, list) and len(p) >= 6]
+
+
+def person_rle(polygons: list[list[float]], height: int, width: int) -> dict | None:
+    """The polygons' mask as one RLE via pycocotools (all parts merged, non-convex kept), or None if empty."""
+    if not polygons:
         return None
-    rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
     return rle if mask_utils.area(rle) > 0 else None
 
 
@@ -133,7 +137,16 @@ def shrink_square(image: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
 
 
-def square_window(image: np.ndarray, mask: np.ndarray, bbox: tuple[float, float, float, float],
+def window_alpha(polygons: list[list[float]], x0: int, y0: int, m: int, side: int) -> np.ndarray:
+    """The person's soft mask on the window: the polygons rasterised by pycocotools at twice the window's
+    resolution, then halved (antialiased edges), instead of decoding the full photo's mask and shrinking it."""
+    scale = 2 * side / m
+    shifted = [list(((np.asarray(p, np.float64).reshape(-1, 2) - (x0, y0)) * scale).ravel()) for p in polygons]
+    mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, 2 * side, 2 * side)))
+    return cv2.resize(mask * np.uint8(255), (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def square_window(image: np.ndarray, polygons: list[list[float]], bbox: tuple[float, float, float, float],
                   side: int) -> tuple[np.ndarray, np.ndarray]:
     """The short-side square centred on the person's box, resized to side x side, and the person's soft mask on it.
 
@@ -142,12 +155,10 @@ def square_window(image: np.ndarray, mask: np.ndarray, bbox: tuple[float, float,
     h, w = image.shape[:2]
     m = min(h, w)
     x0, y0 = crop_window(bbox, h, w, m)
-    window = shrink_square(image[y0:y0 + m, x0:x0 + m], side)
-    alpha = shrink_square(mask[y0:y0 + m, x0:x0 + m] * np.uint8(255), side)
-    return window, alpha.astype(np.float32) / 255.0
+    return shrink_square(image[y0:y0 + m, x0:x0 + m], side), window_alpha(polygons, x0, y0, m, side)
 
 
-def make_pair(image: np.ndarray, mask: np.ndarray, bbox: tuple[float, float, float, float], motion: Motion,
+def make_pair(image: np.ndarray, polygons: list[list[float]], bbox: tuple[float, float, float, float], motion: Motion,
               readout: float, t_star: float, size: int,
               min_shear: float = 0.0) -> tuple[np.ndarray, np.ndarray, float, float] | None:
     """Rolling-shutter image and its global-shutter twin (both size x size), the effective shear and the rigid shift.
@@ -168,7 +179,7 @@ def make_pair(image: np.ndarray, mask: np.ndarray, bbox: tuple[float, float, flo
         extent = shear_extent(rs_dx[margin:margin + size], rs_dy[margin:margin + size])
         if extent < min_shear:
             return None
-    window, alpha = square_window(image, mask, bbox, side)
+    window, alpha = square_window(image, polygons, bbox, side)
     if not frame_kind:  # only the rows the moved person occupies can show its shear
         rs_alpha = warp_rows(alpha, rs_dx, rs_dy, border=cv2.BORDER_CONSTANT)
         extent = shear_extent(rs_dx, rs_dy, np.flatnonzero((rs_alpha > 0.5).any(axis=1)))
@@ -198,18 +209,18 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     scale2 = (p.size / min(h, w)) ** 2
     usable = []  # areas from the RLEs: only the chosen person's mask is decoded
     for ann in task.anns:
-        rle = person_rle(ann, h, w)
+        polygons = person_polygons(ann)
+        rle = person_rle(polygons, h, w)
         if rle is not None and mask_utils.area(rle) * scale2 >= p.min_person_area:
-            usable.append((ann, rle))
+            usable.append((ann, polygons, tuple(mask_utils.toBbox(rle))))
     if not usable:
         raise SkipImage("no usable person (crowd-only, too small, fewer than 3 points, zero-area or off-image)")
-    ann, rle = usable[int(np.random.default_rng([seed, task.image_id]).integers(len(usable)))]
-    mask, bbox = mask_utils.decode(rle), tuple(mask_utils.toBbox(rle))
+    ann, polygons, bbox = usable[int(np.random.default_rng([seed, task.image_id]).integers(len(usable)))]
     rng = np.random.default_rng([seed, task.image_id, int(ann["id"])])
     for _ in range(MAX_TRIES):
         motion, readout = draw_motion(rng, p)
         t_star = float(rng.uniform(0, readout))
-        pair = make_pair(image, mask, bbox, motion, readout, t_star, p.size, p.min_visible_px)
+        pair = make_pair(image, polygons, bbox, motion, readout, t_star, p.size, p.min_visible_px)
         if pair is not None:
             rs, gs, extent, rigid = pair
             break
