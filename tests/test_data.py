@@ -124,3 +124,36 @@ def test_artefact_features_cannot_tell_the_classes_apart(tmp_path):
     prob = cross_val_predict(LogisticRegression(max_iter=2000), x, y, groups=groups, cv=GroupKFold(5), method="predict_proba")[:, 1]
     auc = roc_auc_score(y, prob)
     assert 0.38 < auc < 0.62, f"shortcut features separate the classes (AUC {auc:.3f})"
+
+
+def test_several_pairs_per_photo_stay_in_its_split_and_keep_pair_zero(sample_dir, tmp_path):
+    one = synthesize(sample_dir / "instances.json", tmp_path / "one", 5, replace(P, workers=1))
+    three = synthesize(sample_dir / "instances.json", tmp_path / "three", 5, replace(P, workers=1, pairs_per_photo=3))
+    assert three["pairs"] == 3 * one["pairs"]
+    rows = read_manifest(tmp_path / "three" / "manifest.csv")
+    assert len({r["path"] for r in rows}) == len(rows)
+    splits_of_photo = {}
+    for r in rows:
+        splits_of_photo.setdefault(r["image_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of_photo.values())
+    motions = {}
+    for r in rows:
+        if r["label"] == 1:
+            motions.setdefault(r["image_id"], set()).add((r["kind"], r["readout"], r["speed"], r["amplitude"]))
+    assert all(len(m) == 3 for m in motions.values())  # each pair draws its own motion
+    for r in read_manifest(tmp_path / "one" / "manifest.csv"):  # pair 0 is the pair of a one-pair run, byte for byte
+        assert (tmp_path / "three" / r["path"]).read_bytes() == (tmp_path / "one" / r["path"]).read_bytes()
+
+
+def test_a_worker_that_cannot_start_is_one_line_error_not_a_hang(sample_dir, tmp_path):
+    """Spawned workers re-import the main script; a script piped on stdin has none, so they die at start-up."""
+    import subprocess
+    import sys
+
+    script = (f"from pathlib import Path; from rsdetect.config import SynthParams; from rsdetect.data import synthesize; "
+              f"synthesize(Path({str(sample_dir / 'instances.json')!r}), Path({str(tmp_path / 'out')!r}), 1, "
+              f"SynthParams(size=64, workers=2))")
+    res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "RsdetectError: synthesize: a worker process died" in res.stderr
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []  # nothing half-written

@@ -61,6 +61,7 @@ class SynthParams:
     vibration_cycles: tuple[float, float] = (0.5, 3.0)
     min_visible_px: float = 3.0
     jpeg_quality: int = 92
+    pairs_per_photo: int = 1
     workers: int = 0
 
 
@@ -210,6 +211,7 @@ def _check(p: Params) -> None:
             raise ConfigError(f"synthesize.{key}: must be >= 0, got {list(getattr(s, key))}")
     if not 1 <= s.jpeg_quality <= 100:
         raise ConfigError(f"synthesize.jpeg_quality: must be within [1, 100], got {s.jpeg_quality}")
+    positive("synthesize.pairs_per_photo", s.pairs_per_photo)
     if s.workers < 0:
         raise ConfigError(f"synthesize.workers: must be >= 0, got {s.workers}")
     f = p.features

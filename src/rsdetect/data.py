@@ -1,8 +1,9 @@
 """Synthesis of rolling-shutter / global-shutter twin pairs from COCO-format photos, and the split by photo.
 
-Each usable photo gives one pair: the RS image and its control twin go through the same cut,
-inpaint, paste, crop, resize and JPEG steps; only the row dependence of the displacement differs.
-Each sample's randomness derives from (seed, image id, annotation id): byte-identical reruns.
+Each usable photo gives synthesize.pairs_per_photo pairs (a person and a motion drawn for each). The RS image
+and its control twin go through the same cut, inpaint, paste, crop, resize and JPEG steps; only the row
+dependence of the displacement differs. Each sample's randomness derives from (seed, image id, annotation id,
+pair index): byte-identical reruns.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import json
 import math
 import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -197,7 +200,10 @@ def make_pair(image: np.ndarray, polygons: list[list[float]], bbox: tuple[float,
 
 
 def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
-    """One photo -> one RS/GS pair written as JPEGs; returns the two manifest rows. Raises SkipImage with a reason."""
+    """One photo -> synthesize.pairs_per_photo RS/GS pairs written as JPEGs; returns their manifest rows.
+
+    Raises SkipImage with a reason (a photo whose people cannot give every pair is skipped whole).
+    """
     try:
         data = (Path(root) / task.file).read_bytes()
     except OSError as exc:
@@ -215,8 +221,18 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
             usable.append((ann, polygons, tuple(mask_utils.toBbox(rle))))
     if not usable:
         raise SkipImage("no usable person (crowd-only, too small, fewer than 3 points, zero-area or off-image)")
-    ann, polygons, bbox = usable[int(np.random.default_rng([seed, task.image_id]).integers(len(usable)))]
-    rng = np.random.default_rng([seed, task.image_id, int(ann["id"])])
+    rows = []
+    for k in range(p.pairs_per_photo):
+        rows += write_pair(task, image, usable, k, out_dir, seed, p)
+    return rows
+
+
+def write_pair(task: Task, image: np.ndarray, usable: list[tuple], k: int, out_dir: str, seed: int,
+               p: SynthParams) -> list[dict]:
+    """The photo's k-th RS/GS pair (a person and a motion drawn from (seed, image id[, k])) written as JPEGs."""
+    extra = [k] if k else []  # pair 0 keeps the streams of one pair per photo
+    ann, polygons, bbox = usable[int(np.random.default_rng([seed, task.image_id, *extra]).integers(len(usable)))]
+    rng = np.random.default_rng([seed, task.image_id, int(ann["id"]), *extra])
     for _ in range(MAX_TRIES):
         motion, readout = draw_motion(rng, p)
         t_star = float(rng.uniform(0, readout))
@@ -226,7 +242,7 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
             break
     else:
         raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
-    pair_id = f"{task.image_id:012d}_{int(ann['id'])}"
+    pair_id = f"{task.image_id:012d}_{int(ann['id'])}" + (f"_{k}" if k else "")
     base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, "ann_id": int(ann["id"]),
             "readout": round(readout, 4), "t_star": round(t_star, 4), "max_disp_px": round(extent, 3),
             "rigid_px": round(rigid, 3), **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(motion).items()}}
@@ -256,9 +272,14 @@ def run_tasks(jobs: list[tuple], workers: int):
     if workers == 1:
         yield from map(_run_task, jobs)
         return
-    # spawn, not fork: a fork after OpenCV's thread pool has started can deadlock the children.
-    with get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-        yield from pool.imap(_run_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+    # spawn, not fork: a fork after OpenCV's thread pool has started can deadlock the children. An executor,
+    # not a Pool: a worker that dies (killed for memory, or cannot start) raises instead of hanging forever.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+        try:
+            yield from pool.map(_run_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+        except BrokenProcessPool:
+            raise RsdetectError("synthesize: a worker process died (killed for memory, or could not start); "
+                                "set synthesize.workers: 1 to run in one process and see why") from None
 
 
 def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
