@@ -247,3 +247,25 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     # the same checkpoint with a new threshold is a new identity, hence a new version
     r6 = register(better, 0.9, threshold=0.7)
     assert r6["version"] == "4"
+
+
+def test_pyfunc_scores_many_frames_a_chunk_at_a_time():
+    from rsdetect.registry import PREDICT_BATCH, RsDetector
+
+    model = colour_model(0.08)
+    seen = []
+
+    def recording(batch, training=False):
+        seen.append(len(batch))
+        return model(batch, training=training)
+
+    detector = RsDetector()
+    detector.model, detector.threshold, detector.image_size = recording, 0.5, S
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (2 * PREDICT_BATCH + 5, 40, 50, 3), dtype=np.uint8)
+    out = detector.predict(None, frames)
+    assert seen == [PREDICT_BATCH, PREDICT_BATCH, 5]
+    whole = model(np.stack([to_model_input(f, S) for f in frames]), training=False).numpy().reshape(-1)
+    assert np.allclose(out["probability"].to_numpy(), whole, atol=1e-6)
+    assert (out["flag"] == (out["probability"] >= 0.5)).all()
+    assert len(detector.predict(None, [])) == 0
