@@ -48,13 +48,14 @@ def main() -> None:
         hist = m.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size, t.patience * 4, [log_epoch])
         history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
         backbone = keras.saving.load_model(feats_dir / "backbone.keras", compile=False)
+        from_scratch = f.weights == "none"  # no learnt statistics to protect: BatchNorm trains with the rest
         model = m.assemble(backbone, head, mean, std)
         model_dir.mkdir(parents=True, exist_ok=True)
         checkpoint = model_dir / "model.keras"
         paths = [str(synth / r["path"]) for r in rows]
         if t.finetune_blocks > 0:
-            unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks)
-            print(f"train: fine-tuning {len(unfrozen)} layers")
+            unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=from_scratch)
+            print(f"train: fine-tuning {len(unfrozen)} layers{' (BatchNorm too: weights none)' if from_scratch else ''}")
             ptr = [p for p, s in zip(paths, split) if s == "train"]
             pva = [p for p, s in zip(paths, split) if s == "val"]
             batch = m.gpu_batch_size(model, f.image_size, t.batch_size, t.gpu_max_batch, training=True)

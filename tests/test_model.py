@@ -300,3 +300,23 @@ def test_gpu_batch_probe_runs_forward_and_gradients_without_changing_weights(cal
     assert m.gpu_batch_size(calibrated, S, 2, 8, training=False) == 8  # this machine's memory holds all of them
     assert m.gpu_batch_size(calibrated, S, 2, 8, training=True) == 8
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, calibrated.weights))
+
+
+def test_whole_backbone_from_scratch_trains_batchnorm_too(images):
+    backbone = m.build_backbone(S, "none")
+    names = m.unfreeze_top_blocks(backbone, 15, train_batchnorm=True)
+    assert backbone.get_layer("conv").trainable  # the stem too
+    assert all(l.trainable for l in backbone.layers if l.weights)
+    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert all(bn.momentum == m.BN_MOMENTUM_SCRATCH for bn in bns)
+    assert len(names) == sum(1 for l in backbone.layers if l.weights)
+    # a training-mode call through the assembled model moves the BatchNorm statistics...
+    model = m.assemble(backbone, m.build_head(N_FEATURES, 0.0), np.zeros(N_FEATURES), np.ones(N_FEATURES))
+    before = backbone.get_layer("conv_bn").moving_mean.numpy().copy()
+    model(images, training=True)
+    assert not np.allclose(before, backbone.get_layer("conv_bn").moving_mean.numpy())
+    # ...while in ordinary fine-tuning (BatchNorm frozen) it does not
+    m.unfreeze_top_blocks(backbone, 15)
+    before = backbone.get_layer("conv_bn").moving_mean.numpy().copy()
+    model(images, training=True)
+    assert np.array_equal(before, backbone.get_layer("conv_bn").moving_mean.numpy())

@@ -16,6 +16,10 @@ import tensorflow as tf
 
 from rsdetect.config import RsdetectError
 
+# Keras' MobileNetV3 keeps BatchNorm averages at momentum 0.999, which needs thousands of steps to forget its
+# initial statistics; a from-scratch run here has hundreds, so its inference-mode outputs would stay constant.
+BN_MOMENTUM_SCRATCH = 0.9
+
 
 def set_determinism(seed: int, deterministic: bool) -> None:
     """Seed Python, NumPy and TF from the one seed; op determinism makes CPU runs repeatable."""
@@ -158,27 +162,38 @@ def standardize(features: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
 
 
 def assemble(backbone: keras.Model, head: keras.Model, mean: np.ndarray, std: np.ndarray) -> keras.Model:
-    """Image -> probability: backbone, the feature normalisation learnt on train, then the head."""
+    """Image -> probability: backbone, the feature normalisation learnt on train, then the head.
+
+    Each BatchNorm's `trainable` flag sets its mode when training (Keras 3 runs a frozen BatchNorm in inference
+    mode, and a nested `training=False` is not kept by functional models): see unfreeze_top_blocks.
+    """
     inputs = keras.Input(backbone.input_shape[1:], name="image")
-    feats = backbone(inputs, training=False)
-    norm = keras.layers.Normalization(mean=mean, variance=np.square(std), name="feature_norm")(feats)
+    norm = keras.layers.Normalization(mean=mean, variance=np.square(std), name="feature_norm")(backbone(inputs))
     return keras.Model(inputs, head(norm), name="rs_detector")
 
 
-def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int) -> list[str]:
-    """Make the top `n_blocks` inverted-residual blocks (and the last conv) trainable; BatchNorm stays frozen."""
+def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int, train_batchnorm: bool = False) -> list[str]:
+    """Make the top `n_blocks` inverted-residual blocks (and the last conv) trainable; BatchNorm stays frozen.
+
+    `n_blocks` >= the number of blocks (15) makes the whole backbone trainable, stem included. With
+    `train_batchnorm` (from scratch) BatchNorm trains too, its moving averages at momentum BN_MOMENTUM_SCRATCH.
+    """
     backbone.trainable = True
     block_of = {}
     for layer in backbone.layers:
         m = re.match(r"expanded_conv_(\d+)_", layer.name)
         block_of[layer.name] = int(m.group(1)) if m else None
     blocks = sorted({b for b in block_of.values() if b is not None})
+    whole = n_blocks >= len(blocks)
     top = set(blocks[-n_blocks:]) if n_blocks > 0 else set()
     last_block_layer = max((i for i, l in enumerate(backbone.layers) if block_of[l.name] is not None), default=-1)
     unfrozen = []
     for i, layer in enumerate(backbone.layers):
-        train_it = n_blocks > 0 and (block_of[layer.name] in top or i > last_block_layer)
-        layer.trainable = train_it and not isinstance(layer, keras.layers.BatchNormalization)
+        train_it = whole or (n_blocks > 0 and (block_of[layer.name] in top or i > last_block_layer))
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train_it and (train_batchnorm or not is_bn)
+        if is_bn and layer.trainable:
+            layer.momentum = BN_MOMENTUM_SCRATCH
         if layer.trainable and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen
