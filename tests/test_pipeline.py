@@ -13,7 +13,8 @@ import yaml
 
 from conftest import ROOT
 
-TINY = {"synthesize": {"size": 64, "min_person_area": 60}, "features": {"image_size": 64, "calibration_images": 32},
+TINY = {"synthesize": {"size": 64, "min_person_area": 60, "pairs_per_photo": 1},
+        "features": {"image_size": 64, "calibration_images": 32},
         "train": {"head_epochs": 20, "finetune_blocks": 1, "finetune_epochs": 1}, "baselines": {"rf_trees": 20}}
 
 
