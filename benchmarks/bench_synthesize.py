@@ -8,6 +8,7 @@ Per-core figures run with OpenCV on one thread; each timing is the best of --rep
 so a noisy neighbour slows both sides alike.
 
 Usage: python benchmarks/bench_synthesize.py [--photos 96] [--repeats 3] [--coco INSTANCES_JSON | --generated]
+                                            [--size 224] [--pairs-per-photo 1]
 Photos: the real COCO sample in ../shared where present (or --coco INSTANCES_JSON, images/ beside it),
 else --photos generated 640x480 scenes.
 """
@@ -46,19 +47,19 @@ def per_pixel_rolling_shutter(img: np.ndarray, dx_rows: np.ndarray) -> np.ndarra
     return out
 
 
-def decode_encode_limit(files: list[Path], size: int, quality: int, out: Path | None = None) -> float:
-    """Images/s of decoding each photo and encoding two size x size JPEGs (and writing them, given `out`): no synthesis."""
+def decode_encode_limit(files: list[Path], size: int, quality: int, per_photo: int = 2, out: Path | None = None) -> float:
+    """Images/s of decoding each photo and encoding `per_photo` size x size JPEGs (and writing them, given `out`)."""
     if out is not None:
         out.mkdir()
     t = time.perf_counter()
     for i, f in enumerate(files):
         img = cv2.imdecode(np.fromfile(f, np.uint8), cv2.IMREAD_COLOR)
         crop = np.ascontiguousarray(img[:size, :size])
-        for k in range(2):
+        for k in range(per_photo):
             ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if out is not None:
                 buf.tofile(out / f"{i}_{k}.jpg")
-    return 2 * len(files) / (time.perf_counter() - t)
+    return per_photo * len(files) / (time.perf_counter() - t)
 
 
 def synth_rate(instances: Path, out: Path, p: SynthParams) -> tuple[float, int]:
@@ -75,12 +76,15 @@ def main() -> None:
     ap.add_argument("--reference-photos", type=int, default=2)
     ap.add_argument("--coco", type=Path, help="a COCO instances JSON with images/ beside it (real photos)")
     ap.add_argument("--generated", action="store_true", help="generated photos even where ../shared has real ones")
+    ap.add_argument("--size", type=int, default=224, help="output side in px")
+    ap.add_argument("--pairs-per-photo", type=int, default=1, help="as synthesize.pairs_per_photo (the limit then "
+                    "decodes once and encodes 2 images per pair)")
     args = ap.parse_args()
     if args.coco is None and not args.generated and SHARED_COCO.is_file():
         args.coco = SHARED_COCO  # real photographs decode like the data users have; generated ones are flatter
     cores = os.cpu_count() or 1
     cv2.setNumThreads(1)  # per-core figures: the pool's workers run OpenCV on one thread each too
-    p = SynthParams(size=224, min_person_area=100)
+    p = SynthParams(size=args.size, min_person_area=100, pairs_per_photo=args.pairs_per_photo)
     # Write to RAM (/dev/shm) where there is one: creating a file on this machine's disks took 0.03 to 1 ms,
     # varying minute to minute, which would swamp the compute being compared. Else data/, the pipeline's own disk.
     work = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(__file__).resolve().parents[1] / "data"
@@ -105,16 +109,18 @@ def main() -> None:
 
         limits, write_limits, runs = [], [], {1: [], cores: []}
         for r in range(args.repeats):
-            limits.append(decode_encode_limit(files, p.size, p.jpeg_quality))
-            write_limits.append(decode_encode_limit(files, p.size, p.jpeg_quality, Path(tmp) / f"limit_{r}"))
+            per_photo = 2 * p.pairs_per_photo
+            limits.append(decode_encode_limit(files, p.size, p.jpeg_quality, per_photo))
+            write_limits.append(decode_encode_limit(files, p.size, p.jpeg_quality, per_photo, Path(tmp) / f"limit_{r}"))
             for workers in runs:
                 rate, pairs = synth_rate(instances, Path(tmp) / f"synth{workers}_{r}", replace(p, workers=workers))
                 runs[workers].append(rate)
     limit, write_limit, best = max(limits), max(write_limits), {w: max(v) for w, v in runs.items()}
     print(f"outputs written under {work}")
-    print(f"{len(files)} {source} -> {pairs} pairs (2 images each) at {p.size} px, {cores} cores, best of {args.repeats}")
+    print(f"{len(files)} {source} -> {pairs} pairs (2 images each; {p.pairs_per_photo} per photo) at {p.size} px, "
+          f"{cores} cores, best of {args.repeats}")
     print(f"per-pixel reference warp : {reference:8.2f} images/s per core (warp only)")
-    print(f"decode + 2x encode limit : {limit:8.1f} images/s per core")
+    print(f"decode + {2 * p.pairs_per_photo}x encode limit : {limit:8.1f} images/s per core")
     print(f"  ... and writing the files: {write_limit:8.1f} images/s per core (synthesize writes its outputs too)")
     for workers, rate in best.items():
         print(f"rsdetect synthesize w={workers}: {rate:8.1f} images/s ({rate / workers:.1f} per core)")

@@ -144,8 +144,9 @@ def window_alpha(polygons: list[list[float]], x0: int, y0: int, m: int, side: in
     """The person's soft mask on the window: the polygons rasterised by pycocotools at twice the window's
     resolution, then halved (antialiased edges), instead of decoding the full photo's mask and shrinking it."""
     scale = 2 * side / m
-    shifted = [list(((np.asarray(p, np.float64).reshape(-1, 2) - (x0, y0)) * scale).ravel()) for p in polygons]
-    mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(shifted, 2 * side, 2 * side)))
+    # x and y swapped: pycocotools returns column-major masks, so the transpose is the mask, row-major, uncopied.
+    swapped = [list(((np.asarray(p, np.float64).reshape(-1, 2) - (x0, y0)) * scale)[:, ::-1].ravel()) for p in polygons]
+    mask = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(swapped, 2 * side, 2 * side))).T
     return cv2.resize(mask * np.uint8(255), (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
