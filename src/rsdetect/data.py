@@ -214,7 +214,7 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     if min(h, w) < 16:
         raise SkipImage(f"image too small ({w}x{h})")
     scale2 = (p.size / min(h, w)) ** 2
-    usable = []  # areas from the RLEs: only the chosen person's mask is decoded
+    usable = []  # areas and boxes from the RLEs, never decoded: only the chosen person is rasterised, on the window
     for ann in task.anns:
         polygons = person_polygons(ann)
         rle = person_rle(polygons, h, w)
