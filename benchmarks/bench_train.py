@@ -83,8 +83,10 @@ def main() -> None:
         t_e2e_full = t_e2e / args.e2e_epochs * head_epochs
 
         rates = {}
+        saved = os.path.join(tmp, "backbone.keras")  # each fine-tuning run starts from the same backbone weights
+        backbone.save(saved)
         for name, blocks, bn in (("top 2 blocks", 2, False), ("whole backbone+BN", 15, True)):
-            ft_backbone = keras.saving.load_model(_saved(backbone, tmp), compile=False)
+            ft_backbone = keras.saving.load_model(saved, compile=False)
             m.unfreeze_top_blocks(ft_backbone, blocks, train_batchnorm=bn)
             model = m.assemble(ft_backbone, head, mean, std)
             model.compile(optimizer=keras.optimizers.Adam(t.finetune_lr), loss="binary_crossentropy")
@@ -104,14 +106,6 @@ def main() -> None:
     print(f"ratio end-to-end / phase 1 incl. features : {t_e2e_full / (t_head + t_feat):8.1f}x")
     for name, rate in rates.items():
         print(f"fine-tuning, {name:16s}: {rate:8.1f} train images/s")
-
-
-def _saved(backbone, tmp: str) -> str:
-    """A copy of the backbone on disk, so each fine-tuning run starts from the same weights."""
-    path = os.path.join(tmp, "backbone.keras")
-    if not os.path.exists(path):
-        backbone.save(path)
-    return path
 
 
 if __name__ == "__main__":

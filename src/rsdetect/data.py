@@ -223,15 +223,15 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     if not usable:
         raise SkipImage("no usable person (crowd-only, too small, fewer than 3 points, zero-area or off-image)")
     rows = []
-    for k in range(p.pairs_per_photo):
-        rows += write_pair(task, image, usable, k, out_dir, seed, p)
+    for index in range(p.pairs_per_photo):
+        rows += write_pair(task, image, usable, index, out_dir, seed, p)
     return rows
 
 
-def write_pair(task: Task, image: np.ndarray, usable: list[tuple], k: int, out_dir: str, seed: int,
+def write_pair(task: Task, image: np.ndarray, usable: list[tuple], index: int, out_dir: str, seed: int,
                p: SynthParams) -> list[dict]:
-    """The photo's k-th RS/GS pair (a person and a motion drawn from (seed, image id[, k])) written as JPEGs."""
-    extra = [k] if k else []  # pair 0 keeps the streams of one pair per photo
+    """The photo's index-th RS/GS pair (a person and a motion drawn from (seed, image id[, index])) written as JPEGs."""
+    extra = [index] if index else []  # pair 0 keeps the streams of one pair per photo
     ann, polygons, bbox = usable[int(np.random.default_rng([seed, task.image_id, *extra]).integers(len(usable)))]
     rng = np.random.default_rng([seed, task.image_id, int(ann["id"]), *extra])
     for _ in range(MAX_TRIES):
@@ -243,7 +243,7 @@ def write_pair(task: Task, image: np.ndarray, usable: list[tuple], k: int, out_d
             break
     else:
         raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
-    pair_id = f"{task.image_id:012d}_{int(ann['id'])}" + (f"_{k}" if k else "")
+    pair_id = f"{task.image_id:012d}_{int(ann['id'])}" + (f"_{index}" if index else "")
     base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, "ann_id": int(ann["id"]),
             "readout": round(readout, 4), "t_star": round(t_star, 4), "max_disp_px": round(extent, 3),
             "rigid_px": round(rigid, 3), **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(motion).items()}}
