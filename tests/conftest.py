@@ -33,8 +33,8 @@ def shared_coco() -> Path:
 COLOUR_GAIN = 0.05  # p = sigmoid(GAIN * mean(R - B)): red frames ~0.9994, blue frames ~0.0006
 
 
-def colour_model(size: int):
-    """A model with known scores: p = sigmoid(COLOUR_GAIN * mean(R - B)) via a fixed 1x1 conv, pooling and unit."""
+def colour_model(size: int, gain: float = COLOUR_GAIN, bias: float = 0.0):
+    """A model with known scores: p = sigmoid(gain * mean(R - B) + bias) via a fixed 1x1 conv, pooling and unit."""
     import keras
 
     inp = keras.Input((size, size, 3), name="image")
@@ -43,5 +43,5 @@ def colour_model(size: int):
     out = keras.layers.Dense(1, activation="sigmoid", name="gain")(x)
     model = keras.Model(inp, out)
     model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
-    model.get_layer("gain").set_weights([np.array([[COLOUR_GAIN]], np.float32), np.zeros(1, np.float32)])
+    model.get_layer("gain").set_weights([np.array([[gain]], np.float32), np.array([bias], np.float32)])
     return model

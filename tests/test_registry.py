@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import colour_model as shared_colour_model
 from rsdetect.config import RsdetectError
 from rsdetect.registry import (decode_frame, file_md5, frames_from_input, project_root, register_candidate, to_model_input,
                                tracking_uri)
@@ -135,13 +136,8 @@ keras = pytest.importorskip("keras")
 
 
 def colour_model(gain: float, bias: float = 0.0) -> keras.Model:
-    """p = sigmoid(gain * mean(R - B) + bias): known scores for red vs blue frames."""
-    inp = keras.Input((S, S, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inp)
-    out = keras.layers.Dense(1, activation="sigmoid")(x)
-    model = keras.Model(inp, out)
-    model.layers[-1].set_weights([np.array([[gain], [0.0], [-gain]], np.float32), np.array([bias], np.float32)])
-    return model
+    """p = sigmoid(gain * mean(R - B) + bias) at this module's size: known scores for red vs blue frames."""
+    return shared_colour_model(S, gain, bias)
 
 
 def make_test_frames(tmp_path: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
