@@ -1,34 +1,36 @@
 """Stage fetch: raw COCO-format data (images/ + instances.json + report.json) into OUT.
 
-source sample: the embedded default (data/sample, tracked by data.dvc), checked and copied.
+source sample: the embedded default, checked and merged: the drawn scenes (data/sample, data.dvc) and the real
+photos whose licence allows shipping them (data/coco-licensed, data/coco-licensed.dvc), each by a param.
 source coco2017: COCO 2017 annotations plus only the person images needed, downloaded.
 """
-import shutil
 import sys
 from pathlib import Path
 
 from rsdetect.cli import run_stage
 from rsdetect.config import RsdetectError, load_params
-from rsdetect.data import load_instances
 from rsdetect.io import write_json
 
 
 def main() -> None:
-    sample_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    sample_dir, real_dir, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     params = load_params()
     if params.fetch.source == "coco2017":
         from rsdetect.coco import fetch_coco2017
 
         report = fetch_coco2017(params.fetch.coco2017, out, params.seed)
     else:
-        if not (sample_dir / "instances.json").is_file():
-            raise RsdetectError(f"{sample_dir}: embedded dataset missing; run `dvc pull data.dvc` (or `rsdetect make-sample`)")
-        coco = load_instances(sample_dir / "instances.json")
-        if out.exists():  # data/raw persists between runs (for coco2017 resume); the sample copy starts clean
-            shutil.rmtree(out)
-        shutil.copytree(sample_dir / "images", out / "images")
-        shutil.copy2(sample_dir / "instances.json", out / "instances.json")
-        report = {"source": "sample", "images": len(coco["images"]), "annotations": len(coco["annotations"])}
+        from rsdetect.embedded import DRAWN_ID_OFFSET, merge_datasets
+
+        s = params.fetch.sample
+        parts = [(d, name, offset) for d, name, offset, use in
+                 ((sample_dir, "drawn", DRAWN_ID_OFFSET, s.drawn), (real_dir, "real", 0, s.real)) if use]
+        if not parts:
+            raise RsdetectError("fetch.sample: drawn and real are both false; nothing to fetch")
+        for folder, name, _ in parts:
+            if not (folder / "instances.json").is_file():
+                raise RsdetectError(f"{folder}: embedded dataset missing; run `dvc pull` (or `rsdetect make-sample` for the drawn scenes)")
+        report = {"source": "sample", **merge_datasets(parts, out)}
         write_json(out / "report.json", report)
     print(f"fetch: {report}")
 

@@ -26,6 +26,12 @@ def _make_sample(args: argparse.Namespace) -> None:
     print(make_sample_dataset(args.out, p.seed, s.n_images, s.width, s.height))
 
 
+def _embed_photos(args: argparse.Namespace) -> None:
+    from rsdetect.embedded import embed_licensed_photos
+
+    print(embed_licensed_photos(args.sources, args.out))
+
+
 def _register(args: argparse.Namespace) -> None:
     from rsdetect.registry import register_from_outputs
 
@@ -68,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--out", default="data/sample")
     s.set_defaults(func=_make_sample)
+    e = sub.add_parser("embed-photos", help="copy the redistributable photos (COCO licence 4, 5, 7, 8) of COCO-format "
+                                             "folders into data/coco-licensed, with an attribution file")
+    e.add_argument("sources", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
+    e.add_argument("--out", default="data/coco-licensed")
+    e.set_defaults(func=_embed_photos)
     r = sub.add_parser("register", help="register the trained model in MLflow; move the champion alias if better")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/model.keras")

@@ -22,6 +22,8 @@ class SampleParams:
     n_images: int = 240
     width: int = 320
     height: int = 240
+    drawn: bool = True
+    real: bool = True
 
 
 @dataclass(frozen=True)
