@@ -87,7 +87,8 @@ def test_bad_inputs_are_counted_skips_with_reasons(tmp_path):
     (tmp_path / "instances.json").write_text(json.dumps({"images": images, "annotations": anns,
                                                          "categories": [{"id": 1, "name": "person"}]}))
     out = tmp_path / "synth"
-    report = synthesize(tmp_path / "instances.json", out, 1, replace(P, min_person_area=50))
+    # Person motion only: a photo without a usable person cannot give a pair.
+    report = synthesize(tmp_path / "instances.json", out, 1, replace(P, min_person_area=50, kinds={"object": 1.0}))
     reasons = {s["file"].split("/")[-1]: s["reason"] for s in report["skipped_items"]}
     assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "missing.jpg", "twopoints.jpg", "zeroarea.jpg",
                             "offimage.jpg", "crowdonly.jpg"}
@@ -95,6 +96,12 @@ def test_bad_inputs_are_counted_skips_with_reasons(tmp_path):
     assert "cannot be read" in reasons["missing.jpg"] and "no usable person" in reasons["crowdonly.jpg"]
     assert report["pairs"] == 4 and report["skipped"] == 7  # good, gray, 16-bit and border photos give pairs
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))  # nothing half-written
+    # With camera motion in the mix, the photos without a usable person give pan / vibration pairs instead.
+    report = synthesize(tmp_path / "instances.json", tmp_path / "mixed", 1, replace(P, min_person_area=50))
+    assert report["skipped"] == 3 and report["pairs"] == 8
+    rows = read_manifest(tmp_path / "mixed" / "manifest.csv")
+    personless = {r["kind"] for r in rows if r["label"] == 1 and r["ann_id"] == "0"}
+    assert personless and personless <= {"pan", "vibration"}
 
 
 def test_unreadable_instances_is_one_line_error(tmp_path):
@@ -126,7 +133,7 @@ def test_artefact_features_cannot_tell_the_classes_apart(tmp_path):
     assert 0.38 < auc < 0.62, f"shortcut features separate the classes (AUC {auc:.3f})"
 
 
-def test_several_pairs_per_photo_stay_in_its_split_and_keep_pair_zero(sample_dir, tmp_path):
+def test_several_pairs_per_photo_stay_in_its_split_and_repeat_exactly(sample_dir, tmp_path):
     one = synthesize(sample_dir / "instances.json", tmp_path / "one", 5, replace(P, workers=1))
     three = synthesize(sample_dir / "instances.json", tmp_path / "three", 5, replace(P, workers=1, pairs_per_photo=3))
     assert three["pairs"] == 3 * one["pairs"]
@@ -143,6 +150,8 @@ def test_several_pairs_per_photo_stay_in_its_split_and_keep_pair_zero(sample_dir
     assert all(len(m) == 3 for m in motions.values())  # each pair draws its own motion
     for r in read_manifest(tmp_path / "one" / "manifest.csv"):  # pair 0 is the pair of a one-pair run, byte for byte
         assert (tmp_path / "three" / r["path"]).read_bytes() == (tmp_path / "one" / r["path"]).read_bytes()
+    again = synthesize(sample_dir / "instances.json", tmp_path / "again", 5, replace(P, workers=2, pairs_per_photo=3))
+    assert again == three and tree_digest(tmp_path / "again") == tree_digest(tmp_path / "three")
 
 
 def test_a_worker_that_cannot_start_is_one_line_error_not_a_hang(sample_dir, tmp_path):

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 
 class RsdetectError(Exception):
@@ -68,7 +70,32 @@ class SynthParams:
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    flip: bool = True
+    brightness: float = 20.0
+    contrast: float = 0.2
+    blur_prob: float = 0.3
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
+    noise_sigma: tuple[float, float] = (0.0, 4.0)
+    jpeg_quality: tuple[float, float] = (70.0, 95.0)
+
+
+@dataclass(frozen=True)
+class PretrainParams:
+    epochs: int = 40
+    steps_per_epoch: int = 32
+    batch_size: int = 32
+    lr: float = 1e-3
+    curriculum_epochs: int = 5
+    curriculum_scale: float = 2.0
+    val_pairs: int = 256
+    patience: int = 10
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
 class FeatureParams:
+    backbone: str = "small"
     image_size: int = 224
     weights: str = "none"
     batch_size: int = 32
@@ -86,6 +113,9 @@ class TrainParams:
     finetune_blocks: int = 0
     finetune_epochs: int = 4
     finetune_lr: float = 1e-4
+    steps_per_epoch: int = 32
+    curriculum_epochs: int = 0
+    curriculum_scale: float = 1.0
     patience: int = 3
     deterministic: bool = True
 
@@ -116,6 +146,8 @@ class Params:
     seed: int = 0
     fetch: FetchParams = field(default_factory=FetchParams)
     synthesize: SynthParams = field(default_factory=SynthParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    pretrain: PretrainParams = field(default_factory=PretrainParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainParams = field(default_factory=TrainParams)
     baselines: BaselineParams = field(default_factory=BaselineParams)
@@ -124,6 +156,7 @@ class Params:
 
 
 SOURCES = ("sample", "coco2017")
+BACKBONES = ("small", "large")
 KINDS = ("object", "pan", "vibration")
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 
@@ -216,17 +249,33 @@ def _check(p: Params) -> None:
     positive("synthesize.pairs_per_photo", s.pairs_per_photo)
     if s.workers < 0:
         raise ConfigError(f"synthesize.workers: must be >= 0, got {s.workers}")
+    a = p.augment
+    for key in ("brightness", "blur_sigma", "noise_sigma"):
+        if np.min(getattr(a, key)) < 0:
+            raise ConfigError(f"augment.{key}: must be >= 0, got {getattr(a, key)}")
+    if not 0 <= a.contrast < 1 or not 0 <= a.blur_prob <= 1:
+        raise ConfigError("augment.contrast must be within [0, 1) and augment.blur_prob within [0, 1]")
+    if not 1 <= a.jpeg_quality[0] <= a.jpeg_quality[1] <= 100:
+        raise ConfigError(f"augment.jpeg_quality: must be within [1, 100], got {list(a.jpeg_quality)}")
+    pt = p.pretrain
+    for key in ("epochs", "steps_per_epoch", "batch_size", "lr", "curriculum_scale", "val_pairs", "patience"):
+        positive(f"pretrain.{key}", getattr(pt, key))
+    for key, value in (("pretrain.batch_size", pt.batch_size), ("train.batch_size", p.train.batch_size)):
+        if value % 2:
+            raise ConfigError(f"{key}: must be even (each rolling-shutter image comes with its twin), got {value}")
     f = p.features
+    if f.backbone not in BACKBONES:
+        raise ConfigError(f"features.backbone: unknown backbone {f.backbone!r} (choose one of {', '.join(BACKBONES)})")
     for key in ("image_size", "batch_size", "gpu_max_batch", "calibration_images"):
         positive(f"features.{key}", getattr(f, key))
     if f.image_size < 32:
         raise ConfigError(f"features.image_size: must be >= 32, got {f.image_size}")
-    if f.weights not in ("imagenet", "none") and not Path(f.weights).is_file():
-        raise ConfigError(f"features.weights: weights file {f.weights!r} not found (use imagenet, none or a path to a .weights.h5 file)")
+    if f.weights not in ("imagenet", "none", "pretrained") and not Path(f.weights).is_file():
+        raise ConfigError(f"features.weights: weights file {f.weights!r} not found (use pretrained, imagenet, none or a path to a .weights.h5 file)")
     t = p.train
-    for key in ("batch_size", "gpu_max_batch", "head_epochs", "head_lr", "finetune_lr", "patience"):
+    for key in ("batch_size", "gpu_max_batch", "head_epochs", "head_lr", "finetune_lr", "patience", "steps_per_epoch", "curriculum_scale"):
         positive(f"train.{key}", getattr(t, key))
-    for key in ("finetune_blocks", "finetune_epochs"):
+    for key in ("finetune_blocks", "finetune_epochs", "curriculum_epochs"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
     if not 0 <= t.dropout < 1:

@@ -106,19 +106,25 @@ def person_rle(polygons: list[list[float]], height: int, width: int) -> dict | N
     return rle if mask_utils.area(rle) > 0 else None
 
 
-def draw_motion(rng: np.random.Generator, p: SynthParams) -> tuple[Motion, float]:
-    """Draw a motion (kind from the params' mix) and a readout time."""
-    names = [k for k in KINDS if p.kinds.get(k, 0) > 0]
+FRAME_KINDS = ("pan", "vibration")  # distortions of the whole frame: they need no person
+
+
+def draw_motion(rng: np.random.Generator, p: SynthParams, with_person: bool = True, scale: float = 1.0) -> tuple[Motion, float]:
+    """Draw a motion (kind from the params' mix; camera motion only for a photo without a usable person) and a
+    readout time. `scale` multiplies every magnitude (speed, turn, amplitude): > 1 is the easy start of a curriculum."""
+    names = [k for k in KINDS if p.kinds.get(k, 0) > 0 and (with_person or k in FRAME_KINDS)]
+    if not names:
+        raise SkipImage("no usable person, and synthesize.kinds has no camera motion (pan, vibration)")
     weights = np.array([p.kinds[k] for k in names], np.float64)
     kind = names[int(rng.choice(len(names), p=weights / weights.sum()))]
     readout = float(rng.uniform(*p.readout))
     direction = float(rng.uniform(0, 2 * np.pi))
     if kind == "object":
-        return Motion(kind, speed=float(rng.uniform(*p.object_speed)), direction=direction,
-                      turn=float(rng.uniform(*p.object_turn))), readout
+        return Motion(kind, speed=scale * float(rng.uniform(*p.object_speed)), direction=direction,
+                      turn=scale * float(rng.uniform(*p.object_turn))), readout
     if kind == "pan":  # cameras pan mostly sideways
-        return Motion(kind, speed=float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, 0.2))), readout
-    return Motion(kind, amplitude=float(rng.uniform(*p.vibration_amplitude)), direction=direction,
+        return Motion(kind, speed=scale * float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, 0.2))), readout
+    return Motion(kind, amplitude=scale * float(rng.uniform(*p.vibration_amplitude)), direction=direction,
                   cycles=float(rng.uniform(*p.vibration_cycles)), phase=float(rng.uniform(0, 2 * np.pi))), readout
 
 
@@ -159,7 +165,8 @@ def square_window(image: np.ndarray, polygons: list[list[float]], bbox: tuple[fl
     h, w = image.shape[:2]
     m = min(h, w)
     x0, y0 = crop_window(bbox, h, w, m)
-    return shrink_square(image[y0:y0 + m, x0:x0 + m], side), window_alpha(polygons, x0, y0, m, side)
+    alpha = window_alpha(polygons, x0, y0, m, side) if polygons else np.zeros((side, side), np.float32)
+    return shrink_square(image[y0:y0 + m, x0:x0 + m], side), alpha
 
 
 def make_pair(image: np.ndarray, polygons: list[list[float]], bbox: tuple[float, float, float, float], motion: Motion,
@@ -200,59 +207,73 @@ def make_pair(image: np.ndarray, polygons: list[list[float]], bbox: tuple[float,
     return rs, gs, extent, rigid
 
 
-def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
-    """One photo -> synthesize.pairs_per_photo RS/GS pairs written as JPEGs; returns their manifest rows.
-
-    Raises SkipImage with a reason (a photo whose people cannot give every pair is skipped whole).
-    """
-    try:
-        data = (Path(root) / task.file).read_bytes()
-    except OSError as exc:
-        raise SkipImage(f"image cannot be read ({exc.strerror})") from None
-    image = decode_image(data, task.file)
-    h, w = image.shape[:2]
-    if min(h, w) < 16:
-        raise SkipImage(f"image too small ({w}x{h})")
-    scale2 = (p.size / min(h, w)) ** 2
-    usable = []  # areas and boxes from the RLEs, never decoded: only the chosen person is rasterised, on the window
-    for ann in task.anns:
+def usable_people(anns: list[dict], height: int, width: int, p: SynthParams) -> list[tuple]:
+    """(annotation, polygons, bbox) of each person big enough at output scale; areas and boxes from the RLEs, never
+    decoded (only the chosen person is rasterised, on the window)."""
+    scale2 = (p.size / min(height, width)) ** 2
+    usable = []
+    for ann in anns:
         polygons = person_polygons(ann)
-        rle = person_rle(polygons, h, w)
+        rle = person_rle(polygons, height, width)
         if rle is not None and mask_utils.area(rle) * scale2 >= p.min_person_area:
             usable.append((ann, polygons, tuple(mask_utils.toBbox(rle))))
-    if not usable:
-        raise SkipImage("no usable person (crowd-only, too small, fewer than 3 points, zero-area or off-image)")
-    rows = []
-    for index in range(p.pairs_per_photo):
-        rows += write_pair(task, image, usable, index, out_dir, seed, p)
-    return rows
+    return usable
 
 
-def write_pair(task: Task, image: np.ndarray, usable: list[tuple], index: int, out_dir: str, seed: int,
-               p: SynthParams) -> list[dict]:
-    """The photo's index-th RS/GS pair (a person and a motion drawn from (seed, image id[, index])) written as JPEGs."""
-    extra = [index] if index else []  # pair 0 keeps the streams of one pair per photo
-    ann, polygons, bbox = usable[int(np.random.default_rng([seed, task.image_id, *extra]).integers(len(usable)))]
-    rng = np.random.default_rng([seed, task.image_id, int(ann["id"]), *extra])
+def read_photo(root: str | Path, file: str) -> np.ndarray:
+    """A dataset photo as 8-bit BGR; SkipImage (a counted reason) if it cannot be read or is too small."""
+    try:
+        data = (Path(root) / file).read_bytes()
+    except OSError as exc:
+        raise SkipImage(f"image cannot be read ({exc.strerror})") from None
+    image = decode_image(data, file)
+    if min(image.shape[:2]) < 16:
+        raise SkipImage(f"image too small ({image.shape[1]}x{image.shape[0]})")
+    return image
+
+
+def draw_pair(image: np.ndarray, usable: list[tuple], rng: np.random.Generator, p: SynthParams,
+              scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One RS image, its global-shutter twin and their manifest fields, all drawn from `rng`.
+
+    A person is chosen among `usable`; a photo without one gets camera motion only (pan, vibration).
+    SkipImage if the effective shear stays below synthesize.min_visible_px for MAX_TRIES draws.
+    """
+    if usable:
+        ann, polygons, bbox = usable[int(rng.integers(len(usable)))]
+    else:
+        h, w = image.shape[:2]
+        ann, polygons, bbox = {"id": 0}, [], (0.0, 0.0, float(w), float(h))
     for _ in range(MAX_TRIES):
-        motion, readout = draw_motion(rng, p)
+        motion, readout = draw_motion(rng, p, with_person=bool(usable), scale=scale)
         t_star = float(rng.uniform(0, readout))
         pair = make_pair(image, polygons, bbox, motion, readout, t_star, p.size, p.min_visible_px)
         if pair is not None:
             rs, gs, extent, rigid = pair
-            break
-    else:
-        raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
-    pair_id = f"{task.image_id:012d}_{int(ann['id'])}" + (f"_{index}" if index else "")
-    base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, "ann_id": int(ann["id"]),
-            "readout": round(readout, 4), "t_star": round(t_star, 4), "max_disp_px": round(extent, 3),
-            "rigid_px": round(rigid, 3), **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(motion).items()}}
+            fields = {"ann_id": int(ann["id"]), "readout": round(readout, 4), "t_star": round(t_star, 4),
+                      "max_disp_px": round(extent, 3), "rigid_px": round(rigid, 3),
+                      **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(motion).items()}}
+            return rs, gs, fields
+    raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
+
+
+def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
+    """One photo -> synthesize.pairs_per_photo RS/GS pairs written as JPEGs; returns their manifest rows.
+
+    Raises SkipImage with a reason (a photo that cannot give every pair is skipped whole).
+    """
+    image = read_photo(root, task.file)
+    usable = usable_people(task.anns, *image.shape[:2], p)
     rows = []
-    for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
-        rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
-        buf.tofile(Path(out_dir) / rel)  # plain write: out_dir is a staging folder renamed into place when complete
-        rows.append({**base, "path": rel, "label": label})
+    for index in range(p.pairs_per_photo):
+        rs, gs, fields = draw_pair(image, usable, np.random.default_rng([seed, task.image_id, index]), p)
+        pair_id = f"{task.image_id:012d}_{index}"
+        base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, **fields}
+        for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
+            rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
+            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
+            buf.tofile(Path(out_dir) / rel)  # plain write: out_dir is a staging folder renamed into place when complete
+            rows.append({**base, "path": rel, "label": label})
     return rows
 
 
@@ -283,9 +304,8 @@ def run_tasks(jobs: list[tuple], workers: int):
                                 "set synthesize.workers: 1 to run in one process and see why") from None
 
 
-def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
-    """Make the RS/GS dataset from a COCO-format folder: images/, manifest.csv and report.json under out_dir."""
-    instances_path, out_dir = Path(instances_path), Path(out_dir)
+def photo_tasks(instances_path: str | Path, seed: int, p: SynthParams) -> list[Task]:
+    """Every photo of a COCO-format dataset with its split and its person annotations, ordered by id."""
     coco = load_instances(instances_path)
     persons = {c["id"] for c in coco.get("categories", []) if c.get("name") == "person"} or {1}
     by_image: dict[int, list] = {}
@@ -293,8 +313,14 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
         if ann.get("category_id") in persons:
             by_image.setdefault(int(ann["image_id"]), []).append(ann)
     split = split_images(coco["images"], seed, p.val_fraction, p.test_fraction)
-    tasks = [Task(int(im["id"]), f"images/{im['file_name']}", split[int(im["id"])], by_image.get(int(im["id"]), []))
-             for im in sorted(coco["images"], key=lambda im: im["id"])]
+    return [Task(int(im["id"]), f"images/{im['file_name']}", split[int(im["id"])], by_image.get(int(im["id"]), []))
+            for im in sorted(coco["images"], key=lambda im: im["id"])]
+
+
+def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
+    """Make the RS/GS dataset from a COCO-format folder: images/, manifest.csv and report.json under out_dir."""
+    instances_path, out_dir = Path(instances_path), Path(out_dir)
+    tasks = photo_tasks(instances_path, seed, p)
     workers = p.workers or os.cpu_count() or 1
     rows, skipped = [], []
     with staged_dir(out_dir) as stage:

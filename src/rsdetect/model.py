@@ -69,24 +69,33 @@ def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int, tr
     return largest_batch(step, start, cap)
 
 
-def build_backbone(image_size: int, weights: str) -> keras.Model:
-    """MobileNetV3Large without top, average-pooled; weights: 'imagenet', 'none' or a local weights file."""
+ARCHITECTURES = {"small": "MobileNetV3Small", "large": "MobileNetV3Large"}
+
+
+def build_backbone(image_size: int, weights: str, arch: str = "large", weights_file: str | Path | None = None) -> keras.Model:
+    """MobileNetV3 (arch small | large) without top, average-pooled.
+
+    weights: 'imagenet' (download), 'none' (random), 'pretrained' (`weights_file`, made by the pretrain stage)
+    or a path to a local .weights.h5 file (air-gapped sites).
+    """
+    make = getattr(keras.applications, ARCHITECTURES[arch])
     kwargs = dict(input_shape=(image_size, image_size, 3), include_top=False, pooling="avg", include_preprocessing=True)
     if weights == "imagenet":
         try:
-            return keras.applications.MobileNetV3Large(weights="imagenet", **kwargs)
+            return make(weights="imagenet", **kwargs)
         except Exception as exc:  # Keras wraps network failures in a bare Exception("URL fetch failure ...")
             raise RsdetectError(f"features.weights: cannot download the ImageNet weights ({type(exc).__name__}); "
-                                "set features.weights to a local .weights.h5 file or to none") from None
-    backbone = keras.applications.MobileNetV3Large(weights=None, **kwargs)
+                                "set features.weights to pretrained, a local .weights.h5 file or none") from None
+    backbone = make(weights=None, **kwargs)
     if weights != "none":
-        path = Path(weights)
+        path = Path(weights_file if weights == "pretrained" else weights)
         if not path.is_file():
-            raise RsdetectError(f"features.weights: weights file {path} not found")
+            raise RsdetectError(f"features.weights: weights file {path} not found"
+                                + (" (run `dvc repro pretrain` or `dvc pull`)" if weights == "pretrained" else ""))
         try:
             backbone.load_weights(path, skip_mismatch=False)
         except (OSError, ValueError) as exc:
-            raise RsdetectError(f"features.weights: {path} does not match MobileNetV3Large at {image_size}px ({str(exc).splitlines()[0][:160]})") from None
+            raise RsdetectError(f"features.weights: {path} does not match {ARCHITECTURES[arch]} at {image_size}px ({str(exc).splitlines()[0][:160]})") from None
     return backbone
 
 
