@@ -92,7 +92,7 @@ class TrainParams:
 class LineParams:
     """The straight-line (physics) baseline: near-vertical segments and their tilt (rsdetect.lines)."""
     max_tilt_deg: float = 20.0
-    min_length_frac: float = 0.15
+    min_length_frac: float = 0.1
     tilt_bins: int = 8
     tilted_deg: float = 1.0
     bands: int = 3
