@@ -1,4 +1,5 @@
-"""Stage baselines: logistic regression and random forest on downsampled pixels and on cached backbone features."""
+"""Stage baselines: logistic regression and random forest on downsampled pixels and on cached backbone features,
+and logistic regression on straight-line tilt features (the physics baseline)."""
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rsdetect.config import load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import binary_metrics, write_predictions
 from rsdetect.io import write_json
+from rsdetect.lines import line_features_of_paths
 
 
 def main() -> None:
@@ -20,14 +22,18 @@ def main() -> None:
     y = np.array([r["label"] for r in rows])
     split = np.array([r["split"] for r in rows])
     tr = split == "train"
-    inputs = {"pixels": pixel_features([synth / r["path"] for r in rows], b.pixel_size),
-              "features": np.load(feats_dir / "features.npz")["features"]}
+    paths = [synth / r["path"] for r in rows]
     models = {"lr": lambda: logistic_regression(b.lr_C, params.seed),
               "rf": lambda: random_forest(b.rf_trees, b.rf_max_depth, params.seed)}
+    # Each input with the models run on it. Lines: LR only, the simplest reading of a few physical features.
+    inputs = {"pixels": (pixel_features(paths, b.pixel_size), ("lr", "rf")),
+              "features": (np.load(feats_dir / "features.npz")["features"], ("lr", "rf")),
+              "lines": (line_features_of_paths(paths, b.lines), ("lr",))}
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}
-    for input_name, x in inputs.items():
-        for model_name, make in models.items():
+    for input_name, (x, model_names) in inputs.items():
+        for model_name in model_names:
+            make = models[model_name]
             name = f"{model_name}_{input_name}"
             prob = fit_predict(make(), x[tr], y[tr], x)
             write_predictions(out / f"{name}.csv", rows, prob)

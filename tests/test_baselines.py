@@ -1,15 +1,25 @@
-"""rsdetect.baselines: downsampled-pixel features, LR / RF fit-predict, and a shuffled-label run at chance."""
+"""rsdetect.baselines: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at chance, and the
+baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
+
+import json
+import runpy
+import sys
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from rsdetect.baselines import fit_predict, logistic_regression, pixel_features, random_forest
 from rsdetect.config import SynthParams
 from rsdetect.data import read_manifest, synthesize
+from rsdetect.evaluate import read_predictions
+from rsdetect.io import read_yaml
 from rsdetect.sample import make_sample_dataset
+
+from conftest import ROOT
 
 
 def test_pixel_features_shape_range_and_values(tmp_path):
@@ -64,12 +74,17 @@ def test_random_forest_is_deterministic_for_a_seed():
 
 
 @pytest.fixture(scope="module")
-def synth_dataset(tmp_path_factory):
+def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_synth")
     make_sample_dataset(root / "sample", seed=3, n_images=200, width=160, height=120)
     synthesize(root / "sample" / "instances.json", root / "s", 5, SynthParams(size=64, min_person_area=50, workers=1))
-    rows = read_manifest(root / "s" / "manifest.csv")
-    x = pixel_features([root / "s" / r["path"] for r in rows], 16)
+    return root / "s"
+
+
+@pytest.fixture(scope="module")
+def synth_dataset(synth_dir):
+    rows = read_manifest(synth_dir / "manifest.csv")
+    x = pixel_features([synth_dir / r["path"] for r in rows], 16)
     y = np.array([r["label"] for r in rows])
     split = np.array([r["split"] for r in rows])
     return x, y, split
@@ -96,3 +111,24 @@ def test_true_labels_fit_the_training_set(synth_dataset):
     tr = split == "train"
     prob = fit_predict(logistic_regression(1.0, 0), x[tr], y[tr], x)
     assert roc_auc_score(y[tr], prob[tr]) > 0.9
+
+
+def test_baselines_stage_writes_every_model_including_lr_lines(synth_dir, tmp_path, monkeypatch):
+    """The stage script: one predictions CSV per model (lines with LR only) and val/test metrics for each."""
+    rows = read_manifest(synth_dir / "manifest.csv")
+    (tmp_path / "features").mkdir()
+    np.savez(tmp_path / "features" / "features.npz",
+             features=np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32))
+    params = read_yaml(ROOT / "params.yaml", "params file", RuntimeError)
+    params["baselines"]["rf_trees"] = 5  # speed only; the forest itself is tested above
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["baselines.py", str(synth_dir), "features", "out", "baselines.json"])
+    runpy.run_path(str(ROOT / "src" / "baselines.py"), run_name="__main__")
+    names = {"lr_pixels", "rf_pixels", "lr_features", "rf_features", "lr_lines"}
+    assert {p.stem for p in (tmp_path / "out").glob("*.csv")} == names
+    metrics = json.loads((tmp_path / "baselines.json").read_text())
+    assert set(metrics) == names and all(set(m) == {"val", "test"} for m in metrics.values())
+    lines = read_predictions(tmp_path / "out" / "lr_lines.csv")
+    assert sum(len(v["label"]) for v in lines.values()) == len(rows)
+    assert all(((v["prob"] >= 0) & (v["prob"] <= 1)).all() for v in lines.values())

@@ -22,6 +22,11 @@ def test_repo_params_load_and_validate():
     ({"train": {"batch_size": 0}}, "train.batch_size"),
     ({"train": {"learning_rate": 0.1}}, "train.learning_rate"),
     ({"register": {"metric": "auc"}}, "register.metric"),
+    ({"baselines": {"lines": {"max_tilt_deg": 60}}}, "baselines.lines.max_tilt_deg"),
+    ({"baselines": {"lines": {"bands": 2}}}, "baselines.lines.bands"),
+    ({"baselines": {"lines": {"min_length_frac": 0}}}, "baselines.lines.min_length_frac"),
+    ({"baselines": {"lines": {"tilted_deg": 30}}}, "baselines.lines.tilted_deg"),
+    ({"baselines": {"lines": {"angle": 3}}}, "baselines.lines.angle"),
 ])
 def test_bad_params_name_the_param_in_one_line(raw, key):
     with pytest.raises(ConfigError) as err:

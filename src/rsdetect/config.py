@@ -121,11 +121,25 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+class LineParams:
+    """The straight-line (physics) baseline: near-vertical segments and their tilt (rsdetect.lines)."""
+    max_tilt_deg: float = 20.0
+    min_length_frac: float = 0.1
+    tilt_bins: int = 8
+    tilted_deg: float = 1.0
+    bands: int = 3
+    lsd_scale: float = 0.8
+    curve_min_length_frac: float = 0.3
+    curve_window_px: int = 2
+
+
+@dataclass(frozen=True)
 class BaselineParams:
     pixel_size: int = 32
     lr_C: float = 1.0
     rf_trees: int = 200
     rf_max_depth: int = 12
+    lines: LineParams = field(default_factory=LineParams)
 
 
 @dataclass(frozen=True)
@@ -282,12 +296,32 @@ def _check(p: Params) -> None:
         raise ConfigError(f"train.dropout: must be within [0, 1), got {t.dropout}")
     for key in ("pixel_size", "lr_C", "rf_trees", "rf_max_depth"):
         positive(f"baselines.{key}", getattr(p.baselines, key))
+    _check_lines(p.baselines.lines)
     if not 0 < p.evaluate.target_precision <= 1:
         raise ConfigError(f"evaluate.target_precision: must be within (0, 1], got {p.evaluate.target_precision}")
     if p.evaluate.n_thresholds < 2:
         raise ConfigError(f"evaluate.n_thresholds: must be >= 2, got {p.evaluate.n_thresholds}")
     if p.register.metric not in METRICS:
         raise ConfigError(f"register.metric: unknown metric {p.register.metric!r} (choose from {', '.join(METRICS)})")
+
+
+def _check_lines(ln: LineParams) -> None:
+    """Ranges of baselines.lines: a tilt window inside (0, 45) degrees keeps only near-vertical lines."""
+    if not 0 < ln.max_tilt_deg < 45:
+        raise ConfigError(f"baselines.lines.max_tilt_deg: must be within (0, 45), got {ln.max_tilt_deg}")
+    if not 0 <= ln.tilted_deg < ln.max_tilt_deg:
+        raise ConfigError(f"baselines.lines.tilted_deg: must be within [0, max_tilt_deg), got {ln.tilted_deg}")
+    for key in ("min_length_frac", "curve_min_length_frac"):
+        if not 0 < getattr(ln, key) <= 1:
+            raise ConfigError(f"baselines.lines.{key}: must be within (0, 1], got {getattr(ln, key)}")
+    if ln.tilt_bins < 2:
+        raise ConfigError(f"baselines.lines.tilt_bins: must be >= 2, got {ln.tilt_bins}")
+    if ln.bands < 3:  # second differences (curvature across bands) need three bands
+        raise ConfigError(f"baselines.lines.bands: must be >= 3, got {ln.bands}")
+    if not 0 < ln.lsd_scale <= 1:
+        raise ConfigError(f"baselines.lines.lsd_scale: must be within (0, 1], got {ln.lsd_scale}")
+    if ln.curve_window_px < 1:
+        raise ConfigError(f"baselines.lines.curve_window_px: must be >= 1, got {ln.curve_window_px}")
 
 
 def parse_params(raw: dict) -> Params:
