@@ -66,6 +66,20 @@ class SynthParams:
 
 
 @dataclass(frozen=True)
+class ExternalParams:
+    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.external."""
+    pairs_per_photo: int = 4
+    jpeg_quality: int = 92
+    window: int = 356                       # centre square the photo is resized to (short side)
+    size: int = 256                         # central crop written out
+    translation_linear: tuple[float, float] = (-57.0, 57.0)     # a1, px: tx(y) = a1*y + a2*y^2, y in [0, 1]
+    translation_quadratic: tuple[float, float] = (-14.0, 14.0)  # a2, px
+    rotation_linear: tuple[float, float] = (-2.0, 2.0)          # b1, degrees: theta(y) = b1*y + b2*y^2
+    rotation_quadratic: tuple[float, float] = (-1.0, 1.0)       # b2, degrees
+    twin_time: tuple[float, float] = (0.0, 1.0)                 # instant of the twin's rigid pose, in [0, 1]
+
+
+@dataclass(frozen=True)
 class FeatureParams:
     image_size: int = 224
     weights: str = "none"
@@ -114,6 +128,7 @@ class Params:
     seed: int = 0
     fetch: FetchParams = field(default_factory=FetchParams)
     synthesize: SynthParams = field(default_factory=SynthParams)
+    external: ExternalParams = field(default_factory=ExternalParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainParams = field(default_factory=TrainParams)
     baselines: BaselineParams = field(default_factory=BaselineParams)
@@ -214,6 +229,24 @@ def _check(p: Params) -> None:
     positive("synthesize.pairs_per_photo", s.pairs_per_photo)
     if s.workers < 0:
         raise ConfigError(f"synthesize.workers: must be >= 0, got {s.workers}")
+    x = p.external
+    positive("external.pairs_per_photo", x.pairs_per_photo)
+    if not 1 <= x.jpeg_quality <= 100:
+        raise ConfigError(f"external.jpeg_quality: must be within [1, 100], got {x.jpeg_quality}")
+    if x.size < 32:
+        raise ConfigError(f"external.size: must be >= 32, got {x.size}")
+    if x.window < x.size:
+        raise ConfigError(f"external.window: must be >= external.size ({x.size}), got {x.window}")
+    if (x.window - x.size) % 2:  # the crop is central: an odd margin would shift it by half a pixel
+        raise ConfigError(f"external.window: window - size must be even, got {x.window} - {x.size}")
+    for key in ("translation_linear", "translation_quadratic"):
+        if max(abs(v) for v in getattr(x, key)) > x.window:
+            raise ConfigError(f"external.{key}: must stay within +-external.window ({x.window}) px, got {list(getattr(x, key))}")
+    for key in ("rotation_linear", "rotation_quadratic"):
+        if max(abs(v) for v in getattr(x, key)) > 45:
+            raise ConfigError(f"external.{key}: must stay within +-45 degrees, got {list(getattr(x, key))}")
+    if not 0 <= x.twin_time[0] <= x.twin_time[1] <= 1:
+        raise ConfigError(f"external.twin_time: must be within [0, 1], got {list(x.twin_time)}")
     f = p.features
     for key in ("image_size", "batch_size", "gpu_max_batch", "calibration_images"):
         positive(f"features.{key}", getattr(f, key))
