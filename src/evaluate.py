@@ -1,20 +1,25 @@
 """Stage evaluate: operating threshold from the validation sweep (target precision), test metrics at it for the
-CNN and every baseline, recall by kind and magnitude, plots (DVC JSON + PNG) and a markdown report."""
+CNN and every baseline, recall by kind and magnitude, plots (DVC JSON + PNG) and a markdown report.
+
+Where a predictions CSV also has rows of split "external" (the independent-recipe test set, rsdetect.external),
+that model gets an `external` block at the same threshold; the optional 8th argument, the external manifest,
+adds recall by shear bin."""
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from rsdetect.cli import run_stage
-from rsdetect.config import load_params
+from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
-from rsdetect.evaluate import (binary_metrics, markdown_report, operating_threshold, read_predictions,
+from rsdetect.evaluate import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
                                recall_breakdown, threshold_sweep, write_plots)
 from rsdetect.io import atomic_write_text, write_json
 
 
 def main() -> None:
     synth, model_dir, baselines_dir, metrics_path, plot_dir, fig_dir, report_path = (Path(a) for a in sys.argv[1:8])
+    external_manifest = Path(sys.argv[8]) if len(sys.argv) > 8 else None
     params = load_params()
     e = params.evaluate
     rows = read_manifest(synth / "manifest.csv")
@@ -22,6 +27,7 @@ def main() -> None:
     sources = {"cnn": model_dir / "predictions.csv", **{p.stem: p for p in sorted(baselines_dir.glob("*.csv"))}}
     summary = {"target_precision": e.target_precision, "models": {}}
     tests = {}
+    external_rows = None  # read once, only if some model has external predictions
     for name, path in sources.items():
         preds = read_predictions(path)
         val, test = preds["val"], preds["test"]
@@ -32,6 +38,12 @@ def main() -> None:
             "test": binary_metrics(test["label"], test["prob"], threshold),
             "breakdown": recall_breakdown(test_rows, test["prob"], threshold),
         }
+        if len(preds["external"]["label"]):
+            if external_manifest is not None and external_rows is None:
+                if not external_manifest.is_file():
+                    raise RsdetectError(f"{external_manifest}: external manifest not found; run `dvc repro external`")
+                external_rows = read_manifest(external_manifest)
+            summary["models"][name]["external"] = external_metrics(preds["external"], threshold, external_rows)
         tests[name] = test
     cnn = summary["models"]["cnn"]
     summary["threshold"] = cnn["threshold"]
@@ -43,6 +55,10 @@ def main() -> None:
     for name, m in summary["models"].items():
         t = m["test"]
         print(f"evaluate: {name:12s} threshold {m['threshold']:.3f} test ROC AUC {t['roc_auc']:.3f} precision {t['precision']:.3f} recall {t['recall']:.3f}")
+        if "external" in m:
+            x = m["external"]
+            print(f"evaluate: {name:12s} external (Rengarajan et al. 2017) ROC AUC {x['roc_auc']:.3f} "
+                  f"precision {x['precision']:.3f} recall {x['recall']:.3f} (n={x['n']})")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,12 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import ROOT
+from rsdetect.config import RsdetectError
 from rsdetect.data import MANIFEST_FIELDS
-from rsdetect.evaluate import (MAGNITUDE_BINS, binary_metrics, markdown_report, operating_threshold, read_predictions,
-                               recall_breakdown, threshold_sweep, write_plots, write_predictions)
+from rsdetect.evaluate import (EXTERNAL_TITLE, MAGNITUDE_BINS, binary_metrics, external_metrics, markdown_report,
+                               operating_threshold, read_predictions, recall_breakdown, threshold_sweep, write_plots,
+                               write_predictions)
+from rsdetect.external import EXTERNAL_FIELDS
 
 
 def sk_reference(y, prob, t):
@@ -215,7 +218,7 @@ def test_predictions_round_trip(tmp_path):
     path = tmp_path / "sub" / "pred.csv"
     write_predictions(path, rows, prob)
     back = read_predictions(path)
-    assert set(back) == {"train", "val", "test"}
+    assert set(back) == {"train", "val", "test", "external"} and len(back["external"]["label"]) == 0
     assert back["test"]["path"] == ["images/2.jpg", "images/3.jpg", "images/6.jpg"]
     assert back["test"]["label"].tolist() == [0, 1, 0]
     np.testing.assert_allclose(back["test"]["prob"], [0.99, 0.0, 0.75])
@@ -263,3 +266,101 @@ def test_markdown_report_has_a_row_per_model():
     assert "| lr_pixels | 0.400 | no | 0.510 |" in md
     assert "| rf_features | 0.550 | yes |" in md
     assert "pan 0.75 (n=4)" in md and "4-8px 0.50 (n=2)" in md
+
+
+def test_read_predictions_keeps_external_rows_apart_and_rejects_unknown_splits(tmp_path):
+    rows = [{"path": f"images/{i}.jpg", "split": s, "label": i % 2} for i, s in enumerate(["val", "external", "test", "external"])]
+    write_predictions(tmp_path / "p.csv", rows, np.array([0.1, 0.8, 0.3, 0.4]))
+    back = read_predictions(tmp_path / "p.csv")
+    assert back["external"]["path"] == ["images/1.jpg", "images/3.jpg"] and back["external"]["label"].tolist() == [1, 1]
+    assert back["test"]["path"] == ["images/2.jpg"]  # external rows never leak into test
+    write_predictions(tmp_path / "q.csv", [{"path": "a.jpg", "split": "holdout", "label": 1}], np.array([0.5]))
+    with pytest.raises(RsdetectError, match="unknown split 'holdout'"):
+        read_predictions(tmp_path / "q.csv")
+
+
+def write_stage_inputs(tmp_path, external: bool) -> tuple[list, dict]:
+    """Synth manifest, CNN and one baseline's predictions (with or without external rows), the external manifest."""
+    synth, models, base, ext = (tmp_path / d for d in ("synth", "models", "baselines", "external"))
+    for d in (synth, base, ext):
+        d.mkdir()
+    rng = np.random.default_rng(4)
+    y_val, p_val = noisy_predictions(rng, 60)
+    y_test, p_test = noisy_predictions(rng, 60)
+    rows = [{"path": f"images/{s}{i}.jpg", "split": s, "label": int(lab), "kind": "pan" if lab else "none",
+             "max_disp_px": 5.0 if lab else 0.0, "image_id": 100 * j + i // 2}
+            for j, (s, ys) in enumerate((("val", y_val), ("test", y_test))) for i, lab in enumerate(ys)]
+    with open(synth / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    # the external set: pairs with shears in several bins; manifest in pair order, predictions in another order
+    shear = rng.uniform(1, 60, 40)
+    ext_rows = [{"path": f"images/{k:012d}_0_{tag}.jpg", "split": "external", "label": lab, "pair_id": f"{k:012d}_0",
+                 "image_id": k, "kind": "rengarajan", "max_disp_px": round(float(shear[k]), 3)}
+                for k in range(40) for lab, tag in ((1, "rs"), (0, "gs"))]
+    with open(ext / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=EXTERNAL_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(ext_rows)
+    # a detector that sees large shears better: the breakdown by shear bin must follow the right rows
+    p_ext = np.array([np.clip(0.2 + r["label"] * r["max_disp_px"] / 60 + 0.1 * rng.random(), 0, 1) for r in ext_rows])
+    order = rng.permutation(len(ext_rows))
+    pred_rows = rows + ([ext_rows[i] for i in order] if external else [])
+    prob = np.concatenate([p_val, p_test, p_ext[order] if external else []])
+    write_predictions(models / "predictions.csv", pred_rows, prob)
+    write_predictions(base / "lr_pixels.csv", pred_rows, 1 - prob)
+    return ext_rows, {"y_val": y_val, "p_val": p_val, "p_ext": p_ext}
+
+
+def run_evaluate_stage(tmp_path, monkeypatch) -> dict:
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "synth", "models", "baselines", "metrics/evaluate.json",
+                                      "metrics/plots", "metrics/figures", "metrics/report.md", "external/manifest.csv"])
+    runpy.run_path(str(ROOT / "src" / "evaluate.py"), run_name="__main__")
+    return json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+
+
+def test_evaluate_stage_reports_external_block_at_the_validation_threshold(tmp_path, monkeypatch):
+    ext_rows, data = write_stage_inputs(tmp_path, external=True)
+    summary = run_evaluate_stage(tmp_path, monkeypatch)
+    y_ext = np.array([r["label"] for r in ext_rows])
+    for name, prob in (("cnn", data["p_ext"]), ("lr_pixels", 1 - np.round(data["p_ext"], 6))):
+        m = summary["models"][name]
+        threshold = m["threshold"]
+        p_val = data["p_val"] if name == "cnn" else 1 - np.round(data["p_val"], 6)
+        assert threshold == pytest.approx(operating_threshold(data["y_val"], np.round(p_val, 6), 0.95)[0])
+        x = m["external"]
+        expected = binary_metrics(y_ext, np.round(prob, 6), threshold)
+        assert {k: x[k] for k in expected} == pytest.approx(expected)
+        assert x["roc_auc"] == pytest.approx(skm.roc_auc_score(y_ext, np.round(prob, 6))) and x["n"] == 80
+    # recall by shear bin, matched by path although the predictions are in another order than the manifest
+    threshold = summary["models"]["cnn"]["threshold"]
+    rs = [(r, p) for r, p in zip(ext_rows, data["p_ext"]) if r["label"] == 1]
+    for lo, hi in ((0, 4), (4, 8), (8, 16), (16, 32), (32, float("inf"))):
+        hits = [np.round(p, 6) >= threshold for r, p in rs if lo <= r["max_disp_px"] < hi]
+        if hits:
+            assert summary["models"]["cnn"]["external"]["breakdown"][f"{lo:g}-{hi:g}px"] == {"recall": pytest.approx(np.mean(hits)), "n": len(hits)}
+    assert sum(v["n"] for v in summary["models"]["cnn"]["external"]["breakdown"].values()) == 40
+    # external rows change nothing on the internal test set
+    assert summary["models"]["cnn"]["test"]["n"] == 60
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    assert EXTERNAL_TITLE in report and "| cnn | " in report.split(EXTERNAL_TITLE)[1]
+    assert "CNN external recall by shear:" in report
+
+
+def test_evaluate_stage_without_external_rows_has_no_external_block(tmp_path, monkeypatch):
+    write_stage_inputs(tmp_path, external=False)
+    summary = run_evaluate_stage(tmp_path, monkeypatch)
+    assert all("external" not in m for m in summary["models"].values())
+    assert summary["models"]["cnn"]["test"]["n"] == 60
+    assert EXTERNAL_TITLE not in (tmp_path / "metrics" / "report.md").read_text()
+
+
+def test_external_metrics_reject_predictions_missing_from_the_manifest():
+    preds = {"label": np.array([1, 0]), "prob": np.array([0.9, 0.1]), "path": ["images/a_rs.jpg", "images/b_gs.jpg"]}
+    manifest = [{"path": "images/a_rs.jpg", "label": 1, "kind": "rengarajan", "max_disp_px": 12.0}]
+    with pytest.raises(RsdetectError, match="images/b_gs.jpg"):
+        external_metrics(preds, 0.5, manifest)
+    assert "breakdown" not in external_metrics(preds, 0.5, None)  # without a manifest: the metrics only

@@ -94,6 +94,20 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class ExternalParams:
+    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.external."""
+    pairs_per_photo: int = 4
+    jpeg_quality: int = 92
+    window: int = 356                       # centre square the photo is resized to (short side)
+    size: int = 256                         # central crop written out
+    translation_linear: tuple[float, float] = (-57.0, 57.0)     # a1, px: tx(y) = a1*y + a2*y^2, y in [0, 1]
+    translation_quadratic: tuple[float, float] = (-14.0, 14.0)  # a2, px
+    rotation_linear: tuple[float, float] = (-2.0, 2.0)          # b1, degrees: theta(y) = b1*y + b2*y^2
+    rotation_quadratic: tuple[float, float] = (-1.0, 1.0)       # b2, degrees
+    twin_time: tuple[float, float] = (0.0, 1.0)                 # instant of the twin's rigid pose, in [0, 1]
+
+
+@dataclass(frozen=True)
 class FeatureParams:
     backbone: str = "small"
     image_size: int = 224
@@ -162,6 +176,7 @@ class Params:
     synthesize: SynthParams = field(default_factory=SynthParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     pretrain: PretrainParams = field(default_factory=PretrainParams)
+    external: ExternalParams = field(default_factory=ExternalParams)
     features: FeatureParams = field(default_factory=FeatureParams)
     train: TrainParams = field(default_factory=TrainParams)
     baselines: BaselineParams = field(default_factory=BaselineParams)
@@ -277,6 +292,24 @@ def _check(p: Params) -> None:
     for key, value in (("pretrain.batch_size", pt.batch_size), ("train.batch_size", p.train.batch_size)):
         if value % 2:
             raise ConfigError(f"{key}: must be even (each rolling-shutter image comes with its twin), got {value}")
+    x = p.external
+    positive("external.pairs_per_photo", x.pairs_per_photo)
+    if not 1 <= x.jpeg_quality <= 100:
+        raise ConfigError(f"external.jpeg_quality: must be within [1, 100], got {x.jpeg_quality}")
+    if x.size < 32:
+        raise ConfigError(f"external.size: must be >= 32, got {x.size}")
+    if x.window < x.size:
+        raise ConfigError(f"external.window: must be >= external.size ({x.size}), got {x.window}")
+    if (x.window - x.size) % 2:  # the crop is central: an odd margin would shift it by half a pixel
+        raise ConfigError(f"external.window: window - size must be even, got {x.window} - {x.size}")
+    for key in ("translation_linear", "translation_quadratic"):
+        if max(abs(v) for v in getattr(x, key)) > x.window:
+            raise ConfigError(f"external.{key}: must stay within +-external.window ({x.window}) px, got {list(getattr(x, key))}")
+    for key in ("rotation_linear", "rotation_quadratic"):
+        if max(abs(v) for v in getattr(x, key)) > 45:
+            raise ConfigError(f"external.{key}: must stay within +-45 degrees, got {list(getattr(x, key))}")
+    if not 0 <= x.twin_time[0] <= x.twin_time[1] <= 1:
+        raise ConfigError(f"external.twin_time: must be within [0, 1], got {list(x.twin_time)}")
     f = p.features
     if f.backbone not in BACKBONES:
         raise ConfigError(f"features.backbone: unknown backbone {f.backbone!r} (choose one of {', '.join(BACKBONES)})")

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from rsdetect.config import RsdetectError
 from rsdetect.io import atomic_write_text, write_json
 
 MAGNITUDE_BINS = (0, 4, 8, 16, 32, float("inf"))
+SPLITS = ("train", "val", "test", "external")  # external: the independent-recipe test set (rsdetect.external)
+EXTERNAL_TITLE = "Independent-recipe test set (Rengarajan et al. 2017)"
 
 
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -81,14 +84,34 @@ def write_predictions(path: str | Path, rows: list[dict], prob: np.ndarray) -> N
 
 
 def read_predictions(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
-    """Predictions CSV -> {split: {"label": ..., "prob": ..., "path": ...}}."""
+    """Predictions CSV -> {split: {"label": ..., "prob": ..., "path": ...}} for every split in SPLITS (maybe empty).
+
+    An unknown split is an error, not silently dropped: it would vanish from every metric.
+    """
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
+    unknown = sorted({r["split"] for r in rows} - set(SPLITS))
+    if unknown:
+        raise RsdetectError(f"{path}: unknown split {unknown[0]!r} (known: {', '.join(SPLITS)})")
     out = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         sel = [r for r in rows if r["split"] == split]
         out[split] = {"label": np.array([int(r["label"]) for r in sel]), "prob": np.array([float(r["prob"]) for r in sel]),
                       "path": [r["path"] for r in sel]}
+    return out
+
+
+def external_metrics(preds: dict[str, np.ndarray], threshold: float, manifest: list[dict] | None) -> dict:
+    """Metrics on the external set at the model's validation-chosen threshold (never re-chosen on it), and recall
+    by shear bin when its manifest is given (rows matched by path: predictions need not keep manifest order)."""
+    out = binary_metrics(preds["label"], preds["prob"], threshold)
+    if manifest is not None:
+        by_path = {r["path"]: r for r in manifest}
+        missing = [p for p in preds["path"] if p not in by_path]
+        if missing:
+            raise RsdetectError(f"external prediction {missing[0]!r} is not in the external manifest "
+                                f"({len(missing)} missing; stale predictions? re-run train and baselines)")
+        out["breakdown"] = recall_breakdown([by_path[p] for p in preds["path"]], preds["prob"], threshold)["by_magnitude"]
     return out
 
 
@@ -175,4 +198,17 @@ def markdown_report(summary: dict) -> str:
                   ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in cnn["breakdown"]["by_kind"].items()),
                   "", "CNN test recall by effective displacement: " +
                   ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in cnn["breakdown"]["by_magnitude"].items())]
+    external = {name: m["external"] for name, m in summary["models"].items() if "external" in m}
+    if external:
+        lines += ["", f"## {EXTERNAL_TITLE}", "",
+                  "Pairs from our test photos only, made with an independent published recipe (row-quadratic camera "
+                  "translation and rotation); each model at its validation-chosen threshold.", "",
+                  "| model | external ROC AUC | external PR AUC | external precision | external recall | external F1 | n |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, x in external.items():
+            lines.append(f"| {name} | {x['roc_auc']:.3f} | {x['pr_auc']:.3f} | {x['precision']:.3f} | {x['recall']:.3f} | "
+                         f"{x['f1']:.3f} | {x['n']} |")
+        if "breakdown" in external.get("cnn", {}):
+            lines += ["", "CNN external recall by shear: " +
+                      ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in external["cnn"]["breakdown"].items())]
     return "\n".join(lines) + "\n"
