@@ -228,7 +228,8 @@ def test_mlflow_models_serve_answers(tmp_path, pyfunc_dir) -> None:
                                   {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}}, timeout=60)
         assert status == 200
         preds = reply["predictions"]
-        assert [sorted(p) for p in preds] == [["flag", "probability"]] * 2
+        assert [sorted(p) for p in preds] == [["flag", "probability", "tile"]] * 2
+        assert preds[0]["tile"] in ("0,0,48,48", "16,0,48,48")  # 64x48 at 32 px: two tiles, x,y,w,h in the frame
         assert preds[0]["probability"] > 0.99 and preds[0]["flag"] is True
         assert preds[1]["probability"] < 0.01 and preds[1]["flag"] is False
     finally:

@@ -20,7 +20,7 @@ from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.scan import (FIELDS, LoadedModel, ScanOptions, load_model, longest_run, parse_sources,  # noqa: E402
                            run_scan, smooth)
 
-SIZE = 32  # model input; frames are 64x48 and get resized + centre-cropped to this
+SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN
 RED, BLUE = (200, 50), (50, 200)  # (R, B) of "distorted" and clean frames
 QUIET = dict(progress=False)
@@ -223,7 +223,7 @@ def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
 
 
 class Interrupting:
-    """A scorer that presses Ctrl-C on its (n+1)-th batch."""
+    """A scorer that presses Ctrl-C on its (n+1)-th call."""
 
     def __init__(self, scorer, n: int) -> None:
         self.scorer, self.n, self.calls = scorer, n, 0
@@ -238,7 +238,8 @@ class Interrupting:
 def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {1, 5}, 30)
     second = write_video(tmp_path / "later.avi", {0}, 5)
-    stopping = LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", "test")
+    # 2 tiles a frame: a batch of 4 frames is 2 model calls of 4 tiles; the 5th call is interrupted.
+    stopping = LoadedModel(Interrupting(model.scorer, 4), model.image_size, None, "keras", "test")
     result = run_scan(parse_sources([str(video), str(second)]), stopping, tmp_path / "out",
                       ScanOptions(batch=4, **QUIET))
     assert result.exit_code == 130 and result.interrupted
@@ -253,7 +254,7 @@ def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> 
     assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
     # Through the CLI: exit code 130.
     monkeypatch.setattr("rsdetect.scan.load_model",
-                        lambda spec: LoadedModel(Interrupting(model.scorer, 1), model.image_size, None, "keras", spec))
+                        lambda spec: LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", spec))
     with pytest.raises(SystemExit) as exc:
         cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
     assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
     rate.add_argument("--fps", type=float, default=None, metavar="F",
                       help="score about F frames per second of video (image folders: use --every)")
-    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per model call (default 16)")
+    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, and tiles per model call (default 16)")
     sc.add_argument("--smooth", type=int, default=1, metavar="K",
                     help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
     sc.add_argument("--threshold", type=float, default=None, metavar="T",

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from rsdetect.config import KINDS, RsdetectError, SynthParams
 from rsdetect.io import staged_dir, write_json
+from rsdetect.preprocess import shrink_square  # one resize for synthesis and inference: same scale, same filter
 from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
                               shear_extent, warp_rows)
 
@@ -134,16 +135,6 @@ def crop_window(bbox: tuple[float, float, float, float], height: int, width: int
     x0 = int(round(min(max(x + w / 2 - side / 2, 0), width - side)))
     y0 = int(round(min(max(y + h / 2 - side / 2, 0), height - side)))
     return x0, y0
-
-
-def shrink_square(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize a square to side x side: exact halvings (INTER_AREA's fast box filter) then one linear step.
-
-    Antialiased like INTER_AREA, at about a sixth of the cost of one non-integer INTER_AREA resize.
-    """
-    while image.shape[0] >= 2 * side:
-        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
 
 
 def window_alpha(polygons: list[list[float]], x0: int, y0: int, m: int, side: int) -> np.ndarray:

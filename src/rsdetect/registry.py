@@ -8,11 +8,13 @@ import binascii
 import hashlib
 import os
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from rsdetect.config import RsdetectError
+from rsdetect.preprocess import TILE_BATCH, box_text, decode, score_frames
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
@@ -44,9 +46,8 @@ def setup_mlflow(experiment: str = "rsdetect") -> None:
 
 
 def decode_frame(item: Any) -> np.ndarray:
-    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)."""
-    import cv2
-
+    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)
+    decoded by preprocess.decode, the decoder every other path uses."""
     if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
         return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
     if isinstance(item, str):
@@ -55,35 +56,26 @@ def decode_frame(item: Any) -> np.ndarray:
         except binascii.Error:
             raise RsdetectError("input image is not valid base64") from None
     if isinstance(item, (bytes, bytearray)):
-        img = cv2.imdecode(np.frombuffer(item, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise RsdetectError("input image cannot be decoded")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return decode(item, "input image")
     raise RsdetectError(f"unsupported image input of type {type(item).__name__} (give RGB uint8 arrays or encoded bytes)")
 
 
-def to_model_input(frame: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to `size` and centre-crop a square: the geometry the model was trained on."""
-    import cv2
-
-    h, w = frame.shape[:2]
-    scale = size / min(h, w)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    y0, x0 = (nh - size) // 2, (nw - size) // 2
-    return resized[y0:y0 + size, x0:x0 + size].astype(np.float32)
+def iter_frames(model_input: Any) -> Iterator[np.ndarray]:
+    """Frames of a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column,
+    decoded one at a time (a test set's encoded bytes are small; all of it decoded at once is not)."""
+    if hasattr(model_input, "columns"):
+        column = "image" if "image" in model_input.columns else model_input.columns[0]
+        items = model_input[column].tolist()
+    elif isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
+        items = [model_input]
+    else:
+        items = model_input if isinstance(model_input, np.ndarray) and model_input.ndim == 4 else list(model_input)
+    return (decode_frame(v) for v in items)
 
 
 def frames_from_input(model_input: Any) -> list[np.ndarray]:
-    """Accept a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column."""
-    if hasattr(model_input, "columns"):
-        column = "image" if "image" in model_input.columns else model_input.columns[0]
-        return [decode_frame(v) for v in model_input[column].tolist()]
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
-        return [decode_frame(f) for f in model_input]
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
-        return [model_input]
-    return [decode_frame(v) for v in list(model_input)]
+    """Every frame of the input (see iter_frames), decoded."""
+    return list(iter_frames(model_input))
 
 
 try:
@@ -93,13 +85,14 @@ except ImportError:  # scanning with an exported model needs no MLflow
     _Base = object
 
 
-PREDICT_BATCH = 32  # frames per model call in the pyfunc
+PREDICT_BATCH = TILE_BATCH  # tiles per model call in the pyfunc
 
 
 class RsDetector(_Base):
-    """MLflow pyfunc: raw images in, probability and flag out (threshold from the model config)."""
+    """MLflow pyfunc: raw images in; probability, flag (threshold from the model config) and the tile that
+    gave the probability out. Frames are scored whole, by tiles, as in preprocess.score_frames."""
 
-    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in frames_from_input
+    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in decode_frame
 
     def load_context(self, context) -> None:
         import keras
@@ -111,14 +104,12 @@ class RsDetector(_Base):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        frames = frames_from_input(model_input)
-        # A chunk at a time: one call on a whole test set holds every frame's activations at once (24 GB for
-        # 400 frames at 224 px, killed for memory), and float32 inputs for them all cost 0.6 MB a frame.
-        chunks = [np.stack([to_model_input(f, self.image_size) for f in frames[i:i + PREDICT_BATCH]])
-                  for i in range(0, len(frames), PREDICT_BATCH)]
-        prob = np.concatenate([np.asarray(self.model(c, training=False)).reshape(-1) for c in chunks]) if chunks else np.zeros(0)
-        prob = prob.astype(np.float64)
-        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold})
+        # A chunk of tiles at a time: one call on a whole test set holds every frame's activations at once
+        # (24 GB for 400 frames at 224 px, killed for memory).
+        prob, boxes = score_frames(lambda x: self.model(x, training=False), iter_frames(model_input),
+                                   self.image_size, PREDICT_BATCH)
+        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold,
+                             "tile": pd.Series([box_text(b) for b in boxes], dtype=object)})
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -131,7 +122,10 @@ def file_md5(path: str | os.PathLike) -> str:
 
 
 def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
-    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair)."""
+    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair).
+
+    Scored through the champion's pyfunc, which preprocesses as evaluate's model.predict_paths does
+    (rsdetect.preprocess), so a checkpoint re-scored here gets the score evaluate gave it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 

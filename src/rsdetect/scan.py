@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from rsdetect.config import RsdetectError
 from rsdetect.io import atomic_write_bytes, read_yaml, write_json
-from rsdetect.registry import to_model_input, tracking_uri
+from rsdetect.preprocess import Box, box_text, decode, score_frames
+from rsdetect.registry import tracking_uri
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
@@ -48,10 +49,10 @@ WORST_PER_CAMERA = 5
 STREAM_TIMEOUT_MS = 10_000  # a dead or stalled stream must end, not hang the scan
 FRAME_COUNT_SLACK = 1  # containers may over-report their frame count by one
 ANNOTATE_MAX_WIDTH = 960  # annotated videos are for review; full 4K copies would be huge
-FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "source")
+FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source")
 
 FrameItem = tuple[int, Optional[float], np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
-Scorer = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 RGB 0-255 -> (N,) probabilities
+Scorer = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 RGB 0-255 tiles -> (N,) probabilities
 
 
 class SourceError(RsdetectError):
@@ -197,16 +198,12 @@ def image_frames(paths: tuple[str, ...] | list[str], on_error: Callable[[str], N
         if index % every or (max_frames is not None and kept >= max_frames):
             continue
         try:
-            data = np.fromfile(path, np.uint8)
-        except OSError as exc:
-            on_error(f"{path}: cannot read ({exc.strerror or type(exc).__name__})")
-            continue
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        if bgr is None:
-            on_error(f"{path}: cannot decode image")
+            rgb = decode(path)  # the decoder training and the registered model use: same bytes, same pixels
+        except RsdetectError as exc:
+            on_error(str(exc))
             continue
         kept += 1
-        yield index, None, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        yield index, None, rgb
 
 
 def open_capture(spec: str) -> cv2.VideoCapture:
@@ -356,8 +353,8 @@ class CameraState:
         self.errors.append(message)
         tqdm.write(f"scan: {self.source.camera}: {message}", file=sys.stderr)
 
-    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray) -> dict[str, Any]:
-        """Score one frame into the running state; returns its output row."""
+    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box) -> dict[str, Any]:
+        """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
         self._window.append(prob)
         if len(self._window) > self.k:
             self._window.popleft()
@@ -374,7 +371,8 @@ class CameraState:
         path = self.source.paths[frame_index] if self.source.kind == "images" else redact(self.source.spec)
         return {"camera": self.source.camera, "frame_index": frame_index,
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
-                "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag), "source": path}
+                "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
+                "tile": box_text(tile), "source": path}
 
     def worst(self) -> list[tuple[float, int, np.ndarray]]:
         """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
@@ -537,7 +535,7 @@ def load_model(spec: str) -> LoadedModel:
         size = int(getattr(inner, "image_size", 0) or _keras_size(inner.model))
         thr = getattr(inner, "threshold", None)
         return LoadedModel(keras_scorer(inner.model), size, None if thr is None else float(thr), "pyfunc-keras", spec)
-    # Any other pyfunc that takes images: send it crops already at its size (its own resize is then a no-op).
+    # Any other pyfunc that takes images: send it the tiles, already at its size (its own resize is then a no-op).
     config = loaded.model_config or {}
     size = int(config.get("image_size", 224))
 
@@ -616,16 +614,14 @@ class _AtomicTextFile:
 
 
 def _score_batch(batch: list[FrameItem], state: CameraState, model: LoadedModel,
-                 emit: Callable[[dict[str, Any]], None]) -> None:
-    """Preprocess (short side resize + centre crop, as in training), score, and emit one row per frame."""
-    x = np.stack([to_model_input(rgb, model.image_size) for _, _, rgb in batch])
-    probs = model.scorer(x)
-    if len(probs) != len(batch):
-        raise RsdetectError(f"model returned {len(probs)} scores for a batch of {len(batch)}")
+                 emit: Callable[[dict[str, Any]], None], tiles_per_call: int) -> None:
+    """Score each frame whole (S x S tiles at the training scale, the max over them; preprocess.score_frames)
+    and emit one row per frame."""
+    probs, boxes = score_frames(model.scorer, [rgb for _, _, rgb in batch], model.image_size, tiles_per_call)
     if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
         raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {batch[0][0]}+")
-    for (index, ts, rgb), p in zip(batch, probs, strict=True):
-        emit(state.add(index, ts, float(p), rgb))
+    for (index, ts, rgb), p, box in zip(batch, probs, boxes, strict=True):
+        emit(state.add(index, ts, float(p), rgb, box))
 
 
 def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions,
@@ -640,13 +636,13 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions,
             for item in frames:
                 batch.append(item)
                 if len(batch) >= options.batch:
-                    _score_batch(batch, state, model, emit)
+                    _score_batch(batch, state, model, emit, options.batch)
                     bar.update(len(batch))
                     batch = []
         except SourceError as exc:
             state.fail(str(exc))
         if batch:
-            _score_batch(batch, state, model, emit)
+            _score_batch(batch, state, model, emit, options.batch)
             bar.update(len(batch))
 
 
