@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.io import write_json
 

@@ -5,16 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from rsdetect.config import RsdetectError
-
-
-def run_stage(main: Callable[[], object]) -> None:
-    """Run an entry point; an RsdetectError becomes one line on stderr and exit code 2."""
-    try:
-        main()
-    except RsdetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+from rsdetect.stage import run_stage
 
 
 def _make_sample(args: argparse.Namespace) -> None:

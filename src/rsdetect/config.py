@@ -120,7 +120,6 @@ class FeatureParams:
 @dataclass(frozen=True)
 class TrainParams:
     batch_size: int = 32
-    gpu_max_batch: int = 256
     head_epochs: int = 60
     head_lr: float = 0.003
     dropout: float = 0.2
@@ -130,6 +129,7 @@ class TrainParams:
     steps_per_epoch: int = 32
     curriculum_epochs: int = 0
     curriculum_scale: float = 1.0
+    repeat: int = 0
     patience: int = 3
     deterministic: bool = True
 
@@ -320,9 +320,9 @@ def _check(p: Params) -> None:
     if f.weights not in ("imagenet", "none", "pretrained") and not Path(f.weights).is_file():
         raise ConfigError(f"features.weights: weights file {f.weights!r} not found (use pretrained, imagenet, none or a path to a .weights.h5 file)")
     t = p.train
-    for key in ("batch_size", "gpu_max_batch", "head_epochs", "head_lr", "finetune_lr", "patience", "steps_per_epoch", "curriculum_scale"):
+    for key in ("batch_size", "head_epochs", "head_lr", "finetune_lr", "patience", "steps_per_epoch", "curriculum_scale"):
         positive(f"train.{key}", getattr(t, key))
-    for key in ("finetune_blocks", "finetune_epochs", "curriculum_epochs"):
+    for key in ("finetune_blocks", "finetune_epochs", "curriculum_epochs", "repeat"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
     if not 0 <= t.dropout < 1:

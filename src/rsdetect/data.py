@@ -30,7 +30,7 @@ from rsdetect.preprocess import shrink_square  # one resize for synthesis and in
 from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
                               shear_extent, warp_rows)
 
-MANIFEST_FIELDS = ["path", "label", "split", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
+MANIFEST_FIELDS = ["path", "label", "split", "source", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
                    "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
 MAX_TRIES = 12
 
@@ -248,6 +248,12 @@ def draw_pair(image: np.ndarray, usable: list[tuple], rng: np.random.Generator, 
     raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
 
 
+def photo_source(file: str) -> str:
+    """The part of a merged dataset a photo comes from: images/<source>/<name> (drawn, real), else "photos"."""
+    parts = Path(file).parts
+    return parts[1] if len(parts) > 2 else "photos"
+
+
 def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
     """One photo -> synthesize.pairs_per_photo RS/GS pairs written as JPEGs; returns their manifest rows.
 
@@ -259,7 +265,7 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     for index in range(p.pairs_per_photo):
         rs, gs, fields = draw_pair(image, usable, np.random.default_rng([seed, task.image_id, index]), p)
         pair_id = f"{task.image_id:012d}_{index}"
-        base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, **fields}
+        base = {"split": task.split, "source": photo_source(task.file), "pair_id": pair_id, "image_id": task.image_id, **fields}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])

@@ -50,23 +50,11 @@ def largest_batch(step: Callable[[int], object], start: int, cap: int) -> int:
     return fits
 
 
-def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int, training: bool) -> int:
-    """On a GPU, the largest batch that fits one forward pass (or, training, one gradient computation); else `start`."""
+def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int) -> int:
+    """On a GPU, the largest batch that fits one forward pass; else `start`."""
     if not tf.config.list_physical_devices("GPU"):
         return start
-
-    def step(batch: int) -> None:
-        x = tf.random.uniform((batch, image_size, image_size, 3), 0, 255)
-        if not training:
-            model(x, training=False)
-            return
-        # The memory of a train step without changing any weight: inference mode, or BatchNorm statistics would move
-        # (fine-tuning keeps BatchNorm in inference mode anyway).
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(model(x, training=False))
-        tape.gradient(loss, model.trainable_variables)
-
-    return largest_batch(step, start, cap)
+    return largest_batch(lambda batch: model(tf.random.uniform((batch, image_size, image_size, 3), 0, 255), training=False), start, cap)
 
 
 ARCHITECTURES = {"small": "MobileNetV3Small", "large": "MobileNetV3Large"}
@@ -212,15 +200,6 @@ def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int, train_batchnorm: b
         if layer.trainable and layer.weights:
             unfrozen.append(layer.name)
     return unfrozen
-
-
-def fine_tune(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int, lr: float,
-              patience: int, checkpoint: str | Path, callbacks: list | None = None) -> keras.callbacks.History:
-    """Fine-tune the assembled model end to end (only unfrozen layers move); keep the best checkpoint by val loss."""
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
-    cbs = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-           keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True)]
-    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=cbs + (callbacks or []))
 
 
 def predict_paths(model: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
