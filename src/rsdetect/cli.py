@@ -23,6 +23,32 @@ def _embed_photos(args: argparse.Namespace) -> None:
     print(embed_licensed_photos(args.sources, args.out))
 
 
+def _check_photos(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import keras
+
+    from rsdetect.config import RsdetectError, load_params
+    from rsdetect.io import write_json
+    from rsdetect.realcheck import check_photos, held_out_photos
+
+    params = load_params(args.params)
+    for path in (args.model, args.evaluation):
+        if not Path(path).is_file():
+            raise RsdetectError(f"{path}: missing; run `dvc repro` first")
+    threshold = json.loads(Path(args.evaluation).read_text())["models"]["cnn"]["threshold"]
+    model = keras.saving.load_model(args.model, compile=False)
+    photos = held_out_photos(args.folders, args.exclude)
+    r = check_photos(lambda x: model(x, training=False), params.features.image_size, threshold, photos,
+                     params.seed, params.synthesize, args.pairs)
+    write_json(args.out, r)
+    m = r["pairs_metrics"]
+    print(f"check-photos: {r['photos']} held-out photos ({r['skipped']} unreadable), {r['pairs']} pairs: ROC AUC {m['roc_auc']:.3f}, "
+          f"recall {m['recall']:.2f} / precision {m['precision']:.2f} at threshold {threshold:.3f}; ordinary photos flagged "
+          f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; details in {args.out}")
+
+
 def _register(args: argparse.Namespace) -> None:
     from rsdetect.registry import register_from_outputs
 
@@ -70,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("sources", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
     e.add_argument("--out", default="data/coco-licensed")
     e.set_defaults(func=_embed_photos)
+    c = sub.add_parser("check-photos", help="score a trained model on real photos it never saw: twin pairs drawn from "
+                                             "them, and false alarms on the photos themselves")
+    c.add_argument("folders", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
+    c.add_argument("--exclude", nargs="*", default=["data/coco-licensed/instances.json"], metavar="INSTANCES",
+                   help="instances files whose photos are left out (default: the embedded real photos)")
+    c.add_argument("--model", default="models/model.keras")
+    c.add_argument("--evaluation", default="metrics/evaluate.json", help="its operating threshold is used")
+    c.add_argument("--pairs", type=int, default=4, help="twin pairs drawn per photo (default 4)")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--out", default="metrics/real-photos.json")
+    c.set_defaults(func=_check_photos)
     r = sub.add_parser("register", help="register the trained model in MLflow; move the champion alias if better")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/model.keras")
