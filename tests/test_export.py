@@ -111,15 +111,15 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
 
 
 def test_export_refuses_a_model_that_disagrees(tmp_path, models_dir, monkeypatch) -> None:
-    from rsdetect import scan
+    from rsdetect import loaders
 
-    real = scan.tflite_scorer
+    real = loaders.tflite_scorer
 
     def off_by_a_bit(path):
         scorer, size = real(path)
         return (lambda batch: scorer(batch) + 1e-3), size
 
-    monkeypatch.setattr(scan, "tflite_scorer", off_by_a_bit)
+    monkeypatch.setattr(loaders, "tflite_scorer", off_by_a_bit)
     out = tmp_path / "bad.tflite"
     with pytest.raises(RsdetectError, match="disagrees with Keras"):
         export_model(str(models_dir / "colour.keras"), "tflite", out)

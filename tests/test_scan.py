@@ -17,8 +17,10 @@ keras = pytest.importorskip("keras")
 from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
-from rsdetect.scan import (FIELDS, LoadedModel, ScanOptions, load_model, longest_run, parse_sources,  # noqa: E402
-                           run_scan, smooth)
+from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
+from rsdetect.reports import FIELDS  # noqa: E402
+from rsdetect.scan import ScanOptions, longest_run, run_scan, smooth  # noqa: E402
+from rsdetect.sources import parse_sources  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN
@@ -253,7 +255,7 @@ def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> 
     assert (result.out_dir / "flagged_rate.png").is_file()
     assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
     # Through the CLI: exit code 130.
-    monkeypatch.setattr("rsdetect.scan.load_model",
+    monkeypatch.setattr("rsdetect.loaders.load_model",
                         lambda spec: LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", spec))
     with pytest.raises(SystemExit) as exc:
         cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
