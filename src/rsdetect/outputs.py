@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
@@ -36,8 +37,11 @@ def check_writable_parent(path: str | os.PathLike, flag: str = "--out") -> Path:
     base = _nearest_existing(path.parent)
     if not base.is_dir():
         raise RsdetectError(f"{flag} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise RsdetectError(f"{flag} {path}: {base} is not writable")
+    try:  # a real probe: permission bits say nothing for root, nor about read-only mounts
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise RsdetectError(f"{flag} {path}: cannot write in {base} ({exc.strerror or type(exc).__name__})") from None
     return path
 
 
@@ -91,9 +95,15 @@ class OutputLock:
 
     def acquire(self) -> OutputLock:
         """Take the lock, or raise RsdetectError at once if another run holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RsdetectError(f"--out {self.out}: cannot create {self.path.parent} ({exc.strerror})") from None
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, default_file_mode())
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, default_file_mode())
+            except OSError as exc:
+                raise RsdetectError(f"--out {self.out}: cannot create the lock {self.path} ({exc.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
