@@ -18,7 +18,9 @@ from rsdetect import model as m  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.preprocess import (TILE_STRIDE, box_text, decode, load_square, resize_short_side, score_frames,  # noqa: E402
                                  tile_starts, to_tiles)
-from rsdetect.scan import ScanOptions, load_model, parse_sources, run_scan  # noqa: E402
+from rsdetect.loaders import load_model  # noqa: E402
+from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.sources import parse_sources  # noqa: E402
 
 S = 32
 QUIET = dict(progress=False)

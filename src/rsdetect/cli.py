@@ -56,17 +56,22 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from rsdetect.scan import ScanOptions, load_model, parse_sources, run_scan
+    from rsdetect.loaders import load_model
+    from rsdetect.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
+    from rsdetect.sources import parse_sources
 
+    # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
+    options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
+                          threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
+    sources = parse_sources(args.sources, args.cameras)
     try:
-        options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
-                              threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
-        sources = parse_sources(args.sources, args.cameras)
-        model = load_model(args.model)
-        result = run_scan(sources, model, args.out, options)
-    except KeyboardInterrupt:  # Ctrl-C before scoring started (run_scan handles it once scoring runs)
+        # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
+        with StopSignals(), claim(args.out) as lock:
+            model = load_model(args.model)
+            result = run_scan(sources, model, lock.out, options, lock=lock)
+    except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupt_exit_code(exc))
     t = result.summary["totals"]
     rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
     state = " (interrupted)" if result.interrupted else ""
