@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from rsdetect.io import staged_dir
@@ -17,3 +19,39 @@ def test_staged_dir_replaces_the_folder_only_when_complete(tmp_path):
         (stage / "b.txt").write_text("second")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # replaced whole, no stale file from the old run
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]  # no staging or old folder left behind
+
+
+def test_staged_dir_removes_what_a_killed_earlier_run_left_but_not_a_newer_one(tmp_path):
+    """A SIGKILL'd run cannot clean up its .synth.partial.* (14 MB of JPEGs); the next run removes it."""
+    out = tmp_path / "synth"
+    dead_partial = tmp_path / ".synth.partial.abc123"
+    (dead_partial / "images").mkdir(parents=True)
+    (dead_partial / "images" / "x.jpg").write_bytes(b"\xff\xd8 half a photo")
+    dead_old = tmp_path / ".synth.old.def456"
+    dead_old.mkdir()
+    other = tmp_path / ".other.partial.zzz"  # another output's staging folder: not ours to touch
+    other.mkdir()
+    for p in (dead_partial, dead_old, other):
+        os.utime(p, (0, 0))  # modified in 1970: before this process started
+    newer = tmp_path / ".synth.partial.live"  # made after this process started: perhaps a live run's, kept
+    newer.mkdir()
+    with staged_dir(out) as stage:
+        (stage / "a.txt").write_text("done")
+    assert not dead_partial.exists() and not dead_old.exists()
+    assert other.exists() and newer.exists()
+    assert (out / "a.txt").read_text() == "done"
+
+
+def test_file_md5_and_default_mode_have_one_home(tmp_path):
+    import hashlib
+
+    from rsdetect import coco, registry
+    from rsdetect.io import default_file_mode, file_md5
+
+    f = tmp_path / "blob"
+    f.write_bytes(b"x" * (3 << 20))  # several read chunks
+    assert file_md5(f) == hashlib.md5(f.read_bytes()).hexdigest()
+    assert registry.file_md5 is file_md5 and coco.file_md5 is file_md5  # imported, not written again
+    mask = os.umask(0)
+    os.umask(mask)
+    assert default_file_mode() == 0o666 & ~mask

@@ -6,12 +6,9 @@ Downloads go to a temp file beside the target and are renamed into place only on
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -27,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rsdetect.config import CocoParams, RsdetectError
-from rsdetect.io import atomic_write_bytes, atomic_write_text, write_json
+from rsdetect.io import atomic_file, atomic_write_bytes, atomic_write_text, file_md5, write_json
 
 SPLITS = {"train2017": "annotations/instances_train2017.json", "val2017": "annotations/instances_val2017.json"}
 SPLIT_SALT = {"train2017": 0, "val2017": 1}  # distinct random streams per split from the one seed
@@ -139,12 +136,8 @@ def _with_retries(fn: Callable[[], T], retries: int) -> T:
 # ---------------------------------------------------------------- annotations
 
 def _file_digest(path: Path) -> tuple[int, str]:
-    """Size and md5 of a file, read in chunks (the real zip is 250 MB)."""
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            md5.update(chunk)
-    return path.stat().st_size, md5.hexdigest()
+    """Size and md5 of a file."""
+    return path.stat().st_size, file_md5(path)
 
 
 def _verify_problem(size: int, md5: str, p: CocoParams) -> str | None:
@@ -158,17 +151,11 @@ def _verify_problem(size: int, md5: str, p: CocoParams) -> str | None:
 
 def _download_to(url: str, dest: Path, timeout: float) -> None:
     """Stream `url` into a temp file beside `dest` with a byte progress bar, then rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tqdm(unit="B", unit_scale=True, desc=f"fetch {dest.name}", leave=False) as bar:
-            def sink(chunk: bytes) -> None:
-                f.write(chunk)
-                bar.update(len(chunk))
-            _stream(url, timeout, sink)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(dest) as f, tqdm(unit="B", unit_scale=True, desc=f"fetch {dest.name}", leave=False) as bar:
+        def sink(chunk: bytes) -> None:
+            f.write(chunk)
+            bar.update(len(chunk))
+        _stream(url, timeout, sink)
 
 
 def fetch_annotations(p: CocoParams, cache_dir: str | Path) -> Path:

@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from rsdetect.config import RsdetectError
-from rsdetect.io import write_json
+from rsdetect.io import atomic_file, write_json
 
 FORMATS = ("tflite", "onnx")
 TOLERANCE = 1e-4
@@ -82,7 +81,7 @@ def max_abs_diff(keras_model: Any, exported_path: str | os.PathLike, fmt: str, i
 
 def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Export a Keras model (path or models:/ URI) to `out`; written only if it agrees with Keras within tolerance."""
-    from rsdetect.scan import default_file_mode, resolve_keras
+    from rsdetect.scan import resolve_keras
 
     if fmt not in FORMATS:
         raise RsdetectError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -91,18 +90,13 @@ def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float =
         raise RsdetectError(f"--out {out}: use a .{fmt} file name (scan picks the runtime from the extension)")
     model, size, threshold = resolve_keras(spec)
     data = tflite_bytes(model) if fmt == "tflite" else onnx_bytes(model, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix)
-    try:
-        os.fchmod(fd, default_file_mode())  # a model to ship: readable like any file, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        diff = max_abs_diff(model, tmp, fmt, size)
+    # Checked as the temp file, under the model's extension: a model that disagrees never takes the name `out`.
+    with atomic_file(out, suffix=out.suffix) as f:
+        f.write(data)
+        f.flush()
+        diff = max_abs_diff(model, f.name, fmt, size)
         if not diff < tolerance:
             raise RsdetectError(f"exported {fmt} model disagrees with Keras: max |diff| {diff:.3g} >= {tolerance:g}; not written")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     result = {"source": spec, "format": fmt, "path": str(out), "bytes": len(data), "image_size": size,
               "threshold": threshold, "max_abs_diff": diff}
     # The registered threshold does not survive conversion; a sidecar keeps it so `scan` flags as the registry would.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 from pathlib import Path
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from rsdetect.config import RsdetectError
+from rsdetect.io import file_md5  # noqa: F401  (re-exported: train.py and tests import it from here)
 from rsdetect.preprocess import TILE_BATCH, box_text, decode, score_frames
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -110,15 +110,6 @@ class RsDetector(_Base):
                                    self.image_size, PREDICT_BATCH)
         return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold,
                              "tile": pd.Series([box_text(b) for b in boxes], dtype=object)})
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """MD5 of a file (the identity of a checkpoint)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
