@@ -55,3 +55,34 @@ def test_file_md5_and_default_mode_have_one_home(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert default_file_mode() == 0o666 & ~mask
+
+
+def test_dvc_checkout_restores_what_a_failed_repro_removed(tmp_path):
+    """What the README says about interrupted runs under `dvc repro`: DVC removes a stage's cached outputs
+    before running it, so a run that dies leaves none (staged_dir cannot keep them); `dvc checkout` brings
+    back the last committed outputs from the cache."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent)) or shutil.which("dvc")
+    if dvc is None:
+        pytest.skip("dvc is not installed")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([dvc, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    assert run("init", "--no-scm", "-q").returncode == 0
+    (tmp_path / "params.yaml").write_text("v: 1\n")
+    # the stage writes out.txt = v, and dies (as an interrupted run does) when v is 2
+    script = ("import sys, yaml; v = yaml.safe_load(open('params.yaml'))['v']; "
+              "sys.exit(3) if v == 2 else open('out.txt', 'w').write(str(v))")
+    assert run("stage", "add", "-q", "-n", "make", "-p", "v", "-o", "out.txt", f'{sys.executable} -c "{script}"').returncode == 0
+    assert run("repro", "-q").returncode == 0 and (tmp_path / "out.txt").read_text() == "1"
+    (tmp_path / "params.yaml").write_text("v: 2\n")
+    assert run("repro", "-q").returncode != 0
+    assert not (tmp_path / "out.txt").exists()  # removed by DVC before the stage ran, not by the stage
+    assert run("checkout", "-q").returncode == 0
+    assert (tmp_path / "out.txt").read_text() == "1"  # the last committed output, from the cache
