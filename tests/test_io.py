@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,20 @@ def test_dvc_checkout_restores_what_a_failed_repro_removed(tmp_path):
     assert not (tmp_path / "out.txt").exists()  # removed by DVC before the stage ran, not by the stage
     assert run("checkout", "-q").returncode == 0
     assert (tmp_path / "out.txt").read_text() == "1"  # the last committed output, from the cache
+
+
+def test_atomic_file_is_checkable_by_name_and_absent_on_failure(tmp_path):
+    from rsdetect.io import atomic_file, default_file_mode
+
+    out = tmp_path / "model.tflite"
+    with atomic_file(out, suffix=".tflite") as f:
+        f.write(b"model")
+        f.flush()
+        assert Path(f.name).read_bytes() == b"model" and f.name.endswith(".tflite")  # a checker reads it by path
+        assert not out.exists()
+    assert out.read_bytes() == b"model" and out.stat().st_mode & 0o777 == default_file_mode()
+    with pytest.raises(ValueError):
+        with atomic_file(out) as f:
+            f.write(b"bad")
+            raise ValueError("check failed")
+    assert out.read_bytes() == b"model" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]

@@ -48,7 +48,8 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
         os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; outputs should be as readable as any file
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with open(tmp, "wb") as f:  # opened by path, so f.name is the temp file's path (an fdopen'ed one has the fd)
             yield f
         os.replace(tmp, path)
     finally:
