@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from rsdetect.coco import fetch_coco2017, jpeg_problem, select_images
+from rsdetect.coco import fetch_coco2017, select_images
+from rsdetect.instances import image_problem
 from rsdetect.config import CocoParams, RsdetectError, SynthParams
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-person-sample"
@@ -164,7 +165,7 @@ def no_partials(out: Path) -> None:
     """No temp file anywhere and every image under its final name decodes completely."""
     assert not [f for f in out.rglob("*") if f.name.endswith(".tmp") or f.name.startswith(".")]
     for f in (out / "images").iterdir():
-        assert jpeg_problem(f.read_bytes()) is None, f
+        assert image_problem(f.read_bytes()) is None, f
 
 
 # ---------------------------------------------------------------- tests

@@ -16,7 +16,8 @@ import pytest
 
 from conftest import ROOT
 from rsdetect.config import ConfigError, ExternalParams, load_params, parse_params
-from rsdetect.data import load_instances, read_manifest, split_images
+from rsdetect.data import read_manifest, split_images
+from rsdetect.instances import load_instances
 from rsdetect.external import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
                                rengarajan_pair, render_pair, row_displacements)
 from rsdetect.shutter import shear_extent

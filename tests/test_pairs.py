@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from rsdetect.config import AugmentParams, RsdetectError, SynthParams
-from rsdetect.data import split_images, load_instances
+from rsdetect.data import split_images
+from rsdetect.instances import load_instances
 from rsdetect.pairs import PairStream, augment_pair, fixed_pairs, load_photos
 
 P = SynthParams(size=64, min_person_area=60)

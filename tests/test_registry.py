@@ -14,7 +14,8 @@ import pytest
 from conftest import colour_model as shared_colour_model
 from rsdetect.config import RsdetectError
 from rsdetect.preprocess import to_tiles
-from rsdetect.registry import decode_frame, file_md5, frames_from_input, project_root, register_candidate, tracking_uri
+from rsdetect.registry import (HTTP_DEFAULTS, decode_frame, file_md5, frames_from_input, project_root, register_candidate,
+                               register_summary, setup_mlflow, tracking_uri)
 
 S = 64
 NAME, ALIAS = "rs-detector", "champion"
@@ -51,6 +52,72 @@ def test_tracking_uri_defaults_to_an_absolute_sqlite_file_at_the_root(tmp_path, 
     assert tracking_uri() == uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
     assert tracking_uri() == "sqlite:////elsewhere/x.db"
+
+
+# --- a tracking server that is down ----------------------------------------------------------------------------
+
+@pytest.fixture
+def down_server(monkeypatch):
+    """MLFLOW_TRACKING_URI at 127.0.0.1 on a port nothing listens on; MLflow's globals and the HTTP env restored."""
+    import socket
+
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    with socket.socket() as sock:  # a free port: bound, then released, so connecting is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for key in HTTP_DEFAULTS:
+        monkeypatch.setenv(key, "x")  # recorded, so the values tracking_uri() sets are undone after the test
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    return uri
+
+
+def test_register_with_the_server_down_is_one_line_naming_it_within_seconds(tmp_path, down_server):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(RsdetectError) as err:
+        register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, [], np.array([]), NAME, ALIAS,
+                           "roc_auc", {})
+    took = time.monotonic() - start
+    msg = str(err.value)
+    assert took < 20, f"took {took:.0f} s"  # MLflow's own defaults: about 250 s
+    assert msg.startswith(f"MLflow tracking server {down_server} cannot be reached (") and "\n" not in msg
+    assert "Connection refused" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained tracebacks
+    assert {k: os.environ[k] for k in HTTP_DEFAULTS} == HTTP_DEFAULTS
+
+
+def test_scan_of_a_registry_uri_with_the_server_down_is_quick(down_server, monkeypatch):
+    """scan resolves models:/ URIs through tracking_uri(), which bounds the waits; a user's own value still wins."""
+    import time
+
+    from rsdetect.scan import load_pyfunc
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    start = time.monotonic()
+    with pytest.raises(RsdetectError, match="cannot load model"):
+        load_pyfunc(f"models:/{NAME}@{ALIAS}")
+    assert time.monotonic() - start < 20
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # setdefault: not overridden
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+
+
+def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
+    """Only an unreachable HTTP server becomes the one line; a local store's errors are not disguised as one."""
+    from mlflow.exceptions import MlflowException
+
+    from rsdetect.registry import tracking_server
+
+    with pytest.raises(MlflowException):
+        with tracking_server(f"sqlite:///{tmp_path}/x.db"):
+            raise MlflowException("API request to nowhere failed with exception boom")
+    with pytest.raises(RsdetectError, match="https://example.invalid cannot be reached"):
+        with tracking_server("https://example.invalid"):
+            raise MlflowException("API request to https://example.invalid failed with exception [Errno -2] Name or service not known")
 
 
 # --- inputs the pyfunc accepts ---------------------------------------------------------------------------------
@@ -201,14 +268,17 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     assert float(v1.tags["threshold"]) == 0.5 and float(v1.tags["test_roc_auc"]) == 1.0
     assert v1.tags["identity"].startswith(file_md5(good))
 
-    # 2. the same checkpoint again: idempotent, no new version
+    # 2. the same checkpoint again: idempotent, no new version, and said so (not "not champion; champion is 1")
     r2 = register(good, 1.0)
     assert (r2["version"], r2["champion_version"], r2["promoted"]) == ("1", "1", False)
+    assert not r1["already_registered"] and r2["already_registered"]
+    assert register_summary(r2) == f"{NAME} version 1 is already registered and already {ALIAS}"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
 
     # 3. a worse candidate (claims 0.4; the champion re-scores 1.0 on this test set) does not move the alias
     r3 = register(bad, 0.4)
     assert r3["version"] == "2" and not r3["promoted"] and r3["champion_version"] == "1"
+    assert register_summary(r3).startswith(f"{NAME} version 2 registered; not {ALIAS} ({ALIAS} is version 1")
     assert r3["previous_champion_score"] == pytest.approx(1.0)
     assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "1"
 

@@ -334,6 +334,9 @@ def _check(p: Params) -> None:
         raise ConfigError(f"evaluate.target_precision: must be within (0, 1], got {p.evaluate.target_precision}")
     if p.evaluate.n_thresholds < 2:
         raise ConfigError(f"evaluate.n_thresholds: must be >= 2, got {p.evaluate.n_thresholds}")
+    for key in ("model_name", "alias"):  # MLflow rejects an empty name with a traceback; say which param
+        if not getattr(p.register, key).strip():
+            raise ConfigError(f"register.{key}: must not be empty")
     if p.register.metric not in METRICS:
         raise ConfigError(f"register.metric: unknown metric {p.register.metric!r} (choose from {', '.join(METRICS)})")
 

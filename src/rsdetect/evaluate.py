@@ -123,11 +123,6 @@ def external_metrics(preds: dict[str, np.ndarray], threshold: float, manifest: l
     return out
 
 
-def split_metrics(preds: dict[str, dict[str, np.ndarray]], threshold: float = 0.5) -> dict:
-    """Metrics on val and test at one threshold."""
-    return {s: binary_metrics(preds[s]["label"], preds[s]["prob"], threshold) for s in ("val", "test") if len(preds[s]["label"])}
-
-
 def curve_rows(y_true: np.ndarray, prob: np.ndarray) -> tuple[list[dict], list[dict]]:
     """ROC and precision-recall curves as lists of points (DVC linear-plot schema)."""
     fpr, tpr, _ = skm.roc_curve(y_true, prob)

@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import numpy as np
 
 from rsdetect import loaders
 from rsdetect.config import RsdetectError
-from rsdetect.io import write_json
+from rsdetect.io import atomic_file, write_json
 from rsdetect.loaders import sidecar_path
-from rsdetect.outputs import check_output_file, default_file_mode
+from rsdetect.outputs import check_output_file
 
 FORMATS = ("tflite", "onnx")
 TOLERANCE = 1e-4
@@ -94,18 +93,13 @@ def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float =
     check_output_file(sidecar_path(out))
     model, size, threshold = loaders.resolve_keras(spec)
     data = tflite_bytes(model) if fmt == "tflite" else onnx_bytes(model, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix)
-    try:
-        os.fchmod(fd, default_file_mode())  # a model to ship: readable like any file, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        diff = max_abs_diff(model, tmp, fmt, size)
+    # Checked as the temp file, under the model's extension: a model that disagrees never takes the name `out`.
+    with atomic_file(out, suffix=out.suffix) as f:
+        f.write(data)
+        f.flush()
+        diff = max_abs_diff(model, f.name, fmt, size)
         if not diff < tolerance:
             raise RsdetectError(f"exported {fmt} model disagrees with Keras: max |diff| {diff:.3g} >= {tolerance:g}; not written")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     result = {"source": spec, "format": fmt, "path": str(out), "bytes": len(data), "image_size": size,
               "threshold": threshold, "max_abs_diff": diff}
     # The registered threshold does not survive conversion; a sidecar keeps it so `scan` flags as the registry would.

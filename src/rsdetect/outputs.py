@@ -12,13 +12,7 @@ from types import TracebackType
 from typing import Callable
 
 from rsdetect.config import RsdetectError
-
-
-def default_file_mode() -> int:
-    """0o666 minus the umask: what open() would give (mkstemp's temp files are 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+from rsdetect.io import default_file_mode
 
 
 def _nearest_existing(path: Path) -> Path:

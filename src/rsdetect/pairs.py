@@ -22,9 +22,11 @@ MAX_REDRAWS = 32     # photos tried for one pair before giving up (a photo can f
 
 
 def load_photos(instances_path: str | Path, seed: int, p: SynthParams, split: str = "train") -> tuple[list[tuple], int]:
-    """The photos of one split, decoded once, with their usable people; and how many were skipped."""
-    photos, skipped = [], 0
-    for task in photo_tasks(instances_path, seed, p):
+    """The photos of one split, decoded once, with their usable people; and how many were skipped (malformed
+    image entries of any split included: they belong to none)."""
+    tasks, inst = photo_tasks(instances_path, seed, p)
+    photos, skipped = [], len(inst.skipped_images)
+    for task in tasks:
         if task.split != split:
             continue
         try:

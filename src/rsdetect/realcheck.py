@@ -18,6 +18,7 @@ import numpy as np
 from rsdetect.config import RsdetectError, SynthParams
 from rsdetect.data import SkipImage, decode_image, draw_pair, usable_people
 from rsdetect.evaluate import binary_metrics, recall_breakdown
+from rsdetect.instances import checked_instances
 
 CHECK_TAG = 0xC0C0  # keeps these draws apart from the fixed sets' and the training stream's
 
@@ -27,20 +28,16 @@ def held_out_photos(folders: list[str | Path], exclude: list[str | Path]) -> lis
     `exclude` instances file."""
     excluded = set()
     for path in exclude:
-        excluded |= {im["id"] for im in json.loads(Path(path).read_text())["images"]}
+        # an exclude file may list images only (no annotations): read its ids, not a whole instances file
+        excluded |= {im.get("id") for im in json.loads(Path(path).read_text())["images"] if isinstance(im, dict)}
     out = []
     for folder in map(Path, folders):
         files = sorted(folder.glob("instances*.json"))
         if len(files) != 1:
             raise RsdetectError(f"{folder}: expected one instances*.json, found {len(files)}")
-        coco = json.loads(files[0].read_text())
-        persons = {c["id"] for c in coco.get("categories", []) if c.get("name") == "person"} or {1}
-        anns: dict[int, list] = {}
-        for a in coco["annotations"]:
-            if a.get("category_id") in persons:
-                anns.setdefault(a["image_id"], []).append(a)
-        out += [(folder / "images" / im["file_name"], im, anns.get(im["id"], []))
-                for im in coco["images"] if im["id"] not in excluded]
+        inst = checked_instances(files[0])  # the entry checks and person rule synthesis uses
+        out += [(folder / "images" / im["file_name"], im, inst.people.get(im["id"], []))
+                for im in inst.images if im["id"] not in excluded]
     return out
 
 

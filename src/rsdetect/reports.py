@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from rsdetect.config import RsdetectError
-from rsdetect.outputs import default_file_mode
+from rsdetect.io import default_file_mode
 from rsdetect.sources import open_capture, video_meta
 
 FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source")
