@@ -95,7 +95,7 @@ def test_scan_of_a_registry_uri_with_the_server_down_is_quick(down_server, monke
     """scan resolves models:/ URIs through tracking_uri(), which bounds the waits; a user's own value still wins."""
     import time
 
-    from rsdetect.scan import load_pyfunc
+    from rsdetect.loaders import load_pyfunc
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     start = time.monotonic()
