@@ -40,7 +40,9 @@ def params_raw(overrides: dict | None = None) -> dict:
 
 def with_params(group, **overrides):
     """`group` with `overrides`, validated (model_copy(update=...) alone would take any value)."""
-    return type(group).model_validate({**group.model_dump(), **overrides})
+    from rsdetect.config import updated
+
+    return updated(group, **overrides)
 
 
 @pytest.fixture(scope="session")

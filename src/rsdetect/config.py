@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
@@ -289,6 +289,15 @@ class Params(_Group):
             raise _param_error("synthesize.size", f"{self.synthesize.size} must equal features.image_size "
                                                   f"({self.features.image_size})")
         return self
+
+
+G = TypeVar("G", bound=BaseModel)
+
+
+def updated(group: G, **changes: Any) -> G:
+    """`group` with `changes`, validated like params.yaml (model_copy(update=...) alone would take any value):
+    for benchmarks and tests that vary a param of the real params.yaml."""
+    return type(group).model_validate({**group.model_dump(), **changes})
 
 
 def one_line(err: ValidationError) -> str:
