@@ -46,8 +46,8 @@ def main() -> None:
 
     setup_mlflow()
     with mlflow.start_run(run_name=f"train-{f.backbone}-{f.weights if f.weights in ('none', 'imagenet', 'pretrained') else 'localweights'}-{f.image_size}px"):
-        mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in vars(f).items()},
-                           **{f"train.{k}": v for k, v in vars(t).items()}})
+        mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
+                           **{f"train.{k}": v for k, v in t.model_dump().items()}})
         mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))
         head = m.build_head(x.shape[1], t.dropout)
         log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))

@@ -14,13 +14,12 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from rsdetect.baselines import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.config import SynthParams
 from rsdetect.data import read_manifest, synthesize
 from rsdetect.evaluate import read_predictions
 from rsdetect.io import read_yaml
 from rsdetect.sample import make_sample_dataset
 
-from conftest import ROOT
+from conftest import ROOT, params_group
 
 
 def test_pixel_features_shape_range_and_values(tmp_path):
@@ -78,7 +77,7 @@ def test_random_forest_is_deterministic_for_a_seed():
 def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_synth")
     make_sample_dataset(root / "sample", seed=3, n_images=200, width=160, height=120)
-    synthesize(root / "sample" / "instances.json", root / "s", 5, SynthParams(size=64, min_person_area=50, workers=1))
+    synthesize(root / "sample" / "instances.json", root / "s", 5, params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
     return root / "s"
 
 

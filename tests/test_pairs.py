@@ -1,17 +1,17 @@
 """rsdetect.pairs: fresh training pairs are a pure function of (seed, epoch, step), twins share content and
 augmentation, the curriculum eases in, and only the asked split's photos are drawn from."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
-from rsdetect.config import AugmentParams, RsdetectError, SynthParams
+from rsdetect.config import RsdetectError
 from rsdetect.data import split_images
 from rsdetect.instances import load_instances
 from rsdetect.pairs import PairStream, augment_pair, fixed_pairs, load_photos
 
-P = SynthParams(size=64, min_person_area=60)
-A = AugmentParams()
+from conftest import params_group, with_params
+
+P = params_group("synthesize", size=64, min_person_area=60, pairs_per_photo=1)
+A = params_group("augment")
 
 
 @pytest.fixture(scope="module")
@@ -83,4 +83,4 @@ def test_a_photo_without_people_still_gives_camera_motion(photos):
     x, y = PairStream(bare, 1, P, A, 6).batch(0, 0)
     assert np.isfinite(x).all() and y.tolist() == [1, 0] * 3
     with pytest.raises(RsdetectError, match="no training photo gave a pair"):
-        PairStream(bare, 1, replace(P, kinds={"object": 1.0}), A, 2).batch(0, 0)
+        PairStream(bare, 1, with_params(P, kinds={"object": 1.0}), A, 2).batch(0, 0)

@@ -5,10 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
-from rsdetect.config import RsdetectError, SynthParams
+from rsdetect.config import RsdetectError
+
+from conftest import params_group
 from rsdetect.realcheck import check_photos, held_out_photos
 
-P = SynthParams(size=64, min_person_area=60)
+P = params_group("synthesize", size=64, min_person_area=60, pairs_per_photo=1)
 
 
 @pytest.fixture

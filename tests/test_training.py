@@ -5,18 +5,19 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from rsdetect import model as m  # noqa: E402
-from rsdetect.config import AugmentParams, SynthParams  # noqa: E402
 from rsdetect.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 from rsdetect.training import build_classifier, fit_pairs, predict_arrays, scores  # noqa: E402
 
-P = SynthParams(size=64, min_person_area=60)
+from conftest import params_group  # noqa: E402
+
+P = params_group("synthesize", size=64, min_person_area=60, pairs_per_photo=1)
 
 
 @pytest.fixture(scope="module")
 def streams(sample_dir):
     train, _ = load_photos(sample_dir / "instances.json", 5, P, "train")
     val, _ = load_photos(sample_dir / "instances.json", 5, P, "val")
-    return PairStream(train, 5, P, AugmentParams(), 8), fixed_pairs(val, 5, P, 8, tag=999)
+    return PairStream(train, 5, P, params_group("augment"), 8), fixed_pairs(val, 5, P, 8, tag=999)
 
 
 def test_fit_pairs_keeps_the_best_epoch_and_frozen_layers(streams):

@@ -259,15 +259,16 @@ def run_tasks(jobs: list[tuple], workers: int):
                                 "set synthesize.workers: 1 to run in one process and see why") from None
 
 
-def photo_tasks(instances_path: str | Path, seed: int, p: SynthParams) -> tuple[list[Task], Instances]:
+def photo_tasks(instances_path: str | Path, seed: int, fractions: tuple[float, float]) -> tuple[list[Task], Instances]:
     """Every valid photo of a COCO-format dataset with its split and its well-formed person annotations, ordered
     by id; and the checked instances, whose skipped_images / skipped_annotations say what was left out and why.
 
     The one entry point of every reader of the dataset (synthesis, training pairs, the external set), so each
-    gets the same checks (rsdetect.instances.checked_instances) and the same split.
+    gets the same checks (rsdetect.instances.checked_instances) and the same split. fractions: (synthesize.val_fraction,
+    synthesize.test_fraction), the only params the split reads.
     """
     inst = checked_instances(instances_path)
-    split = split_images(inst.images, seed, p.val_fraction, p.test_fraction)
+    split = split_images(inst.images, seed, *fractions)
     return [Task(im["id"], f"images/{im['file_name']}", split[im["id"]], inst.people.get(im["id"], []))
             for im in inst.images], inst
 
@@ -285,7 +286,7 @@ def _no_sample_message(instances_path: Path, skipped: list[dict]) -> str:
 def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
     """Make the RS/GS dataset from a COCO-format folder: images/, manifest.csv and report.json under out_dir."""
     instances_path, out_dir = Path(instances_path), Path(out_dir)
-    tasks, inst = photo_tasks(instances_path, seed, p)
+    tasks, inst = photo_tasks(instances_path, seed, (p.val_fraction, p.test_fraction))
     workers = p.workers or os.cpu_count() or 1
     rows, skipped = [], list(inst.skipped_images)
     with staged_dir(out_dir) as stage:

@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsdetect.config import ExternalParams, RsdetectError, SynthParams
+from rsdetect.config import ExternalParams, RsdetectError
 from rsdetect.data import SkipImage, photo_tasks, read_photo, shrink_square
 from rsdetect.io import staged_dir, write_json
 from rsdetect.shutter import shear_extent
@@ -156,8 +156,7 @@ def make_external(instances_path: str | Path, out_dir: str | Path, seed: int,
     validated on is used. Malformed image entries belong to no split: they are counted in skipped_items.
     """
     instances_path, out_dir = Path(instances_path), Path(out_dir)
-    tasks, inst = photo_tasks(instances_path, seed, SynthParams(val_fraction=split_fractions[0],
-                                                                test_fraction=split_fractions[1]))
+    tasks, inst = photo_tasks(instances_path, seed, split_fractions)
     photos = [t for t in tasks if t.split == "test"]
     rows, skipped = [], list(inst.skipped_images)
     with staged_dir(out_dir) as stage:
