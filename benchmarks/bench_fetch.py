@@ -1,4 +1,4 @@
-"""Image download throughput of rsdetect.coco: 1 worker vs the default worker count, on a local server.
+"""Image download throughput of rsdetect.coco: 1 worker vs params.yaml's worker count, on a local server.
 
 Serves ~200 generated 640x480 JPEGs from 127.0.0.1 with an artificial per-request latency (to mimic a
 network round trip), fetches them into temp dirs and prints images/s, MB/s and the speed-up.
@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 
 from rsdetect.coco import ImageJob, download_images
-from rsdetect.config import CocoParams
+from rsdetect.config import CocoParams, load_params, updated
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_jpegs(n: int, seed: int = 0) -> dict[str, bytes]:
@@ -55,9 +57,14 @@ def start_server(files: dict[str, bytes], latency_s: float) -> ThreadingHTTPServ
     return server
 
 
+def coco_params() -> CocoParams:
+    """fetch.coco2017 of the repo's params.yaml: the worker count the pipeline uses is the one compared."""
+    return load_params(ROOT / "params.yaml").fetch.coco2017
+
+
 def run(files: dict[str, bytes], base: str, workers: int) -> tuple[float, int]:
     """Download all files with `workers` threads into a fresh temp dir; returns (seconds, bytes)."""
-    p = CocoParams(workers=workers, timeout_s=10, retries=1)
+    p = updated(coco_params(), workers=workers, timeout_s=10, retries=1)
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [ImageJob(i, base + path, Path(tmp) / Path(path).name) for i, path in enumerate(files)]
         start = time.perf_counter()
@@ -78,9 +85,9 @@ def main() -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     print(f"{len(files)} JPEGs 640x480, {sum(map(len, files.values())) / 1e6:.1f} MB, "
           f"{args.latency_ms:.0f} ms latency per request")
-    timings = {}
+    timings, default = {}, coco_params().workers
     try:
-        for workers in (1, CocoParams().workers):
+        for workers in (1, default):
             seconds, nbytes = run(files, base, workers)
             timings[workers] = seconds
             print(f"workers={workers}: {seconds:6.2f} s  {len(files) / seconds:7.1f} images/s  "
@@ -88,8 +95,8 @@ def main() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    one, many = timings[1], timings[CocoParams().workers]
-    print(f"speed-up {CocoParams().workers} workers vs 1: {one / many:.2f}x")
+    one, many = timings[1], timings[default]
+    print(f"speed-up {default} workers vs 1: {one / many:.2f}x")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from rsdetect.config import SynthParams
+from rsdetect.config import load_params, updated
 from rsdetect.data import synthesize
 from rsdetect.sample import make_sample_dataset
 from rsdetect.shutter import Motion, rolling_rows
@@ -84,7 +83,8 @@ def main() -> None:
         args.coco = SHARED_COCO  # real photographs decode like the data users have; generated ones are flatter
     cores = os.cpu_count() or 1
     cv2.setNumThreads(1)  # per-core figures: the pool's workers run OpenCV on one thread each too
-    p = SynthParams(size=args.size, min_person_area=100, pairs_per_photo=args.pairs_per_photo)
+    p = updated(load_params(Path(__file__).resolve().parents[1] / "params.yaml").synthesize, size=args.size,
+                min_person_area=100, pairs_per_photo=args.pairs_per_photo)
     # Write to RAM (/dev/shm) where there is one: creating a file on this machine's disks took 0.03 to 1 ms,
     # varying minute to minute, which would swamp the compute being compared. Else data/, the pipeline's own disk.
     work = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(__file__).resolve().parents[1] / "data"
@@ -113,7 +113,7 @@ def main() -> None:
             limits.append(decode_encode_limit(files, p.size, p.jpeg_quality, per_photo))
             write_limits.append(decode_encode_limit(files, p.size, p.jpeg_quality, per_photo, Path(tmp) / f"limit_{r}"))
             for workers in runs:
-                rate, pairs = synth_rate(instances, Path(tmp) / f"synth{workers}_{r}", replace(p, workers=workers))
+                rate, pairs = synth_rate(instances, Path(tmp) / f"synth{workers}_{r}", updated(p, workers=workers))
                 runs[workers].append(rate)
     limit, write_limit, best = max(limits), max(write_limits), {w: max(v) for w, v in runs.items()}
     print(f"outputs written under {work}")

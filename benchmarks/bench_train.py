@@ -1,14 +1,13 @@
-"""Training speed on the embedded default (params.yaml as is), all measured in one run on this machine:
+"""Training speed on this machine, every figure measured in this one run (params.yaml as is):
 
-- feature extraction: images/s of the frozen backbone over every synthesized image (computed once, cached);
-- phase 1 (this project): the `train` stage's work on cached features, i.e. training the head for the epochs
-  early stopping lets it run, and the same plus the one-off feature extraction;
-- the prior attempt's way: the frozen model trained end to end on images, so the backbone runs on every image
-  every epoch. It is timed for --e2e-epochs epochs and scaled to the epochs phase 1 ran;
-- fine-tuning: images/s of training the top 2 blocks (BatchNorm frozen, as with ImageNet weights) and the
-  whole backbone with BatchNorm (from scratch, the offline default).
+- on-the-fly synthesis: images/s of PairStream batches (draw, warp, augment, JPEG round trip), one thread;
+- training: images/s of train_on_batch on the whole network, for MobileNetV3Small and Large at the params'
+  size, on fixed arrays (the baseline: no synthesis at all) and fed by the stream (synthesis on a thread,
+  overlapping the step). The ratio streamed / fixed is what fresh pairs cost;
+- the default `train` stage's phase 2 and `pretrain`, projected from the measured rate.
 
-Usage: python benchmarks/bench_train.py [--e2e-epochs 2] [--photos N]   (run from the repository root)
+Usage: python benchmarks/bench_train.py [--steps 6] [--photos N]   (run from the repository root after
+`dvc pull` or `dvc repro fetch`: it draws from data/raw; without it, from generated scenes)
 """
 from __future__ import annotations
 
@@ -20,92 +19,60 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-
 from rsdetect.config import load_params
-from rsdetect.data import read_manifest, synthesize
+from rsdetect.pairs import PairStream, load_photos
 from rsdetect.sample import make_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, *args, **kwargs):
-    """(result, seconds) of one call."""
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t
+def rate(fn, images: int, repeat: int) -> float:
+    """Images/s of `fn` (called `repeat` times, each handling `images` images), after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return images * repeat / (time.perf_counter() - start)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--e2e-epochs", type=int, default=2)
-    ap.add_argument("--photos", type=int, help="generated photos (default: fetch.sample.n_images)")
+    ap.add_argument("--steps", type=int, default=6, help="timed batches per measurement")
+    ap.add_argument("--photos", type=int, default=60, help="generated photos when data/raw is absent")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
-    f, t = params.features, params.train
+    s, t, pt, f = params.synthesize, params.train, params.pretrain, params.features
     import keras
 
     from rsdetect import model as m
+    from rsdetect.training import build_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
-        raw, synth = Path(tmp) / "raw", Path(tmp) / "synth"
-        s = params.fetch.sample
-        make_sample_dataset(raw, params.seed, args.photos or s.n_images, s.width, s.height)
-        synthesize(raw / "instances.json", synth, params.seed, params.synthesize)
-        rows = read_manifest(synth / "manifest.csv")
-        paths = np.array([str(synth / r["path"]) for r in rows])
-        y = np.array([r["label"] for r in rows], np.float32)
-        split = np.array([r["split"] for r in rows])
-        tr, va = split == "train", split == "val"
-
-        m.set_determinism(params.seed, t.deterministic)
-        backbone = m.build_backbone(f.image_size, f.weights if f.weights != "imagenet" else "none")
-        if f.weights != "imagenet":
-            m.recalibrate_batchnorm(backbone, m.load_images(list(paths[tr][: f.calibration_images]), f.image_size))
-        m.extract_features(backbone, list(paths[:f.batch_size]), f.image_size, f.batch_size)  # warm-up (tracing)
-        feats, t_feat = timed(m.extract_features, backbone, list(paths), f.image_size, f.batch_size)
-
-        mean, std = feats[tr].mean(0), feats[tr].std(0) + 1e-6
-        xn = m.standardize(feats, mean, std)
-        head = m.build_head(feats.shape[1], t.dropout)
-        hist, t_head = timed(m.fit_head, head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size,
-                             t.patience * 4)
-        head_epochs = len(hist.history["loss"])
-
-        # The prior attempt's way: the same frozen backbone and head, trained on images end to end.
-        backbone.trainable = False
-        e2e = m.assemble(backbone, m.build_head(feats.shape[1], t.dropout), mean, std)
-        e2e.compile(optimizer=keras.optimizers.Adam(t.head_lr), loss="binary_crossentropy")
-        train_ds = m.image_dataset(list(paths[tr]), y[tr], f.image_size, t.batch_size, shuffle_seed=params.seed)
-        val_ds = m.image_dataset(list(paths[va]), y[va], f.image_size, t.batch_size)
-        e2e.fit(train_ds.take(1), epochs=1, verbose=0)  # warm-up (tracing)
-        _, t_e2e = timed(e2e.fit, train_ds, validation_data=val_ds, epochs=args.e2e_epochs, verbose=0)
-        t_e2e_full = t_e2e / args.e2e_epochs * head_epochs
-
-        rates = {}
-        saved = os.path.join(tmp, "backbone.keras")  # each fine-tuning run starts from the same backbone weights
-        backbone.save(saved)
-        for name, blocks, bn in (("top 2 blocks", 2, False), ("whole backbone+BN", 15, True)):
-            ft_backbone = keras.saving.load_model(saved, compile=False)
-            m.unfreeze_top_blocks(ft_backbone, blocks, train_batchnorm=bn)
-            model = m.assemble(ft_backbone, head, mean, std)
-            model.compile(optimizer=keras.optimizers.Adam(t.finetune_lr), loss="binary_crossentropy")
-            model.fit(train_ds.take(1), epochs=1, verbose=0)  # warm-up (tracing)
-            _, secs = timed(model.fit, train_ds, epochs=1, verbose=0)
-            rates[name] = int(tr.sum()) / secs
-
-    n, ntr, nva = len(paths), int(tr.sum()), int(va.sum())
-    print(f"embedded default: {n} images ({ntr} train, {nva} val) at {f.image_size} px, weights={f.weights}, "
-          f"{os.cpu_count()} cores")
-    print(f"feature extraction          : {n / t_feat:8.1f} images/s ({t_feat:.1f} s for all {n}, once)")
-    print(f"phase 1 head on cached feats: {t_head:8.1f} s for {head_epochs} epochs")
-    print(f"phase 1 incl. extraction    : {t_head + t_feat:8.1f} s")
-    print(f"frozen end to end (prior)   : {t_e2e_full:8.1f} s for {head_epochs} epochs "
-          f"(measured {t_e2e:.1f} s for {args.e2e_epochs}, {(ntr + nva) * args.e2e_epochs / t_e2e:.1f} train+val images/s)")
-    print(f"ratio end-to-end / phase 1 head only      : {t_e2e_full / t_head:8.1f}x")
-    print(f"ratio end-to-end / phase 1 incl. features : {t_e2e_full / (t_head + t_feat):8.1f}x")
-    for name, rate in rates.items():
-        print(f"fine-tuning, {name:16s}: {rate:8.1f} train images/s")
+        raw = ROOT / "data" / "raw"
+        if not (raw / "instances.json").is_file():
+            raw = Path(tmp)
+            make_sample_dataset(raw, params.seed, args.photos, 320, 240)
+        photos, _ = load_photos(raw / "instances.json", params.seed, s, "train")
+        stream = PairStream(photos, params.seed, s, params.augment, t.batch_size)
+        synth_rate = rate(lambda: stream.batch(0, 0), t.batch_size, args.steps)
+        print(f"on-the-fly synthesis: {synth_rate:.0f} images/s (one thread, {len(photos)} photos from {raw})")
+        fixed = stream.batch(0, 1)
+        for arch in ("small", "large"):
+            keras.utils.set_random_seed(0)
+            backbone = m.build_backbone(f.image_size, "none", arch)
+            m.unfreeze_top_blocks(backbone, 10**6, train_batchnorm=True)
+            model = build_classifier(backbone, 0.2)
+            model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
+            base = rate(lambda: model.train_on_batch(*fixed), t.batch_size, args.steps)
+            it = iter(stream.epoch(1, args.steps + 1))
+            streamed = rate(lambda: model.train_on_batch(*next(it)), t.batch_size, args.steps)
+            print(f"{m.ARCHITECTURES[arch]} {f.image_size}px whole network: {base:.1f} images/s on fixed arrays, "
+                  f"{streamed:.1f} fed by fresh pairs (ratio {streamed / base:.2f})")
+            if arch == f.backbone:
+                ft = t.finetune_epochs * t.steps_per_epoch * t.batch_size
+                pre = pt.epochs * pt.steps_per_epoch * pt.batch_size
+                print(f"  params.yaml: train phase 2 at most {ft} images = {ft / streamed / 60:.1f} min; "
+                      f"pretrain at most {pre} images = {pre / streamed / 60:.1f} min (validation not included)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,

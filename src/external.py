@@ -2,7 +2,7 @@
 import sys
 from pathlib import Path
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.external import make_external
 

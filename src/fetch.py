@@ -7,7 +7,7 @@ source coco2017: COCO 2017 annotations plus only the person images needed, downl
 import sys
 from pathlib import Path
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.io import write_json
 

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from rsdetect.cli import run_stage
-from rsdetect.config import RsdetectError, load_params
+from rsdetect.stage import run_stage
+from rsdetect.config import load_params
 from rsdetect.io import write_json
 
 VAL_TAG = 999_999  # the epoch index of the fixed validation pairs: beyond any real epoch, so never drawn in training
@@ -26,8 +26,6 @@ def main() -> None:
 
     m.set_determinism(params.seed, True)
     m.use_mixed_precision_if_gpu()
-    if s.size != f.image_size:
-        raise RsdetectError(f"synthesize.size ({s.size}) and features.image_size ({f.image_size}) must be equal")
     train_photos, skipped_train = load_photos(raw / "instances.json", params.seed, s, "train")
     val_photos, skipped_val = load_photos(raw / "instances.json", params.seed, s, "val")
     val = fixed_pairs(val_photos, params.seed, s, pt.val_pairs, tag=VAL_TAG)

@@ -1,7 +1,7 @@
 """Stage register: the checkpoint becomes a version of rs-detector in MLflow; the champion alias moves only if it is better."""
 import sys
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.registry import register_from_outputs
 
 

@@ -1,14 +1,17 @@
-"""Stage train: phase 1 trains the head on cached features; phase 2 (optional) fine-tunes the top blocks.
+"""Stage train: phase 1 fits the head on cached features; phase 2 trains the network end to end on fresh pairs.
 
-Writes the best checkpoint, per-sample probabilities, whole-set metrics and per-epoch history; logs the
-run (params, per-epoch metrics, metrics, model, data hash) to MLflow.
+Phase 2 never sees the same pair twice: every step draws new RS/GS twins from the train photos (pairs.PairStream,
+seeded by seed, train.repeat, epoch and step), with label-keeping augmentation; the fixed validation set of
+`synthesize` picks the best epoch. Writes the checkpoint, per-sample probabilities (our test set and the
+independent-recipe one), whole-set metrics with the train/val accuracy gap, and per-epoch history; logs the run
+to MLflow.
 """
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from rsdetect.cli import run_stage
+from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import binary_metrics, write_predictions
@@ -16,16 +19,19 @@ from rsdetect.io import write_json
 
 
 def main() -> None:
-    synth, feats_dir, model_dir, metrics_path, history_path = (Path(a) for a in sys.argv[1:6])
+    raw, synth, feats_dir, external, model_dir, metrics_path, history_path = (Path(a) for a in sys.argv[1:8])
     params = load_params()
     f, t = params.features, params.train
     import keras
     import mlflow
 
     from rsdetect import model as m
+    from rsdetect.pairs import PairStream, load_photos
     from rsdetect.registry import file_md5, setup_mlflow
+    from rsdetect.training import fit_pairs
 
-    m.set_determinism(params.seed, t.deterministic)
+    seed = params.seed + 7919 * t.repeat  # repeat > 0: the same data, another draw of weights and pairs
+    m.set_determinism(seed, t.deterministic)
     m.use_mixed_precision_if_gpu()
     rows = read_manifest(synth / "manifest.csv")
     cached = np.load(feats_dir / "features.npz")
@@ -36,47 +42,55 @@ def main() -> None:
     tr, va = split == "train", split == "val"
     mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
     xn = m.standardize(x, mean, std)
+    paths = [str(synth / r["path"]) for r in rows]
 
     setup_mlflow()
-    data_hash = file_md5(synth / "manifest.csv")
-    with mlflow.start_run(run_name=f"train-{f.weights if f.weights in ('none', 'imagenet') else 'localweights'}-{f.image_size}px-ft{t.finetune_blocks}"):
-        mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in vars(f).items()},
-                           **{f"train.{k}": v for k, v in vars(t).items()}})
-        mlflow.set_tag("data_md5", data_hash)
+    with mlflow.start_run(run_name=f"train-{f.backbone}-{f.weights if f.weights in ('none', 'imagenet', 'pretrained') else 'localweights'}-{f.image_size}px"):
+        mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
+                           **{f"train.{k}": v for k, v in t.model_dump().items()}})
+        mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))
         head = m.build_head(x.shape[1], t.dropout)
         log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
         hist = m.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size, t.patience * 4, [log_epoch])
         history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
         backbone = keras.saving.load_model(feats_dir / "backbone.keras", compile=False)
-        from_scratch = f.weights == "none"  # no learnt statistics to protect: BatchNorm trains with the rest
         model = m.assemble(backbone, head, mean, std)
+        if t.finetune_blocks > 0 and t.finetune_epochs > 0:
+            # Our own pretrained or random weights: BatchNorm statistics are ours to move. ImageNet's stay frozen.
+            unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=f.weights != "imagenet")
+            photos, skipped = load_photos(raw / "instances.json", params.seed, params.synthesize, "train")
+            stream = PairStream(photos, seed, params.synthesize, params.augment, t.batch_size, t.curriculum_epochs, t.curriculum_scale)
+            print(f"train: {len(unfrozen)} layers learn on fresh pairs of {len(photos)} train photos ({skipped} unreadable), "
+                  f"{t.finetune_epochs} epochs x {t.steps_per_epoch} steps x {t.batch_size} images")
+            val = (m.load_images([p for p, s in zip(paths, split) if s == "val"], f.image_size), y[va])
+
+            def log(row: dict) -> None:
+                mlflow.log_metrics({f"finetune_{k}": float(v) for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                print(f"train: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss {row['val_loss']:.3f} "
+                      f"acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | {row['train_images_per_s']:.1f} img/s", flush=True)
+
+            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, t.finetune_lr, t.patience, val, log)
+            history += [{**r, "epoch": len(history) + i, "phase": "finetune"} for i, r in enumerate(ft)]
         model_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = model_dir / "model.keras"
-        paths = [str(synth / r["path"]) for r in rows]
-        if t.finetune_blocks > 0:
-            unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=from_scratch)
-            print(f"train: fine-tuning {len(unfrozen)} layers{' (BatchNorm too: weights none)' if from_scratch else ''}")
-            ptr = [p for p, s in zip(paths, split) if s == "train"]
-            pva = [p for p, s in zip(paths, split) if s == "val"]
-            batch = m.gpu_batch_size(model, f.image_size, t.batch_size, t.gpu_max_batch, training=True)
-            mlflow.log_param("finetune_batch_size", batch)
-            train_ds = m.image_dataset(ptr, y[tr], f.image_size, batch, shuffle_seed=params.seed)
-            val_ds = m.image_dataset(pva, y[va], f.image_size, batch)
-            log_ft = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"finetune_{k}": float(v) for k, v in logs.items()}, step=e))
-            ft = m.fine_tune(model, train_ds, val_ds, t.finetune_epochs, t.finetune_lr, t.patience, checkpoint, [log_ft])
-            history += [{"epoch": len(history) + i, "phase": "finetune", **{k: float(v[i]) for k, v in ft.history.items()}} for i in range(len(ft.history["loss"]))]
-        model.save(checkpoint)
-        prob = m.predict_paths(model, paths, f.image_size, f.batch_size)
+        model.save(model_dir / "model.keras")
+        ext_rows = read_manifest(external / "manifest.csv")
+        prob = m.predict_paths(model, paths + [str(external / r["path"]) for r in ext_rows], f.image_size, f.batch_size)
         if prob.std() < 1e-6:
             raise RsdetectError("train: the model gives the same probability for every image; refusing to report metrics")
-        write_predictions(model_dir / "predictions.csv", rows, prob)
-        metrics = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("val", "test")}
+        write_predictions(model_dir / "predictions.csv", rows + ext_rows, prob)
+        prob, ext_prob = prob[:len(rows)], prob[len(rows):]
+        metrics = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("train", "val", "test")}
+        metrics["external"] = binary_metrics(np.array([r["label"] for r in ext_rows]), ext_prob)
+        # Memorisation check at the chosen checkpoint: train-split photos (fixed pairs the loop never drew) vs val.
+        metrics["train_val_accuracy_gap"] = metrics["train"]["accuracy"] - metrics["val"]["accuracy"]
         write_json(metrics_path, {"cnn": metrics})
         write_json(history_path, history)
-        mlflow.log_metrics({f"{s}_{k}": v for s, ms in metrics.items() for k, v in ms.items()})
+        mlflow.log_metrics({f"{s}_{k}": v for s, ms in metrics.items() if isinstance(ms, dict) for k, v in ms.items()})
         import mlflow.keras
         mlflow.keras.log_model(model, name="model")
-    print(f"train: val {metrics['val']}\ntrain: test {metrics['test']}")
+    for s in ("val", "test", "external"):
+        print(f"train: {s} ROC AUC {metrics[s]['roc_auc']:.3f} accuracy {metrics[s]['accuracy']:.3f} (n={metrics[s]['n']})")
+    print(f"train: train/val accuracy gap {metrics['train_val_accuracy_gap']:+.3f}")
 
 
 if __name__ == "__main__":

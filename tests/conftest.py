@@ -12,6 +12,39 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_COCO = ROOT.parent / "shared" / "data" / "coco-person-sample"
 
 
+def params_group(path: str, **overrides):
+    """The params group at dotted `path` of the repo's params.yaml (e.g. "synthesize", "baselines.lines"), with
+    `overrides` applied and re-validated: tests use the real values, and a bad override fails here, not later.
+    (The schema has no defaults, so a group cannot be built from a few fields.)"""
+    from rsdetect.config import load_params
+
+    group = load_params(ROOT / "params.yaml")
+    for name in path.split("."):
+        group = getattr(group, name)
+    return with_params(group, **overrides)
+
+
+def params_raw(overrides: dict | None = None) -> dict:
+    """The repo's params.yaml as a plain mapping, with `overrides` (a nested mapping) merged in key by key: a
+    bad-value test changes one param of an otherwise valid file, so the error it gets is about that param."""
+    import yaml
+
+    def merge(base: dict, extra: dict) -> dict:
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides or {})
+
+
+def with_params(group, **overrides):
+    """`group` with `overrides`, validated (model_copy(update=...) alone would take any value)."""
+    from rsdetect.config import updated
+
+    return updated(group, **overrides)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """A small embedded-style COCO dataset (24 scenes) made by the generator."""

@@ -3,6 +3,7 @@ baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
 
 import json
+import shutil
 import runpy
 import sys
 
@@ -13,13 +14,12 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from rsdetect.baselines import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.config import SynthParams
 from rsdetect.data import read_manifest, synthesize
 from rsdetect.evaluate import read_predictions
 from rsdetect.io import read_yaml
 from rsdetect.sample import make_sample_dataset
 
-from conftest import ROOT
+from conftest import ROOT, params_group
 
 
 def test_pixel_features_shape_range_and_values(tmp_path):
@@ -77,7 +77,7 @@ def test_random_forest_is_deterministic_for_a_seed():
 def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_synth")
     make_sample_dataset(root / "sample", seed=3, n_images=200, width=160, height=120)
-    synthesize(root / "sample" / "instances.json", root / "s", 5, SynthParams(size=64, min_person_area=50, workers=1))
+    synthesize(root / "sample" / "instances.json", root / "s", 5, params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
     return root / "s"
 
 
@@ -119,16 +119,28 @@ def test_baselines_stage_writes_every_model_including_lr_lines(synth_dir, tmp_pa
     (tmp_path / "features").mkdir()
     np.savez(tmp_path / "features" / "features.npz",
              features=np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32))
+    # A small external set: four of the test images under another folder, as the external stage lays them out.
+    ext = tmp_path / "external"
+    (ext / "images").mkdir(parents=True)
+    picked = [r for r in rows if r["split"] == "test"][:4]
+    lines_csv = ["path,label,split,pair_id,image_id,kind,max_disp_px"]
+    for i, r in enumerate(picked):
+        shutil.copyfile(synth_dir / r["path"], ext / "images" / f"{i}.jpg")
+        lines_csv.append(f"images/{i}.jpg,{r['label']},external,{i},{r['image_id']},rengarajan,{r['max_disp_px']}")
+    (ext / "manifest.csv").write_text("\n".join(lines_csv) + "\n")
+    np.savez(tmp_path / "features" / "external.npz",
+             features=np.random.default_rng(1).normal(size=(len(picked), 8)).astype(np.float32))
     params = read_yaml(ROOT / "params.yaml", "params file", RuntimeError)
     params["baselines"]["rf_trees"] = 5  # speed only; the forest itself is tested above
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["baselines.py", str(synth_dir), "features", "out", "baselines.json"])
+    monkeypatch.setattr(sys, "argv", ["baselines.py", str(synth_dir), "external", "features", "out", "baselines.json"])
     runpy.run_path(str(ROOT / "src" / "baselines.py"), run_name="__main__")
     names = {"lr_pixels", "rf_pixels", "lr_features", "rf_features", "lr_lines"}
     assert {p.stem for p in (tmp_path / "out").glob("*.csv")} == names
     metrics = json.loads((tmp_path / "baselines.json").read_text())
-    assert set(metrics) == names and all(set(m) == {"val", "test"} for m in metrics.values())
+    assert set(metrics) == names and all(set(m) == {"val", "test", "external"} for m in metrics.values())
     lines = read_predictions(tmp_path / "out" / "lr_lines.csv")
-    assert sum(len(v["label"]) for v in lines.values()) == len(rows)
+    assert sum(len(v["label"]) for v in lines.values()) == len(rows) + len(picked)
+    assert len(lines["external"]["label"]) == len(picked)
     assert all(((v["prob"] >= 0) & (v["prob"] <= 1)).all() for v in lines.values())

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -17,8 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-from rsdetect.coco import fetch_coco2017, jpeg_problem, select_images
-from rsdetect.config import CocoParams, RsdetectError, SynthParams
+from rsdetect.coco import fetch_coco2017, select_images
+from rsdetect.instances import image_problem
+from rsdetect.config import RsdetectError
+
+from conftest import params_group, with_params
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-person-sample"
 TIMEOUT_S = 0.5
@@ -149,7 +151,7 @@ def coco(server):
         for im in data["images"]:
             files[f"/{split}/{im['file_name']}"] = jpeg(im["id"])
     server.routes.update({path: ("ok", body) for path, body in files.items()})
-    p = CocoParams(annotations_url=f"{server.base}/annotations/annotations_trainval2017.zip",
+    p = params_group("fetch.coco2017", annotations_url=f"{server.base}/annotations/annotations_trainval2017.zip",
                    annotations_md5=hashlib.md5(blob).hexdigest(), annotations_size=len(blob),
                    train_images=4, test_images=2, min_person_area=100, workers=4,
                    timeout_s=TIMEOUT_S, retries=1, max_failed_fraction=0.0)
@@ -164,7 +166,7 @@ def no_partials(out: Path) -> None:
     """No temp file anywhere and every image under its final name decodes completely."""
     assert not [f for f in out.rglob("*") if f.name.endswith(".tmp") or f.name.startswith(".")]
     for f in (out / "images").iterdir():
-        assert jpeg_problem(f.read_bytes()) is None, f
+        assert image_problem(f.read_bytes()) is None, f
 
 
 # ---------------------------------------------------------------- tests
@@ -209,14 +211,14 @@ def test_rerun_reuses_everything_and_is_byte_identical(tmp_path, server, coco):
 
 def test_md5_mismatch_is_one_line_error(tmp_path, server, coco):
     p, _, _ = coco
-    bad = dataclasses.replace(p, annotations_md5="0" * 32)
+    bad = with_params(p, annotations_md5="0" * 32)
     with pytest.raises(RsdetectError) as exc:
         fetch_coco2017(bad, tmp_path / "coco", seed=0)
     msg = str(exc.value)
     assert "\n" not in msg and p.annotations_url in msg and "0" * 32 in msg and p.annotations_md5 in msg
     assert not (tmp_path / ".coco-cache" / "annotations_trainval2017.zip").exists()  # never cached as verified
     with pytest.raises(RsdetectError, match="size 123 does not|annotations_size 123"):
-        fetch_coco2017(dataclasses.replace(p, annotations_size=123), tmp_path / "coco", seed=0)
+        fetch_coco2017(with_params(p, annotations_size=123), tmp_path / "coco", seed=0)
 
 
 def test_checks_can_be_skipped_and_bad_cache_is_refetched(tmp_path, server, coco):
@@ -228,7 +230,7 @@ def test_checks_can_be_skipped_and_bad_cache_is_refetched(tmp_path, server, coco
     assert report["downloaded"] == 6
     assert server.hits["/annotations/annotations_trainval2017.zip"] == 1
     # "" md5 and size 0 skip the checks (a hand-made annotations zip)
-    unchecked = dataclasses.replace(p, annotations_md5="", annotations_size=0)
+    unchecked = with_params(p, annotations_md5="", annotations_size=0)
     assert fetch_coco2017(unchecked, tmp_path / "coco", seed=0, cache_dir=cache)["reused"] == 6
 
 
@@ -243,7 +245,7 @@ def test_local_annotations_and_mirror(tmp_path, server, coco):
         (mirror / Path(path).name).write_bytes(body)
     for n, (ann_url, base) in enumerate(((str(zip_path), str(mirror)), (zip_path.as_uri(), mirror.as_uri() + "/"))):
         server.hits.clear()
-        q = dataclasses.replace(p, annotations_url=ann_url, image_base_url=base)
+        q = with_params(p, annotations_url=ann_url, image_base_url=base)
         out = tmp_path / f"out{n}"
         report = fetch_coco2017(q, out, seed=0)
         assert (report["downloaded"], report["failed"]) == (6, 0)
@@ -252,12 +254,12 @@ def test_local_annotations_and_mirror(tmp_path, server, coco):
     # an HTTP mirror: base + file_name instead of coco_url
     server.routes.update({f"/mirror/{Path(k).name}": v for k, v in server.routes.items() if k.endswith(".jpg")})
     server.hits.clear()
-    report = fetch_coco2017(dataclasses.replace(p, image_base_url=server.base + "/mirror/"), tmp_path / "m", seed=0)
+    report = fetch_coco2017(with_params(p, image_base_url=server.base + "/mirror/"), tmp_path / "m", seed=0)
     assert report["downloaded"] == 6
     assert {k for k in server.hits if k.endswith(".jpg")} == {f"/mirror/{Path(image_path(i)).name}"
                                                              for i in (1, 2, 3, 4, 101, 102)}
     with pytest.raises(RsdetectError, match="ftp://x: unsupported URL scheme"):
-        fetch_coco2017(dataclasses.replace(p, image_base_url="ftp://x"), tmp_path / "m", seed=0)
+        fetch_coco2017(with_params(p, image_base_url="ftp://x"), tmp_path / "m", seed=0)
 
 
 def set_faults(server) -> None:
@@ -272,7 +274,7 @@ def test_faults_under_threshold_are_counted_and_left_out(tmp_path, server, coco)
     p, _, _ = coco
     set_faults(server)
     out = tmp_path / "coco"
-    report = fetch_coco2017(dataclasses.replace(p, max_failed_fraction=0.7), out, seed=0)
+    report = fetch_coco2017(with_params(p, max_failed_fraction=0.7), out, seed=0)
     assert (report["selected"], report["downloaded"], report["failed"]) == (6, 2, 4)
     reasons = {f["image_id"]: f["reason"] for f in report["failures"]}
     assert [f["image_id"] for f in report["failures"]] == [1, 2, 3, 4]
@@ -297,7 +299,7 @@ def test_faults_over_threshold_raise(tmp_path, server, coco):
     server.routes[image_path(2)] = ("drop", server.routes[image_path(2)][1])
     out = tmp_path / "coco"
     with pytest.raises(RsdetectError) as exc:
-        fetch_coco2017(dataclasses.replace(p, max_failed_fraction=0.25), out, seed=0)
+        fetch_coco2017(with_params(p, max_failed_fraction=0.25), out, seed=0)
     msg = str(exc.value)
     assert "\n" not in msg
     assert msg.startswith("fetch: 2 of 6 images failed (> fetch.coco2017.max_failed_fraction=0.25); first: "
@@ -317,7 +319,7 @@ def test_resume_fetches_only_missing(tmp_path, server, coco):
     (images / ".000000000004.jpg.abc.tmp").write_bytes(b"partial")
     (images / "000000000007.jpg").write_bytes(files[image_path(7)])
     server.routes[image_path(2)] = ("404", b"")
-    first = fetch_coco2017(dataclasses.replace(p, max_failed_fraction=0.5), out, seed=0)
+    first = fetch_coco2017(with_params(p, max_failed_fraction=0.5), out, seed=0)
     assert (first["downloaded"], first["failed"], first["reused"]) == (5, 1, 0)
     assert not (images / "000000000007.jpg").exists() and not (images / "000000000002.jpg").exists()
     no_partials(out)
@@ -334,7 +336,7 @@ def test_resume_fetches_only_missing(tmp_path, server, coco):
 
 def test_selection_is_deterministic(tmp_path, server, coco):
     p, _, _ = coco
-    q = dataclasses.replace(p, train_images=2, test_images=1)
+    q = with_params(p, train_images=2, test_images=1)
     ids = []
     for run in range(2):
         fetch_coco2017(q, tmp_path / f"run{run}", seed=5)
@@ -364,13 +366,13 @@ def test_real_sample_through_synthesis(tmp_path):
     routes = {"/ann.zip": ("ok", blob.getvalue())}
     routes.update({f"/img/{f.name}": ("ok", f.read_bytes()) for f in (SAMPLE_DIR / "images").iterdir()})
     with serve(routes) as srv:
-        p = CocoParams(annotations_url=f"{srv.base}/ann.zip", annotations_md5="", annotations_size=0,
+        p = params_group("fetch.coco2017", annotations_url=f"{srv.base}/ann.zip", annotations_md5="", annotations_size=0,
                        image_base_url=f"{srv.base}/img", train_images=20, test_images=0, workers=4,
                        timeout_s=10, retries=1)
         report = fetch_coco2017(p, tmp_path / "coco", seed=3)
     assert (report["selected"], report["downloaded"], report["failed"]) == (20, 20, 0)
     inst = json.loads((tmp_path / "coco" / "instances.json").read_text())
     assert {im["coco_split"] for im in inst["images"]} == {"train2017"}
-    synth = synthesize(tmp_path / "coco" / "instances.json", tmp_path / "synth", 3, SynthParams(workers=1))
+    synth = synthesize(tmp_path / "coco" / "instances.json", tmp_path / "synth", 3, params_group("synthesize", workers=1, pairs_per_photo=1))
     assert synth["pairs"] > 0
     assert (tmp_path / "synth" / "manifest.csv").is_file()

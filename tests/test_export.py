@@ -111,15 +111,15 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
 
 
 def test_export_refuses_a_model_that_disagrees(tmp_path, models_dir, monkeypatch) -> None:
-    from rsdetect import scan
+    from rsdetect import loaders
 
-    real = scan.tflite_scorer
+    real = loaders.tflite_scorer
 
     def off_by_a_bit(path):
         scorer, size = real(path)
         return (lambda batch: scorer(batch) + 1e-3), size
 
-    monkeypatch.setattr(scan, "tflite_scorer", off_by_a_bit)
+    monkeypatch.setattr(loaders, "tflite_scorer", off_by_a_bit)
     out = tmp_path / "bad.tflite"
     with pytest.raises(RsdetectError, match="disagrees with Keras"):
         export_model(str(models_dir / "colour.keras"), "tflite", out)
@@ -228,7 +228,8 @@ def test_mlflow_models_serve_answers(tmp_path, pyfunc_dir) -> None:
                                   {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}}, timeout=60)
         assert status == 200
         preds = reply["predictions"]
-        assert [sorted(p) for p in preds] == [["flag", "probability"]] * 2
+        assert [sorted(p) for p in preds] == [["flag", "probability", "tile"]] * 2
+        assert preds[0]["tile"] in ("0,0,48,48", "16,0,48,48")  # 64x48 at 32 px: two tiles, x,y,w,h in the frame
         assert preds[0]["probability"] > 0.99 and preds[0]["flag"] is True
         assert preds[1]["probability"] < 0.01 and preds[1]["flag"] is False
     finally:
@@ -248,3 +249,33 @@ def stop_group(proc: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+# ---------------------------------------------------------------- faults a new user ran into
+
+def test_unwritable_out_fails_before_conversion(tmp_path, models_dir, capsys, monkeypatch) -> None:
+    from rsdetect import loaders
+
+    def no_loading(spec):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(loaders, "resolve_keras", no_loading)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    (tmp_path / "dir.tflite").mkdir()
+    for out, needle in ((blocker / "m.tflite", f"{blocker} is a file"), ("/proc/rsdetect-nope/m.tflite", "cannot write in /proc"),
+                        (tmp_path / "dir.tflite", "is a folder")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["export", "--model", str(models_dir / "colour.keras"), "--format", "tflite", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "dir.tflite"]  # nothing written
+
+
+def test_export_of_a_keras_file_that_is_not_a_model(tmp_path) -> None:
+    fake = tmp_path / "model.keras"
+    fake.write_bytes(b"PK? no, just bytes")
+    with pytest.raises(RsdetectError, match="not a Keras model file") as exc:
+        export_model(str(fake), "tflite", tmp_path / "m.tflite")
+    assert "not found" not in str(exc.value).lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]

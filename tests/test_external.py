@@ -7,21 +7,22 @@ import csv
 import hashlib
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import replace  # CameraMotion is a dataclass; params groups use with_params
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from rsdetect.config import ConfigError, ExternalParams, load_params, parse_params
-from rsdetect.data import load_instances, read_manifest, split_images
+from conftest import ROOT, params_group, params_raw, with_params
+from rsdetect.config import ConfigError, load_params, parse_params
+from rsdetect.data import read_manifest, split_images
+from rsdetect.instances import load_instances
 from rsdetect.external import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
                                rengarajan_pair, render_pair, row_displacements)
 from rsdetect.shutter import shear_extent
 
-P = ExternalParams(pairs_per_photo=2)
+P = params_group("external", pairs_per_photo=2)
 FRACTIONS = (0.15, 0.15)
 SEED = 5
 
@@ -59,7 +60,7 @@ def tree_digest(root: Path) -> str:
 
 def test_rs_differs_from_twin_and_twin_is_rigid():
     photo = texture(480, 640)
-    rs, gs, shear = rengarajan_pair(photo, np.random.default_rng(3), ExternalParams())
+    rs, gs, shear = rengarajan_pair(photo, np.random.default_rng(3), params_group("external"))
     assert rs.shape == gs.shape == (256, 256, 3) and rs.dtype == gs.dtype == np.uint8
     assert shear > 0 and np.abs(rs.astype(int) - gs.astype(int)).mean() > 5
     # the twin is one rigid pose (the motion at t*) applied to the whole window: equal to cv2.warpAffine of it
@@ -147,7 +148,7 @@ def test_same_seed_gives_byte_identical_outputs(sample_dir, tmp_path):
     make_external(sample_dir / "instances.json", tmp_path / "c", SEED + 1, FRACTIONS, P)
     assert tree_digest(tmp_path / "a") != tree_digest(tmp_path / "c")
     # a rerun into the same folder replaces it whole
-    make_external(sample_dir / "instances.json", tmp_path / "a", SEED, FRACTIONS, replace(P, pairs_per_photo=1))
+    make_external(sample_dir / "instances.json", tmp_path / "a", SEED, FRACTIONS, with_params(P, pairs_per_photo=1))
     assert len(read_manifest(tmp_path / "a" / "manifest.csv")) == len(read_manifest(tmp_path / "b" / "manifest.csv")) // 2
     assert len(list((tmp_path / "a" / "images").iterdir())) == len(read_manifest(tmp_path / "a" / "manifest.csv"))
 
@@ -172,16 +173,16 @@ def test_corrupt_and_missing_photos_are_counted_skips_with_reasons(sample_dir, t
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("pairs_per_photo", 0, "external.pairs_per_photo: must be > 0"),
+    ("pairs_per_photo", 0, "external.pairs_per_photo: Input should be greater than 0"),
     ("jpeg_quality", 101, "external.jpeg_quality"),
     ("window", 200, "external.window: must be >= external.size"),
     ("window", 357, "external.window: window - size must be even"),
     ("rotation_linear", [-50, 50], "external.rotation_linear"),
     ("translation_quadratic", [20, -20], "external.translation_quadratic: range"),
     ("twin_time", [0.0, 1.5], "external.twin_time"),
-    ("unknown", 1, "external.unknown: unknown param"),
+    ("unknown", 1, "external.unknown: Extra inputs are not permitted"),
 ])
 def test_bad_external_params_fail_with_one_line_naming_the_param(key, value, message):
     with pytest.raises(ConfigError) as exc:
-        parse_params({"external": {key: value}})
+        parse_params(params_raw({"external": {key: value}}))
     assert message in str(exc.value) and "\n" not in str(exc.value)

@@ -9,13 +9,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from rsdetect.baselines import fit_predict, logistic_regression
-from rsdetect.config import LineParams, RsdetectError
+from rsdetect.config import RsdetectError
 from rsdetect.lines import feature_names, line_features, line_features_of_paths
 from rsdetect.shutter import Motion, rolling_rows, warp_rows
 
+from conftest import params_group
+
 SIZE = 160
 MARGIN = 40  # bars are drawn wider than the crop so the warp's reflected border never reaches it
-P = LineParams()
+P = params_group("baselines.lines")
 NAMES = feature_names(P)
 
 
@@ -47,7 +49,7 @@ def test_layout_and_detector_available():
     f = line_features(bars(np.random.default_rng(0))[:, MARGIN:MARGIN + SIZE], P)
     assert f.shape == (len(NAMES),) and len(set(NAMES)) == len(NAMES)
     assert f.shape == line_features(np.full((SIZE, SIZE), 90, np.uint8), P).shape
-    wider = LineParams(tilt_bins=12, bands=4)
+    wider = params_group("baselines.lines", tilt_bins=12, bands=4)
     assert line_features(bars(np.random.default_rng(0)), wider).shape == (len(feature_names(wider)),)
 
 

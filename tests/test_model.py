@@ -52,12 +52,12 @@ def images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def jpegs(tmp_path_factory) -> list[str]:
-    """10 JPEG files (RGB patterns), two of them at another size to exercise the resize."""
+    """10 JPEG files (RGB patterns), two of them larger squares to exercise the resize (training images are square)."""
     d = tmp_path_factory.mktemp("jpegs")
     paths = []
     for i, img in enumerate(patterns(10, seed=1)):
         if i in (3, 7):
-            img = cv2.resize(img, (96, 80))
+            img = cv2.resize(img, (96, 96))
         p = d / f"{i}.jpg"
         assert cv2.imwrite(str(p), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         paths.append(str(p))
@@ -95,7 +95,8 @@ def test_extract_features_shape_and_order(calibrated, jpegs):
     assert feats.std(axis=0).max() > 0
     perm = np.random.default_rng(3).permutation(len(jpegs))
     shuffled = m.extract_features(calibrated, [jpegs[i] for i in perm], S, 3)
-    np.testing.assert_allclose(shuffled, feats[perm], rtol=1e-4, atol=1e-5)
+    # batches of 3 vs 4: CPU kernels block differently by batch size, ~1e-5 apart on features near 0
+    np.testing.assert_allclose(shuffled, feats[perm], rtol=1e-4, atol=5e-5)
     # the rows really are different, so the order check is meaningful
     assert np.abs(feats[perm] - feats).max() > 1e-3
     # load_images + a direct call gives the same features
@@ -158,34 +159,6 @@ def test_unfreeze_top_blocks(images):
                                                   for w in backbone.trainable_weights)
     assert m.unfreeze_top_blocks(backbone, 0) == []
     assert backbone.trainable_weights == []
-
-
-def test_fine_tune_one_epoch_writes_checkpoint(calibrated, jpegs, tmp_path):
-    backbone = keras.models.clone_model(calibrated)
-    backbone.set_weights(calibrated.get_weights())
-    paths = jpegs[:8]
-    labels = np.array([0, 1] * 4, np.float32)
-    feats = m.extract_features(backbone, paths, S, 8)
-    mean, std = feats.mean(0), feats.std(0) + 1e-3
-    keras.utils.set_random_seed(4)
-    model = m.assemble(backbone, m.build_head(N_FEATURES, 0.2), mean, std)
-    m.unfreeze_top_blocks(backbone, 1)
-    stem = backbone.get_layer("conv").get_weights()[0].copy()
-    bn_stats = [w.numpy().copy() for w in backbone.get_layer("conv_1_bn").non_trainable_weights]
-    top_conv = backbone.get_layer("conv_1").get_weights()[0].copy()
-    ds = m.image_dataset(paths, labels, S, 4, shuffle_seed=0)
-    val = m.image_dataset(paths, labels, S, 4)
-    ckpt = tmp_path / "ft.keras"
-    hist = m.fine_tune(model, ds, val, epochs=1, lr=1e-3, patience=1, checkpoint=ckpt)
-    assert ckpt.is_file() and ckpt.stat().st_size > 100_000
-    assert len(hist.history["loss"]) == 1 and np.isfinite(hist.history["val_loss"][0])
-    np.testing.assert_array_equal(backbone.get_layer("conv").get_weights()[0], stem)  # frozen layer unchanged
-    for a, b in zip(backbone.get_layer("conv_1_bn").non_trainable_weights, bn_stats):
-        np.testing.assert_array_equal(a.numpy(), b)  # BatchNorm statistics untouched
-    assert np.abs(backbone.get_layer("conv_1").get_weights()[0] - top_conv).max() > 0  # unfrozen layer moved
-    loaded = keras.saving.load_model(ckpt, compile=False)
-    batch = m.load_images(paths, S)
-    np.testing.assert_allclose(loaded(batch, training=False).numpy(), model(batch, training=False).numpy(), atol=1e-5)
 
 
 def test_missing_local_weights_file(tmp_path):
@@ -291,14 +264,13 @@ def test_largest_batch_doubles_until_memory_runs_out():
 def test_gpu_batch_size_is_the_param_on_cpu(calibrated):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU")
-    assert m.gpu_batch_size(calibrated, S, 32, 512, training=True) == 32
+    assert m.gpu_batch_size(calibrated, S, 32, 512) == 32
 
 
-def test_gpu_batch_probe_runs_forward_and_gradients_without_changing_weights(calibrated, monkeypatch):
+def test_gpu_batch_probe_runs_forward_without_changing_weights(calibrated, monkeypatch):
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["a GPU"])
     before = [w.numpy().copy() for w in calibrated.weights]
-    assert m.gpu_batch_size(calibrated, S, 2, 8, training=False) == 8  # this machine's memory holds all of them
-    assert m.gpu_batch_size(calibrated, S, 2, 8, training=True) == 8
+    assert m.gpu_batch_size(calibrated, S, 2, 8) == 8  # this machine's memory holds all of them
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, calibrated.weights))
 
 

@@ -14,8 +14,11 @@ import yaml
 from conftest import ROOT
 
 TINY = {"synthesize": {"size": 64, "min_person_area": 60, "pairs_per_photo": 1},
+        "external": {"pairs_per_photo": 1},
+        "pretrain": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8, "val_pairs": 8},
         "features": {"image_size": 64, "calibration_images": 32},
-        "train": {"head_epochs": 20, "finetune_blocks": 1, "finetune_epochs": 1}, "baselines": {"rf_trees": 20}}
+        "train": {"head_epochs": 20, "finetune_blocks": 1, "finetune_epochs": 1, "steps_per_epoch": 2, "batch_size": 8},
+        "baselines": {"rf_trees": 20}}
 
 
 def sh(cmd: str, cwd: Path, env: dict) -> str:
@@ -63,7 +66,7 @@ def digest(path: Path) -> str:
 @pytest.mark.slow
 def test_whole_pipeline_offline_from_a_fresh_copy(reproduced):
     repo, env, out = reproduced
-    for stage in ("fetch", "synthesize", "features", "train", "baselines", "evaluate", "register"):
+    for stage in ("fetch", "synthesize", "external", "pretrain", "features", "train", "baselines", "evaluate", "register"):
         assert f"Running stage '{stage}'" in out
     assert "models:/rs-detector@champion" in out
     shown = sh("dvc metrics show --json", repo, env)
@@ -79,7 +82,7 @@ def test_whole_pipeline_offline_from_a_fresh_copy(reproduced):
     code = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model('models:/rs-detector@champion'); "
             "r = m.predict(np.random.default_rng(0).integers(0, 255, (3, 90, 120, 3), dtype=np.uint8)); "
             "print(r.shape, sorted(r.columns), float(r.probability.std()) >= 0)")
-    assert "(3, 2) ['flag', 'probability'] True" in sh(f'python -c "{code}"', repo, env)
+    assert "(3, 3) ['flag', 'probability', 'tile'] True" in sh(f'python -c "{code}"', repo, env)
 
 
 @pytest.mark.slow
@@ -99,7 +102,7 @@ def test_feature_cache_is_reused_when_only_head_params_change(reproduced):
     out = sh("dvc repro", repo, env)
     for stage in ("train", "evaluate"):
         assert f"Running stage '{stage}'" in out
-    for stage in ("fetch", "synthesize", "features", "baselines"):
+    for stage in ("fetch", "synthesize", "external", "pretrain", "features", "baselines"):
         assert f"Running stage '{stage}'" not in out
     assert "Stage 'features' didn't change, skipping" in out
     assert digest(cache) == before and cache.stat().st_mtime_ns == mtime

@@ -13,8 +13,9 @@ import pytest
 
 from conftest import colour_model as shared_colour_model
 from rsdetect.config import RsdetectError
-from rsdetect.registry import (decode_frame, file_md5, frames_from_input, project_root, register_candidate, to_model_input,
-                               tracking_uri)
+from rsdetect.preprocess import to_tiles
+from rsdetect.registry import (HTTP_DEFAULTS, decode_frame, file_md5, frames_from_input, project_root, register_candidate,
+                               register_summary, setup_mlflow, tracking_uri)
 
 S = 64
 NAME, ALIAS = "rs-detector", "champion"
@@ -53,6 +54,72 @@ def test_tracking_uri_defaults_to_an_absolute_sqlite_file_at_the_root(tmp_path, 
     assert tracking_uri() == "sqlite:////elsewhere/x.db"
 
 
+# --- a tracking server that is down ----------------------------------------------------------------------------
+
+@pytest.fixture
+def down_server(monkeypatch):
+    """MLFLOW_TRACKING_URI at 127.0.0.1 on a port nothing listens on; MLflow's globals and the HTTP env restored."""
+    import socket
+
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    with socket.socket() as sock:  # a free port: bound, then released, so connecting is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for key in HTTP_DEFAULTS:
+        monkeypatch.setenv(key, "x")  # recorded, so the values tracking_uri() sets are undone after the test
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    return uri
+
+
+def test_register_with_the_server_down_is_one_line_naming_it_within_seconds(tmp_path, down_server):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(RsdetectError) as err:
+        register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, [], np.array([]), NAME, ALIAS,
+                           "roc_auc", {})
+    took = time.monotonic() - start
+    msg = str(err.value)
+    assert took < 20, f"took {took:.0f} s"  # MLflow's own defaults: about 250 s
+    assert msg.startswith(f"MLflow tracking server {down_server} cannot be reached (") and "\n" not in msg
+    assert "Connection refused" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained tracebacks
+    assert {k: os.environ[k] for k in HTTP_DEFAULTS} == HTTP_DEFAULTS
+
+
+def test_scan_of_a_registry_uri_with_the_server_down_is_quick(down_server, monkeypatch):
+    """scan resolves models:/ URIs through tracking_uri(), which bounds the waits; a user's own value still wins."""
+    import time
+
+    from rsdetect.loaders import load_pyfunc
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    start = time.monotonic()
+    with pytest.raises(RsdetectError, match="cannot load model"):
+        load_pyfunc(f"models:/{NAME}@{ALIAS}")
+    assert time.monotonic() - start < 20
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"  # setdefault: not overridden
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+
+
+def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
+    """Only an unreachable HTTP server becomes the one line; a local store's errors are not disguised as one."""
+    from mlflow.exceptions import MlflowException
+
+    from rsdetect.registry import tracking_server
+
+    with pytest.raises(MlflowException):
+        with tracking_server(f"sqlite:///{tmp_path}/x.db"):
+            raise MlflowException("API request to nowhere failed with exception boom")
+    with pytest.raises(RsdetectError, match="https://example.invalid cannot be reached"):
+        with tracking_server("https://example.invalid"):
+            raise MlflowException("API request to https://example.invalid failed with exception [Errno -2] Name or service not known")
+
+
 # --- inputs the pyfunc accepts ---------------------------------------------------------------------------------
 
 def rgb_frame(h=40, w=60, seed=0) -> np.ndarray:
@@ -79,9 +146,9 @@ def test_decode_frame_inputs():
     np.testing.assert_array_equal(decode_frame(bytearray(data)), rgb)
     np.testing.assert_array_equal(decode_frame(base64.b64encode(data).decode()), rgb)
     assert tuple(decode_frame(data)[5, 2]) == (250, 10, 10)
-    with pytest.raises(RsdetectError, match="cannot be decoded"):
+    with pytest.raises(RsdetectError, match="input image: cannot decode"):
         decode_frame(b"this is not an image")
-    with pytest.raises(RsdetectError, match="cannot be decoded"):
+    with pytest.raises(RsdetectError, match="input image: cannot decode"):
         decode_frame(base64.b64encode(b"\x00" * 64).decode())
     with pytest.raises(RsdetectError, match="unsupported"):
         decode_frame(rgb.astype(np.float32))
@@ -113,23 +180,6 @@ def test_frames_from_input_forms():
         frames_from_input(pd.DataFrame({"image": [b"garbage"]}))
 
 
-def test_to_model_input_resizes_short_side_and_centre_crops():
-    frame = np.zeros((100, 200, 3), np.uint8)
-    frame[:, :] = (255, 0, 0)
-    frame[:, 50:150] = (0, 255, 0)  # the centre square (after halving) is all green
-    out = to_model_input(frame, 50)
-    assert out.shape == (50, 50, 3) and out.dtype == np.float32
-    assert (out[..., 1] == 255).all() and (out[..., 0] == 0).all()
-    portrait = np.zeros((200, 100, 3), np.uint8)
-    portrait[50:150] = 200
-    out = to_model_input(portrait, 50)
-    assert out.shape == (50, 50, 3) and (out == 200).all()
-    small = rgb_frame(30, 45)
-    up = to_model_input(small, S)
-    assert up.shape == (S, S, 3) and up.dtype == np.float32
-    assert to_model_input(rgb_frame(S, S), S) == pytest.approx(rgb_frame(S, S).astype(np.float32))
-
-
 # --- registration ----------------------------------------------------------------------------------------------
 
 keras = pytest.importorskip("keras")
@@ -138,6 +188,11 @@ keras = pytest.importorskip("keras")
 def colour_model(gain: float, bias: float = 0.0) -> keras.Model:
     """p = sigmoid(gain * mean(R - B) + bias) at this module's size: known scores for red vs blue frames."""
     return shared_colour_model(S, gain, bias)
+
+
+def whole_frame_scores(model, frames: list[np.ndarray]) -> np.ndarray:
+    """Each frame's probability as the pyfunc defines it: the max of the model over the frame's tiles."""
+    return np.array([model(to_tiles(f, S)[0], training=False).numpy().max() for f in frames])
 
 
 def make_test_frames(tmp_path: Path) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
@@ -196,11 +251,12 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     assert r1["previous_champion_version"] is None and r1["uri"] == f"models:/{NAME}@{ALIAS}"
     assert r1["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
 
-    # the served champion: raw uint8 RGB frames in, probability and flag out, same as Keras after to_model_input
+    # the served champion: raw uint8 RGB frames in; probability (max over the frame's tiles), flag and tile out
     served = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}")
     out = served.predict(np.stack(frames))
-    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["probability", "flag"] and len(out) == 6
-    ref = colour_model(0.08)(np.stack([to_model_input(f, S) for f in frames]), training=False).numpy().reshape(-1)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == ["probability", "flag", "tile"] and len(out) == 6
+    assert set(out["tile"]) <= {",".join(map(str, b)) for b in to_tiles(frames[0], S)[1]}  # 72x96: 2 tiles
+    ref = whole_frame_scores(colour_model(0.08), frames)
     np.testing.assert_allclose(out["probability"].to_numpy(), ref, atol=1e-5)
     np.testing.assert_array_equal(out["flag"].to_numpy(), ref >= 0.5)
     assert out["flag"].tolist() == [bool(v) for v in labels]  # the colour rule separates the set
@@ -212,14 +268,17 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     assert float(v1.tags["threshold"]) == 0.5 and float(v1.tags["test_roc_auc"]) == 1.0
     assert v1.tags["identity"].startswith(file_md5(good))
 
-    # 2. the same checkpoint again: idempotent, no new version
+    # 2. the same checkpoint again: idempotent, no new version, and said so (not "not champion; champion is 1")
     r2 = register(good, 1.0)
     assert (r2["version"], r2["champion_version"], r2["promoted"]) == ("1", "1", False)
+    assert not r1["already_registered"] and r2["already_registered"]
+    assert register_summary(r2) == f"{NAME} version 1 is already registered and already {ALIAS}"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
 
     # 3. a worse candidate (claims 0.4; the champion re-scores 1.0 on this test set) does not move the alias
     r3 = register(bad, 0.4)
     assert r3["version"] == "2" and not r3["promoted"] and r3["champion_version"] == "1"
+    assert register_summary(r3).startswith(f"{NAME} version 2 registered; not {ALIAS} ({ALIAS} is version 1")
     assert r3["previous_champion_score"] == pytest.approx(1.0)
     assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "1"
 
@@ -228,7 +287,7 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     assert r4["version"] == "2" and r4["promoted"] and str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
     flipped = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}").predict(np.stack(frames))
-    np.testing.assert_allclose(flipped["probability"].to_numpy(), 1 - ref, atol=1e-5)
+    np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames), atol=1e-5)
 
     # 5. a better candidate (0.9 > the forced champion's re-scored 0.0) moves it
     r5 = register(better, 0.9, threshold=0.6)
@@ -258,10 +317,10 @@ def test_pyfunc_scores_many_frames_a_chunk_at_a_time():
     detector = RsDetector()
     detector.model, detector.threshold, detector.image_size = recording, 0.5, S
     rng = np.random.default_rng(3)
-    frames = rng.integers(0, 255, (2 * PREDICT_BATCH + 5, 40, 50, 3), dtype=np.uint8)
+    frames = rng.integers(0, 255, (PREDICT_BATCH + 5, 40, 50, 3), dtype=np.uint8)  # 2 tiles each: 74 tiles
     out = detector.predict(None, frames)
-    assert seen == [PREDICT_BATCH, PREDICT_BATCH, 5]
-    whole = model(np.stack([to_model_input(f, S) for f in frames]), training=False).numpy().reshape(-1)
+    assert seen == [PREDICT_BATCH, PREDICT_BATCH, 10]  # tiles pooled across frames into full chunks
+    whole = whole_frame_scores(model, list(frames))
     assert np.allclose(out["probability"].to_numpy(), whole, atol=1e-6)
     assert (out["flag"] == (out["probability"] >= 0.5)).all()
     assert len(detector.predict(None, [])) == 0

@@ -17,10 +17,12 @@ keras = pytest.importorskip("keras")
 from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
-from rsdetect.scan import (FIELDS, LoadedModel, ScanOptions, load_model, longest_run, parse_sources,  # noqa: E402
-                           run_scan, smooth)
+from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
+from rsdetect.reports import FIELDS  # noqa: E402
+from rsdetect.scan import ScanOptions, longest_run, run_scan, smooth  # noqa: E402
+from rsdetect.sources import parse_sources  # noqa: E402
 
-SIZE = 32  # model input; frames are 64x48 and get resized + centre-cropped to this
+SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN
 RED, BLUE = (200, 50), (50, 200)  # (R, B) of "distorted" and clean frames
 QUIET = dict(progress=False)
@@ -223,7 +225,7 @@ def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
 
 
 class Interrupting:
-    """A scorer that presses Ctrl-C on its (n+1)-th batch."""
+    """A scorer that presses Ctrl-C on its (n+1)-th call."""
 
     def __init__(self, scorer, n: int) -> None:
         self.scorer, self.n, self.calls = scorer, n, 0
@@ -238,7 +240,8 @@ class Interrupting:
 def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {1, 5}, 30)
     second = write_video(tmp_path / "later.avi", {0}, 5)
-    stopping = LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", "test")
+    # 2 tiles a frame: a batch of 4 frames is 2 model calls of 4 tiles; the 5th call is interrupted.
+    stopping = LoadedModel(Interrupting(model.scorer, 4), model.image_size, None, "keras", "test")
     result = run_scan(parse_sources([str(video), str(second)]), stopping, tmp_path / "out",
                       ScanOptions(batch=4, **QUIET))
     assert result.exit_code == 130 and result.interrupted
@@ -252,8 +255,8 @@ def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> 
     assert (result.out_dir / "flagged_rate.png").is_file()
     assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
     # Through the CLI: exit code 130.
-    monkeypatch.setattr("rsdetect.scan.load_model",
-                        lambda spec: LoadedModel(Interrupting(model.scorer, 1), model.image_size, None, "keras", spec))
+    monkeypatch.setattr("rsdetect.loaders.load_model",
+                        lambda spec: LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", spec))
     with pytest.raises(SystemExit) as exc:
         cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
     assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
@@ -323,3 +326,157 @@ def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeyp
         cli.main(["scan", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "models:/tiny@nope" in err
+
+
+# ---------------------------------------------------------------- faults a new user ran into
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a usage error: exit 2 and exactly one line on stderr, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, (argv, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    return err
+
+
+def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monkeypatch) -> None:
+    video = write_video(tmp_path / "v.avi", {1}, 4)
+    blocker = tmp_path / "blocker.txt"
+    blocker.write_text("a file, not a folder")
+
+    def no_loading(spec):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
+    base = ["scan", str(video), "--model", str(model_path), "--out"]
+    assert "is a file, not a folder" in one_line_error(capsys, [*base, str(blocker)])
+    assert f"{blocker} is a file" in one_line_error(capsys, [*base, str(blocker / "sub")])
+    assert "cannot write in /proc" in one_line_error(capsys, [*base, "/proc/rsdetect-nope/out"])  # read-only even for root
+    # A folder with other things in it is not replaced by reports (the swap would delete them).
+    assert "not scan reports (blocker.txt, ...)" in one_line_error(capsys, [*base, str(tmp_path)])
+    assert blocker.read_text() == "a file, not a folder" and video.is_file()
+
+
+def test_fps_nan_and_a_keras_file_that_is_not_a_model(tmp_path, model_path, capsys) -> None:
+    video = write_video(tmp_path / "v.avi", {1}, 4)
+    for fps in ("nan", "inf", "-1"):
+        err = one_line_error(capsys, ["scan", str(video), "--model", str(model_path), "--fps", fps,
+                                      "--out", str(tmp_path / "out")])
+        assert "--fps must be" in err and fps in err
+    assert not (tmp_path / "out").exists()  # refused before any folder is made
+    fake = tmp_path / "notes.keras"
+    fake.write_text("these are my notes, not a model")
+    err = one_line_error(capsys, ["scan", str(video), "--model", str(fake), "--out", str(tmp_path / "out")])
+    assert "not a Keras model file" in err and "not found" not in err.lower()
+    assert not list((tmp_path / "out").glob("*")) and not list(tmp_path.glob(".*"))  # no reports, no lock left
+
+
+def test_cameras_whose_names_sanitize_alike_get_their_own_files(tmp_path, model) -> None:
+    write_images(tmp_path / "red", [True, True])
+    write_images(tmp_path / "blue", [False])
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  'a b': red\n  'a_b': blue\n")
+    result = run_scan(parse_sources([], str(tmp_path / "cameras.yaml")), model, tmp_path / "out", ScanOptions(**QUIET))
+    cams = result.summary["cameras"]
+    paths = [w["path"] for c in cams.values() for w in c["worst_frames"]]
+    assert len(paths) == len(set(paths)) == 3
+    for name, red in (("a b", True), ("a_b", False)):
+        for w in cams[name]["worst_frames"]:
+            b, _, r = cv2.imread(str(result.out_dir / w["path"]))[0, 0].astype(int)
+            assert (r > b) == red, (name, w)  # each entry shows its own camera's frame, not the other's
+
+
+def test_a_second_scan_into_the_same_folder_is_refused(tmp_path, model_path, capsys) -> None:
+    from rsdetect.outputs import lock_path
+    from rsdetect.scan import claim
+
+    video = write_video(tmp_path / "v.avi", {1}, 4)
+    out = tmp_path / "out"
+    argv = ["scan", str(video), "--model", str(model_path), "--out", str(out)]
+    cli.main(argv)
+    capsys.readouterr()
+    before = (out / "summary.json").read_bytes()
+    with claim(out):  # a scan in progress
+        assert lock_path(out).is_file()
+        assert "another scan is writing there now" in one_line_error(capsys, [*argv, "--every", "2"])
+        assert (out / "summary.json").read_bytes() == before
+    assert not lock_path(out).exists()  # released with its file
+    cli.main([*argv, "--every", "2"])
+    assert json.loads((out / "summary.json").read_text())["every"] == 2
+
+
+def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypatch, capsys) -> None:
+    """The second Ctrl-C lands while the reports are written: they still describe one scan, the new one."""
+    import os
+    import signal
+
+    from rsdetect import scan
+
+    video = write_video(tmp_path / "cam.avi", {1, 5}, 30)
+    old = run_scan(parse_sources([str(video), str(write_images(tmp_path / "gone", [True]))]), model,
+                   tmp_path / "out", ScanOptions(**QUIET))
+    assert old.summary["totals"]["frames_scored"] == 31 and (old.out_dir / "worst" / "gone_0.jpg").is_file()
+    real_chart = scan.flagged_rate_chart
+
+    def chart_then_ctrl_c(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # handled before the next line runs
+        return real_chart(*args)
+
+    monkeypatch.setattr(scan, "flagged_rate_chart", chart_then_ctrl_c)
+    stopping = LoadedModel(Interrupting(model.scorer, 4), model.image_size, None, "keras", "second")
+    result = run_scan(parse_sources([str(video)]), stopping, tmp_path / "out", ScanOptions(batch=4, **QUIET))
+    assert result.exit_code == 130 and "finishing the reports" in capsys.readouterr().err
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["model"] == "second" and s["interrupted"] and set(s["cameras"]) == {"cam"}
+    assert s["cameras"]["cam"]["frames_scored"] == len(rows(tmp_path / "out")) == 8
+    assert not (tmp_path / "out" / "worst" / "gone_0.jpg").exists()  # the old scan's files went with it
+    assert not [p for p in tmp_path.rglob(".*")]  # no staging folder, lock or temp file left
+
+
+def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> None:
+    """`rsdetect scan` in its own process, sent SIGTERM while it scores: exit 143, reports whole and consistent."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    n = 3000  # frames: at --batch 1 far more than are scored in the moments before the signal
+    video = write_video(tmp_path / "cam.avi", set(range(0, n, 7)), n)
+    out = tmp_path / "out"
+    (out / "worst").mkdir(parents=True)  # an earlier scan's reports, to be replaced whole
+    (out / "summary.json").write_text('{"old": true}\n')
+    (out / "worst" / "old_1.jpg").write_bytes(b"old")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", str(video), "--model", str(model_path),
+                             "--out", str(out), "--batch", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(64), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any(int(c) >= 5 for c in re.findall(rf"(\d+)/{n}", "".join(seen))):  # the progress bar
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)[-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    err = "".join(seen)
+    assert "Traceback" not in err and "interrupted" in err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["exit_code"] == 143
+    scored = s["cameras"]["cam"]["frames_scored"]
+    assert 5 <= scored < n and len(rows(out)) == scored
+    with open(out / "frames.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == scored
+    assert s["cameras"]["cam"]["flagged"] == len(flagged(out, "cam")) == len([i for i in range(scored) if i % 7 == 0])
+    assert {p.name for p in out.iterdir()} == {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst"}
+    assert all((out / w["path"]).is_file() for w in s["cameras"]["cam"]["worst_frames"])
+    assert not (out / "worst" / "old_1.jpg").exists()
+    assert not [p for p in tmp_path.rglob(".*")]  # no .tmp, staging folder or lock left

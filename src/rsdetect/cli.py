@@ -5,16 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from rsdetect.config import RsdetectError
-
-
-def run_stage(main: Callable[[], object]) -> None:
-    """Run an entry point; an RsdetectError becomes one line on stderr and exit code 2."""
-    try:
-        main()
-    except RsdetectError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+from rsdetect.stage import run_stage
 
 
 def _make_sample(args: argparse.Namespace) -> None:
@@ -32,6 +23,32 @@ def _embed_photos(args: argparse.Namespace) -> None:
     print(embed_licensed_photos(args.sources, args.out))
 
 
+def _check_photos(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    import keras
+
+    from rsdetect.config import RsdetectError, load_params
+    from rsdetect.io import write_json
+    from rsdetect.realcheck import check_photos, held_out_photos
+
+    params = load_params(args.params)
+    for path in (args.model, args.evaluation):
+        if not Path(path).is_file():
+            raise RsdetectError(f"{path}: missing; run `dvc repro` first")
+    threshold = json.loads(Path(args.evaluation).read_text())["models"]["cnn"]["threshold"]
+    model = keras.saving.load_model(args.model, compile=False)
+    photos = held_out_photos(args.folders, args.exclude)
+    r = check_photos(lambda x: model(x, training=False), params.features.image_size, threshold, photos,
+                     params.seed, params.synthesize, args.pairs)
+    write_json(args.out, r)
+    m = r["pairs_metrics"]
+    print(f"check-photos: {r['photos']} held-out photos ({r['skipped']} unreadable), {r['pairs']} pairs: ROC AUC {m['roc_auc']:.3f}, "
+          f"recall {m['recall']:.2f} / precision {m['precision']:.2f} at threshold {threshold:.3f}; ordinary photos flagged "
+          f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; details in {args.out}")
+
+
 def _register(args: argparse.Namespace) -> None:
     from rsdetect.registry import register_from_outputs
 
@@ -39,17 +56,22 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from rsdetect.scan import ScanOptions, load_model, parse_sources, run_scan
+    from rsdetect.loaders import load_model
+    from rsdetect.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
+    from rsdetect.sources import parse_sources
 
+    # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
+    options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
+                          threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
+    sources = parse_sources(args.sources, args.cameras)
     try:
-        options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
-                              threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
-        sources = parse_sources(args.sources, args.cameras)
-        model = load_model(args.model)
-        result = run_scan(sources, model, args.out, options)
-    except KeyboardInterrupt:  # Ctrl-C before scoring started (run_scan handles it once scoring runs)
+        # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
+        with StopSignals(), claim(args.out) as lock:
+            model = load_model(args.model)
+            result = run_scan(sources, model, lock.out, options, lock=lock)
+    except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupt_exit_code(exc))
     t = result.summary["totals"]
     rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
     state = " (interrupted)" if result.interrupted else ""
@@ -79,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("sources", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
     e.add_argument("--out", default="data/coco-licensed")
     e.set_defaults(func=_embed_photos)
+    c = sub.add_parser("check-photos", help="score a trained model on real photos it never saw: twin pairs drawn from "
+                                             "them, and false alarms on the photos themselves")
+    c.add_argument("folders", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
+    c.add_argument("--exclude", nargs="*", default=["data/coco-licensed/instances.json"], metavar="INSTANCES",
+                   help="instances files whose photos are left out (default: the embedded real photos)")
+    c.add_argument("--model", default="models/model.keras")
+    c.add_argument("--evaluation", default="metrics/evaluate.json", help="its operating threshold is used")
+    c.add_argument("--pairs", type=int, default=4, help="twin pairs drawn per photo (default 4)")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--out", default="metrics/real-photos.json")
+    c.set_defaults(func=_check_photos)
     r = sub.add_parser("register", help="register the trained model in MLflow; move the champion alias if better")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/model.keras")
@@ -97,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
     rate.add_argument("--fps", type=float, default=None, metavar="F",
                       help="score about F frames per second of video (image folders: use --every)")
-    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per model call (default 16)")
+    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, and tiles per model call (default 16)")
     sc.add_argument("--smooth", type=int, default=1, metavar="K",
                     help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
     sc.add_argument("--threshold", type=float, default=None, metavar="T",

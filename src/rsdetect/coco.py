@@ -6,12 +6,9 @@ Downloads go to a temp file beside the target and are renamed into place only on
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
-import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -22,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from rsdetect.config import CocoParams, RsdetectError
-from rsdetect.io import atomic_write_bytes, atomic_write_text, write_json
+from rsdetect.instances import image_problem, person_category_ids, usable_person
+from rsdetect.io import atomic_file, atomic_write_bytes, atomic_write_text, file_md5, write_json
 
 SPLITS = {"train2017": "annotations/instances_train2017.json", "val2017": "annotations/instances_val2017.json"}
 SPLIT_SALT = {"train2017": 0, "val2017": 1}  # distinct random streams per split from the one seed
@@ -139,12 +136,8 @@ def _with_retries(fn: Callable[[], T], retries: int) -> T:
 # ---------------------------------------------------------------- annotations
 
 def _file_digest(path: Path) -> tuple[int, str]:
-    """Size and md5 of a file, read in chunks (the real zip is 250 MB)."""
-    md5 = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            md5.update(chunk)
-    return path.stat().st_size, md5.hexdigest()
+    """Size and md5 of a file."""
+    return path.stat().st_size, file_md5(path)
 
 
 def _verify_problem(size: int, md5: str, p: CocoParams) -> str | None:
@@ -158,17 +151,11 @@ def _verify_problem(size: int, md5: str, p: CocoParams) -> str | None:
 
 def _download_to(url: str, dest: Path, timeout: float) -> None:
     """Stream `url` into a temp file beside `dest` with a byte progress bar, then rename it into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tqdm(unit="B", unit_scale=True, desc=f"fetch {dest.name}", leave=False) as bar:
-            def sink(chunk: bytes) -> None:
-                f.write(chunk)
-                bar.update(len(chunk))
-            _stream(url, timeout, sink)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(dest) as f, tqdm(unit="B", unit_scale=True, desc=f"fetch {dest.name}", leave=False) as bar:
+        def sink(chunk: bytes) -> None:
+            f.write(chunk)
+            bar.update(len(chunk))
+        _stream(url, timeout, sink)
 
 
 def fetch_annotations(p: CocoParams, cache_dir: str | Path) -> Path:
@@ -213,19 +200,6 @@ def read_split(zip_path: Path, split: str, url: str) -> dict | None:
 
 # ---------------------------------------------------------------- selection
 
-def person_category_ids(coco: dict) -> set[int]:
-    """Ids of categories named 'person'."""
-    return {int(c["id"]) for c in coco.get("categories", []) if c.get("name") == "person"}
-
-
-def usable_person(ann: dict, min_area: float) -> bool:
-    """A person the synthesis can move: not crowd, big enough, with a polygon of >= 3 points."""
-    seg = ann.get("segmentation")
-    if ann.get("iscrowd") or not isinstance(seg, list) or float(ann.get("area", 0)) < min_area:
-        return False
-    return any(isinstance(poly, list) and len(poly) >= 6 for poly in seg)
-
-
 def select_images(coco: dict, n: int, seed: int, split: str, min_area: float) -> list[dict]:
     """Up to n images with a usable person, drawn reproducibly from the sorted ids; returned sorted by id."""
     persons = person_category_ids(coco)
@@ -248,18 +222,6 @@ def person_subset(coco: dict, images: list[dict], split: str) -> tuple[list[dict
 
 # ---------------------------------------------------------------- images
 
-def jpeg_problem(data: bytes) -> str | None:
-    """Why these bytes are not a complete decodable image, or None."""
-    if not data:
-        return "empty file"
-    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
-        return "image cannot be decoded (corrupt or truncated)"
-    # some libjpeg builds decode a truncated JPEG with grey fill; only the end-of-image marker tells it is cut
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return "JPEG is truncated (no end-of-image marker)"
-    return None
-
-
 def image_url(image: dict, base: str) -> str:
     """Where to get an image: its coco_url, or base + file_name when a mirror is set."""
     return f"{base.rstrip('/')}/{image['file_name']}" if base else image["coco_url"]
@@ -268,7 +230,7 @@ def image_url(image: dict, base: str) -> str:
 def _reusable(dest: Path) -> bool:
     """True when a previous run left a complete, decodable image at `dest`."""
     try:
-        return jpeg_problem(dest.read_bytes()) is None
+        return image_problem(dest.read_bytes()) is None
     except FileNotFoundError:
         return False
 
@@ -282,7 +244,7 @@ def fetch_image(job: ImageJob, p: CocoParams) -> ImageResult:
         chunks: list[bytes] = []
         _stream(job.url, p.timeout_s, chunks.append)
         data = b"".join(chunks)
-        problem = jpeg_problem(data)
+        problem = image_problem(data)
         if problem:
             raise _Attempt(problem)  # a proxy or CDN may serve a cut file once; a retry can help
         return data

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections import Counter
@@ -25,17 +24,15 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rsdetect.config import KINDS, RsdetectError, SynthParams
+from rsdetect.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
 from rsdetect.io import staged_dir, write_json
+from rsdetect.preprocess import shrink_square  # one resize for synthesis and inference: same scale, same filter
 from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
                               shear_extent, warp_rows)
 
-MANIFEST_FIELDS = ["path", "label", "split", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
+MANIFEST_FIELDS = ["path", "label", "split", "source", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
                    "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
 MAX_TRIES = 12
-
-
-class SkipImage(Exception):
-    """A photo that cannot give a sample; the message is the reason counted in the report."""
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,6 @@ class Task:
     file: str
     split: str
     anns: list
-
-
-def load_instances(path: str | Path) -> dict:
-    """Read a COCO instances JSON, with a one-line error naming the file if it is not one."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RsdetectError(f"{path}: cannot read COCO instances ({exc})") from None
-    if not all(k in data for k in ("images", "annotations")):
-        raise RsdetectError(f"{path}: not a COCO instances file (needs 'images' and 'annotations')")
-    return data
 
 
 def split_images(images: list[dict], seed: int, val_fraction: float, test_fraction: float) -> dict[int, str]:
@@ -70,32 +55,6 @@ def split_images(images: list[dict], seed: int, val_fraction: float, test_fracti
     split.update({int(i): "val" for i in rest[n_test:n_test + n_val]})
     split.update({int(i): "train" for i in rest[n_test + n_val:]})
     return split
-
-
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes to 8-bit BGR; grayscale and 16-bit are converted, anything undecodable is skipped."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if img is None:
-        raise SkipImage("image cannot be decoded (corrupt or truncated)")
-    if img.dtype == np.uint16:
-        img = (img / 257.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise SkipImage(f"unsupported pixel type {img.dtype}")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        raise SkipImage("JPEG is truncated (no end-of-image marker)")
-    return img
-
-
-def person_polygons(ann: dict) -> list[list[float]]:
-    """The annotation's polygons with at least 3 points; none for crowd RLE (never the moving person)."""
-    seg = ann.get("segmentation")
-    if ann.get("iscrowd") or not isinstance(seg, list):
-        return []
-    return [p for p in seg if isinstance(p, list) and len(p) >= 6]
 
 
 def person_rle(polygons: list[list[float]], height: int, width: int) -> dict | None:
@@ -134,16 +93,6 @@ def crop_window(bbox: tuple[float, float, float, float], height: int, width: int
     x0 = int(round(min(max(x + w / 2 - side / 2, 0), width - side)))
     y0 = int(round(min(max(y + h / 2 - side / 2, 0), height - side)))
     return x0, y0
-
-
-def shrink_square(image: np.ndarray, side: int) -> np.ndarray:
-    """Resize a square to side x side: exact halvings (INTER_AREA's fast box filter) then one linear step.
-
-    Antialiased like INTER_AREA, at about a sixth of the cost of one non-integer INTER_AREA resize.
-    """
-    while image.shape[0] >= 2 * side:
-        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
 
 
 def window_alpha(polygons: list[list[float]], x0: int, y0: int, m: int, side: int) -> np.ndarray:
@@ -257,6 +206,12 @@ def draw_pair(image: np.ndarray, usable: list[tuple], rng: np.random.Generator, 
     raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
 
 
+def photo_source(file: str) -> str:
+    """The part of a merged dataset a photo comes from: images/<source>/<name> (drawn, real), else "photos"."""
+    parts = Path(file).parts
+    return parts[1] if len(parts) > 2 else "photos"
+
+
 def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthParams) -> list[dict]:
     """One photo -> synthesize.pairs_per_photo RS/GS pairs written as JPEGs; returns their manifest rows.
 
@@ -268,7 +223,7 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     for index in range(p.pairs_per_photo):
         rs, gs, fields = draw_pair(image, usable, np.random.default_rng([seed, task.image_id, index]), p)
         pair_id = f"{task.image_id:012d}_{index}"
-        base = {"split": task.split, "pair_id": pair_id, "image_id": task.image_id, **fields}
+        base = {"split": task.split, "source": photo_source(task.file), "pair_id": pair_id, "image_id": task.image_id, **fields}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
@@ -304,25 +259,36 @@ def run_tasks(jobs: list[tuple], workers: int):
                                 "set synthesize.workers: 1 to run in one process and see why") from None
 
 
-def photo_tasks(instances_path: str | Path, seed: int, p: SynthParams) -> list[Task]:
-    """Every photo of a COCO-format dataset with its split and its person annotations, ordered by id."""
-    coco = load_instances(instances_path)
-    persons = {c["id"] for c in coco.get("categories", []) if c.get("name") == "person"} or {1}
-    by_image: dict[int, list] = {}
-    for ann in coco["annotations"]:
-        if ann.get("category_id") in persons:
-            by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    split = split_images(coco["images"], seed, p.val_fraction, p.test_fraction)
-    return [Task(int(im["id"]), f"images/{im['file_name']}", split[int(im["id"])], by_image.get(int(im["id"]), []))
-            for im in sorted(coco["images"], key=lambda im: im["id"])]
+def photo_tasks(instances_path: str | Path, seed: int, fractions: tuple[float, float]) -> tuple[list[Task], Instances]:
+    """Every valid photo of a COCO-format dataset with its split and its well-formed person annotations, ordered
+    by id; and the checked instances, whose skipped_images / skipped_annotations say what was left out and why.
+
+    The one entry point of every reader of the dataset (synthesis, training pairs, the external set), so each
+    gets the same checks (rsdetect.instances.checked_instances) and the same split. fractions: (synthesize.val_fraction,
+    synthesize.test_fraction), the only params the split reads.
+    """
+    inst = checked_instances(instances_path)
+    split = split_images(inst.images, seed, *fractions)
+    return [Task(im["id"], f"images/{im['file_name']}", split[im["id"]], inst.people.get(im["id"], []))
+            for im in inst.images], inst
+
+
+def _no_sample_message(instances_path: Path, skipped: list[dict]) -> str:
+    """The one-line error when no photo gave a sample: the reasons themselves, since no report is written
+    (the previous output stays as it was)."""
+    reasons = Counter(s["reason"] for s in skipped).most_common(3)
+    listed = "; ".join(f"{n} x {reason}" for reason, n in reasons) or "the dataset has no image entry"
+    more = len(Counter(s["reason"] for s in skipped)) - len(reasons)
+    return (f"{instances_path}: no photo gave a sample ({len(skipped)} skipped: {listed}"
+            f"{f'; and {more} other reasons' if more > 0 else ''})")
 
 
 def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: SynthParams) -> dict:
     """Make the RS/GS dataset from a COCO-format folder: images/, manifest.csv and report.json under out_dir."""
     instances_path, out_dir = Path(instances_path), Path(out_dir)
-    tasks = photo_tasks(instances_path, seed, p)
+    tasks, inst = photo_tasks(instances_path, seed, (p.val_fraction, p.test_fraction))
     workers = p.workers or os.cpu_count() or 1
-    rows, skipped = [], []
+    rows, skipped = [], list(inst.skipped_images)
     with staged_dir(out_dir) as stage:
         for split_name in sorted({t.split for t in tasks}):
             (stage / "images" / split_name).mkdir(parents=True)
@@ -333,7 +299,7 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
             else:
                 rows.extend(result)
         if not rows:
-            raise RsdetectError(f"{instances_path}: no photo gave a sample ({len(skipped)} skipped; see reasons in the report)")
+            raise RsdetectError(_no_sample_message(instances_path, skipped))
         rows.sort(key=lambda r: ({"train": 0, "val": 1, "test": 2}[r["split"]], r["pair_id"], r["label"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -342,9 +308,12 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
         (stage / "manifest.csv").write_text(buf.getvalue())
         counts = Counter((r["split"], r["label"]) for r in rows)
         report = {
-            "photos": len(tasks), "pairs": len(rows) // 2, "skipped": len(skipped),
+            "photos": len(tasks) + len(inst.skipped_images), "pairs": len(rows) // 2, "skipped": len(skipped),
             "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)),
             "skipped_items": skipped,
+            "skipped_annotations": len(inst.skipped_annotations),
+            "skipped_annotations_by_reason": dict(Counter(s["reason"] for s in inst.skipped_annotations)),
+            "skipped_annotation_items": inst.skipped_annotations,
             "samples": {s: {"rs": counts[(s, 1)], "gs": counts[(s, 0)]} for s in ("train", "val", "test")},
             "kinds": dict(Counter(r["kind"] for r in rows if r["label"] == 1)),
         }

@@ -85,7 +85,7 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
     Each part is (folder, prefix, id_offset): its files go under images/<prefix>/ and its image and annotation
     ids are shifted by id_offset, so ids stay unique. Categories keep their COCO ids.
     """
-    from rsdetect.data import load_instances
+    from rsdetect.instances import load_instances
 
     images, annotations, categories = [], [], {}
     for folder, prefix, offset in parts:

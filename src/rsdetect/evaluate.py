@@ -60,9 +60,17 @@ def operating_threshold(y_val: np.ndarray, prob_val: np.ndarray, target_precisio
 
 
 def recall_breakdown(rows: list[dict], prob: np.ndarray, threshold: float) -> dict:
-    """Recall of the RS class by distortion kind and by effective displacement (px) bins."""
+    """Recall of the RS class by distortion kind and by effective displacement (px) bins; ROC AUC and recall by
+    photo source (drawn scenes vs real photos of the embedded default: a shear is plain where a photo has
+    verticals, so the two must be told apart)."""
     rs = [(r, p) for r, p in zip(rows, prob) if r["label"] == 1]
-    by_kind, by_mag = {}, {}
+    by_kind, by_mag, by_source = {}, {}, {}
+    for source in sorted({r.get("source", "") for r in rows}):
+        sel = np.array([r.get("source", "") == source for r in rows])
+        labels = np.array([r["label"] for r in rows])[sel]
+        if len(np.unique(labels)) == 2:
+            m = binary_metrics(labels, np.asarray(prob)[sel], threshold)
+            by_source[source or "all"] = {"roc_auc": m["roc_auc"], "recall": m["recall"], "precision": m["precision"], "n": m["n"]}
     for kind in sorted({r["kind"] for r, _ in rs}):
         hits = [p >= threshold for r, p in rs if r["kind"] == kind]
         by_kind[kind] = {"recall": float(np.mean(hits)), "n": len(hits)}
@@ -70,7 +78,7 @@ def recall_breakdown(rows: list[dict], prob: np.ndarray, threshold: float) -> di
         hits = [p >= threshold for r, p in rs if lo <= r["max_disp_px"] < hi]
         if hits:
             by_mag[f"{lo:g}-{hi:g}px"] = {"recall": float(np.mean(hits)), "n": len(hits)}
-    return {"by_kind": by_kind, "by_magnitude": by_mag}
+    return {"by_kind": by_kind, "by_magnitude": by_mag, "by_source": by_source}
 
 
 def write_predictions(path: str | Path, rows: list[dict], prob: np.ndarray) -> None:
@@ -113,11 +121,6 @@ def external_metrics(preds: dict[str, np.ndarray], threshold: float, manifest: l
                                 f"({len(missing)} missing; stale predictions? re-run train and baselines)")
         out["breakdown"] = recall_breakdown([by_path[p] for p in preds["path"]], preds["prob"], threshold)["by_magnitude"]
     return out
-
-
-def split_metrics(preds: dict[str, dict[str, np.ndarray]], threshold: float = 0.5) -> dict:
-    """Metrics on val and test at one threshold."""
-    return {s: binary_metrics(preds[s]["label"], preds[s]["prob"], threshold) for s in ("val", "test") if len(preds[s]["label"])}
 
 
 def curve_rows(y_true: np.ndarray, prob: np.ndarray) -> tuple[list[dict], list[dict]]:
@@ -197,7 +200,10 @@ def markdown_report(summary: dict) -> str:
         lines += ["", "CNN test recall by distortion kind: " +
                   ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in cnn["breakdown"]["by_kind"].items()),
                   "", "CNN test recall by effective displacement: " +
-                  ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in cnn["breakdown"]["by_magnitude"].items())]
+                  ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in cnn["breakdown"]["by_magnitude"].items()),
+                  "", "CNN test by photo source: " +
+                  ", ".join(f"{k} ROC AUC {v['roc_auc']:.3f}, recall {v['recall']:.2f} (n={v['n']})"
+                            for k, v in cnn["breakdown"].get("by_source", {}).items())]
     external = {name: m["external"] for name, m in summary["models"].items() if "external" in m}
     if external:
         lines += ["", f"## {EXTERNAL_TITLE}", "",

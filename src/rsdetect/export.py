@@ -7,7 +7,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from rsdetect import loaders
 from rsdetect.config import RsdetectError
-from rsdetect.io import write_json
+from rsdetect.io import atomic_file, write_json
+from rsdetect.loaders import sidecar_path
+from rsdetect.outputs import check_output_file
 
 FORMATS = ("tflite", "onnx")
 TOLERANCE = 1e-4
@@ -70,39 +72,34 @@ def check_inputs(image_size: int, n: int = 4, seed: int = 0) -> np.ndarray:
 
 def max_abs_diff(keras_model: Any, exported_path: str | os.PathLike, fmt: str, image_size: int, n: int = 4) -> float:
     """Largest |p_exported - p_keras| over n check images, scored through the same loaders `scan` uses."""
-    from rsdetect.scan import keras_scorer, onnx_scorer, tflite_scorer
-
     x = check_inputs(image_size, n)
-    scorer, size = tflite_scorer(exported_path) if fmt == "tflite" else onnx_scorer(exported_path)
+    # Looked up on the module at call time, so the check always uses the loader `scan` would use.
+    scorer, size = loaders.tflite_scorer(exported_path) if fmt == "tflite" else loaders.onnx_scorer(exported_path)
     if size != image_size:
         raise RsdetectError(f"exported model takes {size}px images, Keras takes {image_size}px")
-    diff = np.abs(scorer(x) - keras_scorer(keras_model)(x))
+    diff = np.abs(scorer(x) - loaders.keras_scorer(keras_model)(x))
     return float(np.nan_to_num(diff, nan=np.inf).max())  # NaN outputs must fail the check, not pass it
 
 
 def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Export a Keras model (path or models:/ URI) to `out`; written only if it agrees with Keras within tolerance."""
-    from rsdetect.scan import default_file_mode, resolve_keras
-
     if fmt not in FORMATS:
         raise RsdetectError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     if out.suffix.lower() != f".{fmt}":
         raise RsdetectError(f"--out {out}: use a .{fmt} file name (scan picks the runtime from the extension)")
-    model, size, threshold = resolve_keras(spec)
+    # Before loading and converting (tens of seconds): a path that cannot be written fails now, in one line.
+    check_output_file(out)
+    check_output_file(sidecar_path(out))
+    model, size, threshold = loaders.resolve_keras(spec)
     data = tflite_bytes(model) if fmt == "tflite" else onnx_bytes(model, size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=out.suffix)
-    try:
-        os.fchmod(fd, default_file_mode())  # a model to ship: readable like any file, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        diff = max_abs_diff(model, tmp, fmt, size)
+    # Checked as the temp file, under the model's extension: a model that disagrees never takes the name `out`.
+    with atomic_file(out, suffix=out.suffix) as f:
+        f.write(data)
+        f.flush()
+        diff = max_abs_diff(model, f.name, fmt, size)
         if not diff < tolerance:
             raise RsdetectError(f"exported {fmt} model disagrees with Keras: max |diff| {diff:.3g} >= {tolerance:g}; not written")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     result = {"source": spec, "format": fmt, "path": str(out), "bytes": len(data), "image_size": size,
               "threshold": threshold, "max_abs_diff": diff}
     # The registered threshold does not survive conversion; a sidecar keeps it so `scan` flags as the registry would.
@@ -113,7 +110,3 @@ def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float =
         sidecar.unlink(missing_ok=True)
     return result
 
-
-def sidecar_path(model_path: str | os.PathLike) -> Path:
-    """Where an exported model's metadata (threshold, image size) lives: <model>.json."""
-    return Path(f"{model_path}.json")

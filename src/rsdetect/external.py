@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from rsdetect.config import ExternalParams, RsdetectError
-from rsdetect.data import SkipImage, decode_image, load_instances, shrink_square, split_images
+from rsdetect.data import SkipImage, photo_tasks, read_photo, shrink_square
 from rsdetect.io import staged_dir, write_json
 from rsdetect.shutter import shear_extent
 
@@ -147,42 +147,31 @@ def _photo_rows(image_id: int, photo: np.ndarray, stage: Path, seed: int, p: Ext
     return rows
 
 
-def _load_photo(root: Path, file_name: str) -> np.ndarray:
-    """Read and decode one photo; SkipImage with the reason if it cannot be used."""
-    try:
-        data = (root / "images" / file_name).read_bytes()
-    except OSError as exc:
-        raise SkipImage(f"image cannot be read ({exc.strerror})") from None
-    photo = decode_image(data, file_name)
-    if min(photo.shape[:2]) < 16:
-        raise SkipImage(f"image too small ({photo.shape[1]}x{photo.shape[0]})")
-    return photo
-
-
 def make_external(instances_path: str | Path, out_dir: str | Path, seed: int,
                   split_fractions: tuple[float, float], params: ExternalParams) -> dict:
     """The external test set from the photos our own split puts in test: images/, manifest.csv, report.json.
 
-    split_fractions: (synthesize.val_fraction, synthesize.test_fraction), so that split_images with the same
-    seed gives exactly our split and no photo the model trained or was validated on is used.
+    split_fractions: (synthesize.val_fraction, synthesize.test_fraction), so that data.photo_tasks with the same
+    seed gives exactly our split (same checked entries, same split) and no photo the model trained or was
+    validated on is used. Malformed image entries belong to no split: they are counted in skipped_items.
     """
     instances_path, out_dir = Path(instances_path), Path(out_dir)
-    coco = load_instances(instances_path)
-    split = split_images(coco["images"], seed, *split_fractions)
-    photos = sorted((im for im in coco["images"] if split[int(im["id"])] == "test"), key=lambda im: int(im["id"]))
-    rows, skipped = [], []
+    tasks, inst = photo_tasks(instances_path, seed, split_fractions)
+    photos = [t for t in tasks if t.split == "test"]
+    rows, skipped = [], list(inst.skipped_images)
     with staged_dir(out_dir) as stage:
         (stage / "images").mkdir()
-        for im in photos:
+        for task in photos:
             try:
-                photo = _load_photo(instances_path.parent, im["file_name"])
+                photo = read_photo(instances_path.parent, task.file)
             except SkipImage as exc:
-                skipped.append({"image_id": int(im["id"]), "file": im["file_name"], "reason": str(exc)})
+                skipped.append({"image_id": task.image_id, "file": task.file, "reason": str(exc)})
                 continue
-            rows += _photo_rows(int(im["id"]), photo, stage, seed, params)
+            rows += _photo_rows(task.image_id, photo, stage, seed, params)
         if not rows:
+            reasons = "; ".join(f"{n} x {r}" for r, n in Counter(s["reason"] for s in skipped).most_common(3))
             raise RsdetectError(f"{instances_path}: no test-split photo gave an external pair "
-                                f"({len(photos)} test photos, {len(skipped)} skipped)")
+                                f"({len(photos)} test photos, {len(skipped)} skipped{': ' + reasons if reasons else ''})")
         rows.sort(key=lambda r: (r["pair_id"], r["label"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EXTERNAL_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -192,7 +181,7 @@ def make_external(instances_path: str | Path, out_dir: str | Path, seed: int,
         shear = np.array([r["max_disp_px"] for r in rows if r["label"] == 1])
         report = {
             "recipe": "Rengarajan, Balaji, Rajagopalan, CVPR 2017: row-quadratic tx and in-plane rotation",
-            "photos": len(photos), "photos_not_test": len(coco["images"]) - len(photos),
+            "photos": len(photos), "photos_not_test": len(tasks) - len(photos),
             "pairs": len(shear), "skipped": len(skipped),
             "skipped_by_reason": dict(Counter(s["reason"] for s in skipped)), "skipped_items": skipped,
             "shear_px": {f"p{q}": round(float(np.percentile(shear, q)), 3) for q in (10, 50, 90)},

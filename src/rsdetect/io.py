@@ -1,32 +1,65 @@
-"""Atomic file writes: an output is either absent or complete, never half-written."""
+"""Atomic file writes (an output is either absent or complete, never half-written) and file digests.
+
+The one home of write-to-temp-then-rename, of the umask lookup and of the md5 of a file: every module that
+writes an output or fingerprints a file uses these.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-_UMASK = os.umask(0)
+_IMPORTED = time.time()  # fallback process start where there is no /proc
+_UMASK = os.umask(0)  # read once at import: os.umask can only be read by setting it, which races with threads
 os.umask(_UMASK)
+
+
+def default_file_mode() -> int:
+    """0o666 minus the umask: the mode open() would give a new file (mkstemp's temp files are 0o600)."""
+    return 0o666 & ~_UMASK
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """MD5 of a file, read in 1 MiB chunks (checkpoints and the COCO annotations zip are hundreds of MB)."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """A binary file to write (and check, through its `.name`) that takes `path`'s name only when the block
+    completes; on any exception or interrupt the temp file is removed and `path` is untouched.
+
+    For outputs streamed in chunks (a 250 MB download) or checked before they are kept (an exported model).
+    `suffix` is the temp file's ending, for readers that go by it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; outputs should be as readable as any file
+        os.close(fd)
+        with open(tmp, "wb") as f:  # opened by path, so f.name is the temp file's path (an fdopen'ed one has the fd)
+            yield f
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should be as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 @contextmanager
@@ -34,10 +67,16 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     """A fresh folder beside `path` to fill; it replaces `path` only when the block completes.
 
     For outputs of many files: plain writes inside (no per-file temp and rename), and an interrupted
-    run leaves the previous folder untouched and no partial one behind.
+    run (an exception, Ctrl-C) leaves the previous folder untouched and no partial one behind.
+
+    A run killed outright (SIGKILL, power loss) cannot clean up, so each run first removes the
+    `.NAME.partial.*` and `.NAME.old.*` siblings of `path` that are older than this process: they can only
+    be a dead run's. This assumes one writer per output (the pipeline runs a stage once at a time);
+    siblings made after this process started are left alone in case another run is alive.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(path)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial."))
     try:
         yield stage
@@ -50,6 +89,33 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(stage, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds); from /proc where there is one, else the import time."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Remove `.NAME.partial.*` / `.NAME.old.*` folders beside `path` left by a run that died before this one
+    started (modified before this process began); returns what was removed."""
+    started = _process_start() - 1.0  # /proc's start time is to the clock tick; btime to the second
+    removed = []
+    for prefix in (f".{path.name}.partial.", f".{path.name}.old."):
+        for stale in path.parent.glob(f"{prefix}*"):
+            try:
+                if stale.lstat().st_mtime < started:
+                    shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+                    removed.append(stale)
+            except FileNotFoundError:  # another cleanup got there first
+                continue
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

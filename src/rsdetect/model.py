@@ -50,23 +50,11 @@ def largest_batch(step: Callable[[int], object], start: int, cap: int) -> int:
     return fits
 
 
-def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int, training: bool) -> int:
-    """On a GPU, the largest batch that fits one forward pass (or, training, one gradient computation); else `start`."""
+def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int) -> int:
+    """On a GPU, the largest batch that fits one forward pass; else `start`."""
     if not tf.config.list_physical_devices("GPU"):
         return start
-
-    def step(batch: int) -> None:
-        x = tf.random.uniform((batch, image_size, image_size, 3), 0, 255)
-        if not training:
-            model(x, training=False)
-            return
-        # The memory of a train step without changing any weight: inference mode, or BatchNorm statistics would move
-        # (fine-tuning keeps BatchNorm in inference mode anyway).
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(model(x, training=False))
-        tape.gradient(loss, model.trainable_variables)
-
-    return largest_batch(step, start, cap)
+    return largest_batch(lambda batch: model(tf.random.uniform((batch, image_size, image_size, 3), 0, 255), training=False), start, cap)
 
 
 ARCHITECTURES = {"small": "MobileNetV3Small", "large": "MobileNetV3Large"}
@@ -100,27 +88,33 @@ def build_backbone(image_size: int, weights: str, arch: str = "large", weights_f
 
 
 def load_images(paths: list[str], image_size: int) -> np.ndarray:
-    """Decode JPEGs to a float32 (N, S, S, 3) RGB batch in 0-255, resized only if not already S x S."""
+    """Decode square images to a float32 (N, S, S, 3) RGB batch in 0-255 (preprocess.load_square: the decoder
+    and resize that scan and the registered model use, so every path feeds the model the same pixels)."""
+    from rsdetect.preprocess import load_square
+
     out = np.empty((len(paths), image_size, image_size, 3), np.float32)
     for i, p in enumerate(paths):
-        img = tf.io.decode_jpeg(tf.io.read_file(p), channels=3)
-        if img.shape[0] != image_size or img.shape[1] != image_size:
-            img = tf.image.resize(img, (image_size, image_size), antialias=True)
-        out[i] = img.numpy()
+        out[i] = load_square(p, image_size)
     return out
 
 
 def image_dataset(paths: list[str], labels: np.ndarray | None, image_size: int, batch_size: int,
                   shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """tf.data over JPEG files: decode, resize to S x S (aspect kept by the square synthesis), batch, prefetch."""
+    """tf.data over square image files: decoded and resized by preprocess.load_square, batched, prefetched.
+
+    OpenCV, not tf.io.decode_jpeg: decoders differ by a few levels per pixel, enough to move a probability,
+    and scan and the registered model decode with OpenCV. deterministic=True keeps the order of `paths`.
+    """
+    from rsdetect.preprocess import load_square
+
     paths_t = tf.constant(list(paths), dtype=tf.string)  # an empty list would otherwise become float32
     ds = tf.data.Dataset.from_tensor_slices(paths_t if labels is None else (paths_t, labels.astype(np.float32)))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def decode(path, *label):
-        img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-        img = tf.image.resize(img, (image_size, image_size), antialias=True)
+        # numpy_function runs on tf.data's threads; cv2.imdecode releases the GIL, so they decode in parallel.
+        img = tf.numpy_function(lambda p: load_square(p.decode(), image_size), [path], tf.float32, stateful=False)
         img = tf.ensure_shape(img, (image_size, image_size, 3))
         return (img, *label) if label else img
 
@@ -208,16 +202,11 @@ def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int, train_batchnorm: b
     return unfrozen
 
 
-def fine_tune(model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, epochs: int, lr: float,
-              patience: int, checkpoint: str | Path, callbacks: list | None = None) -> keras.callbacks.History:
-    """Fine-tune the assembled model end to end (only unfrozen layers move); keep the best checkpoint by val loss."""
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
-    cbs = [keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
-           keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True)]
-    return model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=cbs + (callbacks or []))
-
-
 def predict_paths(model: keras.Model, paths: list[str], image_size: int, batch_size: int) -> np.ndarray:
-    """Probabilities for image files, batched (model called directly: no per-call predict overhead)."""
-    probs = [model(batch, training=False).numpy().reshape(-1) for batch in image_dataset(paths, None, image_size, batch_size)]
-    return np.concatenate(probs).astype(np.float64) if probs else np.zeros(0)
+    """Probabilities for image files, in order, exactly as scan and the registered model score them: decoded by
+    OpenCV, covered by S x S tiles at the training scale, max over tiles (a square image is its one tile).
+    The model is called directly on batches of `batch_size` tiles: no per-call predict overhead."""
+    from rsdetect.preprocess import decode_paths, score_frames
+
+    probs, _ = score_frames(lambda x: model(x, training=False), decode_paths(paths), image_size, batch_size)
+    return probs

@@ -22,9 +22,11 @@ MAX_REDRAWS = 32     # photos tried for one pair before giving up (a photo can f
 
 
 def load_photos(instances_path: str | Path, seed: int, p: SynthParams, split: str = "train") -> tuple[list[tuple], int]:
-    """The photos of one split, decoded once, with their usable people; and how many were skipped."""
-    photos, skipped = [], 0
-    for task in photo_tasks(instances_path, seed, p):
+    """The photos of one split, decoded once, with their usable people; and how many were skipped (malformed
+    image entries of any split included: they belong to none)."""
+    tasks, inst = photo_tasks(instances_path, seed, (p.val_fraction, p.test_fraction))
+    photos, skipped = [], len(inst.skipped_images)
+    for task in tasks:
         if task.split != split:
             continue
         try:
@@ -114,11 +116,18 @@ class PairStream:
                 yield current
 
 
+def no_augmentation(jpeg_quality: int) -> AugmentParams:
+    """Augmentation that changes nothing but re-encodes at `jpeg_quality`: every field is stated (the schema has no
+    defaults), as "off" values, not tunables. blur_sigma is never drawn from with blur_prob 0; the random numbers
+    drawn per pair are the same as with any other augmentation, so a fixed set does not depend on augment.*."""
+    quality = float(jpeg_quality)
+    return AugmentParams(flip=False, brightness=0.0, contrast=0.0, blur_prob=0.0, blur_sigma=(0.0, 0.0),
+                         noise_sigma=(0.0, 0.0), jpeg_quality=(quality, quality))
+
+
 def fixed_pairs(photos: list[tuple], seed: int, synth: SynthParams, n_pairs: int, tag: int) -> tuple[np.ndarray, np.ndarray]:
     """n_pairs pairs drawn once (no augmentation; JPEG at synthesize.jpeg_quality, as the fixed sets are written):
     a validation set made from photos held out of training, the same every epoch."""
-    quality = int(round(synth.jpeg_quality))
-    stream = PairStream(photos, seed, synth, AugmentParams(flip=False, brightness=0.0, contrast=0.0, blur_prob=0.0,
-                                                           noise_sigma=(0.0, 0.0), jpeg_quality=(quality, quality)), 2)
+    stream = PairStream(photos, seed, synth, no_augmentation(synth.jpeg_quality), 2)
     batches = [stream.batch(tag, i) for i in range(n_pairs)]
     return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])

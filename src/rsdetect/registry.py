@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rsdetect.config import RsdetectError
+from rsdetect.io import file_md5  # noqa: F401  (re-exported: train.py and tests import it from here)
+from rsdetect.preprocess import TILE_BATCH, box_text, decode, score_frames
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+# MLflow's own HTTP defaults (120 s timeout, 7 retries, backoff factor 2) left `register` silent for 251 s and
+# `scan` for 248 s before reporting a tracking server that is down. These give a refused connection a few
+# seconds and a slow but live server 10 s per request. Set with setdefault: a user's own values win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                 "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -31,22 +41,52 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite file at the repository root (absolute: survives temp copies)."""
+    """MLFLOW_TRACKING_URI if set, else a SQLite file at the repository root (absolute: survives temp copies).
+
+    Every user of the registry asks for the URI first (register, train, scan), so this is where MLflow's HTTP
+    waits get their bounds (HTTP_DEFAULTS), before any request is made.
+    """
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+@contextmanager
+def tracking_server(uri: str) -> Iterator[None]:
+    """Turn "the HTTP tracking server cannot be reached" (refused, timed out, unknown host) into one RsdetectError
+    line naming the URI; every other MLflow error passes through unchanged (it is not the user's setup)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, requests.exceptions.RequestException) as exc:
+        text = str(exc)
+        network = isinstance(exc, requests.exceptions.RequestException) or text.startswith("API request to") \
+            or "MLFLOW_HTTP_REQUEST_TIMEOUT" in text
+        if not (uri.startswith(("http://", "https://")) and network):
+            raise
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+        reason = errno.group(1).strip() if errno else "timed out" if "timeout" in text.lower() else "no answer"
+        raise RsdetectError(f"MLflow tracking server {uri} cannot be reached ({reason}); start it or set "
+                            f"MLFLOW_TRACKING_URI (waits bounded by MLFLOW_HTTP_REQUEST_TIMEOUT="
+                            f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s, MLFLOW_HTTP_REQUEST_MAX_RETRIES="
+                            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')})") from None
+
+
 def setup_mlflow(experiment: str = "rsdetect") -> None:
-    """Point MLflow at the tracking URI and the experiment."""
+    """Point MLflow at the tracking URI and the experiment (the first request: a server that is down is one line)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with tracking_server(uri):
+        mlflow.set_experiment(experiment)
 
 
 def decode_frame(item: Any) -> np.ndarray:
-    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)."""
-    import cv2
-
+    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)
+    decoded by preprocess.decode, the decoder every other path uses."""
     if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
         return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
     if isinstance(item, str):
@@ -55,35 +95,26 @@ def decode_frame(item: Any) -> np.ndarray:
         except binascii.Error:
             raise RsdetectError("input image is not valid base64") from None
     if isinstance(item, (bytes, bytearray)):
-        img = cv2.imdecode(np.frombuffer(item, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise RsdetectError("input image cannot be decoded")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return decode(item, "input image")
     raise RsdetectError(f"unsupported image input of type {type(item).__name__} (give RGB uint8 arrays or encoded bytes)")
 
 
-def to_model_input(frame: np.ndarray, size: int) -> np.ndarray:
-    """Resize the short side to `size` and centre-crop a square: the geometry the model was trained on."""
-    import cv2
-
-    h, w = frame.shape[:2]
-    scale = size / min(h, w)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    y0, x0 = (nh - size) // 2, (nw - size) // 2
-    return resized[y0:y0 + size, x0:x0 + size].astype(np.float32)
+def iter_frames(model_input: Any) -> Iterator[np.ndarray]:
+    """Frames of a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column,
+    decoded one at a time (a test set's encoded bytes are small; all of it decoded at once is not)."""
+    if hasattr(model_input, "columns"):
+        column = "image" if "image" in model_input.columns else model_input.columns[0]
+        items = model_input[column].tolist()
+    elif isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
+        items = [model_input]
+    else:
+        items = model_input if isinstance(model_input, np.ndarray) and model_input.ndim == 4 else list(model_input)
+    return (decode_frame(v) for v in items)
 
 
 def frames_from_input(model_input: Any) -> list[np.ndarray]:
-    """Accept a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column."""
-    if hasattr(model_input, "columns"):
-        column = "image" if "image" in model_input.columns else model_input.columns[0]
-        return [decode_frame(v) for v in model_input[column].tolist()]
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
-        return [decode_frame(f) for f in model_input]
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
-        return [model_input]
-    return [decode_frame(v) for v in list(model_input)]
+    """Every frame of the input (see iter_frames), decoded."""
+    return list(iter_frames(model_input))
 
 
 try:
@@ -93,13 +124,14 @@ except ImportError:  # scanning with an exported model needs no MLflow
     _Base = object
 
 
-PREDICT_BATCH = 32  # frames per model call in the pyfunc
+PREDICT_BATCH = TILE_BATCH  # tiles per model call in the pyfunc
 
 
 class RsDetector(_Base):
-    """MLflow pyfunc: raw images in, probability and flag out (threshold from the model config)."""
+    """MLflow pyfunc: raw images in; probability, flag (threshold from the model config) and the tile that
+    gave the probability out. Frames are scored whole, by tiles, as in preprocess.score_frames."""
 
-    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in frames_from_input
+    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in decode_frame
 
     def load_context(self, context) -> None:
         import keras
@@ -111,27 +143,19 @@ class RsDetector(_Base):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        frames = frames_from_input(model_input)
-        # A chunk at a time: one call on a whole test set holds every frame's activations at once (24 GB for
-        # 400 frames at 224 px, killed for memory), and float32 inputs for them all cost 0.6 MB a frame.
-        chunks = [np.stack([to_model_input(f, self.image_size) for f in frames[i:i + PREDICT_BATCH]])
-                  for i in range(0, len(frames), PREDICT_BATCH)]
-        prob = np.concatenate([np.asarray(self.model(c, training=False)).reshape(-1) for c in chunks]) if chunks else np.zeros(0)
-        prob = prob.astype(np.float64)
-        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold})
-
-
-def file_md5(path: str | os.PathLike) -> str:
-    """MD5 of a file (the identity of a checkpoint)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        # A chunk of tiles at a time: one call on a whole test set holds every frame's activations at once
+        # (24 GB for 400 frames at 224 px, killed for memory).
+        prob, boxes = score_frames(lambda x: self.model(x, training=False), iter_frames(model_input),
+                                   self.image_size, PREDICT_BATCH)
+        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold,
+                             "tile": pd.Series([box_text(b) for b in boxes], dtype=object)})
 
 
 def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
-    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair)."""
+    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair).
+
+    Scored through the champion's pyfunc, which preprocesses as evaluate's model.predict_paths does
+    (rsdetect.preprocess), so a checkpoint re-scored here gets the score evaluate gave it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -160,6 +184,15 @@ def register_candidate(model_path: str | Path, image_size: int, threshold: float
                        tags: dict[str, str], force: bool = False) -> dict:
     """Register the checkpoint as a version of `name` (once per checkpoint and threshold) and move `alias`
     to it only if it beats the current champion on `metric` over the same test set (or `force`)."""
+    with tracking_server(tracking_uri()):
+        return _register(model_path, image_size, threshold, metrics, test_paths, test_labels, name, alias, metric,
+                         tags, force)
+
+
+def _register(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
+              test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
+              tags: dict[str, str], force: bool) -> dict:
+    """register_candidate's body, inside tracking_server."""
     import mlflow
 
     setup_mlflow()
@@ -189,9 +222,23 @@ def register_candidate(model_path: str | Path, image_size: int, threshold: float
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version
     return {"model_name": name, "version": str(version), "alias": alias, "champion_version": str(current),
-            "promoted": bool(promote), "candidate_score": score, "previous_champion_version": None if champ_version is None else str(champ_version),
+            "promoted": bool(promote), "already_registered": bool(existing), "candidate_score": score, "previous_champion_version": None if champ_version is None else str(champ_version),
             "previous_champion_score": champ_score, "metric": metric, "uri": f"models:/{name}@{alias}",
             "tracking_uri": tracking_uri()}
+
+
+def register_summary(result: dict) -> str:
+    """What a registration did, in words: a rerun of the same checkpoint says so instead of "not champion"."""
+    name, version, alias = result["model_name"], result["version"], result["alias"]
+    champion = str(result["champion_version"])
+    if result.get("already_registered"):
+        head = f"{name} version {version} is already registered"
+        if champion == str(version):
+            return f"{head} and {'now' if result['promoted'] and result['previous_champion_version'] != champion else 'already'} {alias}"
+        return f"{head}; {'now' if result['promoted'] else 'not'} {alias} ({alias} is version {champion})"
+    if result["promoted"]:
+        return f"{name} version {version} registered and now {alias}"
+    return f"{name} version {version} registered; not {alias} ({alias} is version {champion}; this one does not beat it on {result['metric']})"
 
 
 def git_commit() -> str:
@@ -227,8 +274,7 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
                                 [str(synth / t["path"]) for t in test], np.array([t["label"] for t in test]),
                                 r.model_name, r.alias, r.metric, tags, force=force)
     write_json(out_path, {k: v for k, v in result.items() if k != "tracking_uri"})
-    print(f"register: {result['model_name']} version {result['version']} "
-          f"({'now' if result['promoted'] else 'not'} {r.alias}; {r.alias} is version {result['champion_version']}); "
+    print(f"register: {register_summary(result)}; "
           f"load it with mlflow.pyfunc.load_model('{result['uri']}') from {result['tracking_uri']}")
     print("register: metrics in metrics/*.json (dvc metrics show), report in metrics/report.md, "
           "plots in metrics/plots (dvc plots show) and metrics/figures/*.png")

@@ -1,0 +1,215 @@
+"""Model loading for `scan`, `export` (and any later service): a Keras file, an MLflow registry URI
+(models:/NAME@ALIAS, runs:/...), a pyfunc folder, or an exported .tflite / .onnx file, each turned into one
+`Scorer` with its input size and registered threshold.
+
+Lives below both `scan` and `export` so that exporting does not depend on the scanner.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from rsdetect.config import RsdetectError
+from rsdetect.registry import tracking_uri
+
+Scorer = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 RGB 0-255 tiles -> (N,) probabilities
+REGISTRY_PREFIXES = ("models:/", "runs:/")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A scorer and what scanning needs to know about its model."""
+
+    scorer: Scorer
+    image_size: int
+    threshold: float | None  # from the registered model's config; None for plain files
+    kind: str
+    name: str
+
+
+def keras_scorer(model: Any, compiled: bool = True) -> Scorer:
+    """Keras scoring: predict_on_batch (a traced graph: ~8x faster than an eager call at batch 1 on CPU,
+    see benchmarks/bench_infer.py) or, with compiled=False, the model called directly (eager)."""
+    def score(batch: np.ndarray) -> np.ndarray:
+        out = model.predict_on_batch(batch) if compiled else model(batch, training=False)
+        return np.asarray(out, np.float64).reshape(-1)
+    return score
+
+
+def tflite_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
+    """A LiteRT interpreter scorer (resized to each batch size) and its input image size."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    except ValueError as exc:
+        raise RsdetectError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:160]})") from None
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    if inp["dtype"] != np.float32 or len(inp["shape"]) != 4:
+        raise RsdetectError(f"{path}: expected a float32 (N, S, S, 3) input, got {inp['dtype'].__name__} {list(inp['shape'])}")
+    size, current = int(inp["shape"][1]), [-1]
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        if current[0] != len(batch):
+            interp.resize_tensor_input(inp["index"], [len(batch), size, size, 3])
+            interp.allocate_tensors()
+            current[0] = len(batch)
+        interp.set_tensor(inp["index"], np.ascontiguousarray(batch, np.float32))
+        interp.invoke()
+        return interp.get_tensor(out["index"]).astype(np.float64).reshape(-1)
+    return score, size
+
+
+def onnx_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
+    """An ONNX Runtime (CPU) scorer and its input image size."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RsdetectError("scanning an .onnx model needs onnxruntime (pip install onnxruntime)") from None
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:  # plain Exceptions, not RuntimeError
+        raise RsdetectError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
+    inp = sess.get_inputs()[0]
+    size = inp.shape[1] if len(inp.shape) == 4 and isinstance(inp.shape[1], int) else 224
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {inp.name: np.ascontiguousarray(batch, np.float32)})[0], np.float64).reshape(-1)
+    return score, size
+
+
+def sidecar_path(model_path: str | os.PathLike) -> Path:
+    """Where an exported model's metadata (threshold, image size) lives: <model>.json."""
+    return Path(f"{model_path}.json")
+
+
+def exported_threshold(path: str | os.PathLike) -> float | None:
+    """The registered threshold `rsdetect export` saved beside an exported model (its sidecar), if any."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        thr = json.loads(sidecar.read_text()).get("threshold")
+    except (json.JSONDecodeError, AttributeError):
+        raise RsdetectError(f"{sidecar}: not valid model metadata JSON") from None
+    return None if thr is None else float(thr)
+
+
+def _ensure_registry(uri: str) -> None:
+    """Refuse a SQLite tracking URI whose file does not exist (MLflow would silently create an empty one)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise RsdetectError(f"no MLflow registry at {uri}; set MLFLOW_TRACKING_URI or give a .keras/.tflite/.onnx path")
+
+
+def load_pyfunc(uri: str) -> tuple[Any, Any]:
+    """Load an MLflow pyfunc (models:/, runs:/ or a local model folder); returns (pyfunc, python_model or None)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith(REGISTRY_PREFIXES):
+        _ensure_registry(tracking_uri())
+        mlflow.set_tracking_uri(tracking_uri())
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise RsdetectError(f"{uri}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
+    except OSError as exc:
+        raise RsdetectError(f"{uri}: cannot load model ({exc.strerror or type(exc).__name__})") from None
+    try:
+        inner = loaded.unwrap_python_model()
+    except MlflowException:  # not a PythonModel flavour (e.g. a plain keras pyfunc): no unwrapping
+        inner = None
+    return loaded, inner
+
+
+def _check_keras_container(path: Path) -> None:
+    """A .keras file is a zip archive and an .h5 file an HDF5 one; anything else is named as such here, because
+    Keras reports a .keras file that is not a zip as "File not found"."""
+    if path.suffix.lower() == ".h5":
+        with open(path, "rb") as f:
+            ok = f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+        kind = "an HDF5"
+    else:
+        ok, kind = zipfile.is_zipfile(path), "a zip"
+    if not ok:
+        raise RsdetectError(f"{path}: not a Keras model file (expected {kind} archive; "
+                            f"is it truncated, or another kind of file renamed?)")
+
+
+def load_keras_file(path: str | os.PathLike) -> Any:
+    """keras.saving.load_model with one-line errors that say what is wrong with the file."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise RsdetectError(f"{path}: model file not found")
+    _check_keras_container(path)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise RsdetectError(f"{path}: cannot load Keras model ({str(exc).splitlines()[0][:160]})") from None
+
+
+def _keras_size(model: Any) -> int:
+    """The square input size of a Keras image model (224 if it takes any size)."""
+    shape = model.input_shape
+    return int(shape[1]) if shape[1] else 224
+
+
+def _is_keras_path(spec: str) -> bool:
+    return spec.endswith((".keras", ".h5")) and not spec.startswith(REGISTRY_PREFIXES)
+
+
+def resolve_keras(spec: str) -> tuple[Any, int, float | None]:
+    """(Keras model, image size, threshold or None) from a registry URI / pyfunc folder or a .keras file."""
+    if _is_keras_path(spec):
+        model = load_keras_file(spec)
+        return model, _keras_size(model), None
+    loaded, inner = load_pyfunc(spec)
+    if inner is None or getattr(inner, "model", None) is None:
+        raise RsdetectError(f"{spec}: not an rsdetect pyfunc (no Keras model inside)")
+    size = int(getattr(inner, "image_size", 0) or _keras_size(inner.model))
+    thr = getattr(inner, "threshold", None)
+    return inner.model, size, None if thr is None else float(thr)
+
+
+def load_model(spec: str) -> LoadedModel:
+    """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file."""
+    suffix = Path(spec).suffix.lower() if not spec.startswith(REGISTRY_PREFIXES) else ""
+    if suffix in (".tflite", ".onnx"):
+        if not Path(spec).is_file():
+            raise RsdetectError(f"{spec}: model file not found")
+        scorer, size = tflite_scorer(spec) if suffix == ".tflite" else onnx_scorer(spec)
+        return LoadedModel(scorer, size, exported_threshold(spec), suffix[1:], spec)
+    if suffix in (".keras", ".h5"):
+        model, size, thr = resolve_keras(spec)
+        return LoadedModel(keras_scorer(model), size, thr, "keras", spec)
+    if not spec.startswith(REGISTRY_PREFIXES) and not (Path(spec) / "MLmodel").is_file():
+        raise RsdetectError(f"{spec}: not a model (give models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file)")
+    loaded, inner = load_pyfunc(spec)
+    if inner is not None and getattr(inner, "model", None) is not None:
+        size = int(getattr(inner, "image_size", 0) or _keras_size(inner.model))
+        thr = getattr(inner, "threshold", None)
+        return LoadedModel(keras_scorer(inner.model), size, None if thr is None else float(thr), "pyfunc-keras", spec)
+    # Any other pyfunc that takes images: send it the tiles, already at its size (its own resize is then a no-op).
+    config = loaded.model_config or {}
+    size = int(config.get("image_size", 224))
+
+    def score(batch: np.ndarray) -> np.ndarray:
+        out = loaded.predict([np.clip(f, 0, 255).astype(np.uint8) for f in batch])
+        return np.asarray(out["probability"] if hasattr(out, "columns") else out, np.float64).reshape(-1)
+    thr = config.get("threshold")
+    return LoadedModel(score, size, None if thr is None else float(thr), "pyfunc", spec)
