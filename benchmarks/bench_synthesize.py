@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsdetect.config import load_params, updated
+from rsdetect.config import SynthParams, load_params, updated
 from rsdetect.data import synthesize
 from rsdetect.sample import make_sample_dataset
 from rsdetect.shutter import Motion, rolling_rows

@@ -7,7 +7,6 @@ adds recall by shear bin."""
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params

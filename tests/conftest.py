@@ -78,3 +78,28 @@ def colour_model(size: int, gain: float = COLOUR_GAIN, bias: float = 0.0):
     model.get_layer("r_minus_b").set_weights([np.array([1, 0, -1], np.float32).reshape(1, 1, 3, 1)])
     model.get_layer("gain").set_weights([np.array([[gain]], np.float32), np.array([bias], np.float32)])
     return model
+
+
+def tree_digest(root: Path) -> str:
+    """One hash of every file's relative path and bytes under `root`: equal digests, byte-identical trees."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def copy_tracked_files(dest: Path) -> None:
+    """The repository's files as a fresh clone has them (tracked, plus untracked-not-ignored) copied to `dest`."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)

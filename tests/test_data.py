@@ -1,4 +1,3 @@
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,18 +11,9 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from rsdetect.config import RsdetectError
 from rsdetect.data import read_manifest, split_images, synthesize
 
-from conftest import params_group, with_params
+from conftest import tree_digest, params_group, with_params
 
 P = params_group("synthesize", size=96, min_person_area=150, workers=2, pairs_per_photo=1)
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def test_pairs_are_balanced_split_by_photo_and_deterministic(sample_dir, tmp_path):

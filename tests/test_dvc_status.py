@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, copy_tracked_files
 from test_dvc_deps import STAGES, code_deps
 
 
@@ -37,12 +36,7 @@ def copy(tmp_path_factory) -> tuple[Path, dict]:
     dvc.lock that records the code as it is. Data and outputs are absent: dvc reports them, and the tests look
     only at .py deps."""
     repo = tmp_path_factory.mktemp("status") / "rsdetect"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
+    copy_tracked_files(repo)
     lock = {"schema": "2.0", "stages": {
         name: {"cmd": stage["cmd"],
                "deps": [{"path": d, "hash": "md5", "md5": hashlib.md5((repo / d).read_bytes()).hexdigest(),

@@ -4,17 +4,15 @@ bad photos are counted skips, and the shear distribution is the published one.""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from dataclasses import replace  # CameraMotion is a dataclass; params groups use with_params
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT, params_group, params_raw, with_params
+from conftest import tree_digest, ROOT, params_group, params_raw, with_params
 from rsdetect.config import ConfigError, load_params, parse_params
 from rsdetect.data import read_manifest, split_images
 from rsdetect.instances import load_instances
@@ -47,15 +45,6 @@ def row_shift(row: np.ndarray, profile: np.ndarray, cols: np.ndarray, margin: in
     i = int(np.argmin(ssd))
     a, b, c = ssd[i - 1], ssd[i], ssd[i + 1]
     return float(shifts[i] + 0.5 * (a - c) / (a - 2 * b + c))
-
-
-def tree_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def test_rs_differs_from_twin_and_twin_is_rigid():

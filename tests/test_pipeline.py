@@ -2,16 +2,14 @@
 change on a branch that re-runs only train and what follows, `dvc metrics diff`, and the champion."""
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import copy_tracked_files
 
 TINY = {"synthesize": {"size": 64, "min_person_area": 60, "pairs_per_photo": 1},
         "external": {"pairs_per_photo": 1},
@@ -36,12 +34,7 @@ def merge(base: dict, over: dict) -> dict:
 def repo(tmp_path_factory):
     """The project's tracked files copied into a new git repo, with tiny params, as a fresh clone would be."""
     repo = tmp_path_factory.mktemp("clone") / "rsdetect"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for f in filter(None, files):
-        if (ROOT / f).is_file():
-            (repo / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, repo / f)
+    copy_tracked_files(repo)
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

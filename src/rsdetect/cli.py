@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
 
 from rsdetect.stage import run_stage
 
