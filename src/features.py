@@ -25,7 +25,7 @@ def main() -> None:
     synth, external, weights_file, out = (Path(a) for a in sys.argv[1:5])
     params = load_params()
     f = params.features
-    from rsdetect import model as m
+    from rsdetect import backbone as m
 
     m.set_determinism(params.seed, True)
     rows = read_manifest(synth / "manifest.csv")
@@ -41,7 +41,7 @@ def main() -> None:
     ext_rows = read_manifest(external / "manifest.csv")
     ext = m.extract_features(backbone, [str(external / r["path"]) for r in ext_rows], f.image_size, batch)
     out.mkdir(parents=True, exist_ok=True)
-    backbone.save(out / "backbone.keras")
+    backbone.save_weights(out / "backbone.weights.h5")  # HDF5 weights are byte-reproducible; train rebuilds the network
     save_features(out / "features.npz", features, rows)
     save_features(out / "external.npz", ext, ext_rows)
     print(f"features: {features.shape[0]} images (+{len(ext_rows)} external) x {features.shape[1]} features")

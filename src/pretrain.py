@@ -20,7 +20,7 @@ def main() -> None:
     raw, out, metrics_path = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     params = load_params()
     s, pt, f = params.synthesize, params.pretrain, params.features
-    from rsdetect import model as m
+    from rsdetect import backbone as m
     from rsdetect.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.training import build_classifier, fit_pairs
 

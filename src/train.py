@@ -15,7 +15,10 @@ from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import binary_metrics, write_predictions
-from rsdetect.io import write_json
+from rsdetect.io import save_keras, write_json
+
+
+TIMING = ("train_images_per_s", "epoch_s")
 
 
 def main() -> None:
@@ -25,7 +28,7 @@ def main() -> None:
     import keras
     import mlflow
 
-    from rsdetect import model as m
+    from rsdetect import backbone as m, head as hd
     from rsdetect.pairs import PairStream, load_photos
     from rsdetect.registry import file_md5, setup_mlflow
     from rsdetect.training import fit_pairs
@@ -41,7 +44,7 @@ def main() -> None:
     split = np.array([r["split"] for r in rows])
     tr, va = split == "train", split == "val"
     mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
-    xn = m.standardize(x, mean, std)
+    xn = hd.standardize(x, mean, std)
     paths = [str(synth / r["path"]) for r in rows]
 
     setup_mlflow()
@@ -49,12 +52,13 @@ def main() -> None:
         mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
                            **{f"train.{k}": v for k, v in t.model_dump().items()}})
         mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))
-        head = m.build_head(x.shape[1], t.dropout)
+        head = hd.build_head(x.shape[1], t.dropout)
         log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
-        hist = m.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size, t.patience * 4, [log_epoch])
+        hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size, t.patience * 4, [log_epoch])
         history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
-        backbone = keras.saving.load_model(feats_dir / "backbone.keras", compile=False)
-        model = m.assemble(backbone, head, mean, std)
+        backbone = m.build_backbone(f.image_size, "none", f.backbone)
+        backbone.load_weights(feats_dir / "backbone.weights.h5")  # the very weights (and BatchNorm statistics) features used
+        model = hd.assemble(backbone, head, mean, std)
         if t.finetune_blocks > 0 and t.finetune_epochs > 0:
             # Our own pretrained or random weights: BatchNorm statistics are ours to move. ImageNet's stay frozen.
             unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=f.weights != "imagenet")
@@ -72,9 +76,9 @@ def main() -> None:
             ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, t.finetune_lr, t.patience, val, log)
             history += [{**r, "epoch": len(history) + i, "phase": "finetune"} for i, r in enumerate(ft)]
         model_dir.mkdir(parents=True, exist_ok=True)
-        model.save(model_dir / "model.keras")
+        save_keras(model, model_dir / "model.keras")
         ext_rows = read_manifest(external / "manifest.csv")
-        prob = m.predict_paths(model, paths + [str(external / r["path"]) for r in ext_rows], f.image_size, f.batch_size)
+        prob = hd.predict_paths(model, paths + [str(external / r["path"]) for r in ext_rows], f.image_size, f.batch_size)
         if prob.std() < 1e-6:
             raise RsdetectError("train: the model gives the same probability for every image; refusing to report metrics")
         write_predictions(model_dir / "predictions.csv", rows + ext_rows, prob)
@@ -84,7 +88,8 @@ def main() -> None:
         # Memorisation check at the chosen checkpoint: train-split photos (fixed pairs the loop never drew) vs val.
         metrics["train_val_accuracy_gap"] = metrics["train"]["accuracy"] - metrics["val"]["accuracy"]
         write_json(metrics_path, {"cnn": metrics})
-        write_json(history_path, history)
+        # Timing differs run to run: MLflow and the log keep it, the DVC plot stays byte-reproducible.
+        write_json(history_path, [{k: v for k, v in r.items() if k not in TIMING} for r in history])
         mlflow.log_metrics({f"{s}_{k}": v for s, ms in metrics.items() if isinstance(ms, dict) for k, v in ms.items()})
         import mlflow.keras
         mlflow.keras.log_model(model, name="model")

@@ -60,8 +60,8 @@ def test_a_missing_dep_is_caught(tmp_path):
 
 def test_lazy_imports_inside_functions_count(tmp_path):
     f = tmp_path / "stage.py"
-    f.write_text("def main():\n    from rsdetect import model as m\n    import rsdetect.pairs\n")
-    assert imported_modules(f) == {"model", "pairs"}
+    f.write_text("def main():\n    from rsdetect import backbone as m\n    import rsdetect.pairs\n")
+    assert imported_modules(f) == {"backbone", "pairs"}
 
 
 # --- params: a stage's params are its group plus the cross-group keys it declares --------------------------------

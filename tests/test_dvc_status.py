@@ -73,7 +73,19 @@ def test_lock_matches_the_copy(copy):
     assert modified_code(repo, env) == {}
 
 
-@pytest.mark.parametrize("module", ["lines.py", "pairs.py", "registry.py", "external.py"])
+# One module for each stage at least: embedded (fetch), figures (synthesize), external, pairs (pretrain, train),
+# backbone (pretrain, features, train), head (train only: editing the head keeps the cached features), lines
+# (baselines), evaluate (train, baselines, evaluate, register) and registry (train, register).
+MODULES = ["embedded.py", "figures.py", "external.py", "pairs.py", "backbone.py", "head.py", "lines.py", "evaluate.py",
+           "registry.py"]
+
+
+def test_every_stage_imports_one_of_the_edited_modules():
+    covered = {name for name in STAGES for m in MODULES if f"src/rsdetect/{m}" in code_deps(ROOT / "src" / f"{name}.py")}
+    assert covered == set(STAGES)
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_editing_a_module_flags_exactly_the_stages_that_import_it(copy, module):
     repo, env = copy
     path = f"src/rsdetect/{module}"

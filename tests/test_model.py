@@ -1,4 +1,4 @@
-"""rsdetect.model on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached features, the head,
+"""rsdetect.backbone and rsdetect.head on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached features, the head,
 assembly, fine-tuning, weight loading errors and determinism."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from rsdetect import model as m  # noqa: E402
+from rsdetect import backbone as m, head as hd  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 
 S = 64
@@ -76,7 +76,7 @@ def test_random_backbone_is_constant_until_batchnorm_is_recalibrated(images):
     keras.utils.set_random_seed(1)
     backbone = m.build_backbone(S, "none")
     assert backbone.output_shape == (None, N_FEATURES)
-    head = m.build_head(N_FEATURES, 0.2)
+    head = hd.build_head(N_FEATURES, 0.2)
     assert np.ptp(images.reshape(8, -1).mean(1)) > 10  # the inputs really differ
     before = head(backbone(images, training=False)).numpy().reshape(-1)
     assert before.std() < 1e-6  # the measured pitfall: a fresh weights=None MobileNetV3 is constant
@@ -110,12 +110,12 @@ def test_extract_features_of_no_paths_is_empty(calibrated):
 
 def test_assemble_equals_head_on_standardized_features(calibrated, images):
     keras.utils.set_random_seed(2)
-    head = m.build_head(N_FEATURES, 0.2)
+    head = hd.build_head(N_FEATURES, 0.2)
     feats = calibrated(images, training=False).numpy()
     mean, std = feats.mean(0), feats.std(0) + 1e-3
-    model = m.assemble(calibrated, head, mean, std)
+    model = hd.assemble(calibrated, head, mean, std)
     got = model(images, training=False).numpy().reshape(-1)
-    ref = head(m.standardize(feats, mean, std), training=False).numpy().reshape(-1)
+    ref = head(hd.standardize(feats, mean, std), training=False).numpy().reshape(-1)
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert ref.std() > 1e-3  # non-trivial outputs
     # the wrong normalisation would not match
@@ -134,8 +134,8 @@ def separable_features(seed: int, n: int):
 def test_fit_head_learns_separable_features():
     keras.utils.set_random_seed(3)
     x, y = separable_features(0, 300)
-    head = m.build_head(N_FEATURES, 0.2)
-    hist = m.fit_head(head, x[:200], y[:200], x[200:], y[200:], epochs=30, lr=0.003, batch_size=32, patience=5)
+    head = hd.build_head(N_FEATURES, 0.2)
+    hist = hd.fit_head(head, x[:200], y[:200], x[200:], y[200:], epochs=30, lr=0.003, batch_size=32, patience=5)
     assert "val_accuracy" in hist.history and len(hist.history["loss"]) >= 2
     prob = head(x[200:], training=False).numpy().reshape(-1)
     assert ((prob >= 0.5) == (y[200:] == 1)).mean() > 0.9
@@ -234,8 +234,8 @@ def test_imagenet_download_oserror_becomes_actionable_error(monkeypatch):
 def _train_head(seed: int) -> list[np.ndarray]:
     m.set_determinism(seed, True)
     x, y = separable_features(9, 160)
-    head = m.build_head(N_FEATURES, 0.3)
-    m.fit_head(head, x[:120], y[:120], x[120:], y[120:], epochs=4, lr=0.003, batch_size=16, patience=10)
+    head = hd.build_head(N_FEATURES, 0.3)
+    hd.fit_head(head, x[:120], y[:120], x[120:], y[120:], epochs=4, lr=0.003, batch_size=16, patience=10)
     return head.get_weights()
 
 
@@ -283,7 +283,7 @@ def test_whole_backbone_from_scratch_trains_batchnorm_too(images):
     assert all(bn.momentum == m.BN_MOMENTUM_SCRATCH for bn in bns)
     assert len(names) == sum(1 for l in backbone.layers if l.weights)
     # a training-mode call through the assembled model moves the BatchNorm statistics...
-    model = m.assemble(backbone, m.build_head(N_FEATURES, 0.0), np.zeros(N_FEATURES), np.ones(N_FEATURES))
+    model = hd.assemble(backbone, hd.build_head(N_FEATURES, 0.0), np.zeros(N_FEATURES), np.ones(N_FEATURES))
     before = backbone.get_layer("conv_bn").moving_mean.numpy().copy()
     model(images, training=True)
     assert not np.allclose(before, backbone.get_layer("conv_bn").moving_mean.numpy())

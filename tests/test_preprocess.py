@@ -14,7 +14,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import colour_model  # noqa: E402
-from rsdetect import model as m  # noqa: E402
+from rsdetect import backbone as m, head as hd  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.preprocess import (TILE_STRIDE, box_text, decode, load_square, resize_short_side, score_frames,  # noqa: E402
                                  tile_starts, to_tiles)
@@ -80,7 +80,7 @@ def test_train_pyfunc_and_scan_give_the_same_probability(tmp_path):
     model.save(keras_path)
     files = [write_rgb(tmp_path / "square.jpg", textured(S, S, 1)), write_rgb(tmp_path / "wide.jpg", textured(45, 80, 2))]
 
-    train = m.predict_paths(model, [str(f) for f in files], S, 4)  # train/evaluate's path
+    train = hd.predict_paths(model, [str(f) for f in files], S, 4)  # train/evaluate's path
     pyfunc = save_pyfunc(keras_path, tmp_path / "pyfunc", 0.5, S)
     served = pyfunc.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
     for i, f in enumerate(files):

@@ -4,7 +4,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from rsdetect import model as m  # noqa: E402
+from rsdetect import backbone as m  # noqa: E402
 from rsdetect.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 from rsdetect.training import build_classifier, fit_pairs, predict_arrays, scores  # noqa: E402
 

@@ -6,11 +6,13 @@ writes an output or fingerprints a file uses these.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +141,27 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> Any
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
+
+
+def save_keras(model: Any, path: str | os.PathLike) -> None:
+    """model.save(path), byte-reproducible and atomic. Keras stamps the save date into metadata.json and the
+    time into every zip entry, so the same weights gave a new file each run: DVC saw a changed output and the
+    registry a new checkpoint. Both stamps are fixed here; the weights file inside is already deterministic."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        raw = Path(tmp) / path.name
+        model.save(raw)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(buf, "w") as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    meta = json.loads(data)
+                    meta.pop("date_saved", None)
+                    data = json.dumps(meta, sort_keys=True).encode()
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH), data, compress_type=info.compress_type)
+        atomic_write_bytes(path, buf.getvalue())
