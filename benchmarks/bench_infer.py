@@ -31,7 +31,7 @@ def fresh_model(size: int = 224):
     """MobileNetV3Large(weights=None) + a sigmoid unit, BatchNorm stats set from random images so it is not constant."""
     import keras
 
-    from rsdetect.model import recalibrate_batchnorm
+    from rsdetect.backbone import recalibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV3Large(input_shape=(size, size, 3), weights=None, include_top=False,

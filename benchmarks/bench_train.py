@@ -44,7 +44,7 @@ def main() -> None:
     s, t, pt, f = params.synthesize, params.train, params.pretrain, params.features
     import keras
 
-    from rsdetect import model as m
+    from rsdetect import backbone as m
     from rsdetect.training import build_classifier
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -299,6 +299,11 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     probs = champion.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
     np.testing.assert_array_equal(probs["flag"].to_numpy(), probs["probability"].to_numpy() >= 0.6)
 
+    # 6. a tie with the champion (its own re-scored score plus rounding noise) does not move it
+    champion_now = register(better, 0.0, threshold=0.7)["previous_champion_score"]
+    tie = register(better, champion_now + 1e-12, threshold=0.8)
+    assert not tie["promoted"] and tie["champion_version"] == "3"
+
     # the same checkpoint with a new threshold is a new identity, hence a new version
     r6 = register(better, 0.9, threshold=0.7)
     assert r6["version"] == "4"

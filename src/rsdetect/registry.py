@@ -151,6 +151,9 @@ class RsDetector(_Base):
                              "tile": pd.Series([box_text(b) for b in boxes], dtype=object)})
 
 
+SCORE_TIE = 1e-9  # scores closer than this are a tie: the champion stays
+
+
 def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
     """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair).
 
@@ -217,7 +220,9 @@ def _register(model_path: str | Path, image_size: int, threshold: float, metrics
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
     score = float(metrics[metric])
-    promote = force or champ_version is None or (str(champ_version) != str(version) and score > champ_score)
+    # Better by more than rounding: the candidate's score comes from predictions.csv (6 decimals), the champion's
+    # from re-scoring at full precision, so the same model scored 0.8262683256172839 vs ...838 and was "promoted".
+    promote = force or champ_version is None or (str(champ_version) != str(version) and score > champ_score + SCORE_TIE)
     if promote:
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version
