@@ -116,10 +116,20 @@ def test_save_keras_is_byte_reproducible_and_loads(tmp_path):
     from rsdetect.io import save_keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    def make():
+        # Fixed names (a second model in one process would get dense_1), and one dtype policy object shared by
+        # two layers, as MobileNetV3's layers share one: Keras writes its Python id() as a shared_object_id.
+        policy = keras.DTypePolicy("float32")
+        layers = [keras.layers.Dense(4, name="d1", dtype=policy), keras.layers.Dense(2, name="d2", dtype=policy)]
+        return keras.Sequential([keras.Input((4,), name="x"), *layers], name="m")
+
+    model = make()
     save_keras(model, tmp_path / "a.keras")
     time.sleep(1.1)  # Keras stamps seconds: an unfixed stamp would differ
-    save_keras(model, tmp_path / "b.keras")
+    # A structurally identical copy: other Python objects, so other ids in config.json's shared_object_id.
+    twin = make()
+    twin.set_weights(model.get_weights())
+    save_keras(twin, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     loaded = keras.saving.load_model(tmp_path / "a.keras")
     x = np.ones((3, 4), np.float32)

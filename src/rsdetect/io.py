@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -147,9 +148,10 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
 def save_keras(model: Any, path: str | os.PathLike) -> None:
-    """model.save(path), byte-reproducible and atomic. Keras stamps the save date into metadata.json and the
-    time into every zip entry, so the same weights gave a new file each run: DVC saw a changed output and the
-    registry a new checkpoint. Both stamps are fixed here; the weights file inside is already deterministic."""
+    """model.save(path), byte-reproducible and atomic. Keras stamps the save date into metadata.json, the time
+    into every zip entry and Python object ids (memory addresses) as config.json's shared_object_ids, so the same
+    weights gave a new file each run: DVC saw a changed output and the registry a new checkpoint. The stamps are
+    fixed and the ids renumbered in order of appearance (sharing kept); the weights file is already deterministic."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
@@ -163,5 +165,9 @@ def save_keras(model: Any, path: str | os.PathLike) -> None:
                     meta = json.loads(data)
                     meta.pop("date_saved", None)
                     data = json.dumps(meta, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    ids: dict[bytes, bytes] = {}
+                    data = re.sub(rb'"shared_object_id": (\d+)',
+                                  lambda m: b'"shared_object_id": ' + ids.setdefault(m.group(1), str(len(ids) + 1).encode()), data)
                 dst.writestr(zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH), data, compress_type=info.compress_type)
         atomic_write_bytes(path, buf.getvalue())
