@@ -20,7 +20,8 @@ REDISTRIBUTABLE = frozenset({4, 5, 7, 8})
 ANNOTATION_LICENCE = "COCO annotations: Creative Commons Attribution 4.0 (https://creativecommons.org/licenses/by/4.0/), COCO Consortium"
 
 
-def _instances_file(folder: Path) -> Path:
+def instances_file(folder: Path) -> Path:
+    """The one instances*.json of a COCO-format folder; one line naming the folder if there is not exactly one."""
     found = sorted(folder.glob("instances*.json"))
     if len(found) != 1:
         raise RsdetectError(f"{folder}: expected one instances*.json, found {len(found)}")
@@ -36,7 +37,7 @@ def embed_licensed_photos(sources: list[str | Path], out: str | Path) -> dict:
     images, annotations, categories, licences = [], [], {}, {}
     seen: set[int] = set()
     for folder in map(Path, sources):
-        path = _instances_file(folder)
+        path = instances_file(folder)
         try:
             coco = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:

@@ -18,6 +18,7 @@ import numpy as np
 from rsdetect.config import RsdetectError, SynthParams
 from rsdetect.data import SkipImage, decode_image, draw_pair, usable_people
 from rsdetect.evaluate import binary_metrics, recall_breakdown
+from rsdetect.embedded import instances_file
 from rsdetect.instances import checked_instances
 
 CHECK_TAG = 0xC0C0  # keeps these draws apart from the fixed sets' and the training stream's
@@ -32,10 +33,7 @@ def held_out_photos(folders: list[str | Path], exclude: list[str | Path]) -> lis
         excluded |= {im.get("id") for im in json.loads(Path(path).read_text())["images"] if isinstance(im, dict)}
     out = []
     for folder in map(Path, folders):
-        files = sorted(folder.glob("instances*.json"))
-        if len(files) != 1:
-            raise RsdetectError(f"{folder}: expected one instances*.json, found {len(files)}")
-        inst = checked_instances(files[0])  # the entry checks and person rule synthesis uses
+        inst = checked_instances(instances_file(folder))  # the entry checks and person rule synthesis uses
         out += [(folder / "images" / im["file_name"], im, inst.people.get(im["id"], []))
                 for im in inst.images if im["id"] not in excluded]
     return out
