@@ -95,6 +95,23 @@ def test_tflite_export_agrees_with_keras(tmp_path, models_dir, capsys) -> None:
     assert not sidecar_path(out).exists()  # a plain .keras file carries no threshold
 
 
+def test_tflite_scorer_split_between_interpreters_scores_as_one(tmp_path, models_dir) -> None:
+    """scan's TFLite scorer splits each batch between one single-threaded interpreter per core; every split gives
+    each tile the probability one interpreter gives it alone (to 1e-6), including odd sizes and one tile."""
+    from rsdetect.loaders import tflite_scorer
+
+    path = tmp_path / "conv.tflite"
+    export_model(str(models_dir / "conv.keras"), "tflite", path)
+    x = np.random.default_rng(3).uniform(0, 255, (7, SIZE, SIZE, 3)).astype(np.float32)
+    alone = np.concatenate([tflite_scorer(path, workers=1)[0](x[i:i + 1]) for i in range(len(x))])
+    assert np.ptp(alone) > 1e-3
+    for workers, threads in ((1, 2), (2, 1), (3, 1), (8, 1)):
+        scorer, size = tflite_scorer(path, workers=workers, threads=threads)
+        assert size == SIZE
+        for n in (7, 5, 1, 7):  # batch sizes change: each interpreter is resized to its part
+            assert np.abs(scorer(x[:n]) - alone[:n]).max() < 1e-6, (workers, threads, n)
+
+
 def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
     model = tmp_path / "colour.tflite"
     r = export_model(str(models_dir / "colour.keras"), "tflite", model)

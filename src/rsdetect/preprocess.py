@@ -156,6 +156,13 @@ def score_frames(score_fn: ScoreFn, frames: Iterable[np.ndarray], size: int,
     with training=False; Keras' predict() costs far more per call than it saves). Frames are consumed lazily:
     only one chunk's tiles are held at a time.
     """
+    return score_tiled(score_fn, (to_tiles(frame, size) for frame in frames), batch)
+
+
+def score_tiled(score_fn: ScoreFn, tiled: Iterable[tuple[np.ndarray, list[Box]]],
+                batch: int = TILE_BATCH) -> tuple[np.ndarray, list[Box]]:
+    """score_frames on frames already cut into tiles by to_tiles (scan cuts them in its reader thread, so the
+    resizing overlaps the model instead of holding it up)."""
     if batch < 1:
         raise RsdetectError(f"batch must be >= 1, got {batch}")
     probs: list[float] = []
@@ -187,8 +194,7 @@ def score_frames(score_fn: ScoreFn, frames: Iterable[np.ndarray], size: int,
             i = j
         owners, scores = owners[i:], scores[i:]
 
-    for n, frame in enumerate(frames):
-        tiles, frame_boxes = to_tiles(frame, size)
+    for n, (tiles, frame_boxes) in enumerate(tiled):
         owners.extend((n, b) for b in frame_boxes)
         pending.extend(tiles)
         while len(pending) >= batch:

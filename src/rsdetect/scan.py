@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -31,10 +31,10 @@ from rsdetect.config import RsdetectError
 from rsdetect.io import staged_dir
 from rsdetect.loaders import LoadedModel
 from rsdetect.outputs import OutputLock, check_report_dir
-from rsdetect.preprocess import Box, box_text, score_frames
+from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
 from rsdetect.reports import (FrameLog, Score, annotate_video, file_stems, flagged_rate_chart, is_report_file,
                               save_worst, write_summary)
-from rsdetect.sources import FrameItem, Source, SourceError, redact
+from rsdetect.sources import Source, SourceError, read_ahead, redact
 
 DEFAULT_MODEL = "models:/rs-detector@champion"
 DEFAULT_THRESHOLD = 0.5
@@ -222,14 +222,17 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 
 # ---------------------------------------------------------------- scanning
 
-def _score_batch(batch: list[FrameItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
+TiledItem = tuple[int, Optional[float], np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
+
+
+def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
                  tiles_per_call: int) -> None:
-    """Score each frame whole (S x S tiles at the training scale, the max over them; preprocess.score_frames)
+    """Score each frame whole (S x S tiles at the training scale, the max over them; preprocess.score_tiled)
     and emit one row per frame."""
-    probs, boxes = score_frames(model.scorer, [rgb for _, _, rgb in batch], model.image_size, tiles_per_call)
+    probs, boxes = score_tiled(model.scorer, [tiled for *_, tiled in batch], tiles_per_call)
     if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
         raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {batch[0][0]}+")
-    for (index, ts, rgb), p, box in zip(batch, probs, boxes, strict=True):
+    for (index, ts, rgb, _), p, box in zip(batch, probs, boxes, strict=True):
         emit(state.add(index, ts, float(p), rgb, box))
 
 
@@ -237,22 +240,19 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     """Score one source in batches; a SourceError is counted (frames read before it are still scored)."""
     source = state.source
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
-    batch: list[FrameItem] = []
     frames = source.frames(state.fail, options.every, options.fps, options.max_frames)
+    # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
+    # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
+    tiled = ((index, ts, rgb, to_tiles(rgb, model.image_size)) for index, ts, rgb in frames)
+    batches = read_ahead(tiled, options.batch)
     with tqdm(desc=source.camera, total=total, unit="frame", disable=not options.progress, file=sys.stderr) as bar, \
-            contextlib.closing(frames):
+            contextlib.closing(frames), contextlib.closing(batches):  # exits in reverse: the reader stops first
         try:
-            for item in frames:
-                batch.append(item)
-                if len(batch) >= options.batch:
-                    _score_batch(batch, state, model, emit, options.batch)
-                    bar.update(len(batch))
-                    batch = []
+            for batch in batches:
+                _score_batch(batch, state, model, emit, options.batch)
+                bar.update(len(batch))
         except SourceError as exc:
             state.fail(str(exc))
-        if batch:
-            _score_batch(batch, state, model, emit, options.batch)
-            bar.update(len(batch))
 
 
 def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_frames: int | None) -> bool:

@@ -15,10 +15,12 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 import glob
 import math
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterator, Optional
+from typing import Callable, ClassVar, Iterable, Iterator, Optional, TypeVar
 from urllib.parse import urlparse
 
 import cv2
@@ -37,6 +39,7 @@ FRAME_COUNT_SLACK = 1  # containers may over-report their frame count by one
 
 FrameItem = tuple[int, Optional[float], np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
 OnError = Callable[[str], None]  # reports a frame-level failure; the source goes on
+T = TypeVar("T")
 
 
 class SourceError(RsdetectError):
@@ -286,6 +289,44 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None,
             raise SourceError(f"{redact(spec)}: stream ended after {kept} of --max-frames {max_frames} scored frames")
     finally:
         cap.release()
+
+
+def read_ahead(frames: Iterable[T], batch: int) -> Iterator[list[T]]:
+    """Lists of up to `batch` frames; the next list is read in a thread while the caller scores this one.
+
+    OpenCV releases the GIL while it decodes, so decoding overlaps the model (bench_scan.py: 640x480 mp4v, one
+    camera, N -> M frames/s). A SourceError ends the batches after the frames read before it, as if unbatched.
+    Close it (contextlib.closing) before closing `frames`: closing stops the reader after its current frame.
+    """
+    frames, stop = iter(frames), threading.Event()
+
+    def take() -> tuple[list[T], SourceError | None]:
+        chunk: list[T] = []
+        try:
+            while len(chunk) < batch and not stop.is_set():
+                chunk.append(next(frames))
+        except StopIteration:
+            pass
+        except SourceError as exc:
+            return chunk, exc
+        return chunk, None
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+    try:
+        pending = pool.submit(take)
+        while True:
+            chunk, error = pending.result()
+            if error is None and len(chunk) == batch:
+                pending = pool.submit(take)
+            if chunk:
+                yield chunk
+            if error is not None:
+                raise error
+            if len(chunk) < batch:
+                return
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)  # the reader finishes its frame: `frames` is not running when the caller closes it
 
 
 # ---------------------------------------------------------------- naming sources
