@@ -22,7 +22,7 @@ import numpy as np
 
 from rsdetect.config import RsdetectError
 from rsdetect.export import check_inputs, onnx_bytes, tflite_bytes
-from rsdetect.scan import Scorer, keras_scorer, onnx_scorer, tflite_scorer
+from rsdetect.loaders import Scorer, keras_scorer, onnx_scorer, tflite_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if Path(args.model).is_file():
-        from rsdetect.scan import load_keras_file
+        from rsdetect.loaders import load_keras_file
 
         model, source = load_keras_file(args.model), args.model
     else:

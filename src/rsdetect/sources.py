@@ -294,10 +294,11 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None,
 def read_ahead(frames: Iterable[T], batch: int) -> Iterator[list[T]]:
     """Lists of up to `batch` frames; the next list is read in a thread while the caller scores this one.
 
-    OpenCV releases the GIL while it decodes, so decoding overlaps the model (bench_scan.py: 640x480 mp4v, one
-    camera, N -> M frames/s). A SourceError ends the batches after the frames read before it, as if unbatched.
-    Close it (contextlib.closing) before closing `frames`: closing stops the reader after its current frame.
-    """
+    OpenCV releases the GIL while it decodes, so decoding overlaps the model. With the TFLite scorer's interpreter
+    per core, scan's CPU per 640x480 mp4v frame fell from 6.4-7.8 to 5.3-6.4 ms (bench_scan.py, same shell, 2
+    shared cores at load 5-7: wall times there mean little). A SourceError ends the batches after the frames read
+    before it, as if unbatched.
+    Close it before `frames` (contextlib.closing): that stops the reader after its current frame."""
     frames, stop = iter(frames), threading.Event()
 
     def take() -> tuple[list[T], SourceError | None]:
