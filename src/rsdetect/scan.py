@@ -222,15 +222,23 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 
 # ---------------------------------------------------------------- scanning
 
+def score_items(items: list[tuple[CameraState, FrameItem]], model: LoadedModel, tiles_per_call: int) -> list[Row]:
+    """Score frames, of one camera or several, together: each frame whole (S x S tiles at the training scale, the
+    max over them; preprocess.score_frames), added to its camera's state; one row per frame, in order.
+    (`watch` batches across cameras through this, so both commands score and record frames the same way.)"""
+    probs, boxes = score_frames(model.scorer, [rgb for _, (_, _, rgb) in items], model.image_size, tiles_per_call)
+    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
+        state, (index, _, _) = items[0]
+        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {index}+")
+    return [state.add(index, ts, float(p), rgb, box)
+            for (state, (index, ts, rgb)), p, box in zip(items, probs, boxes, strict=True)]
+
+
 def _score_batch(batch: list[FrameItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
                  tiles_per_call: int) -> None:
-    """Score each frame whole (S x S tiles at the training scale, the max over them; preprocess.score_frames)
-    and emit one row per frame."""
-    probs, boxes = score_frames(model.scorer, [rgb for _, _, rgb in batch], model.image_size, tiles_per_call)
-    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
-        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {batch[0][0]}+")
-    for (index, ts, rgb), p, box in zip(batch, probs, boxes, strict=True):
-        emit(state.add(index, ts, float(p), rgb, box))
+    """Score one camera's batch (score_items) and emit one row per frame."""
+    for row in score_items([(state, item) for item in batch], model, tiles_per_call):
+        emit(row)
 
 
 def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, emit: Callable[[Row], None]) -> None:
