@@ -80,6 +80,37 @@ def _scan(args: argparse.Namespace) -> None:
         sys.exit(result.exit_code)
 
 
+def _watch(args: argparse.Namespace) -> None:
+    from rsdetect.loaders import load_model
+    from rsdetect.scan import StopSignals
+    from rsdetect.sources import parse_sources
+    from rsdetect.watch import WatchOptions, run_watch, watch_claim
+    from rsdetect.watch_metrics import MetricsServer, WatchMetrics
+
+    # Cheap checks first (options, sources, report folder and lock, metrics port), then the slow model load.
+    options = WatchOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
+                           smooth=args.smooth, threshold=args.threshold, max_frames=args.max_frames,
+                           duration=args.duration, stall_timeout=args.stall_timeout,
+                           reconnect_initial=args.reconnect_initial, reconnect_max=args.reconnect_max,
+                           rotate_rows=args.rotate_rows, rotate_seconds=args.rotate_seconds,
+                           keep_rotated=args.keep_rotated, summary_interval=args.summary_interval)
+    sources = parse_sources(args.sources, args.cameras)
+    metrics = WatchMetrics()
+    try:
+        # SIGTERM while the model loads stops the watch before it starts: lock released, nothing written.
+        with StopSignals(), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
+            print(f"watch: metrics on {server.url}", file=sys.stderr, flush=True)
+            model = load_model(args.model)
+            result = run_watch(sources, model, lock.out, options, metrics, lock=lock)
+    except KeyboardInterrupt:  # before scoring started (run_watch handles signals once it runs)
+        print("watch: stopped before it started", file=sys.stderr)
+        return
+    t = result.summary["totals"]
+    rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
+    print(f"watch ({result.stopped_by}): {t['frames_scored']} frames from {t['cameras']} cameras, {t['flagged']} flagged "
+          f"({rate}), {t['reconnects']} reconnects, {t['frames_dropped']} dropped; reports in {result.out_dir}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from rsdetect.export import export_model
 
@@ -138,6 +169,36 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
     sc.set_defaults(func=_scan)
+    w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
+                                      "rolling reports; SIGTERM or Ctrl-C stop it cleanly")
+    w.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="stream URL (rtsp://, http://), video, image folder or glob; name it as cam1=SOURCE")
+    w.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
+    w.add_argument("--model", default="models:/rs-detector@champion",
+                   help="models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file")
+    w.add_argument("--out", default="watch-out", help="report folder, updated in place (default: watch-out)")
+    wrate = w.add_mutually_exclusive_group()
+    wrate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
+    wrate.add_argument("--fps", type=float, default=None, metavar="F", help="score about F frames per second per camera")
+    w.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, across cameras (default 16)")
+    w.add_argument("--smooth", type=int, default=1, metavar="K", help="flag on the rolling mean of the last K scores")
+    w.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
+    w.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics endpoint (0.0.0.0: all)")
+    w.add_argument("--metrics-port", type=int, default=9109, metavar="PORT", help="its port (0: any free one; default 9109)")
+    w.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                   help="a stream with no frame for S seconds is reconnected (default 10)")
+    w.add_argument("--reconnect-initial", type=float, default=1.0, metavar="S", help="first reconnect delay (default 1)")
+    w.add_argument("--reconnect-max", type=float, default=60.0, metavar="S",
+                   help="longest reconnect delay; delays double up to it (default 60)")
+    w.add_argument("--rotate-rows", type=int, default=100_000, metavar="N", help="rotate frames.jsonl/csv after N rows")
+    w.add_argument("--rotate-seconds", type=float, default=None, metavar="S", help="... or after S seconds")
+    w.add_argument("--keep-rotated", type=int, default=5, metavar="K", help="rotated files kept (default 5)")
+    w.add_argument("--summary-interval", type=float, default=10.0, metavar="S",
+                   help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
+    w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
+    w.set_defaults(func=_watch)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
     ex.add_argument("--format", required=True, choices=["tflite", "onnx"])

@@ -34,7 +34,7 @@ from rsdetect.outputs import OutputLock, check_report_dir
 from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
 from rsdetect.reports import (FrameLog, Score, annotate_video, file_stems, flagged_rate_chart, is_report_file,
                               save_worst, write_summary)
-from rsdetect.sources import Source, SourceError, read_ahead, redact
+from rsdetect.sources import FrameItem, Source, SourceError, read_ahead, redact
 
 DEFAULT_MODEL = "models:/rs-detector@champion"
 DEFAULT_THRESHOLD = 0.5
@@ -225,15 +225,28 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 TiledItem = tuple[int, Optional[float], np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
 
 
+def score_items(items: list[tuple[CameraState, FrameItem]], model: LoadedModel, tiles_per_call: int,
+                tiled: Optional[list[tuple[np.ndarray, list[Box]]]] = None) -> list[Row]:
+    """Score frames, of one camera or several, together: each frame whole (S x S tiles at the training scale, the
+    max over them; preprocess.score_tiled), added to its camera's state; one row per frame, in order.
+    `tiled`: the frames' to_tiles where already cut (scan cuts them in its reader thread); else cut here.
+    (`watch` batches across cameras through this, so both commands score and record frames the same way.)"""
+    if tiled is None:
+        tiled = [to_tiles(rgb, model.image_size) for _, (_, _, rgb) in items]
+    probs, boxes = score_tiled(model.scorer, tiled, tiles_per_call)
+    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
+        state, (index, _, _) = items[0]
+        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {index}+")
+    return [state.add(index, ts, float(p), rgb, box)
+            for (state, (index, ts, rgb)), p, box in zip(items, probs, boxes, strict=True)]
+
+
 def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
                  tiles_per_call: int) -> None:
-    """Score each frame whole (S x S tiles at the training scale, the max over them; preprocess.score_tiled)
-    and emit one row per frame."""
-    probs, boxes = score_tiled(model.scorer, [tiled for *_, tiled in batch], tiles_per_call)
-    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
-        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {batch[0][0]}+")
-    for (index, ts, rgb, _), p, box in zip(batch, probs, boxes, strict=True):
-        emit(state.add(index, ts, float(p), rgb, box))
+    """Score one camera's batch of tiled frames (score_items) and emit one row per frame."""
+    items = [(state, (index, ts, rgb)) for index, ts, rgb, _ in batch]
+    for row in score_items(items, model, tiles_per_call, [t for *_, t in batch]):
+        emit(row)
 
 
 def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, emit: Callable[[Row], None]) -> None:

@@ -233,11 +233,12 @@ def image_frames(paths: tuple[str, ...] | list[str], on_error: OnError, every: i
         yield index, None, rgb
 
 
-def open_capture(spec: str) -> cv2.VideoCapture:
-    """cv2.VideoCapture on a file or stream URL (URLs with open/read timeouts); SourceError if it does not open."""
+def open_capture(spec: str, timeout_ms: int = STREAM_TIMEOUT_MS) -> cv2.VideoCapture:
+    """cv2.VideoCapture on a file or stream URL (URLs with open/read timeouts of `timeout_ms`: a stream that sends
+    nothing for that long ends); SourceError if it does not open."""
     if is_url(spec):
-        cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
     elif not Path(spec).is_file():
         raise SourceError(f"{spec}: no such file")
     else:
@@ -255,10 +256,11 @@ def video_meta(cap: cv2.VideoCapture) -> tuple[float, int | None]:
     return (fps if 0 < fps < 1000 else 0.0), (count if count > 0 else None)
 
 
-def video_frames(spec: str, every: int = 1, fps: float | None = None,
-                 max_frames: int | None = None) -> Iterator[FrameItem]:
-    """Sampled frames of a video file or stream; SourceError if it does not open, yields nothing, or ends early."""
-    cap = open_capture(spec)
+def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames: int | None = None,
+                 timeout_ms: int = STREAM_TIMEOUT_MS) -> Iterator[FrameItem]:
+    """Sampled frames of a video file or stream; SourceError if it does not open, yields nothing, or ends early.
+    A stream silent for `timeout_ms` ends like one that closed."""
+    cap = open_capture(spec, timeout_ms)
     try:
         native, total = video_meta(cap)
         sampler, start = Sampler(every, fps), time.monotonic()

@@ -1,0 +1,309 @@
+"""`rsdetect watch`: score cameras around the clock, with Prometheus metrics and rolling reports.
+
+Each camera has a reader thread (rsdetect.watch_readers: reconnects with backoff, health); the main thread
+takes the frames queued by all cameras, round robin, in batches across cameras, and scores them exactly as
+`scan` does (scan.score_items: same tiles, smoothing, flags, worst frames and rows). Rows go to the rolling
+frames log, counts to the metrics (rsdetect.watch_metrics), and summary.json is rewritten every
+`summary_interval` s (rsdetect.watch_reports). SIGTERM or Ctrl-C sets a stop flag (no exception is raised
+into the middle of a write): readers stop, frames already queued are scored, the reports are completed, and
+the watch ends with exit code 0, as does a `duration` or every source ending (files) or reaching max_frames.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Iterator
+
+import numpy as np
+
+from rsdetect.config import RsdetectError
+from rsdetect.loaders import LoadedModel
+from rsdetect.outputs import OutputLock, check_report_dir
+from rsdetect.preprocess import score_frames
+from rsdetect.reports import file_stems
+from rsdetect.scan import DEFAULT_THRESHOLD, STOP_SIGNALS, CameraState, Row, ScanOptions, score_items
+from rsdetect.sources import Source, redact
+from rsdetect.watch_metrics import WatchMetrics
+from rsdetect.watch_readers import CameraReader, ReadOptions
+from rsdetect.watch_reports import WatchReports, is_watch_report_file
+
+# A part-filled batch waits this long for more frames: fewer, fuller model calls (LiteRT reallocates its tensors
+# whenever the batch size changes). Interleaved A/B, 4 cameras x 64 frames of 640x480, batch 16, TFLite, on 2
+# cores under a load average of 10-17 (noisy): 28.4 / 60.0 frames/s without, 30.8 / 63.4 with. 50 ms of latency
+# is nothing next to the seconds a flag takes to matter.
+BATCH_FILL_S = 0.05
+READER_JOIN_S = 3.0  # at stop, how long to wait for readers; one blocked in a stream read is left (a daemon)
+
+
+def _seconds(value: float | None, flag: str, allow_none: bool = False) -> None:
+    """A duration flag: a finite number of seconds > 0 (nan passes `<= 0` checks, so test isfinite)."""
+    if value is None and allow_none:
+        return
+    if value is None or not (math.isfinite(value) and value > 0):
+        raise RsdetectError(f"{flag} must be a number of seconds > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """Sampling, batching, flagging (as scan's), reconnection, rotation and bounds; validated on construction."""
+
+    every: int = 1
+    fps: float | None = None
+    batch: int = 16
+    smooth: int = 1
+    threshold: float | None = None
+    max_frames: int | None = None  # per camera, then that camera's reader ends
+    duration: float | None = None  # seconds, then the watch ends
+    stall_timeout: float = 10.0
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    rotate_rows: int = 100_000
+    rotate_seconds: float | None = None
+    keep_rotated: int = 5
+    summary_interval: float = 10.0
+    queue_frames: int | None = None  # per camera; default: one batch
+
+    def __post_init__(self) -> None:
+        self.scan_options()  # scan's checks and messages for the flags both share
+        for value, flag in ((self.stall_timeout, "--stall-timeout"), (self.reconnect_initial, "--reconnect-initial"),
+                            (self.reconnect_max, "--reconnect-max"), (self.summary_interval, "--summary-interval")):
+            _seconds(value, flag)
+        _seconds(self.duration, "--duration", allow_none=True)
+        _seconds(self.rotate_seconds, "--rotate-seconds", allow_none=True)
+        if self.reconnect_max < self.reconnect_initial:
+            raise RsdetectError(f"--reconnect-max ({self.reconnect_max}) must be >= --reconnect-initial "
+                                f"({self.reconnect_initial})")
+        if self.rotate_rows < 1:
+            raise RsdetectError(f"--rotate-rows must be >= 1, got {self.rotate_rows}")
+        if self.keep_rotated < 0:
+            raise RsdetectError(f"--keep-rotated must be >= 0, got {self.keep_rotated}")
+        if self.queue_frames is not None and self.queue_frames < 1:
+            raise RsdetectError(f"queue_frames must be >= 1, got {self.queue_frames}")
+
+    def scan_options(self) -> ScanOptions:
+        return ScanOptions(every=self.every, fps=self.fps, batch=self.batch, smooth=self.smooth,
+                           threshold=self.threshold, max_frames=self.max_frames, progress=False)
+
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(self.every, self.fps, self.max_frames, self.stall_timeout, self.reconnect_initial,
+                           self.reconnect_max, self.queue_frames or self.batch)
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """What a watch wrote and why it ended (stopped_by: SIGTERM, SIGINT, duration, sources ended)."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    exit_code: int
+    stopped_by: str
+
+
+class FlagStats:
+    """A camera's running flag counts: what scan.camera_summary computes from the whole flag list, kept in
+    constant memory (a camera at 5 frames/s scores 432,000 frames a day)."""
+
+    def __init__(self) -> None:
+        self.scored = self.flagged = self.run = self.longest = 0
+
+    def add(self, flag: bool) -> None:
+        self.scored += 1
+        self.flagged += flag
+        self.run = self.run + 1 if flag else 0
+        self.longest = max(self.longest, self.run)
+
+    def summary(self) -> dict[str, Any]:
+        return {"frames_scored": self.scored, "flagged": self.flagged,
+                "flagged_rate": self.flagged / self.scored if self.scored else None, "longest_flagged_run": self.longest}
+
+
+def watch_claim(out_dir: str) -> OutputLock:
+    """The report folder checked (nothing, or earlier scan/watch reports; writable) and locked against a
+    second watcher or scan, before the metrics port and the model."""
+    return OutputLock(check_report_dir(out_dir, is_watch_report_file)).acquire()
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, said: list[str]) -> Iterator[None]:
+    """While active (main thread only), SIGINT/SIGTERM set `stop` and record the signal's name in `said`."""
+    def handle(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call".
+        if stop.is_set():
+            os.write(2, f"watch: {name}: already stopping; finishing the reports\n".encode())
+            return
+        os.write(2, f"watch: {name}: stopping; scoring what was read, completing the reports\n".encode())
+        said.append(name)
+        stop.set()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+class Watch:
+    """One watch's cameras, readers, metrics and reports (run() drives it)."""
+
+    def __init__(self, sources: list[Source], model: LoadedModel, reports: WatchReports, options: WatchOptions,
+                 metrics: WatchMetrics, stop: threading.Event) -> None:
+        self.model, self.reports, self.options, self.metrics, self.stop = model, reports, options, metrics, stop
+        self.threshold = options.threshold if options.threshold is not None else (
+            model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
+        self.started, self.started_unix = time.monotonic(), time.time()
+        self.ready = threading.Event()
+        self.states = {s.camera: CameraState(s, options.smooth, self.threshold) for s in sources}
+        self.stats = {s.camera: FlagStats() for s in sources}
+        self.stems = file_stems(self.states)
+        self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, self.started) for s in sources]
+        for s in sources:
+            metrics.add_camera(s.camera)
+
+    def gather(self, limit: int | None = None) -> list[tuple[CameraState, Any]]:
+        """Up to `limit` (one batch) queued frames, taken round robin so that a busy camera cannot starve the others."""
+        limit = limit or self.options.batch
+        items: list[tuple[CameraState, Any]] = []
+        more = True
+        while more and len(items) < limit:
+            more = False
+            for r in self.readers:
+                if len(items) >= limit:
+                    break
+                with contextlib.suppress(queue.Empty):
+                    items.append((self.states[r.camera], r.queue.get_nowait()))
+                    more = True
+        return items
+
+    def score(self, items: list[tuple[CameraState, Any]]) -> None:
+        """Score a batch (as scan does), then log the rows and count them."""
+        rows: list[Row] = score_items(items, self.model, self.options.batch)
+        now = time.time()
+        health = {r.camera: r.health for r in self.readers}
+        for row in rows:
+            cam = row["camera"]
+            self.stats[cam].add(row["flag"])
+            self.metrics.scanned.labels(cam).inc()
+            self.metrics.score.labels(cam).observe(row["probability"])
+            if row["flag"]:
+                self.metrics.flagged.labels(cam).inc()
+                self.metrics.last_flagged.labels(cam).set(now)
+                with health[cam].lock:
+                    health[cam].last_flagged_time = now
+        for state, _ in items:
+            state.flags.clear()  # FlagStats holds the counts; the list would grow for ever
+        self.reports.log.write(rows)
+
+    def summary(self, stopped_by: str | None) -> dict[str, Any]:
+        """summary.json's content: scan's keys per camera and in total, plus each camera's health."""
+        cameras: dict[str, dict[str, Any]] = {}
+        for r in self.readers:
+            health = r.health.snapshot()
+            cameras[r.camera] = {"source": redact(r.source.spec), "kind": r.source.kind,
+                                 **self.stats[r.camera].summary(), "failures": health["read_errors"], **health,
+                                 "worst_frames": self.reports.worst.update(self.stems[r.camera],
+                                                                           self.states[r.camera].worst())}
+        scored = sum(c["frames_scored"] for c in cameras.values())
+        flagged = sum(c["flagged"] for c in cameras.values())
+        o = self.options
+        return {"model": self.model.name, "model_kind": self.model.kind, "threshold": self.threshold,
+                "smooth": o.smooth, "every": o.every, "fps": o.fps, "batch": o.batch, "max_frames": o.max_frames,
+                "interrupted": stopped_by in ("SIGINT", "SIGTERM"), "exit_code": 0, "cameras": cameras,
+                "totals": {"cameras": len(cameras), "failed_cameras": sum(1 for c in cameras.values() if c["failures"]),
+                           "cameras_up": sum(c["up"] for c in cameras.values()), "frames_scored": scored,
+                           "flagged": flagged, "flagged_rate": flagged / scored if scored else None,
+                           "frames_dropped": sum(c["frames_dropped"] for c in cameras.values()),
+                           "reconnects": sum(c["reconnects"] for c in cameras.values())},
+                "watch": {"running": stopped_by is None, "stopped_by": stopped_by, "started_time": self.started_unix,
+                          "updated_time": time.time(), "uptime_s": round(time.monotonic() - self.started, 3),
+                          "rotations": self.reports.log.rotations}}
+
+    def write_summary(self, stopped_by: str | None, chart: bool = True) -> dict[str, Any]:
+        summary = self.summary(stopped_by)
+        self.reports.write_summary(summary, self.threshold, self.options.smooth, chart)
+        return summary
+
+    def run(self, said: list[str]) -> str:
+        """Score until stopped; returns why it stopped."""
+        # The first model call traces the graph (seconds on CPU): done before the readers start, live streams
+        # do not overflow their queues while it runs.
+        size = self.model.image_size
+        score_frames(self.model.scorer, [np.zeros((size, size, 3), np.uint8)], size, self.options.batch)
+        for r in self.readers:
+            r.start()
+        o = self.options
+        next_summary = time.monotonic() + o.summary_interval
+        self.write_summary(None, chart=False)  # every camera listed, down, from the first moment (no chart: 0.2 s)
+        while True:
+            if self.stop.is_set():
+                return said[0] if said else "stopped"
+            ended = all(r.done.is_set() for r in self.readers)  # read before gathering: nothing can follow it
+            self.ready.clear()
+            items = self.gather()
+            fill_until = time.monotonic() + BATCH_FILL_S
+            while items and len(items) < o.batch and not ended and self.ready.wait(fill_until - time.monotonic()):
+                self.ready.clear()
+                ended = all(r.done.is_set() for r in self.readers)
+                items += self.gather(o.batch - len(items))
+            if items:
+                self.score(items)
+            elif ended:
+                return "max-frames" if o.max_frames is not None and all(
+                    s.scored >= o.max_frames for s in self.stats.values()) else "sources ended"
+            else:
+                self.ready.wait(0.1)
+            now = time.monotonic()
+            if o.duration is not None and now - self.started >= o.duration:
+                return "duration"
+            if now >= next_summary:
+                self.write_summary(None)
+                next_summary = now + o.summary_interval
+
+    def stop_readers(self) -> None:
+        """Tell the readers to stop and wait for them a moment."""
+        self.stop.set()
+        deadline = time.monotonic() + READER_JOIN_S
+        for r in self.readers:
+            r.join(max(0.0, deadline - time.monotonic()))
+
+    def finish(self) -> None:
+        """Stop the readers, score what they had queued; frames a stuck reader queues later are counted as dropped."""
+        self.stop_readers()
+        while items := self.gather():
+            self.score(items)
+
+
+def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,
+              metrics: WatchMetrics, lock: OutputLock | None = None) -> WatchResult:
+    """Watch every source into out_dir until SIGTERM/Ctrl-C, `duration`, or every source ends (files) or
+    reaches max_frames; the reports are complete whichever way it ends. `lock`: the caller's watch_claim()."""
+    out = check_report_dir(out_dir, is_watch_report_file)
+    said: list[str] = []
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        if lock is None:
+            stack.enter_context(OutputLock(out))
+        elif not (lock.held and lock.out == out):
+            raise ValueError(f"lock is not a held claim on {out}")
+        stack.enter_context(stop_on_signals(stop, said))
+        reports = stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated))
+        watch = Watch(sources, model, reports, options, metrics, stop)
+        try:
+            stopped_by = watch.run(said)
+        except BaseException:  # a model error: stop the readers, keep the error
+            watch.stop_readers()
+            raise
+        watch.finish()
+        summary = watch.write_summary(stopped_by)
+    return WatchResult(out, summary, 0, stopped_by)

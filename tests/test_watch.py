@@ -1,0 +1,277 @@
+"""rsdetect watch on real MJPEG-over-HTTP cameras (tests/mjpeg_server.py, read by OpenCV's FFmpeg backend) with a
+tiny Keras model whose score is set by frame colour: metrics scraped over HTTP against frames.jsonl, a camera
+that drops and comes back (or stalls) while another goes on, rotation of the rolling log, SIGTERM on the real
+command, and the one-line errors of bad flags.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from conftest import colour_model  # noqa: E402
+from mjpeg_server import MjpegCamera, solid  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from rsdetect import cli  # noqa: E402
+from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
+from rsdetect.reports import FIELDS  # noqa: E402
+from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.sources import parse_sources  # noqa: E402
+from rsdetect.watch import WatchOptions, run_watch, watch_claim  # noqa: E402
+from rsdetect.watch_metrics import MetricsServer, WatchMetrics  # noqa: E402
+from rsdetect.watch_reports import RollingLog  # noqa: E402
+
+SIZE = 32
+RED, BLUE = (50, 90, 200), (200, 90, 50)  # BGR: p ~0.9995 and ~0.0005 under the colour model
+# Quick reconnects for tests; a queue larger than any test's frames, so no frame is dropped and counts are exact.
+FAST = dict(batch=4, reconnect_initial=0.2, reconnect_max=0.4, stall_timeout=2.0, summary_interval=0.3, queue_frames=256)
+
+
+def every_third_red(i: int):
+    return solid(RED if i % 3 == 0 else BLUE)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "colour.keras"
+    colour_model(SIZE).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(model_path) -> LoadedModel:
+    return load_model(str(model_path))
+
+
+def rows(out: Path, camera: str | None = None) -> list[dict]:
+    got = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    return [r for r in got if camera is None or r["camera"] == camera]
+
+
+def scrape(url: str) -> dict[tuple[str, str], float]:
+    """{(sample name, camera): value} from a real HTTP scrape, parsed by prometheus_client's own parser."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {(s.name, s.labels.get("camera", "")): s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples if "le" not in s.labels}
+
+
+def test_two_cameras_metrics_match_the_frames_log(tmp_path, model) -> None:
+    n = 24
+    with MjpegCamera(every_third_red) as a, MjpegCamera(lambda i: solid(BLUE)) as b, \
+            MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        assert server.port > 0
+        result = run_watch(parse_sources([f"door={a.url}", f"hall={b.url}"]), model, tmp_path / "out",
+                           WatchOptions(max_frames=n, **FAST), server.metrics)
+        m = scrape(server.url)
+    out = result.out_dir
+    assert result.exit_code == 0 and result.stopped_by == "max-frames"
+    assert all(tuple(r) == FIELDS for r in rows(out))  # scan's fields, in scan's order
+    summary = json.loads((out / "summary.json").read_text())
+    for cam, flagged in (("door", {i for i in range(n) if i % 3 == 0}), ("hall", set())):
+        r = rows(out, cam)
+        assert [x["frame_index"] for x in r] == list(range(n))
+        assert {x["frame_index"] for x in r if x["flag"]} == flagged  # frame i of the stream, flagged exactly
+        assert m[("rsdetect_frames_scanned_total", cam)] == len(r) == summary["cameras"][cam]["frames_scored"]
+        assert m[("rsdetect_frames_flagged_total", cam)] == len(flagged) == summary["cameras"][cam]["flagged"]
+        assert m[("rsdetect_frame_probability_count", cam)] == len(r)
+        assert m[("rsdetect_frame_probability_sum", cam)] == pytest.approx(sum(x["probability"] for x in r), abs=1e-4)
+        assert m[("rsdetect_reconnects_total", cam)] == m[("rsdetect_read_errors_total", cam)] == 0
+        assert m[("rsdetect_frames_dropped_total", cam)] == 0
+        assert m[("rsdetect_camera_up", cam)] == 0  # finished: its reader ended at max-frames
+        assert m[("rsdetect_last_frame_timestamp_seconds", cam)] == pytest.approx(time.time(), abs=60)
+    last_flagged = summary["cameras"]["door"]["last_flagged_time"]
+    assert last_flagged > 0 and m[("rsdetect_last_flagged_timestamp_seconds", "door")] == pytest.approx(last_flagged)
+    assert m[("rsdetect_last_flagged_timestamp_seconds", "hall")] == 0
+    door = summary["cameras"]["door"]
+    assert len(door["worst_frames"]) == 5 and all((out / w["path"]).is_file() for w in door["worst_frames"])
+    assert {p.name for p in (out / "worst").iterdir()} == {Path(w["path"]).name for c in summary["cameras"].values()
+                                                           for w in c["worst_frames"]}
+    with open(out / "frames.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2 * n
+
+
+def test_a_dropped_camera_reconnects_and_the_other_goes_on(tmp_path, model) -> None:
+    """The flaky camera closes after 12 frames and answers 503 for 1 s; the watch backs off, reconnects, goes on."""
+    n = 36
+    with MjpegCamera(every_third_red, frames_per_connection=12, down_s=1.0) as flaky, \
+            MjpegCamera(every_third_red) as steady, MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        seen: list[tuple[float, float]] = []  # (flaky up, steady up) per scrape, while it runs
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.is_set():
+                m = scrape(server.url)
+                seen.append((m[("rsdetect_camera_up", "flaky")], m[("rsdetect_camera_up", "steady")]))
+                time.sleep(0.03)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        result = run_watch(parse_sources([f"flaky={flaky.url}", f"steady={steady.url}"]), model, tmp_path / "out",
+                           WatchOptions(max_frames=n, **FAST), server.metrics)
+        done.set()
+        poller.join(5)
+        m = scrape(server.url)
+        assert flaky.connections == 3 and flaky.refused >= 1
+    ups = [u for u, _ in seen]
+    transitions = [u for i, u in enumerate(ups) if i == 0 or u != ups[i - 1]]
+    assert transitions[transitions.index(1):] == [1, 0, 1, 0, 1, 0], transitions  # up, down, up, down, up, finished
+    assert 1 in [s for _, s in seen]
+    cams = result.summary["cameras"]
+    assert m[("rsdetect_reconnects_total", "flaky")] == cams["flaky"]["reconnects"] >= 2
+    assert m[("rsdetect_read_errors_total", "flaky")] == cams["flaky"]["read_errors"] >= 1  # the 503s
+    assert cams["flaky"]["connections"] == 3
+    r = rows(result.out_dir, "flaky")
+    assert [x["frame_index"] for x in r] == list(range(n))  # numbering goes on across reconnects
+    assert {x["frame_index"] for x in r if x["flag"]} == {i for i in range(n) if i % 3 == 0}
+    assert [x["timestamp_s"] for x in r] == sorted(x["timestamp_s"] for x in r)
+    # The steady camera was not touched by its neighbour's trouble.
+    assert (cams["steady"]["reconnects"], cams["steady"]["read_errors"], cams["steady"]["connections"]) == (0, 0, 1)
+    assert [x["frame_index"] for x in rows(result.out_dir, "steady")] == list(range(n))
+    assert m[("rsdetect_frames_scanned_total", "steady")] == m[("rsdetect_frames_scanned_total", "flaky")] == n
+
+
+def test_a_stalled_stream_is_reconnected_after_the_stall_timeout(tmp_path, model) -> None:
+    """8 frames, then an open connection that sends nothing: reconnected after --stall-timeout, not FFmpeg's 10 s."""
+    with MjpegCamera(every_third_red, frames_per_connection=8, after="stall") as cam, \
+            MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        start = time.monotonic()
+        result = run_watch(parse_sources([f"cam={cam.url}"]), model, tmp_path / "out",
+                           WatchOptions(max_frames=16, **{**FAST, "stall_timeout": 0.5}), server.metrics)
+        took = time.monotonic() - start
+    c = result.summary["cameras"]["cam"]
+    assert (c["frames_scored"], c["reconnects"], c["connections"], c["read_errors"]) == (16, 1, 2, 0)
+    assert took < 8, took
+
+
+def test_files_are_watched_as_scan_scores_them(tmp_path, model) -> None:
+    """A video file is read once (no reconnects) and gives scan's rows exactly: both score through score_items."""
+    import cv2
+
+    video = tmp_path / "lobby.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for i in range(20):
+        writer.write(every_third_red(i))
+    writer.release()
+    watched = run_watch(parse_sources([str(video)]), model, tmp_path / "w", WatchOptions(**FAST), WatchMetrics())
+    scanned = run_scan(parse_sources([str(video)]), model, tmp_path / "s", ScanOptions(batch=4, progress=False))
+    assert watched.stopped_by == "sources ended"
+    assert rows(watched.out_dir) == rows(scanned.out_dir)
+    assert watched.summary["cameras"]["lobby"]["reconnects"] == 0
+
+
+def test_rotation_keeps_k_files_of_whole_rows(tmp_path) -> None:
+    def row(i: int) -> dict:
+        return {"camera": "c", "frame_index": i, "timestamp_s": None, "probability": 0.5, "smoothed": 0.5,
+                "flag": True, "tile": "0,0,1,1", "source": "s"}
+
+    log = RollingLog(tmp_path, rotate_rows=5, rotate_seconds=None, keep=2)
+    for start in range(0, 17, 3):
+        log.write([row(i) for i in range(start, min(start + 3, 17))])
+    log.close()
+
+    def indices(name: str) -> list[int]:
+        return [json.loads(line)["frame_index"] for line in (tmp_path / name).read_text().splitlines()]
+
+    def csv_indices(name: str) -> list[int]:
+        with open(tmp_path / name, newline="") as f:
+            return [int(r["frame_index"]) for r in csv.DictReader(f)]
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.1.csv", "frames.1.jsonl", "frames.2.csv",
+                                                          "frames.2.jsonl", "frames.csv", "frames.jsonl"]
+    assert (indices("frames.2.jsonl"), indices("frames.1.jsonl"), indices("frames.jsonl")) == (
+        [5, 6, 7, 8, 9], [10, 11, 12, 13, 14], [15, 16])
+    assert csv_indices("frames.1.csv") == [10, 11, 12, 13, 14] and csv_indices("frames.csv") == [15, 16]
+    # A restart keeps the earlier session's rows as the newest rotated file, cut back to whole rows.
+    with open(tmp_path / "frames.jsonl", "a") as f:
+        f.write('{"camera": "c", "frame_in')  # what a power loss mid-write could leave
+    RollingLog(tmp_path, rotate_rows=5, rotate_seconds=None, keep=2).close()
+    assert indices("frames.1.jsonl") == [15, 16] and indices("frames.2.jsonl") == [10, 11, 12, 13, 14]
+    assert (tmp_path / "frames.jsonl").read_text() == "" and csv_indices("frames.csv") == []
+
+
+# ---------------------------------------------------------------- the command
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, (argv, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    return err
+
+
+def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_path, capsys, monkeypatch) -> None:
+    def no_loading(spec):
+        raise AssertionError("the model was loaded before the flags were checked")
+
+    monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
+    base = ["watch", "cam=http://127.0.0.1:9/stream.mjpg", "--model", str(model_path)]
+    out = ["--out", str(tmp_path / "out")]
+    assert "--fps must be" in one_line_error(capsys, [*base, *out, "--fps", "nan"])
+    assert "--stall-timeout must be" in one_line_error(capsys, [*base, *out, "--stall-timeout", "nan"])
+    assert "--reconnect-max (0.5) must be >=" in one_line_error(capsys, [*base, *out, "--reconnect-initial", "2",
+                                                                         "--reconnect-max", "0.5"])
+    for port in ("-1", "70000"):
+        assert "--metrics-port must be within [0, 65535]" in one_line_error(capsys, [*base, *out, "--metrics-port", port])
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        err = one_line_error(capsys, [*base, *out, "--metrics-port", str(busy.getsockname()[1])])
+        assert "cannot listen" in err and str(busy.getsockname()[1]) in err
+    assert "cannot write in /proc" in one_line_error(capsys, [*base, "--out", "/proc/rsdetect-nope/out"])
+    (tmp_path / "mine.txt").write_text("not a report")
+    assert "not scan reports" in one_line_error(capsys, [*base, "--out", str(tmp_path)])
+    with watch_claim(str(tmp_path / "out")):  # a watcher already writing there
+        assert "another scan is writing there now" in one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
+    assert not [p for p in tmp_path.rglob(".*")]  # no lock or temp file left
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_command_cleanly(tmp_path, model_path) -> None:
+    """`rsdetect watch` as a real process: metrics port 0 announced, frames scored, SIGTERM -> exit 0, reports whole."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with MjpegCamera(every_third_red) as cam:
+        proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "watch", f"gate={cam.url}", "--model",
+                                 str(model_path), "--out", str(out), "--metrics-port", "0", "--summary-interval", "0.5",
+                                 "--batch", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 180
+            url = None
+            while url is None or scrape(url).get(("rsdetect_frames_scanned_total", "gate"), 0) < 10:
+                assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+                url = url or next((ln.split()[-1] for ln in lines if "metrics on http" in ln), None)
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, "".join(lines)[-2000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stdout = proc.stdout.read()
+    reader.join(5)
+    assert "Traceback" not in "".join(lines) and "SIGTERM" in "".join(lines)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["interrupted"] and s["exit_code"] == 0
+    assert (s["watch"]["stopped_by"], s["watch"]["running"]) == ("SIGTERM", False)
+    scored = s["cameras"]["gate"]["frames_scored"]
+    assert scored >= 10 and len(rows(out)) == scored and f"{scored} frames" in stdout
+    with open(out / "frames.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == scored
+    assert s["cameras"]["gate"]["flagged"] == sum(r["flag"] for r in rows(out))
+    assert all((out / w["path"]).is_file() for w in s["cameras"]["gate"]["worst_frames"])
+    assert not list(tmp_path.rglob("*.tmp")) and not [p for p in tmp_path.rglob(".*")]  # no temp, staging or lock
