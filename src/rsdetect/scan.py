@@ -111,6 +111,8 @@ class CameraState:
         """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
         smoothed = self._window.push(prob)
         flag = smoothed >= self.threshold
+        # Measured before the frame is counted: a Ctrl-C during the estimate must not count a frame without a row.
+        shear = shear_columns(self.explain, rgb, flag)
         self.flags.append(flag)
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
@@ -122,8 +124,7 @@ class CameraState:
         return {"camera": self.source.camera, "frame_index": frame_index,
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
                 "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
-                "tile": box_text(tile), "source": self.source.frame_source(frame_index),
-                **shear_columns(self.explain, rgb, flag)}
+                "tile": box_text(tile), "source": self.source.frame_source(frame_index), **shear}
 
     def worst(self) -> list[tuple[float, int, np.ndarray]]:
         """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
