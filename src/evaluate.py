@@ -12,8 +12,9 @@ from rsdetect.stage import run_stage
 from rsdetect.config import RsdetectError, load_params
 from rsdetect.data import read_manifest
 from rsdetect.evaluate import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
-                               recall_breakdown, threshold_sweep, write_plots)
+                               recall_breakdown, shear_breakdown, threshold_sweep, write_plots)
 from rsdetect.io import atomic_write_text, write_json
+from rsdetect.shear import estimate_paths
 
 
 def main() -> None:
@@ -46,6 +47,9 @@ def main() -> None:
         tests[name] = test
     cnn = summary["models"]["cnn"]
     summary["threshold"] = cnn["threshold"]
+    # The hand-off to correction: how far the shear estimate of a test image is from its true shear.
+    estimates = estimate_paths([synth / r["path"] for r in test_rows], params.shear)
+    summary["shear"] = {"method": "median slope of near-vertical gradients", **shear_breakdown(test_rows, estimates)}
     val = read_predictions(sources["cnn"])["val"]
     fig_dir.mkdir(parents=True, exist_ok=True)
     write_plots(plot_dir, fig_dir, tests, tests["cnn"], cnn["threshold"], threshold_sweep(val["label"], val["prob"], e.n_thresholds))
@@ -58,6 +62,11 @@ def main() -> None:
             x = m["external"]
             print(f"evaluate: {name:12s} external (Rengarajan et al. 2017) ROC AUC {x['roc_auc']:.3f} "
                   f"precision {x['precision']:.3f} recall {x['recall']:.3f} (n={x['n']})")
+    sh = summary["shear"]
+    if sh["rs"]["n"]:
+        print(f"evaluate: shear estimate MAE {sh['rs']['mae_px']:.2f} px on {sh['rs']['n']} RS test images (" +
+              ", ".join(f"{k} {v['mae_px']:.2f}" for k, v in sh["by_kind"].items()) +
+              f"), mean |estimate| on twins {sh['twins']['mean_abs_px']:.2f} px")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import runpy
 import shutil
 import sys
 import warnings
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -130,6 +132,20 @@ def test_operating_threshold_depends_on_validation_only():
     assert operating_threshold(y_val.copy(), p_val.copy(), 0.95) == (t_val, True)
 
 
+def write_test_images(synth: Path, rows: list[dict]) -> None:
+    """Small images for the test rows (evaluate measures the shear estimate on them): RS rows get stripes leaning
+    by their max_disp_px, twins upright ones."""
+    from rsdetect.shutter import warp_rows
+
+    (synth / "images").mkdir(exist_ok=True)
+    upright = np.ascontiguousarray(np.broadcast_to((np.arange(48) // 6 % 2 * 150 + 50).astype(np.uint8)[None, :, None],
+                                                   (48, 48, 3)))
+    for r in rows:
+        if r["split"] == "test":
+            shear = r["max_disp_px"] if r["label"] else 0.0
+            cv2.imwrite(str(synth / r["path"]), warp_rows(upright, shear * np.arange(48) / 47, np.zeros(48)))
+
+
 def test_evaluate_stage_chooses_threshold_on_val_and_reports_test_at_it(tmp_path, monkeypatch):
     """The stage script feeds operating_threshold the val rows, never the test rows."""
     synth, models, base = tmp_path / "synth", tmp_path / "models", tmp_path / "baselines"
@@ -147,6 +163,7 @@ def test_evaluate_stage_chooses_threshold_on_val_and_reports_test_at_it(tmp_path
         w.writeheader()
         w.writerows(rows)
     prob = np.array([0.3, 0.7] + p_val + p_test)
+    write_test_images(synth, rows)
     write_predictions(models / "predictions.csv", rows, prob)
     write_predictions(base / "lr_pixels.csv", rows, 1 - prob)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -161,7 +178,12 @@ def test_evaluate_stage_chooses_threshold_on_val_and_reports_test_at_it(tmp_path
     assert cnn["threshold"] != pytest.approx(operating_threshold(np.array(y_test), np.array(p_test), 0.95)[0])
     assert cnn["test"] == pytest.approx(binary_metrics(np.array(y_test), np.array(p_test), expected), nan_ok=True)
     assert set(summary["models"]) == {"cnn", "lr_pixels"}
-    assert "| lr_pixels |" in (tmp_path / "metrics" / "report.md").read_text()
+    report = (tmp_path / "metrics" / "report.md").read_text()
+    assert "| lr_pixels |" in report
+    shear = summary["shear"]  # 6 RS test images leaning 5 px, 4 upright twins
+    assert shear["rs"]["n"] == 6 and shear["by_kind"]["object"]["n"] == 6 and shear["twins"]["n"] == 4
+    assert shear["rs"]["mae_px"] < 1.5 and shear["twins"]["mean_abs_px"] < 1.0
+    assert "Shear estimate for correction" in report
 
 
 def test_operating_threshold_unreachable_target_returns_best_precision_and_flags_it():
@@ -294,6 +316,7 @@ def write_stage_inputs(tmp_path, external: bool) -> tuple[list, dict]:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    write_test_images(synth, rows)
     # the external set: pairs with shears in several bins; manifest in pair order, predictions in another order
     shear = rng.uniform(1, 60, 40)
     ext_rows = [{"path": f"images/{k:012d}_0_{tag}.jpg", "split": "external", "label": lab, "pair_id": f"{k:012d}_0",

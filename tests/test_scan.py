@@ -14,7 +14,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import COLOUR_GAIN, colour_model  # noqa: E402
+from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
@@ -480,3 +480,82 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     assert all((out / w["path"]).is_file() for w in s["cameras"]["cam"]["worst_frames"])
     assert not (out / "worst" / "old_1.jpg").exists()
     assert not [p for p in tmp_path.rglob(".*")]  # no .tmp, staging folder or lock left
+
+
+# ---------------------------------------------------------------- explaining flags (rsdetect.explain)
+
+def striped(red: bool, shear: float, w: int = 96, h: int = 64) -> np.ndarray:
+    """A BGR frame of 16 px vertical stripes leaning by `shear` px over its height (sheared as a rolling shutter
+    does, rows moved by a bilinear remap): red-dominant ("distorted") or blue."""
+    from rsdetect.shutter import warp_rows
+
+    r, b = RED if red else BLUE
+    dark = (np.arange(w) // 16 % 2 == 0)[None, :, None]
+    upright = np.broadcast_to(np.where(dark, np.array([b, 90, r]) // 3, np.array([b, 90, r])), (h, w, 3)).astype(np.uint8)
+    return warp_rows(np.ascontiguousarray(upright), shear * np.arange(h) / (h - 1), np.zeros(h))
+
+
+def test_worst_frames_get_heatmaps_shear_and_a_deskewed_preview(tmp_path, model_path, capsys) -> None:
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i, (red, shear) in enumerate([(True, 12.0), (False, 0.0), (True, -12.0)]):
+        cv2.imwrite(str(folder / f"img_{i}.png"), striped(red, shear))
+    out = tmp_path / "out"
+    cli.main(["scan", str(folder), "--model", str(model_path), "--out", str(out), "--params", str(ROOT / "params.yaml")])
+    capsys.readouterr()
+    by_index = {r["frame_index"]: r for r in rows(out)}
+    assert [by_index[i]["flag"] for i in range(3)] == [True, False, True]
+    assert by_index[1]["shear_px"] is None and by_index[1]["shear_direction"] is None  # not flagged: not measured
+    assert by_index[0]["shear_direction"] == "right" and by_index[2]["shear_direction"] == "left"
+    assert by_index[0]["shear_px"] == pytest.approx(12.0, abs=4.0)
+    s = json.loads((out / "summary.json").read_text())
+    worst = s["cameras"]["stills"]["worst_frames"]
+    assert len(worst) == 3
+    for w in worst:
+        assert (out / w["cam_path"]).is_file() and w["cam_path"] == w["path"].replace(".jpg", "_cam.jpg")
+        assert cv2.imread(str(out / w["cam_path"])).shape == (64, 96, 3)
+        if w["frame_index"] == 1:  # blue: nothing raises the score, the map is flat
+            assert w["cam_peak"] is None
+            continue
+        x, y = w["cam_peak"]
+        tx, ty, tw, th = map(int, w["tile"].split(","))
+        assert tx <= x < tx + tw and ty <= y < ty + th  # the peak lies on the tile that fired
+        assert (out / w["deskew_path"]).is_file() and w["shear_direction"] in ("left", "right")
+    assert s["explain"]["heatmaps"] == 3 and s["explain"]["heatmaps_skipped"] == 0
+    assert s["explain"]["shear_measured"] == 2 + 3  # the two flagged rows, and the three worst frames
+
+
+def test_a_model_that_is_not_keras_skips_heatmaps_and_says_so_once(tmp_path, model, monkeypatch) -> None:
+    from rsdetect.explain import Explainer
+
+    images = write_images(tmp_path / "stills", [True, False, True])
+    exported = LoadedModel(model.scorer, model.image_size, None, "onnx", "model.onnx")  # no Keras model behind it
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the CLI would skip the shear estimate (scan_shear_params)
+    shear, note = cli.scan_shear_params(None)
+    assert shear is None and "params.yaml" in note
+    result = run_scan(parse_sources([str(images)]), exported, tmp_path / "out", ScanOptions(**QUIET),
+                      explain=Explainer(None, exported.image_size, exported.kind, shear, note))
+    e = result.summary["explain"]
+    assert e["heatmaps"] == 0 and e["heatmaps_skipped"] == 3 and "onnx" in e["heatmaps_skipped_reason"]
+    assert e["shear_skipped"] == 2 + 3 and "params.yaml" in e["shear_skipped_reason"]
+    assert not list((tmp_path / "out" / "worst").glob("*_cam.jpg"))
+    assert all(w["cam_path"] is None for w in result.summary["cameras"]["stills"]["worst_frames"])
+
+
+def test_annotated_video_shows_the_heatmap_of_flagged_frames(tmp_path, model) -> None:
+    from rsdetect.explain import Explainer
+
+    video = write_video(tmp_path / "cam.avi", {2, 3, 7}, 10)
+    explain = Explainer(model.keras_model, model.image_size, model.kind, None)
+    result = run_scan(parse_sources([str(video)]), model, tmp_path / "out", ScanOptions(annotate=True, **QUIET),
+                      explain=explain)
+    assert result.summary["explain"]["video_heatmaps"] == 3
+    cap = cv2.VideoCapture(str(tmp_path / "out" / result.summary["cameras"]["cam"]["annotated_video"]))
+    frames = [cap.read()[1] for _ in range(10)]
+    cap.release()
+    plain = cv2.VideoCapture(str(video))
+    originals = [plain.read()[1] for _ in range(10)]
+    plain.release()
+    body = slice(20, None)  # below the score banner
+    changed = [float(np.abs(a[body].astype(int) - b[body].astype(int)).mean()) for a, b in zip(frames, originals)]
+    assert min(changed[i] for i in (2, 3, 7)) > 5 * max(changed[i] for i in (0, 1, 5, 9))

@@ -54,7 +54,20 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
+def scan_shear_params(params_path: str | None):
+    """(the `shear` params of --params, or None, and why not): the default params.yaml may be absent (a camera host
+    with an exported model), then the shear estimate is skipped and the summary says so; a given file must load."""
+    from pathlib import Path
+
+    from rsdetect.config import load_params
+
+    if params_path is None and not Path("params.yaml").is_file():
+        return None, "no params.yaml in the working folder (give --params)"
+    return load_params(params_path or "params.yaml").shear, None
+
+
 def _scan(args: argparse.Namespace) -> None:
+    from rsdetect.explain import Explainer
     from rsdetect.loaders import load_model
     from rsdetect.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
     from rsdetect.sources import parse_sources
@@ -63,11 +76,13 @@ def _scan(args: argparse.Namespace) -> None:
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
                           threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
     sources = parse_sources(args.sources, args.cameras)
+    shear, shear_note = scan_shear_params(args.params)
     try:
         # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
         with StopSignals(), claim(args.out) as lock:
             model = load_model(args.model)
-            result = run_scan(sources, model, lock.out, options, lock=lock)
+            result = run_scan(sources, model, lock.out, options, lock=lock,
+                              explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
     except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
         sys.exit(interrupt_exit_code(exc))
@@ -168,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
+    sc.add_argument("--params", default=None, metavar="YAML",
+                    help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
     sc.set_defaults(func=_scan)
     w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
                                       "rolling reports; SIGTERM or Ctrl-C stop it cleanly")

@@ -252,6 +252,12 @@ class BaselineParams(_Group):
     lines: LineParams
 
 
+class ShearParams(_Group):
+    """The shear estimate handed to correction (rsdetect.shear): gradient orientation of near-vertical edges."""
+    max_tilt_deg: Float(gt=0, lt=45)        # edge pixels within this of vertical vote
+    gradient_quantile: Float(ge=0, lt=1)    # ... and only the strongest (gradient magnitude above this quantile)
+
+
 class EvaluateParams(_Group):
     target_precision: Float(gt=0, le=1)
     n_thresholds: Int(ge=2)
@@ -279,6 +285,7 @@ class Params(_Group):
     features: FeatureParams
     train: TrainParams
     baselines: BaselineParams
+    shear: ShearParams
     evaluate: EvaluateParams
     register: RegisterParams = Field()  # an explicit Field: a bare annotation would take ABCMeta.register as its default
 

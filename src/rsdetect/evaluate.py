@@ -81,6 +81,33 @@ def recall_breakdown(rows: list[dict], prob: np.ndarray, threshold: float) -> di
     return {"by_kind": by_kind, "by_magnitude": by_mag, "by_source": by_source}
 
 
+def shear_breakdown(rows: list[dict], estimates: np.ndarray) -> dict:
+    """Error of the shear estimate (rsdetect.shear) in px: |estimate| against max_disp_px on RS samples (overall, by
+    kind, by shear bin), and the mean |estimate| on their global-shutter twins (true shear 0). An image without
+    near-vertical edges (NaN) counts as an estimate of 0 and is counted as unmeasured. For pans, whose shear is
+    sideways (direction near 0 or pi), also the share whose sign (which way the lower rows moved) is right."""
+    est = np.abs(np.nan_to_num(np.asarray(estimates, np.float64), nan=0.0))
+    rs = np.array([r["label"] == 1 for r in rows], bool)
+    truth = np.array([float(r["max_disp_px"]) if r["label"] == 1 else 0.0 for r in rows])
+    err = np.abs(est - truth)
+
+    def mae(sel: np.ndarray) -> dict:
+        return {"mae_px": float(err[sel].mean()), "n": int(sel.sum())}
+
+    kinds = np.array([r["kind"] for r in rows])
+    out = {"rs": {**mae(rs), "unmeasured": int(np.isnan(estimates)[rs].sum())} if rs.any() else {"n": 0},
+           "by_kind": {k: mae(rs & (kinds == k)) for k in sorted(set(kinds[rs]))},
+           "by_magnitude": {f"{lo:g}-{hi:g}px": mae(rs & (truth >= lo) & (truth < hi))
+                            for lo, hi in zip(MAGNITUDE_BINS[:-1], MAGNITUDE_BINS[1:]) if (rs & (truth >= lo) & (truth < hi)).any()},
+           "twins": {"mean_abs_px": float(est[~rs].mean()), "n": int((~rs).sum())} if (~rs).any() else {"n": 0}}
+    pans = [(np.cos(float(r["direction"])), e) for r, e in zip(rows, estimates)
+            if r["label"] == 1 and r["kind"] == "pan" and str(r.get("direction", "")) != ""]
+    if pans:
+        out["pan_direction_accuracy"] = {"accuracy": float(np.mean([np.sign(c) == np.sign(e) for c, e in pans])),
+                                         "n": len(pans)}
+    return out
+
+
 def write_predictions(path: str | Path, rows: list[dict], prob: np.ndarray) -> None:
     """Per-sample probabilities as CSV (path, split, label, prob), the hand-over between stages."""
     buf = io.StringIO()
@@ -204,6 +231,16 @@ def markdown_report(summary: dict) -> str:
                   "", "CNN test by photo source: " +
                   ", ".join(f"{k} ROC AUC {v['roc_auc']:.3f}, recall {v['recall']:.2f} (n={v['n']})"
                             for k, v in cnn["breakdown"].get("by_source", {}).items())]
+    shear = summary.get("shear")
+    if shear and shear["rs"]["n"]:
+        lines += ["", f"Shear estimate for correction ({shear['method']}), |error| in px across the frame height: "
+                  f"RS test images MAE {shear['rs']['mae_px']:.2f} (n={shear['rs']['n']}, {shear['rs']['unmeasured']} "
+                  "without near-vertical edges); by kind " +
+                  ", ".join(f"{k} {v['mae_px']:.2f}" for k, v in shear["by_kind"].items()) + "; by shear " +
+                  ", ".join(f"{k} {v['mae_px']:.2f} (n={v['n']})" for k, v in shear["by_magnitude"].items()) +
+                  f"; mean |estimate| on the global-shutter twins {shear['twins']['mean_abs_px']:.2f}" +
+                  (f"; pan direction right {shear['pan_direction_accuracy']['accuracy']:.0%}"
+                   if "pan_direction_accuracy" in shear else "")]
     external = {name: m["external"] for name, m in summary["models"].items() if "external" in m}
     if external:
         lines += ["", f"## {EXTERNAL_TITLE}", "",

@@ -36,6 +36,7 @@ class LoadedModel:
     threshold: float | None  # from the registered model's config; None for plain files
     kind: str
     name: str
+    keras_model: Any = None  # the Keras model behind the scorer (keras, pyfunc-keras), for Grad-CAM; None otherwise
 
 
 def keras_scorer(model: Any, compiled: bool = True) -> Scorer:
@@ -219,14 +220,15 @@ def load_model(spec: str) -> LoadedModel:
         return LoadedModel(scorer, size, exported_threshold(spec), suffix[1:], spec)
     if suffix in (".keras", ".h5"):
         model, size, thr = resolve_keras(spec)
-        return LoadedModel(keras_scorer(model), size, thr, "keras", spec)
+        return LoadedModel(keras_scorer(model), size, thr, "keras", spec, model)
     if not spec.startswith(REGISTRY_PREFIXES) and not (Path(spec) / "MLmodel").is_file():
         raise RsdetectError(f"{spec}: not a model (give models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file)")
     loaded, inner = load_pyfunc(spec)
     if inner is not None and getattr(inner, "model", None) is not None:
         size = int(getattr(inner, "image_size", 0) or _keras_size(inner.model))
         thr = getattr(inner, "threshold", None)
-        return LoadedModel(keras_scorer(inner.model), size, None if thr is None else float(thr), "pyfunc-keras", spec)
+        return LoadedModel(keras_scorer(inner.model), size, None if thr is None else float(thr), "pyfunc-keras", spec,
+                           inner.model)
     # Any other pyfunc that takes images: send it the tiles, already at its size (its own resize is then a no-op).
     config = loaded.model_config or {}
     size = int(config.get("image_size", 224))

@@ -19,10 +19,12 @@ import cv2
 import numpy as np
 
 from rsdetect.config import RsdetectError
+from rsdetect.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.io import default_file_mode
 from rsdetect.sources import open_capture, video_meta
 
-FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source")
+FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source", "shear_px",
+          "shear_direction")
 REPORT_NAMES = frozenset({"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"})
 # Temp files earlier versions could leave behind when killed: still part of a report folder, not user data.
 _OLD_TEMP = re.compile(r"\.(frames\.jsonl|frames\.csv|summary\.json|flagged_rate\.png)\..+\.tmp")
@@ -78,16 +80,23 @@ class FrameLog:
         self.close()
 
 
-def save_worst(folder: Path, stem: str, worst: list[tuple[float, int, np.ndarray]]) -> list[dict[str, Any]]:
-    """Write a camera's worst frames as worst/<stem>_<frame>.jpg; their summary entries."""
+def shear_columns(explain: Explainer | None, rgb: np.ndarray, flag: bool) -> dict[str, Any]:
+    """The shear_px / shear_direction columns of a frame row (empty without an Explainer)."""
+    return explain.frame_fields(rgb, flag) if explain is not None else dict(NO_SHEAR)
+
+
+def save_worst(folder: Path, stem: str, worst: list[tuple[float, int, np.ndarray]],
+               explain: Explainer | None = None) -> list[dict[str, Any]]:
+    """Write a camera's worst frames as worst/<stem>_<frame>.jpg; their summary entries. With an Explainer, each
+    also gets its Grad-CAM heatmap (<stem>_<frame>_cam.jpg), shear estimate and de-skewed preview (_deskew.jpg)."""
     entries = []
     for p, index, rgb in worst:
         rel = f"worst/{stem}_{index}.jpg"
-        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if ok:
-            (folder / "worst").mkdir(exist_ok=True)
-            (folder / rel).write_bytes(jpg.tobytes())
-        entries.append({"frame_index": index, "probability": round(p, 6), "path": rel})
+        write_jpeg(folder / rel, rgb)
+        entry = {"frame_index": index, "probability": round(p, 6), "path": rel}
+        if explain is not None:
+            entry.update(explain.worst_extras(folder, f"{stem}_{index}", rgb))
+        entries.append(entry)
     return entries
 
 
@@ -96,8 +105,10 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def annotate_video(spec: str, scores: list[Score], threshold: float, out_path: Path, stop_at: int | None) -> None:
-    """Re-read a video and write it (MJPG .avi) with each frame's latest score drawn on it.
+def annotate_video(spec: str, scores: list[Score], threshold: float, out_path: Path, stop_at: int | None,
+                   explain: Explainer | None = None) -> None:
+    """Re-read a video and write it (MJPG .avi) with each frame's latest score drawn on it, and with an Explainer
+    the Grad-CAM heatmap of each flagged scored frame (carried forward with its score).
 
     Written under a temp name and renamed: an annotation cut short (Ctrl-C) leaves no half video in the reports.
     """
@@ -107,7 +118,7 @@ def annotate_video(spec: str, scores: list[Score], threshold: float, out_path: P
     tmp = out_path.with_name(f".{out_path.stem}.tmp.avi")  # the writer picks the container from the suffix
     writer = None
     try:
-        pos, current = 0, None
+        pos, current, cam = 0, None, None
         index = -1
         while stop_at is None or index < stop_at:
             ok, bgr = cap.read()
@@ -116,6 +127,12 @@ def annotate_video(spec: str, scores: list[Score], threshold: float, out_path: P
             index += 1
             while pos < len(scores) and scores[pos][0] <= index:  # carry the last scored frame's score forward
                 current, pos = scores[pos], pos + 1
+                cam = None
+            if explain is not None and current is not None and current[3]:
+                if current[0] == index:  # the flagged frame itself: its map, kept for the frames carried after it
+                    cam = explain.cam(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                    explain.counts["video_heatmaps"] += cam is not None
+                bgr = explain.video_overlay(bgr, cam)
             if bgr.shape[1] > ANNOTATE_MAX_WIDTH:
                 scale = ANNOTATE_MAX_WIDTH / bgr.shape[1]
                 bgr = cv2.resize(bgr, (ANNOTATE_MAX_WIDTH, round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)

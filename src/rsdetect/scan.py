@@ -28,12 +28,13 @@ import numpy as np
 from tqdm import tqdm
 
 from rsdetect.config import RsdetectError
+from rsdetect.explain import Explainer
 from rsdetect.io import staged_dir
 from rsdetect.loaders import LoadedModel
 from rsdetect.outputs import OutputLock, check_report_dir
 from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
 from rsdetect.reports import (FrameLog, Score, annotate_video, file_stems, flagged_rate_chart, is_report_file,
-                              save_worst, write_summary)
+                              save_worst, shear_columns, write_summary)
 from rsdetect.sources import FrameItem, Source, SourceError, read_ahead, redact
 
 DEFAULT_MODEL = "models:/rs-detector@champion"
@@ -91,6 +92,7 @@ class CameraState:
     k: int
     threshold: float
     keep_scores: bool = False
+    explain: Explainer | None = None  # shear columns of flagged frames
     flags: list[bool] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)  # for annotation only
@@ -109,6 +111,8 @@ class CameraState:
         """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
         smoothed = self._window.push(prob)
         flag = smoothed >= self.threshold
+        # Measured before the frame is counted: a Ctrl-C during the estimate must not count a frame without a row.
+        shear = shear_columns(self.explain, rgb, flag)
         self.flags.append(flag)
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
@@ -120,7 +124,7 @@ class CameraState:
         return {"camera": self.source.camera, "frame_index": frame_index,
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
                 "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
-                "tile": box_text(tile), "source": self.source.frame_source(frame_index)}
+                "tile": box_text(tile), "source": self.source.frame_source(frame_index), **shear}
 
     def worst(self) -> list[tuple[float, int, np.ndarray]]:
         """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
@@ -268,11 +272,13 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
             state.fail(str(exc))
 
 
-def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_frames: int | None) -> bool:
+def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_frames: int | None,
+              explain: Explainer | None = None) -> bool:
     """Write a camera's annotated video into the staging folder; False if its file vanished since scoring."""
     hit_cap = max_frames is not None and len(state.flags) >= max_frames
     try:
-        annotate_video(state.source.spec, state.scores, threshold, stage / rel, state.scores[-1][0] if hit_cap else None)
+        annotate_video(state.source.spec, state.scores, threshold, stage / rel, state.scores[-1][0] if hit_cap else None,
+                       explain)
         return True
     except SourceError as exc:  # the file vanished between the passes: the scores still stand
         tqdm.write(f"scan: {state.source.camera}: not annotated: {exc}", file=sys.stderr)
@@ -280,14 +286,16 @@ def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_f
 
 
 def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLike,
-             options: ScanOptions = ScanOptions(), lock: OutputLock | None = None) -> ScanResult:
+             options: ScanOptions = ScanOptions(), lock: OutputLock | None = None,
+             explain: Explainer | None = None) -> ScanResult:
     """Scan every source into out_dir (replaced whole by this scan's reports); Ctrl-C or SIGTERM stops scoring
-    and still writes what was scored (exit_code 130 / 143). `lock`: the caller's claim() on out_dir, if any."""
+    and still writes what was scored (exit_code 130 / 143). `lock`: the caller's claim() on out_dir, if any.
+    `explain`: shear estimates of flagged frames, heatmaps and de-skewed previews of the worst (rsdetect.explain)."""
     out = check_report_dir(out_dir, is_report_file)
     threshold = options.threshold if options.threshold is not None else (
         model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
-    states = {s.camera: CameraState(s, options.smooth, threshold, keep_scores=options.annotate and s.annotatable)
-              for s in sources}
+    states = {s.camera: CameraState(s, options.smooth, threshold, keep_scores=options.annotate and s.annotatable,
+                                    explain=explain) for s in sources}
     stems = file_stems(states)
     with contextlib.ExitStack() as stack:
         if lock is None:
@@ -303,25 +311,27 @@ def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLi
                 for state in states.values():
                     scan_source(state, model, options, log.write)
                     name, rel = state.source.camera, f"annotated/{stems[state.source.camera]}.avi"
-                    if state.keep_scores and state.scores and _annotate(state, stage, rel, threshold, options.max_frames):
+                    if state.keep_scores and state.scores and \
+                            _annotate(state, stage, rel, threshold, options.max_frames, explain):
                         annotated[name] = rel
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted), or a KeyboardInterrupt from below
                 signals.defer()
                 exit_code = interrupt_exit_code(exc)
                 tqdm.write("scan: interrupted; writing what was scored so far", file=sys.stderr)
         signals.defer()
-        summary = _write_reports(stage, states, stems, annotated, model, options, threshold, exit_code)
+        summary = _write_reports(stage, states, stems, annotated, model, options, threshold, exit_code, explain)
     return ScanResult(out, summary, summary["exit_code"], bool(exit_code))
 
 
 def _write_reports(stage: Path, states: dict[str, CameraState], stems: dict[str, str], annotated: dict[str, str],
-                   model: LoadedModel, options: ScanOptions, threshold: float, exit_code: int) -> dict[str, Any]:
+                   model: LoadedModel, options: ScanOptions, threshold: float, exit_code: int,
+                   explain: Explainer | None = None) -> dict[str, Any]:
     """Worst frames, summary.json and the chart into the staging folder; the summary."""
     cameras: dict[str, dict[str, Any]] = {}
     for name, state in states.items():
         cameras[name] = {"source": redact(state.source.spec), "kind": state.source.kind,
                          **camera_summary(state.flags, state.errors),
-                         "worst_frames": save_worst(stage, stems[name], state.worst())}
+                         "worst_frames": save_worst(stage, stems[name], state.worst(), explain)}
         if name in annotated:
             cameras[name]["annotated_video"] = annotated[name]
     failed = sum(1 for c in cameras.values() if c["failures"])
@@ -334,6 +344,8 @@ def _write_reports(stage: Path, states: dict[str, CameraState], stems: dict[str,
                "interrupted": interrupted, "exit_code": exit_code, "cameras": cameras,
                "totals": {"cameras": len(cameras), "failed_cameras": failed, "frames_scored": scored,
                           "flagged": flagged, "flagged_rate": flagged / scored if scored else None}}
+    if explain is not None:
+        summary["explain"] = explain.summary()
     write_summary(stage, summary)
     (stage / "flagged_rate.png").write_bytes(flagged_rate_chart(cameras, threshold, options.smooth))
     return summary
