@@ -25,6 +25,8 @@ from conftest import colour_model  # noqa: E402
 from mjpeg_server import MjpegCamera, solid  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from rsdetect import cli  # noqa: E402
+from rsdetect.config import load_params  # noqa: E402
+from rsdetect.explain import Explainer  # noqa: E402
 from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.reports import FIELDS  # noqa: E402
 from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
@@ -164,11 +166,25 @@ def test_files_are_watched_as_scan_scores_them(tmp_path, model) -> None:
     for i in range(20):
         writer.write(every_third_red(i))
     writer.release()
-    watched = run_watch(parse_sources([str(video)]), model, tmp_path / "w", WatchOptions(**FAST), WatchMetrics())
-    scanned = run_scan(parse_sources([str(video)]), model, tmp_path / "s", ScanOptions(batch=4, progress=False))
+    shear = load_params(Path(__file__).parents[1] / "params.yaml").shear
+
+    def explainer() -> Explainer:
+        return Explainer(model.keras_model, model.image_size, model.kind, shear)
+
+    watched = run_watch(parse_sources([str(video)]), model, tmp_path / "w", WatchOptions(**FAST), WatchMetrics(),
+                        explain=explainer())
+    scanned = run_scan(parse_sources([str(video)]), model, tmp_path / "s", ScanOptions(batch=4, progress=False),
+                       explain=explainer())
     assert watched.stopped_by == "sources ended"
-    assert rows(watched.out_dir) == rows(scanned.out_dir)
+    assert rows(watched.out_dir) == rows(scanned.out_dir)  # shear columns of flagged frames included
+    assert "shear_px" in rows(watched.out_dir)[0]
     assert watched.summary["cameras"]["lobby"]["reconnects"] == 0
+    # The worst frames get scan's heatmaps and de-skewed previews in the watch folder too.
+    worst = watched.summary["cameras"]["lobby"]["worst_frames"]
+    assert worst and worst == scanned.summary["cameras"]["lobby"]["worst_frames"]
+    for w in worst:
+        assert (watched.out_dir / w["cam_path"]).is_file()
+    assert watched.summary["explain"]["heatmaps"] == len(worst)
 
 
 def test_rotation_keeps_k_files_of_whole_rows(tmp_path) -> None:

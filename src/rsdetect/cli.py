@@ -96,6 +96,7 @@ def _scan(args: argparse.Namespace) -> None:
 
 
 def _watch(args: argparse.Namespace) -> None:
+    from rsdetect.explain import Explainer
     from rsdetect.loaders import load_model
     from rsdetect.scan import StopSignals
     from rsdetect.sources import parse_sources
@@ -110,13 +111,15 @@ def _watch(args: argparse.Namespace) -> None:
                            rotate_rows=args.rotate_rows, rotate_seconds=args.rotate_seconds,
                            keep_rotated=args.keep_rotated, summary_interval=args.summary_interval)
     sources = parse_sources(args.sources, args.cameras)
+    shear, shear_note = scan_shear_params(args.params)
     metrics = WatchMetrics()
     try:
         # SIGTERM while the model loads stops the watch before it starts: lock released, nothing written.
         with StopSignals(), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
             print(f"watch: metrics on {server.url}", file=sys.stderr, flush=True)
             model = load_model(args.model)
-            result = run_watch(sources, model, lock.out, options, metrics, lock=lock)
+            result = run_watch(sources, model, lock.out, options, metrics, lock=lock,
+                               explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
     except KeyboardInterrupt:  # before scoring started (run_watch handles signals once it runs)
         print("watch: stopped before it started", file=sys.stderr)
         return
@@ -215,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
+    w.add_argument("--params", default=None, metavar="YAML",
+                   help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
     w.set_defaults(func=_watch)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from rsdetect.config import RsdetectError
+from rsdetect.explain import Explainer
 from rsdetect.loaders import LoadedModel
 from rsdetect.outputs import OutputLock, check_report_dir
 from rsdetect.preprocess import score_frames
@@ -158,13 +159,14 @@ class Watch:
     """One watch's cameras, readers, metrics and reports (run() drives it)."""
 
     def __init__(self, sources: list[Source], model: LoadedModel, reports: WatchReports, options: WatchOptions,
-                 metrics: WatchMetrics, stop: threading.Event) -> None:
+                 metrics: WatchMetrics, stop: threading.Event, explain: Explainer | None = None) -> None:
         self.model, self.reports, self.options, self.metrics, self.stop = model, reports, options, metrics, stop
+        self.explain = explain
         self.threshold = options.threshold if options.threshold is not None else (
             model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
         self.started, self.started_unix = time.monotonic(), time.time()
         self.ready = threading.Event()
-        self.states = {s.camera: CameraState(s, options.smooth, self.threshold) for s in sources}
+        self.states = {s.camera: CameraState(s, options.smooth, self.threshold, explain=explain) for s in sources}
         self.stats = {s.camera: FlagStats() for s in sources}
         self.stems = file_stems(self.states)
         self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, self.started) for s in sources]
@@ -213,7 +215,7 @@ class Watch:
             cameras[r.camera] = {"source": redact(r.source.spec), "kind": r.source.kind,
                                  **self.stats[r.camera].summary(), "failures": health["read_errors"], **health,
                                  "worst_frames": self.reports.worst.update(self.stems[r.camera],
-                                                                           self.states[r.camera].worst())}
+                                                                           self.states[r.camera].worst(), self.explain)}
         scored = sum(c["frames_scored"] for c in cameras.values())
         flagged = sum(c["flagged"] for c in cameras.values())
         o = self.options
@@ -227,7 +229,8 @@ class Watch:
                            "reconnects": sum(c["reconnects"] for c in cameras.values())},
                 "watch": {"running": stopped_by is None, "stopped_by": stopped_by, "started_time": self.started_unix,
                           "updated_time": time.time(), "uptime_s": round(time.monotonic() - self.started, 3),
-                          "rotations": self.reports.log.rotations}}
+                          "rotations": self.reports.log.rotations},
+                **({"explain": self.explain.summary()} if self.explain is not None else {})}
 
     def write_summary(self, stopped_by: str | None, chart: bool = True) -> dict[str, Any]:
         summary = self.summary(stopped_by)
@@ -285,9 +288,10 @@ class Watch:
 
 
 def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,
-              metrics: WatchMetrics, lock: OutputLock | None = None) -> WatchResult:
+              metrics: WatchMetrics, lock: OutputLock | None = None, explain: Explainer | None = None) -> WatchResult:
     """Watch every source into out_dir until SIGTERM/Ctrl-C, `duration`, or every source ends (files) or
-    reaches max_frames; the reports are complete whichever way it ends. `lock`: the caller's watch_claim()."""
+    reaches max_frames; the reports are complete whichever way it ends. `lock`: the caller's watch_claim().
+    `explain`: shear columns of flagged frames, heatmaps and de-skewed previews of the worst, as in scan."""
     out = check_report_dir(out_dir, is_watch_report_file)
     said: list[str] = []
     stop = threading.Event()
@@ -298,7 +302,7 @@ def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, op
             raise ValueError(f"lock is not a held claim on {out}")
         stack.enter_context(stop_on_signals(stop, said))
         reports = stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated))
-        watch = Watch(sources, model, reports, options, metrics, stop)
+        watch = Watch(sources, model, reports, options, metrics, stop, explain)
         try:
             stopped_by = watch.run(said)
         except BaseException:  # a model error: stop the readers, keep the error

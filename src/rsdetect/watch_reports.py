@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rsdetect.explain import Explainer
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
 from rsdetect.reports import FIELDS, flagged_rate_chart, is_report_file, save_worst
 
@@ -152,13 +153,15 @@ class WorstFrames:
         self._files: dict[str, set[str]] = {}
         self._stale: set[str] = set()
 
-    def update(self, stem: str, worst: list[tuple[float, int, np.ndarray]]) -> list[dict[str, Any]]:
-        """Publish a camera's worst frames (only if they changed); their summary entries."""
+    def update(self, stem: str, worst: list[tuple[float, int, np.ndarray]],
+               explain: Explainer | None = None) -> list[dict[str, Any]]:
+        """Publish a camera's worst frames (only if they changed: each new one's heatmap costs a model call);
+        their summary entries."""
         key = tuple((i, p) for p, i, _ in worst)
         if self._keys.get(stem) == key:
             return self._entries[stem]
         with tempfile.TemporaryDirectory(dir=self.dir, prefix=".staging.") as tmp:
-            entries = save_worst(Path(tmp), stem, worst)
+            entries = save_worst(Path(tmp), stem, worst, explain)
             made = Path(tmp) / "worst"
             new = {p.name for p in made.iterdir()} if made.is_dir() else set()
             for name in new:
