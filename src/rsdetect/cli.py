@@ -63,11 +63,20 @@ def _scan(args: argparse.Namespace) -> None:
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
                           threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
     sources = parse_sources(args.sources, args.cameras)
+    sharded = args.workers != 1 or args.scheduler is not None
+    if sharded:
+        from rsdetect.shard import check_workers, describe_model, open_client, sharded_cameras
+
+        check_workers(args.workers, args.scheduler)
     try:
         # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
         with StopSignals(), claim(args.out) as lock:
-            model = load_model(args.model)
-            result = run_scan(sources, model, lock.out, options, lock=lock)
+            if not sharded:
+                result = run_scan(sources, load_model(args.model), lock.out, options, lock=lock)
+            else:  # cameras spread over Dask workers, each loading the model once; this process only writes reports
+                with open_client(args.workers, args.scheduler) as client:
+                    result = run_scan(sources, describe_model(client, args.model), lock.out, options, lock=lock,
+                                      cameras=sharded_cameras(client, args.model, options))
     except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
         sys.exit(interrupt_exit_code(exc))
@@ -137,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
+    sc.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="scan cameras on N worker processes of a local Dask cluster (default 1: this process)")
+    sc.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="scan cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
     sc.set_defaults(func=_scan)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")

@@ -18,7 +18,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from rsdetect.config import RsdetectError
-from rsdetect.registry import tracking_uri
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 RGB 0-255 tiles -> (N,) probabilities
 REGISTRY_PREFIXES = ("models:/", "runs:/")
@@ -118,6 +117,9 @@ def load_pyfunc(uri: str) -> tuple[Any, Any]:
     """Load an MLflow pyfunc (models:/, runs:/ or a local model folder); returns (pyfunc, python_model or None)."""
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from rsdetect.registry import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
+    # .tflite/.onnx/.keras scans and every Dask worker process that unpickles a scan task do not need
 
     if uri.startswith(REGISTRY_PREFIXES):
         _ensure_registry(tracking_uri())
