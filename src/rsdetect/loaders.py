@@ -44,12 +44,12 @@ def keras_scorer(model: Any, compiled: bool = True) -> Scorer:
     return score
 
 
-def tflite_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
-    """A LiteRT interpreter scorer (resized to each batch size) and its input image size."""
+def tflite_scorer(path: str | os.PathLike, threads: int | None = None) -> tuple[Scorer, int]:
+    """A LiteRT interpreter scorer (resized to each batch size; `threads`, default all cores) and its input size."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interp = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        interp = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count() or 1)
     except ValueError as exc:
         raise RsdetectError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:160]})") from None
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -68,8 +68,8 @@ def tflite_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
     return score, size
 
 
-def onnx_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
-    """An ONNX Runtime (CPU) scorer and its input image size."""
+def onnx_scorer(path: str | os.PathLike, threads: int | None = None) -> tuple[Scorer, int]:
+    """An ONNX Runtime (CPU) scorer (`threads` intra-op threads, default ONNX Runtime's) and its input image size."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -77,7 +77,9 @@ def onnx_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:  # plain Exceptions, not RuntimeError
         raise RsdetectError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
     inp = sess.get_inputs()[0]
@@ -188,13 +190,14 @@ def resolve_keras(spec: str) -> tuple[Any, int, float | None]:
     return inner.model, size, None if thr is None else float(thr)
 
 
-def load_model(spec: str) -> LoadedModel:
-    """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file."""
+def load_model(spec: str, threads: int | None = None) -> LoadedModel:
+    """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file. `threads`: the
+    .tflite / .onnx runtime's threads (default: all cores), for processes that share a machine (rsdetect.shard)."""
     suffix = Path(spec).suffix.lower() if not spec.startswith(REGISTRY_PREFIXES) else ""
     if suffix in (".tflite", ".onnx"):
         if not Path(spec).is_file():
             raise RsdetectError(f"{spec}: model file not found")
-        scorer, size = tflite_scorer(spec) if suffix == ".tflite" else onnx_scorer(spec)
+        scorer, size = tflite_scorer(spec, threads) if suffix == ".tflite" else onnx_scorer(spec, threads)
         return LoadedModel(scorer, size, exported_threshold(spec), suffix[1:], spec)
     if suffix in (".keras", ".h5"):
         model, size, thr = resolve_keras(spec)

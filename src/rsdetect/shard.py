@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -32,6 +33,14 @@ from rsdetect.scan import CameraRunner, CameraState, Row, ScanOptions, report_fa
 
 T = TypeVar("T")
 R = TypeVar("R")
+# worker-saturation 1.0: a worker holds only the camera it scans, so the next camera goes to whichever worker
+# frees first, never into the queue behind a long video (Dask's default 1.1 lets a 1-thread worker hold 2).
+# MALLOC_TRIM_THRESHOLD_ unset (Dask sets 65536 in its workers to hand freed memory back to the OS): with it every
+# 640x480 frame array was a fresh mmap and page faults, and the same scan of TFLite-scored video ran at 48 frames/s
+# in a worker against 81 in a plain process (cProfile: cvtColor 10x, astype 5x, VideoCapture.retrieve 2x slower).
+LOCAL_CONFIG = {"distributed.scheduler.worker-saturation": 1.0,
+                "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+WORKER_WAIT_S = 60  # an existing cluster with no worker yet: how long to wait for one
 STOP_POLL_S = 0.5  # a running task asks the scheduler whether to stop at most this often (one round trip, ~1 ms)
 
 
@@ -42,13 +51,15 @@ def check_workers(workers: int, scheduler: str | None) -> None:
     if workers < 1:
         raise RsdetectError(f"--workers must be >= 1, got {workers}")
     if scheduler is not None and workers != 1:
-        raise RsdetectError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one), not both")
+        raise RsdetectError("give either --workers N (a local cluster) or --scheduler ADDRESS (an existing one), "
+                            "not both")
 
 
 @contextlib.contextmanager
 def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
     """A distributed.Client: on an existing scheduler, or on a local cluster of `workers` single-threaded processes
-    (no dashboard; Dask's own logging only for errors), closed with the block."""
+    on 127.0.0.1 (its HTTP endpoints on a free port: dashboard_address=None still took 8787, so two scans would
+    clash; Dask's own logging only for errors), closed with the block."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -61,10 +72,8 @@ def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
         with client:
             yield client
         return
-    # worker-saturation 1.0: a worker holds only the camera it scans, so the next camera goes to whichever worker
-    # frees first, never into the queue behind a long video (Dask's default 1.1 lets a 1-thread worker hold 2).
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+    with dask.config.set(LOCAL_CONFIG), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
@@ -133,11 +142,12 @@ def shard(client: Any, items: Sequence[T], task: Callable[[T, StopFlag], R], on_
             collect(position[future.key], future)
             hand_over(past_gaps=False)
     except BaseException as exc:
-        # Left set on the scheduler (one small entry per interrupted run): clearing it at once could race a task's poll.
+        # Left set on the scheduler (one small entry per stopped run): clearing it at once could race a task's poll.
         with contextlib.suppress(Exception):  # the cluster may be what failed; the original error matters
             Event(stop.name, client).set()
         for i, future in enumerate(futures):
-            if isinstance(exc, KeyboardInterrupt) and i not in ready and i not in handed and future.status == "finished":
+            finished = future.status == "finished" and i not in ready and i not in handed
+            if isinstance(exc, KeyboardInterrupt) and finished:
                 collect(i, future)  # before cancelling: a cancelled future's result is dropped
         client.cancel([f for f in futures if not f.done()])
         if isinstance(exc, KeyboardInterrupt):
@@ -151,15 +161,33 @@ _MODELS: dict[str, LoadedModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
+def host_threads() -> int | None:
+    """Inside a Dask worker: this machine's cores shared out among the worker threads the cluster has on it, so
+    that N workers' TFLite / ONNX runtimes do not each start a thread per core; None elsewhere (all cores)."""
+    from distributed import get_worker
+    from distributed.comm import get_address_host
+
+    try:
+        me = get_worker()
+    except ValueError:  # not in a worker's task
+        return None
+    host = get_address_host(me.address)
+    workers = me.client.scheduler_info(n_workers=-1)["workers"].values()
+    threads_here = sum(w["nthreads"] for w in workers if w["host"] == host) or 1
+    return max(1, (os.cpu_count() or 1) // threads_here)
+
+
 def worker_model(spec: str) -> LoadedModel:
-    """The model for `spec`, loaded once per worker process and kept for every later camera."""
+    """The model for `spec`, loaded once per worker process (its runtime on host_threads()) and kept for every
+    later camera."""
     with _MODELS_LOCK:
         if spec not in _MODELS:
-            _MODELS[spec] = load_model(spec)
+            _MODELS[spec] = load_model(spec, host_threads())
         return _MODELS[spec]
 
 
-def _model_meta(spec: str) -> tuple[int, float | None, str]:
+def model_meta(spec: str) -> tuple[int, float | None, str]:
+    """On a worker: its model for `spec` loaded (once); (image size, registered threshold, kind)."""
     model = worker_model(spec)
     return model.image_size, model.threshold, model.kind
 
@@ -169,9 +197,16 @@ def _on_workers_only(batch: np.ndarray) -> np.ndarray:
 
 
 def describe_model(client: Any, spec: str) -> LoadedModel:
-    """The model as a worker loads it (size, registered threshold, kind), for the reports; its scorer lives on
-    the workers. A bad spec raises the worker's one-line RsdetectError here, before any camera is sent."""
-    size, threshold, kind = client.submit(_model_meta, spec, pure=False).result()
+    """The model loaded on every worker now (in parallel, not on each one's first camera), described as a worker
+    loads it (size, registered threshold, kind) for the reports; its scorer lives on the workers. A bad spec raises
+    the worker's one-line RsdetectError here, before any camera is sent."""
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except TimeoutError:
+        raise RsdetectError(f"the Dask cluster at {client.scheduler.address} has no workers "
+                            f"(waited {WORKER_WAIT_S} s)") from None
+    loads = [client.submit(model_meta, spec, pure=False, workers=[w]) for w in client.scheduler_info()["workers"]]
+    size, threshold, kind = client.gather(loads)[0]
     return LoadedModel(_on_workers_only, size, threshold, kind, spec)
 
 
@@ -209,7 +244,8 @@ def sharded_cameras(client: Any, spec: str, options: ScanOptions) -> CameraRunne
             done(states[i])
             bar.update()
 
-        with tqdm(desc="cameras", total=len(states), unit="camera", disable=not options.progress, file=sys.stderr) as bar:
+        with tqdm(desc="cameras", total=len(states), unit="camera", disable=not options.progress,
+                  file=sys.stderr) as bar:
             shard(client, states, functools.partial(scan_camera, spec=spec, options=options), on_result, on_lost,
                   name="scan")
     return run
