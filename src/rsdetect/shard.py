@@ -18,13 +18,17 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import dask
 import numpy as np
+from distributed import Client, Event, KilledWorker, LocalCluster, WorkerPlugin, as_completed, get_worker
+from distributed.comm import get_address_host
 from tqdm import tqdm
 
 from rsdetect.config import RsdetectError
@@ -60,9 +64,6 @@ def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
     """A distributed.Client: on an existing scheduler, or on a local cluster of `workers` single-threaded processes
     on 127.0.0.1 (its HTTP endpoints on a free port: dashboard_address=None still took 8787, so two scans would
     clash; Dask's own logging only for errors), closed with the block."""
-    import dask
-    from distributed import Client, LocalCluster
-
     check_workers(workers, scheduler)
     if scheduler is not None:
         try:
@@ -75,7 +76,17 @@ def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
     with dask.config.set(LOCAL_CONFIG), \
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.register_plugin(_IgnoreCtrlC())
         yield client
+
+
+class _IgnoreCtrlC(WorkerPlugin):
+    """A WorkerPlugin for local workers: Ctrl-C in a terminal reaches every process of the group, and workers died
+    of it printing two tracebacks each; the main process stops their tasks (StopFlag) and closes the cluster."""
+
+    def setup(self, worker: Any) -> None:
+        if threading.current_thread() is threading.main_thread():  # a worker process runs its event loop there
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------- the generic part
@@ -91,8 +102,6 @@ class StopFlag:
 
     def __call__(self) -> bool:
         """True once the flag is set (inside a task: asks the scheduler, at most every STOP_POLL_S)."""
-        from distributed import Event
-
         now = time.monotonic()
         if not self._stopped and now >= self._next_poll:
             self._next_poll = now + STOP_POLL_S
@@ -114,8 +123,6 @@ def shard(client: Any, items: Sequence[T], task: Callable[[T, StopFlag], R], on_
     any other exception of a task is raised here. On an exception here (Ctrl-C, SIGTERM, a task's error) the stop
     flag is set and the unfinished tasks cancelled; on KeyboardInterrupt the results already finished are still
     handed over (in order, skipping the unfinished) before it is re-raised."""
-    from distributed import Event, KilledWorker, as_completed
-
     token = uuid.uuid4().hex[:12]
     stop = StopFlag(f"{name}-stop-{token}")
     futures = [client.submit(task, item, stop, key=f"{name}-{i}-{token}", pure=False) for i, item in enumerate(items)]
@@ -164,9 +171,6 @@ _MODELS_LOCK = threading.Lock()
 def host_threads() -> int | None:
     """Inside a Dask worker: this machine's cores shared out among the worker threads the cluster has on it, so
     that N workers' TFLite / ONNX runtimes do not each start a thread per core; None elsewhere (all cores)."""
-    from distributed import get_worker
-    from distributed.comm import get_address_host
-
     try:
         me = get_worker()
     except ValueError:  # not in a worker's task
