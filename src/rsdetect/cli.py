@@ -77,12 +77,26 @@ def _scan(args: argparse.Namespace) -> None:
                           threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
     sources = parse_sources(args.sources, args.cameras)
     shear, shear_note = scan_shear_params(args.params)
+    sharded = args.workers != 1 or args.scheduler is not None
+    if sharded:
+        from rsdetect.shard import check_workers, describe_model, open_client, sharded_cameras
+
+        check_workers(args.workers, args.scheduler)
     try:
         # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
         with StopSignals(), claim(args.out) as lock:
-            model = load_model(args.model)
-            result = run_scan(sources, model, lock.out, options, lock=lock,
-                              explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+            if not sharded:
+                model = load_model(args.model)
+                result = run_scan(sources, model, lock.out, options, lock=lock,
+                                  explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+            else:  # cameras spread over Dask workers, each loading the model once; this process only writes reports
+                with open_client(args.workers, args.scheduler) as client:
+                    model = describe_model(client, args.model)
+                    # Shear columns are measured on the workers; heatmaps would need the model here as well.
+                    explain = Explainer(None, model.image_size, model.kind, shear, shear_note,
+                                        cam_note="sharded scan (--workers/--scheduler): the model is on the workers")
+                    result = run_scan(sources, model, lock.out, options, lock=lock, explain=explain,
+                                      cameras=sharded_cameras(client, args.model, options))
     except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
         sys.exit(interrupt_exit_code(exc))
@@ -188,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
     sc.add_argument("--params", default=None, metavar="YAML",
                     help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
+    sc.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="scan cameras on N worker processes of a local Dask cluster (default 1: this process)")
+    sc.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="scan cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
     sc.set_defaults(func=_scan)
     w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
                                       "rolling reports; SIGTERM or Ctrl-C stop it cleanly")

@@ -40,10 +40,11 @@ class Explainer:
     kind: the model's kind (for the skip note); shear: the `shear` params, or None with `shear_note` saying why.
     """
 
-    def __init__(self, model: Any, size: int, kind: str, shear: ShearParams | None, shear_note: str | None = None) -> None:
+    def __init__(self, model: Any, size: int, kind: str, shear: ShearParams | None, shear_note: str | None = None,
+                 cam_note: str | None = None) -> None:
         self.size, self.shear = size, shear
         self._model, self._cam = model, None
-        self.cam_note = None if model is not None else f"model kind {kind}: Grad-CAM needs a Keras model"
+        self.cam_note = None if model is not None else (cam_note or f"model kind {kind}: Grad-CAM needs a Keras model")
         self.shear_note = None if shear is not None else (shear_note or "no shear params")
         self.counts = {"heatmaps": 0, "heatmaps_skipped": 0, "video_heatmaps": 0, "shear_measured": 0,
                        "shear_no_edges": 0, "shear_skipped": 0}
@@ -56,6 +57,19 @@ class Explainer:
             except RsdetectError as exc:
                 self.cam_note = str(exc)
         return self._cam
+
+    def add_counts(self, other: Explainer) -> None:
+        """Add the counts of a copy that worked elsewhere (a Dask worker's, rsdetect.shard) to this one's."""
+        for key, n in other.counts.items():
+            self.counts[key] += n
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy for another process (a sharded scan's worker) measures shear only: the Keras model and its
+        Grad-CAM stay here. (Its counts start from this one's, which are zero while workers run: the writing
+        process measures only once they are done; add_counts adds the copy's back.)"""
+        state = dict(self.__dict__, _model=None, _cam=None)
+        state["cam_note"] = self.cam_note or "heatmaps are made where the reports are written"
+        return state
 
     def cam(self, rgb: np.ndarray) -> FrameCam | None:
         """The frame's Grad-CAM on its firing tile, or None where heatmaps are skipped (cam_note says why)."""

@@ -20,7 +20,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from rsdetect.config import RsdetectError
-from rsdetect.registry import tracking_uri
 
 Scorer = Callable[[np.ndarray], np.ndarray]  # (N, S, S, 3) float32 RGB 0-255 tiles -> (N,) probabilities
 REGISTRY_PREFIXES = ("models:/", "runs:/")
@@ -93,8 +92,8 @@ def tflite_scorer(path: str | os.PathLike, workers: int | None = None, threads: 
     return score, size
 
 
-def onnx_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
-    """An ONNX Runtime (CPU) scorer and its input image size."""
+def onnx_scorer(path: str | os.PathLike, threads: int | None = None) -> tuple[Scorer, int]:
+    """An ONNX Runtime (CPU) scorer (`threads` intra-op threads, default ONNX Runtime's) and its input image size."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -102,7 +101,9 @@ def onnx_scorer(path: str | os.PathLike) -> tuple[Scorer, int]:
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 
     try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:  # plain Exceptions, not RuntimeError
         raise RsdetectError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
     inp = sess.get_inputs()[0]
@@ -142,6 +143,9 @@ def load_pyfunc(uri: str) -> tuple[Any, Any]:
     """Load an MLflow pyfunc (models:/, runs:/ or a local model folder); returns (pyfunc, python_model or None)."""
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from rsdetect.registry import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
+    # .tflite/.onnx/.keras scans and every Dask worker process that unpickles a scan task do not need
 
     if uri.startswith(REGISTRY_PREFIXES):
         _ensure_registry(tracking_uri())
@@ -210,13 +214,14 @@ def resolve_keras(spec: str) -> tuple[Any, int, float | None]:
     return inner.model, size, None if thr is None else float(thr)
 
 
-def load_model(spec: str) -> LoadedModel:
-    """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file."""
+def load_model(spec: str, threads: int | None = None) -> LoadedModel:
+    """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file. `threads`: the
+    .tflite / .onnx runtime's threads (default: all cores), for processes that share a machine (rsdetect.shard)."""
     suffix = Path(spec).suffix.lower() if not spec.startswith(REGISTRY_PREFIXES) else ""
     if suffix in (".tflite", ".onnx"):
         if not Path(spec).is_file():
             raise RsdetectError(f"{spec}: model file not found")
-        scorer, size = tflite_scorer(spec) if suffix == ".tflite" else onnx_scorer(spec)
+        scorer, size = tflite_scorer(spec, workers=threads) if suffix == ".tflite" else onnx_scorer(spec, threads)
         return LoadedModel(scorer, size, exported_threshold(spec), suffix[1:], spec)
     if suffix in (".keras", ".h5"):
         model, size, thr = resolve_keras(spec)

@@ -45,6 +45,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 Row = dict[str, Any]
 
 
+def report_failure(camera: str, message: str) -> None:
+    """A camera's failure as one line on stderr (above any progress bar)."""
+    tqdm.write(f"scan: {camera}: {message}", file=sys.stderr)
+
+
 # ---------------------------------------------------------------- scores
 
 class RollingMean:
@@ -93,6 +98,7 @@ class CameraState:
     threshold: float
     keep_scores: bool = False
     explain: Explainer | None = None  # shear columns of flagged frames
+    echo: bool = True  # print failures as they happen; a Dask worker leaves that to the main process (shard.py)
     flags: list[bool] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)  # for annotation only
@@ -103,9 +109,10 @@ class CameraState:
         self._window = RollingMean(self.k)
 
     def fail(self, message: str) -> None:
-        """Count a failure and report it as one line on stderr (above any progress bar)."""
+        """Count a failure and report it as one line on stderr (unless echo is off)."""
         self.errors.append(message)
-        tqdm.write(f"scan: {self.source.camera}: {message}", file=sys.stderr)
+        if self.echo:
+            report_failure(self.source.camera, message)
 
     def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box) -> Row:
         """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
@@ -272,6 +279,22 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
             state.fail(str(exc))
 
 
+# Scores cameras: (fresh states in source order, emit(row), done(state)). It emits each camera's rows in frame
+# order and then calls done with its finished state, camera after camera in source order (a camera cut short by
+# Ctrl-C may have emitted rows without done). scan_in_order is the default; rsdetect.shard spreads cameras over
+# Dask workers.
+CameraRunner = Callable[[list[CameraState], Callable[[Row], None], Callable[[CameraState], None]], None]
+
+
+def scan_in_order(model: LoadedModel, options: ScanOptions) -> CameraRunner:
+    """The single-process runner: each camera in turn, in this process."""
+    def run(states: list[CameraState], emit: Callable[[Row], None], done: Callable[[CameraState], None]) -> None:
+        for state in states:
+            scan_source(state, model, options, emit)
+            done(state)
+    return run
+
+
 def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_frames: int | None,
               explain: Explainer | None = None) -> bool:
     """Write a camera's annotated video into the staging folder; False if its file vanished since scoring."""
@@ -287,10 +310,11 @@ def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_f
 
 def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLike,
              options: ScanOptions = ScanOptions(), lock: OutputLock | None = None,
-             explain: Explainer | None = None) -> ScanResult:
+             explain: Explainer | None = None, cameras: CameraRunner | None = None) -> ScanResult:
     """Scan every source into out_dir (replaced whole by this scan's reports); Ctrl-C or SIGTERM stops scoring
     and still writes what was scored (exit_code 130 / 143). `lock`: the caller's claim() on out_dir, if any.
-    `explain`: shear estimates of flagged frames, heatmaps and de-skewed previews of the worst (rsdetect.explain)."""
+    `explain`: shear estimates of flagged frames, heatmaps and de-skewed previews of the worst (rsdetect.explain).
+    `cameras`: who scores the cameras (default: this process, in order; rsdetect.shard: Dask workers)."""
     out = check_report_dir(out_dir, is_report_file)
     threshold = options.threshold if options.threshold is not None else (
         model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
@@ -306,14 +330,20 @@ def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLi
         stage = stack.enter_context(staged_dir(out))  # exits first: the swap happens under deferred signals
         exit_code = 0
         annotated: dict[str, str] = {}
+
+        def done(state: CameraState) -> None:
+            name, rel = state.source.camera, f"annotated/{stems[state.source.camera]}.avi"
+            states[name] = state  # a worker's state comes back as a copy
+            if explain is not None and state.explain is not explain:  # so does its Explainer: keep its counts
+                explain.add_counts(state.explain)
+                state.explain = explain
+            if state.keep_scores and state.scores and \
+                    _annotate(state, stage, rel, threshold, options.max_frames, explain):
+                annotated[name] = rel
+
         with FrameLog(stage) as log:
             try:
-                for state in states.values():
-                    scan_source(state, model, options, log.write)
-                    name, rel = state.source.camera, f"annotated/{stems[state.source.camera]}.avi"
-                    if state.keep_scores and state.scores and \
-                            _annotate(state, stage, rel, threshold, options.max_frames, explain):
-                        annotated[name] = rel
+                (cameras or scan_in_order(model, options))(list(states.values()), log.write, done)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM (Interrupted), or a KeyboardInterrupt from below
                 signals.defer()
                 exit_code = interrupt_exit_code(exc)
