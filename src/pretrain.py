@@ -21,20 +21,25 @@ def main() -> None:
     params = load_params()
     s, pt, f = params.synthesize, params.pretrain, params.features
     from rsdetect import backbone as m
+    from rsdetect.distribute import scaled_lr, strategy_for
     from rsdetect.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.training import build_classifier, fit_pairs
 
+    strategy = strategy_for(pt.devices, "pretrain.devices")  # before TF initialises its devices
+    replicas = strategy.num_replicas_in_sync
     m.set_determinism(params.seed, True)
     m.use_mixed_precision_if_gpu()
     train_photos, skipped_train = load_photos(raw / "instances.json", params.seed, s, "train")
     val_photos, skipped_val = load_photos(raw / "instances.json", params.seed, s, "val")
     val = fixed_pairs(val_photos, params.seed, s, pt.val_pairs, tag=VAL_TAG)
-    backbone = m.build_backbone(f.image_size, "none", f.backbone)
-    m.unfreeze_top_blocks(backbone, 10**6, train_batchnorm=True)  # everything, BatchNorm at scratch momentum
-    model = build_classifier(backbone, pt.dropout)
-    stream = PairStream(train_photos, params.seed, s, params.augment, pt.batch_size, pt.curriculum_epochs, pt.curriculum_scale)
+    with strategy.scope():  # the variables live on every replica
+        backbone = m.build_backbone(f.image_size, "none", f.backbone)
+        m.unfreeze_top_blocks(backbone, 10**6, train_batchnorm=True)  # everything, BatchNorm at scratch momentum
+        model = build_classifier(backbone, pt.dropout)
+    stream = PairStream(train_photos, params.seed, s, params.augment, pt.batch_size * replicas, pt.curriculum_epochs, pt.curriculum_scale)
     print(f"pretrain: {len(train_photos)} train photos ({skipped_train} unreadable), {len(val_photos)} val photos, "
-          f"{pt.epochs} epochs x {pt.steps_per_epoch} steps x {pt.batch_size} images, {m.ARCHITECTURES[f.backbone]} at {f.image_size}px")
+          f"{pt.epochs} epochs x {pt.steps_per_epoch} steps x {replicas} replicas x {pt.batch_size} images, "
+          f"{m.ARCHITECTURES[f.backbone]} at {f.image_size}px")
 
     def log(row: dict) -> None:
         print(f"pretrain: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss "
@@ -42,13 +47,13 @@ def main() -> None:
               f"| {row['train_images_per_s']:.1f} img/s, {row['epoch_s']:.0f} s", flush=True)
 
     start = time.perf_counter()
-    history = fit_pairs(model, stream, pt.epochs, pt.steps_per_epoch, pt.lr, pt.patience, val, log)
+    history = fit_pairs(model, stream, pt.epochs, pt.steps_per_epoch, scaled_lr(pt.lr, replicas), pt.patience, val, log)
     wall = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     backbone.save_weights(out / "backbone.weights.h5")  # the best epoch's (fit_pairs restores them)
     write_json(out / "history.json", history)
     best = max(history, key=lambda r: r["val_roc_auc"])
-    images = sum(pt.steps_per_epoch * pt.batch_size for _ in history)
+    images = sum(pt.steps_per_epoch * stream.batch_size for _ in history)
     write_json(metrics_path, {"best_epoch": best["epoch"], "epochs_run": len(history), "val_roc_auc": best["val_roc_auc"],
                               "val_accuracy": best["val_accuracy"], "train_accuracy": best["accuracy"],
                               "images_seen": images, "wall_s": round(wall, 1), "images_per_s": round(images / wall, 1)})

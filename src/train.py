@@ -29,10 +29,14 @@ def main() -> None:
     import mlflow
 
     from rsdetect import backbone as m, head as hd
+    from rsdetect.distribute import scaled_lr, strategy_for
     from rsdetect.pairs import PairStream, load_photos
     from rsdetect.registry import file_md5, setup_mlflow
     from rsdetect.training import fit_pairs
 
+    strategy = strategy_for(t.devices, "train.devices")  # before TF initialises its devices
+    replicas = strategy.num_replicas_in_sync
+    batch = t.batch_size * replicas  # the global batch of both phases
     seed = params.seed + 7919 * t.repeat  # repeat > 0: the same data, another draw of weights and pairs
     m.set_determinism(seed, t.deterministic)
     m.use_mixed_precision_if_gpu()
@@ -52,20 +56,21 @@ def main() -> None:
         mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
                            **{f"train.{k}": v for k, v in t.model_dump().items()}})
         mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))
-        head = hd.build_head(x.shape[1], t.dropout)
-        log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
-        hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, t.head_lr, t.batch_size, t.patience * 4, [log_epoch])
-        history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
-        backbone = m.build_backbone(f.image_size, "none", f.backbone)
-        backbone.load_weights(feats_dir / "backbone.weights.h5")  # the very weights (and BatchNorm statistics) features used
-        model = hd.assemble(backbone, head, mean, std)
+        with strategy.scope():  # every model and its optimizer on every replica; fit and fit_pairs use it
+            head = hd.build_head(x.shape[1], t.dropout)
+            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
+            hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, scaled_lr(t.head_lr, replicas), batch, t.patience * 4, [log_epoch])
+            history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
+            backbone = m.build_backbone(f.image_size, "none", f.backbone)
+            backbone.load_weights(feats_dir / "backbone.weights.h5")  # the very weights (and BatchNorm statistics) features used
+            model = hd.assemble(backbone, head, mean, std)
         if t.finetune_blocks > 0 and t.finetune_epochs > 0:
             # Our own pretrained or random weights: BatchNorm statistics are ours to move. ImageNet's stay frozen.
             unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=f.weights != "imagenet")
             photos, skipped = load_photos(raw / "instances.json", params.seed, params.synthesize, "train")
-            stream = PairStream(photos, seed, params.synthesize, params.augment, t.batch_size, t.curriculum_epochs, t.curriculum_scale)
+            stream = PairStream(photos, seed, params.synthesize, params.augment, batch, t.curriculum_epochs, t.curriculum_scale)
             print(f"train: {len(unfrozen)} layers learn on fresh pairs of {len(photos)} train photos ({skipped} unreadable), "
-                  f"{t.finetune_epochs} epochs x {t.steps_per_epoch} steps x {t.batch_size} images")
+                  f"{t.finetune_epochs} epochs x {t.steps_per_epoch} steps x {replicas} replicas x {t.batch_size} images")
             val = (m.load_images([p for p, s in zip(paths, split) if s == "val"], f.image_size), y[va])
 
             def log(row: dict) -> None:
@@ -73,7 +78,7 @@ def main() -> None:
                 print(f"train: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss {row['val_loss']:.3f} "
                       f"acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | {row['train_images_per_s']:.1f} img/s", flush=True)
 
-            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, t.finetune_lr, t.patience, val, log)
+            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, scaled_lr(t.finetune_lr, replicas), t.patience, val, log)
             history += [{**r, "epoch": len(history) + i, "phase": "finetune"} for i, r in enumerate(ft)]
         model_dir.mkdir(parents=True, exist_ok=True)
         save_keras(model, model_dir / "model.keras")

@@ -30,8 +30,9 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 
 
 def use_mixed_precision_if_gpu() -> bool:
-    """Mixed precision only where a GPU makes it pay; CPU stays float32."""
-    if tf.config.list_physical_devices("GPU"):
+    """Mixed precision only where a GPU makes it pay; CPU stays float32 (GPUs hidden by `devices: cpu` count
+    as absent: rsdetect.distribute)."""
+    if tf.config.get_visible_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
         return True
     return False
@@ -53,7 +54,7 @@ def largest_batch(step: Callable[[int], object], start: int, cap: int) -> int:
 
 def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int) -> int:
     """On a GPU, the largest batch that fits one forward pass; else `start`."""
-    if not tf.config.list_physical_devices("GPU"):
+    if not tf.config.get_visible_devices("GPU"):
         return start
     return largest_batch(lambda batch: model(tf.random.uniform((batch, image_size, image_size, 3), 0, 255), training=False), start, cap)
 

@@ -165,10 +165,25 @@ def _even_batch(value: int) -> int:
 EvenBatch = Annotated[Int(gt=0), AfterValidator(_even_batch)]
 
 
+DEVICE_CHOICES = ("auto", "cpu", "multiworker")
+
+
+def _devices(value: Any) -> str | int:
+    """Which devices train (rsdetect.distribute.strategy_for): a named choice or a count >= 1 (a bool is not one)."""
+    if (isinstance(value, str) and value in DEVICE_CHOICES) or (type(value) is int and value >= 1):
+        return value
+    raise PydanticCustomError("devices", "must be auto, cpu, multiworker or a device count >= 1, got {value!r}",
+                              {"value": value})
+
+
+Devices = Annotated[Any, AfterValidator(_devices)]
+
+
 class PretrainParams(_Group):
     epochs: Int(gt=0)
     steps_per_epoch: Int(gt=0)
-    batch_size: EvenBatch
+    batch_size: EvenBatch                   # per replica: the global batch is batch_size x replicas
+    devices: Devices
     lr: Float(gt=0)
     curriculum_epochs: Int(ge=0)
     curriculum_scale: Float(gt=0)
@@ -211,7 +226,8 @@ class FeatureParams(_Group):
 
 
 class TrainParams(_Group):
-    batch_size: EvenBatch
+    batch_size: EvenBatch                   # per replica: the global batch is batch_size x replicas
+    devices: Devices
     head_epochs: Int(gt=0)
     head_lr: Float(gt=0)
     dropout: Float(ge=0, lt=1)

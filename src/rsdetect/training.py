@@ -3,6 +3,8 @@
 A plain loop of train_on_batch calls, not model.fit: each batch is a pure function of (seed, epoch, step), drawn
 on a thread while the previous one trains, and validation runs once an epoch on a fixed set; the weights of the
 best validation ROC AUC are kept. Every epoch logs images/s so a run's time can be scaled to another machine.
+Under a multi-replica strategy (rsdetect.distribute; the model built in its scope) each batch is split across
+the replicas and BatchNorm normalises over the whole batch: the same step as one device on that batch.
 """
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
+import tensorflow as tf
 from sklearn import metrics as skm
 
+from rsdetect.distribute import split_batch, synced_batchnorm
 from rsdetect.pairs import PairStream
 
 EVAL_BATCH = 64  # images per inference call: large enough to amortise the call, small enough for 2 GB of RAM
@@ -46,30 +50,45 @@ def fit_pairs(model: keras.Model, stream: PairStream, epochs: int, steps: int, l
 
     Stops after `patience` epochs without a better AUC, or when `should_stop()` says so. Returns the per-epoch
     history (train loss/accuracy in training mode over the epoch's batches, validation scores, images/s); the
-    model ends with the best weights.
+    model ends with the best weights. The stream's batch is the global one and `lr` is already scaled for it
+    (rsdetect.distribute.scaled_lr); the strategy is the one the model was built under.
     """
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
+        if strategy.num_replicas_in_sync > 1:
+            # train_on_batch builds the loss, metric and optimizer state from its batch's shapes, which per-replica
+            # values lack (Keras 3.15: "'PerReplica' object has no attribute 'shape'"); testing one validation
+            # pair builds them without a training step.
+            model.test_on_batch(val[0][:2], val[1][:2])
     history, best, best_weights, waited = [], -np.inf, None, 0
-    for epoch in range(epochs):
-        start, losses, accs = time.perf_counter(), [], []
-        for x, y in stream.epoch(epoch, steps):
-            out = model.train_on_batch(x, y, return_dict=True)
-            losses.append(float(out["loss"]))
-            accs.append(float(out["accuracy"]))
-        train_s = time.perf_counter() - start
-        v = scores(val[1], predict_arrays(model, val[0]))
-        row = {"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
-               **{f"val_{k}": x for k, x in v.items()}, "shear_scale": stream.scale(epoch),
-               "train_images_per_s": steps * stream.batch_size / train_s, "epoch_s": time.perf_counter() - start}
-        history.append(row)
-        if log:
-            log(row)
-        if v["roc_auc"] > best:
-            best, best_weights, waited = v["roc_auc"], model.get_weights(), 0
-        else:
-            waited += 1
-        if waited >= patience or (should_stop and should_stop()):
-            break
+    with synced_batchnorm(model, strategy.num_replicas_in_sync):
+        for epoch in range(epochs):
+            row = _epoch(model, strategy, stream, epoch, steps, val)
+            history.append(row)
+            if log:
+                log(row)
+            if row["val_roc_auc"] > best:
+                best, best_weights, waited = row["val_roc_auc"], model.get_weights(), 0
+            else:
+                waited += 1
+            if waited >= patience or (should_stop and should_stop()):
+                break
     if best_weights is not None:
         model.set_weights(best_weights)
     return history
+
+
+def _epoch(model: keras.Model, strategy: tf.distribute.Strategy, stream: PairStream, epoch: int, steps: int,
+           val: tuple[np.ndarray, np.ndarray]) -> dict:
+    """One epoch of fresh batches, then validation: the history row."""
+    start, losses, accs = time.perf_counter(), [], []
+    for x, y in stream.epoch(epoch, steps):
+        out = model.train_on_batch(*split_batch(strategy, x, y), return_dict=True)
+        losses.append(float(out["loss"]))
+        accs.append(float(out["accuracy"]))
+    train_s = time.perf_counter() - start
+    v = scores(val[1], predict_arrays(model, val[0]))
+    return {"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
+            **{f"val_{k}": x for k, x in v.items()}, "shear_scale": stream.scale(epoch),
+            "train_images_per_s": steps * stream.batch_size / train_s, "epoch_s": time.perf_counter() - start}
