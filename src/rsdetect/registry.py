@@ -182,8 +182,8 @@ def _bytes_frame(frames: list[bytes]):
     return pd.DataFrame({"image": frames})
 
 
-# How long a registration waits for another runner's gate (re-score the champion, log the model, move the
-# alias: 20-40 s on 2 CPU cores for the default test set) before giving up, and how often it asks.
+# How long a registration waits for other runners' gates (each re-scores the champion on the whole test set and
+# uploads a model) before giving up with the holder's name, and how often it asks; 600 s leaves room for a queue.
 GATE_LOCK_WAIT_S = 600
 GATE_LOCK_POLL_S = 0.5
 
