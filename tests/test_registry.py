@@ -15,7 +15,7 @@ from conftest import colour_model as shared_colour_model
 from rsdetect.config import RsdetectError
 from rsdetect.preprocess import to_tiles
 from rsdetect.registry import (HTTP_DEFAULTS, decode_frame, file_md5, frames_from_input, project_root, register_candidate,
-                               register_summary, setup_mlflow, tracking_uri)
+                               register_summary, tracking_uri)
 
 S = 64
 NAME, ALIAS = "rs-detector", "champion"
@@ -307,6 +307,33 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     # the same checkpoint with a new threshold is a new identity, hence a new version
     r6 = register(better, 0.9, threshold=0.7)
     assert r6["version"] == "4"
+
+
+def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_env, monkeypatch):
+    """A runner killed mid-gate leaves `<name>.gate-lock`; the next one waits GATE_LOCK_WAIT_S, then says who holds
+    it and how to remove it, and registers nothing; once it is gone, registration works and leaves no lock."""
+    import rsdetect.registry as registry
+
+    mlflow = mlflow_env
+    paths, labels, _ = make_test_frames(tmp_path)
+    colour_model(0.08).save(tmp_path / "m.keras")
+    client = mlflow.MlflowClient()
+    client.create_registered_model(f"{NAME}.gate-lock", description="runner-7 pid 42 since yesterday")
+    monkeypatch.setattr(registry, "GATE_LOCK_WAIT_S", 0.3)
+
+    def register():
+        return register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, paths, labels, NAME, ALIAS,
+                                  "roc_auc", {})
+
+    with pytest.raises(RsdetectError) as err:
+        register()
+    msg = str(err.value)
+    assert "\n" not in msg and f"{NAME}.gate-lock" in msg and "runner-7 pid 42 since yesterday" in msg
+    assert f"delete_registered_model('{NAME}.gate-lock')" in msg
+    assert not client.search_registered_models(f"name='{NAME}'")  # nothing registered while locked out
+    client.delete_registered_model(f"{NAME}.gate-lock")
+    assert register()["champion_version"] == "1"
+    assert not client.search_registered_models(f"name='{NAME}.gate-lock'")
 
 
 def test_pyfunc_scores_many_frames_a_chunk_at_a_time():

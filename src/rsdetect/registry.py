@@ -182,6 +182,55 @@ def _bytes_frame(frames: list[bytes]):
     return pd.DataFrame({"image": frames})
 
 
+# How long a registration waits for other runners' gates (each re-scores the champion on the whole test set and
+# uploads a model) before giving up with the holder's name, and how often it asks; 600 s leaves room for a queue.
+GATE_LOCK_WAIT_S = 600
+GATE_LOCK_POLL_S = 0.5
+
+
+@contextmanager
+def gate_lock(client, name: str) -> Iterator[None]:
+    """Hold the registry-wide lock on `name`'s registration: a registered model `<name>.gate-lock`, made on entry
+    and deleted on exit; wait up to GATE_LOCK_WAIT_S while another runner holds it.
+
+    Why: the gate reads the champion, re-scores it and then sets the alias. Two runners registering at once
+    against one server both read the same champion, both decide to promote, and the later alias write wins even
+    when it is the worse model (tests/test_registry_server.py races two). MLflow has no compare-and-set on
+    aliases, but creating a registered model is one: the backend store's unique name lets exactly one of two
+    concurrent creates succeed (the other gets RESOURCE_ALREADY_EXISTS) on SQLite and PostgreSQL, through the
+    server or not. Converging the alias afterwards to the best recorded score instead would compare scores from
+    different test sets and undo `--force`. A lock left by a killed run is named in the error, with its holder.
+    """
+    import socket
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}.gate-lock"
+    holder = f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}"
+    deadline = time.monotonic() + GATE_LOCK_WAIT_S
+    while True:
+        try:
+            client.create_registered_model(lock, description=holder)
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        if time.monotonic() > deadline:
+            try:
+                other = client.get_registered_model(lock).description
+            except MlflowException:
+                continue  # released just now: try again
+            raise RsdetectError(f"MLflow registered model {lock} (the lock on registering {name}) is still held after "
+                                f"{GATE_LOCK_WAIT_S} s by {other}; if that run is dead, delete it: "
+                                f"mlflow.MlflowClient().delete_registered_model('{lock}')")
+        time.sleep(GATE_LOCK_POLL_S)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
 def register_candidate(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
                        test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
                        tags: dict[str, str], force: bool = False) -> dict:
@@ -200,6 +249,17 @@ def _register(model_path: str | Path, image_size: int, threshold: float, metrics
 
     setup_mlflow()
     client = mlflow.MlflowClient()
+    with gate_lock(client, name):  # the read-compare-set below is one step for every runner sharing the server
+        return _gate(client, model_path, image_size, threshold, metrics, test_paths, test_labels, name, alias, metric,
+                     tags, force)
+
+
+def _gate(client, model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
+          test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str, tags: dict[str, str],
+          force: bool) -> dict:
+    """Register the checkpoint once and move the alias if it wins (under gate_lock)."""
+    import mlflow
+
     identity = f"{file_md5(model_path)}-{threshold:.6f}"
     existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("identity") == identity] \
         if client.search_registered_models(f"name='{name}'") else []
