@@ -4,7 +4,7 @@ TFLite; plus a paper estimate of the machines 1,000 cameras at 5 sampled frames/
 
 Every run writes the full report set. Cluster start-up and each worker's model load are timed apart (paid once
 per scan, not per frame).
-Run: python benchmarks/bench_shard.py [--model /work/main/models/model.keras] [--cameras 4] [--frames 300]
+Run: python benchmarks/bench_shard.py [--model models/model.keras] [--cameras 4] [--frames 300]
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def timed_scan(specs: list[str], model_spec: str, out: Path, workers: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT.parent / "main" / "models" / "model.keras"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--frames", type=int, default=300, help="frames per camera video (all scored)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds over all modes; each mode keeps its fastest scan")

@@ -7,7 +7,7 @@ Files, not live streams: a file's reader waits for the scorer instead of droppin
 pipeline's capacity. The watch's time includes its start (first summary, readers, model warm-up) and end
 (reader join, final reports): "steady" leaves them out, (N*F - N) / (t(F frames) - t(1 frame)), both
 timed in the same run.
-Run: python benchmarks/bench_watch.py [--model /work/main/models/model.keras] [--frames 24] [--cameras 1 4 16]
+Run: python benchmarks/bench_watch.py [--model models/model.keras] [--frames 24] [--cameras 1 4 16]
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def watch_rate(model, video: Path, cameras: int, frames: int, batch: int, out: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT.parent / "main" / "models" / "model.keras"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
     parser.add_argument("--frames", type=int, default=64, help="frames per camera")
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch", type=int, default=16)
