@@ -5,6 +5,7 @@ the module; the model is the colour model as TFLite, so workers do not import Te
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,3 +157,42 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, client, model_path
     assert "--workers must be >= 1" in one_line_error(capsys, [*base, "--workers", "0"])
     assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", client.scheduler.address])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, client, model_path, capsys) -> None:
+    """The worker watching one stream exits outright; Dask reruns its task on the restarted worker: the camera is
+    watched again (one read error, said once; frame numbers go on), the other camera is not touched. Last in the
+    module: it kills a worker of the shared cluster."""
+    with MjpegCamera(every_third_red) as gate, MjpegCamera(every_third_red) as door, \
+            MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        def kill_the_gate_worker_then_stop() -> None:
+            deadline = time.monotonic() + 60
+            while scrape(server.url).get(("rsdetect_frames_scanned_total", "gate"), 0) < 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            where = [w for w, keys in client.processing().items() if any(k.startswith("watch-0-") for k in keys)]
+            with contextlib.suppress(Exception):  # the worker dies under the call
+                client.run(os._exit, 1, workers=where)
+            before = scrape(server.url)[("rsdetect_frames_scanned_total", "gate")]
+            while scrape(server.url)[("rsdetect_frames_scanned_total", "gate")] < before + 10:  # watched again
+                assert time.monotonic() < deadline + 60
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        killer = threading.Thread(target=kill_the_gate_worker_then_stop, daemon=True)
+        killer.start()
+        result = run_sharded_watch(client, str(model_path), parse_sources([f"gate={gate.url}", f"door={door.url}"]),
+                                   describe_model(client, str(model_path)), tmp_path / "out",
+                                   WatchOptions(**FAST), server.metrics)
+        killer.join(5)
+        m = scrape(server.url)
+    assert result.stopped_by == "SIGTERM" and gate.connections == 2 and door.connections == 1
+    c = result.summary["cameras"]
+    assert (c["gate"]["read_errors"], c["door"]["read_errors"], c["door"]["reconnects"]) == (1, 0, 0)
+    assert c["gate"]["errors"] == ["its Dask worker died; watched again on another worker"]
+    assert capsys.readouterr().err.count("its Dask worker died") == 1
+    got = by_camera(result.out_dir)
+    for cam in ("gate", "door"):
+        assert [r["frame_index"] for r in got[cam]] == list(range(len(got[cam])))  # numbering goes on
+        assert m[("rsdetect_frames_scanned_total", cam)] == len(got[cam]) == c[cam]["frames_scored"]
+    assert m[("rsdetect_read_errors_total", "gate")] == 1

@@ -244,11 +244,11 @@ class CameraLoop:
 
     def __init__(self, sources: list[Source], model: LoadedModel, options: WatchOptions, threshold: float,
                  metrics: WatchMetrics, stop: threading.Event, on_rows: Callable[[list[Row]], None],
-                 explain: Explainer | None = None, echo: bool = True) -> None:
+                 explain: Explainer | None = None, echo: bool = True, started: float | None = None) -> None:
         self.model, self.options, self.stop, self.on_rows = model, options, stop, on_rows
         self.ready = threading.Event()
         self.states = {s.camera: CameraState(s, options.smooth, threshold, explain=explain) for s in sources}
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started  # streams' timestamps count from it
         self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, started, echo)
                         for s in sources]
 
@@ -351,7 +351,8 @@ def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, op
     `explain`: shear columns of flagged frames, heatmaps and de-skewed previews of the worst, as in scan."""
     with watch_session(out_dir, options, lock) as (reports, stop, said):
         record = WatchRecord(sources, model, reports, options, metrics, explain)
-        loop = CameraLoop(sources, model, options, record.threshold, metrics, stop, record.record, explain)
+        loop = CameraLoop(sources, model, options, record.threshold, metrics, stop, record.record, explain,
+                          started=record.started)
 
         def tick() -> str | None:
             if stop.is_set():

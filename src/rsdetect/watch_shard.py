@@ -31,7 +31,7 @@ from rsdetect.loaders import LoadedModel
 from rsdetect.outputs import OutputLock
 from rsdetect.scan import Row
 from rsdetect.shard import StopFlag, worker_model
-from rsdetect.sources import Source
+from rsdetect.sources import Source, StreamSource
 from rsdetect.watch import CameraLoop, WatchOptions, WatchRecord, WatchResult, watch_session
 from rsdetect.watch_metrics import WatchMetrics
 from rsdetect.watch_readers import RECENT_ERRORS, CameraHealth, say
@@ -83,14 +83,16 @@ class Outbox:
 
 
 def watch_group(sources: list[Source], stop: StopFlag, spec: str, options: WatchOptions, threshold: float,
-                explain: Explainer | None, queue_name: str) -> str:
+                explain: Explainer | None, queue_name: str, started_unix: float) -> str:
     """A Dask task: watch `sources` with this worker's model until `stop` is set or they all end (the watching
-    process keeps time: no --duration here); returns why it ended."""
+    process keeps time: no --duration here); returns why it ended. Stream timestamps count from `started_unix`,
+    the watch's start (this machine's clock; NTP keeps machines within milliseconds)."""
     model = worker_model(spec)
     outbox = Outbox(Queue(queue_name), options.summary_interval, explain)
     halt = threading.Event()
     loop = CameraLoop(sources, model, dataclasses.replace(options, duration=None), threshold, WatchMetrics(), halt,
-                      outbox.add, explain, echo=False)  # its metrics stay here unserved: the health goes back
+                      outbox.add, explain, echo=False,  # its metrics stay here unserved: the health goes back
+                      started=time.monotonic() - (time.time() - started_unix))
     outbox.loop = loop
 
     def tick() -> str | None:
@@ -124,6 +126,8 @@ class RemoteCameras:
         self.token: dict[str, str | None] = {s.camera: None for s in sources}
         self.base = {s.camera: dict.fromkeys(COUNTERS, 0) for s in sources}  # earlier tasks' counters
         self.current = {s.camera: dict.fromkeys(COUNTERS, 0) for s in sources}  # this task's
+        self.next_index = {s.camera: 0 for s in sources}
+        self.shift: dict[str, int] = {}  # added to a rerun stream's frame numbers
 
     def _set(self, cam: str, health: dict[str, Any], errors: list[str]) -> None:
         for message in errors:
@@ -132,18 +136,28 @@ class RemoteCameras:
         self.metrics.follow(cam, health, self.health[cam])
         self.health[cam] = health
 
+    def _rerun(self, cam: str) -> None:
+        """Dask ran a camera's task again (its worker died): its counters so far kept, a stream's frame numbers
+        go on from the last one logged (a file starts again from its first frame)."""
+        self.base[cam] = {k: self.base[cam][k] + self.current[cam][k] for k in COUNTERS}
+        self.base[cam]["read_errors"] += 1
+        self.current[cam] = dict.fromkeys(COUNTERS, 0)
+        if isinstance(self.record.sources[cam], StreamSource):
+            self.shift[cam] = self.next_index[cam]
+
     def apply(self, message: dict[str, Any]) -> None:
         """A task's message: rows recorded and logged, health and worst frames taken, explain counts added."""
+        rerun = [cam for cam in message["health"] if self.token[cam] not in (None, message["token"])]
+        for cam in message["health"]:
+            if cam in rerun:
+                self._rerun(cam)
+            self.token[cam] = message["token"]
+        for row in message["rows"]:
+            row["frame_index"] += self.shift.get(row["camera"], 0)
+            self.next_index[row["camera"]] = row["frame_index"] + 1
         self.record.record(message["rows"])
         for cam, snapshot in message["health"].items():
-            errors: list[str] = []
-            if message["token"] != self.token[cam]:
-                if self.token[cam] is not None:  # Dask reran the task on another worker
-                    self.base[cam] = {k: self.base[cam][k] + self.current[cam][k] for k in COUNTERS}
-                    self.base[cam]["read_errors"] += 1
-                    errors.append("its Dask worker died; watched again on another worker")
-                    self.current[cam] = dict.fromkeys(COUNTERS, 0)
-                self.token[cam] = message["token"]
+            errors = ["its Dask worker died; watched again on another worker"] if cam in rerun else []
             new = snapshot["read_errors"] - self.current[cam]["read_errors"]
             errors += snapshot["errors"][-new:] if new > 0 else []
             self.current[cam] = {k: snapshot[k] for k in COUNTERS}
@@ -187,7 +201,8 @@ def run_sharded_watch(client: Any, spec: str, sources: list[Source], model: Load
         # Each group pinned to its own worker thread (a long-lived task queued behind another would never run);
         # loosely, so that Dask can rerun it elsewhere when that worker dies.
         futures = [client.submit(watch_group, group, flag, spec, options, record.threshold, explain, queue.name,
-                                 key=f"watch-{i}-{token}", pure=False, workers=[slot], allow_other_workers=True)
+                                 record.started_unix, key=f"watch-{i}-{token}", pure=False, workers=[slot],
+                                 allow_other_workers=True)
                    for i, (group, slot) in enumerate(zip(groups, slots))]
         settled: set[int] = set()
 
