@@ -7,6 +7,10 @@ frames log, counts to the metrics (rsdetect.watch_metrics), and summary.json is 
 `summary_interval` s (rsdetect.watch_reports). SIGTERM or Ctrl-C sets a stop flag (no exception is raised
 into the middle of a write): readers stop, frames already queued are scored, the reports are completed, and
 the watch ends with exit code 0, as does a `duration` or every source ending (files) or reaching max_frames.
+
+Two halves, so that cameras can also be watched on Dask workers (rsdetect.watch_shard): CameraLoop (readers,
+batching, scoring) runs here or in a worker's task; WatchRecord (flag counts, row metrics, frames log, summary)
+runs in the watching process either way.
 """
 from __future__ import annotations
 
