@@ -8,10 +8,17 @@ pipeline's capacity. The watch's time includes its start (first summary, readers
 (reader join, final reports): "steady" leaves them out, (N*F - N) / (t(F frames) - t(1 frame)), both
 timed in the same run.
 Run: python benchmarks/bench_watch.py [--model models/model.keras] [--frames 24] [--cameras 1 4 16]
+
+--shard: instead, `watch --workers` (rsdetect.watch_shard): steady frames/s of the same cameras watched by this
+process, then by a local Dask cluster of 1 and of 2 single-threaded workers (cluster started and model loaded
+before timing, one warm-up watch each), interleaved --repeats times, the best of each with its ratio to the
+single process's best, measured in the same run.
+Run: python benchmarks/bench_watch.py --shard [--cameras 4] [--frames 64] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import tempfile
 import threading
@@ -74,18 +81,58 @@ def score_only(model, video: Path, frames: int, batch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def watch_rate(model, video: Path, cameras: int, frames: int, batch: int, out: Path) -> tuple[float, dict]:
-    """Frames/s of run_watch over `cameras` copies of the video (each camera reads `frames` frames)."""
+def watch_rate(model, video: Path, cameras: int, frames: int, batch: int, out: Path, run=None) -> tuple[float, dict]:
+    """Frames/s of run_watch (or `run`, with its arguments) over `cameras` copies of the video (each camera
+    reads `frames` frames)."""
     from rsdetect.sources import parse_sources
     from rsdetect.watch import WatchOptions, run_watch
     from rsdetect.watch_metrics import WatchMetrics
 
     sources = parse_sources([f"cam{i}={video}" for i in range(cameras)])
     start = time.perf_counter()
-    result = run_watch(sources, model, out, WatchOptions(batch=batch, max_frames=frames, summary_interval=1e6),
-                       WatchMetrics())
+    result = (run or run_watch)(sources, model, out, WatchOptions(batch=batch, max_frames=frames, summary_interval=1e6),
+                                WatchMetrics())
     took = time.perf_counter() - start
     return result.summary["totals"]["frames_scored"] / took, result.summary["totals"]
+
+
+def steady_rate(model, video: Path, cameras: int, frames: int, batch: int, out: Path, run=None) -> tuple[float, float]:
+    """(whole-run frames/s, steady frames/s: start and stop left out by timing a 1-frame watch beside it)."""
+    start = time.perf_counter()
+    watch_rate(model, video, cameras, 1, batch, out / "one", run)
+    fixed = time.perf_counter() - start
+    rate, totals = watch_rate(model, video, cameras, frames, batch, out / "all", run)
+    assert totals["frames_scored"] == cameras * frames and totals["frames_dropped"] == 0, totals
+    return rate, cameras * (frames - 1) / (cameras * frames / rate - fixed)
+
+
+def shard_rows(model, spec: str, video: Path, cameras: int, frames: int, batch: int, tmp: Path, repeats: int) -> None:
+    """watch in this process, on a local Dask cluster of 1 and of 2 workers, interleaved `repeats` times (load on
+    a shared machine drifts); the best of each, and its ratio to this process's best."""
+    from rsdetect.shard import describe_model, open_client
+    from rsdetect.watch_shard import run_sharded_watch
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # the TensorFlow export left the root logger at INFO
+
+    def sharded(client):
+        described = describe_model(client, spec)  # every worker loads the model before the clock starts
+
+        def run(sources, model, out, options, metrics):
+            return run_sharded_watch(client, spec, sources, described, out, options, metrics)
+        return run
+
+    with open_client(1) as one, open_client(2) as two:
+        modes = {"this process": None, "Dask 1 worker": sharded(one), "Dask 2 workers": sharded(two)}
+        for name, run in modes.items():  # warm-up: a worker imports the watch modules with its first task
+            watch_rate(model, video, cameras, 1, batch, tmp / f"warm-{name}", run)
+        best: dict[str, tuple[float, float]] = {}
+        for rep in range(repeats):
+            for name, run in modes.items():
+                got = steady_rate(model, video, cameras, frames, batch, tmp / f"{name}-{rep}", run)
+                best[name] = max(best.get(name, got), got, key=lambda r: r[1])
+    print(f"{'mode':>16} {'watch f/s':>10} {'steady f/s':>11} {'steady ratio':>13}   (best of {repeats})")
+    for name, (rate, steady) in best.items():
+        print(f"{name:>16} {rate:>10.1f} {steady:>11.1f} {steady / best['this process'][1]:>13.2f}")
 
 
 def main() -> None:
@@ -94,6 +141,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=64, help="frames per camera")
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--shard", action="store_true", help="this process against Dask 1 and 2 workers")
+    parser.add_argument("--repeats", type=int, default=3, help="--shard: interleaved repeats, best kept")
     args = parser.parse_args()
 
     from rsdetect.export import export_model
@@ -108,6 +157,12 @@ def main() -> None:
         video = make_video(tmp / "cam.avi", args.frames)
         print(f"model {args.model} -> TFLite ({r['bytes'] / 1e6:.1f} MB, {model.image_size} px; 640x480 frames "
               f"are {2} tiles); {os.cpu_count()} CPUs; {args.frames} frames per camera, batch {args.batch}")
+        if args.shard:
+            for n in args.cameras:
+                print(f"{n} cameras:")
+                shard_rows(model, str(tmp / "model.tflite"), video, n, args.frames, args.batch, tmp / f"shard{n}",
+                           args.repeats)
+            return
         print(f"{'cameras':>7} {'watch f/s':>10} {'steady f/s':>11} {'decode f/s':>11} {'steady/decode':>14} "
               f"{'score-only f/s':>15} {'steady/score-only':>18}")
         for n in args.cameras:

@@ -115,7 +115,8 @@ def test_a_dropped_camera_reconnects_and_the_other_goes_on(tmp_path, model) -> N
         def poll() -> None:
             while not done.is_set():
                 m = scrape(server.url)
-                seen.append((m[("rsdetect_camera_up", "flaky")], m[("rsdetect_camera_up", "steady")]))
+                # .get: a scrape may come before run_watch has added the cameras' series
+                seen.append((m.get(("rsdetect_camera_up", "flaky"), 0), m.get(("rsdetect_camera_up", "steady"), 0)))
                 time.sleep(0.03)
 
         poller = threading.Thread(target=poll, daemon=True)

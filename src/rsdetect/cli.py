@@ -126,14 +126,28 @@ def _watch(args: argparse.Namespace) -> None:
                            keep_rotated=args.keep_rotated, summary_interval=args.summary_interval)
     sources = parse_sources(args.sources, args.cameras)
     shear, shear_note = scan_shear_params(args.params)
+    sharded = args.workers != 1 or args.scheduler is not None
+    if sharded:
+        from rsdetect.shard import check_workers, describe_model, open_client
+        from rsdetect.watch_shard import run_sharded_watch
+
+        check_workers(args.workers, args.scheduler)
     metrics = WatchMetrics()
     try:
         # SIGTERM while the model loads stops the watch before it starts: lock released, nothing written.
         with StopSignals(), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
             print(f"watch: metrics on {server.url}", file=sys.stderr, flush=True)
-            model = load_model(args.model)
-            result = run_watch(sources, model, lock.out, options, metrics, lock=lock,
-                               explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+            if not sharded:
+                model = load_model(args.model)
+                result = run_watch(sources, model, lock.out, options, metrics, lock=lock,
+                                   explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+            else:  # cameras watched on Dask workers, each loading the model once; this process keeps the reports
+                with open_client(args.workers, args.scheduler) as client:
+                    model = describe_model(client, args.model)
+                    explain = Explainer(None, model.image_size, model.kind, shear, shear_note,
+                                        cam_note="sharded watch (--workers/--scheduler): the model is on the workers")
+                    result = run_sharded_watch(client, args.model, sources, model, lock.out, options, metrics,
+                                               lock=lock, explain=explain)
     except KeyboardInterrupt:  # before scoring started (run_watch handles signals once it runs)
         print("watch: stopped before it started", file=sys.stderr)
         return
@@ -238,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
     w.add_argument("--params", default=None, metavar="YAML",
                    help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
+    w.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="watch cameras on N worker processes of a local Dask cluster (default 1: this process)")
+    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="watch cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
     w.set_defaults(func=_watch)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")

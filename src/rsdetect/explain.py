@@ -58,9 +58,10 @@ class Explainer:
                 self.cam_note = str(exc)
         return self._cam
 
-    def add_counts(self, other: Explainer) -> None:
-        """Add the counts of a copy that worked elsewhere (a Dask worker's, rsdetect.shard) to this one's."""
-        for key, n in other.counts.items():
+    def add_counts(self, other: Explainer | dict[str, int]) -> None:
+        """Add the counts of a copy that worked elsewhere (a Dask worker's, rsdetect.shard), or what they grew by
+        (rsdetect.watch_shard), to this one's."""
+        for key, n in (other if isinstance(other, dict) else other.counts).items():
             self.counts[key] += n
 
     def __getstate__(self) -> dict[str, Any]:

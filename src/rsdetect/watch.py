@@ -7,6 +7,10 @@ frames log, counts to the metrics (rsdetect.watch_metrics), and summary.json is 
 `summary_interval` s (rsdetect.watch_reports). SIGTERM or Ctrl-C sets a stop flag (no exception is raised
 into the middle of a write): readers stop, frames already queued are scored, the reports are completed, and
 the watch ends with exit code 0, as does a `duration` or every source ending (files) or reaching max_frames.
+
+Two halves, so that cameras can also be watched on Dask workers (rsdetect.watch_shard): CameraLoop (readers,
+batching, scoring) runs here or in a worker's task; WatchRecord (flag counts, row metrics, frames log, summary)
+runs in the watching process either way.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,20 +114,24 @@ class WatchResult:
 
 class FlagStats:
     """A camera's running flag counts: what scan.camera_summary computes from the whole flag list, kept in
-    constant memory (a camera at 5 frames/s scores 432,000 frames a day)."""
+    constant memory (a camera at 5 frames/s scores 432,000 frames a day), and when it was last flagged."""
 
     def __init__(self) -> None:
         self.scored = self.flagged = self.run = self.longest = 0
+        self.last_flagged_time: float | None = None
 
-    def add(self, flag: bool) -> None:
+    def add(self, flag: bool, now: float) -> None:
         self.scored += 1
         self.flagged += flag
         self.run = self.run + 1 if flag else 0
         self.longest = max(self.longest, self.run)
+        if flag:
+            self.last_flagged_time = now
 
     def summary(self) -> dict[str, Any]:
         return {"frames_scored": self.scored, "flagged": self.flagged,
-                "flagged_rate": self.flagged / self.scored if self.scored else None, "longest_flagged_run": self.longest}
+                "flagged_rate": self.flagged / self.scored if self.scored else None, "longest_flagged_run": self.longest,
+                "last_flagged_time": self.last_flagged_time}
 
 
 def watch_claim(out_dir: str) -> OutputLock:
@@ -155,23 +163,104 @@ def stop_on_signals(stop: threading.Event, said: list[str]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class Watch:
-    """One watch's cameras, readers, metrics and reports (run() drives it)."""
+class WatchRecord:
+    """What the watching process keeps of every camera, wherever its frames are scored (here, or on a Dask
+    worker: rsdetect.watch_shard): flag counts, the metrics of scored rows, the frames log and the summary."""
 
     def __init__(self, sources: list[Source], model: LoadedModel, reports: WatchReports, options: WatchOptions,
-                 metrics: WatchMetrics, stop: threading.Event, explain: Explainer | None = None) -> None:
-        self.model, self.reports, self.options, self.metrics, self.stop = model, reports, options, metrics, stop
-        self.explain = explain
+                 metrics: WatchMetrics, explain: Explainer | None = None) -> None:
+        self.sources = {s.camera: s for s in sources}
+        self.model, self.reports, self.options, self.metrics, self.explain = model, reports, options, metrics, explain
         self.threshold = options.threshold if options.threshold is not None else (
             model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
         self.started, self.started_unix = time.monotonic(), time.time()
-        self.ready = threading.Event()
-        self.states = {s.camera: CameraState(s, options.smooth, self.threshold, explain=explain) for s in sources}
+        self.next_summary = self.started + options.summary_interval
         self.stats = {s.camera: FlagStats() for s in sources}
-        self.stems = file_stems(self.states)
-        self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, self.started) for s in sources]
+        self.stems = file_stems(self.sources)
         for s in sources:
             metrics.add_camera(s.camera)
+
+    def record(self, rows: list[Row]) -> None:
+        """Count scored rows (flag stats, metrics) and append them to the frames log."""
+        now = time.time()
+        for row in rows:
+            cam = row["camera"]
+            self.stats[cam].add(row["flag"], now)
+            self.metrics.scanned.labels(cam).inc()
+            self.metrics.score.labels(cam).observe(row["probability"])
+            if row["flag"]:
+                self.metrics.flagged.labels(cam).inc()
+                self.metrics.last_flagged.labels(cam).set(now)
+        self.reports.log.write(rows)
+
+    def expired(self) -> bool:
+        """True once --duration has passed."""
+        return self.options.duration is not None and time.monotonic() - self.started >= self.options.duration
+
+    def due(self) -> bool:
+        """True when the periodic summary is due (then the next one is scheduled)."""
+        now = time.monotonic()
+        if now < self.next_summary:
+            return False
+        self.next_summary = now + self.options.summary_interval
+        return True
+
+    def ended(self) -> str:
+        """Why a watch whose sources all ended stopped."""
+        cap = self.options.max_frames
+        return "max-frames" if cap is not None and all(s.scored >= cap for s in self.stats.values()) else "sources ended"
+
+    def summary(self, stopped_by: str | None, health: dict[str, dict[str, Any]],
+                worst: dict[str, list[tuple[float, int, np.ndarray]]]) -> dict[str, Any]:
+        """summary.json's content: scan's keys per camera and in total, plus each camera's health (a
+        CameraHealth.snapshot) and its worst frames, as the caller knows them now."""
+        cameras: dict[str, dict[str, Any]] = {}
+        for cam, source in self.sources.items():
+            cameras[cam] = {"source": redact(source.spec), "kind": source.kind, **self.stats[cam].summary(),
+                            "failures": health[cam]["read_errors"], **health[cam],
+                            "worst_frames": self.reports.worst.update(self.stems[cam], worst[cam], self.explain)}
+        scored = sum(c["frames_scored"] for c in cameras.values())
+        flagged = sum(c["flagged"] for c in cameras.values())
+        o = self.options
+        return {"model": self.model.name, "model_kind": self.model.kind, "threshold": self.threshold,
+                "smooth": o.smooth, "every": o.every, "fps": o.fps, "batch": o.batch, "max_frames": o.max_frames,
+                "interrupted": stopped_by in ("SIGINT", "SIGTERM"), "exit_code": 0, "cameras": cameras,
+                "totals": {"cameras": len(cameras), "failed_cameras": sum(1 for c in cameras.values() if c["failures"]),
+                           "cameras_up": sum(c["up"] for c in cameras.values()), "frames_scored": scored,
+                           "flagged": flagged, "flagged_rate": flagged / scored if scored else None,
+                           "frames_dropped": sum(c["frames_dropped"] for c in cameras.values()),
+                           "reconnects": sum(c["reconnects"] for c in cameras.values())},
+                "watch": {"running": stopped_by is None, "stopped_by": stopped_by, "started_time": self.started_unix,
+                          "updated_time": time.time(), "uptime_s": round(time.monotonic() - self.started, 3),
+                          "rotations": self.reports.log.rotations},
+                **({"explain": self.explain.summary()} if self.explain is not None else {})}
+
+    def write_summary(self, stopped_by: str | None, health: dict[str, dict[str, Any]],
+                      worst: dict[str, list[tuple[float, int, np.ndarray]]], chart: bool = True) -> dict[str, Any]:
+        summary = self.summary(stopped_by, health, worst)
+        self.reports.write_summary(summary, self.threshold, self.options.smooth, chart)
+        return summary
+
+
+class CameraLoop:
+    """Some cameras' readers and the scoring of their frames, round robin in batches across cameras, each row
+    handed to `on_rows`: what a watch runs in its own process, or in a Dask task (rsdetect.watch_shard)."""
+
+    def __init__(self, sources: list[Source], model: LoadedModel, options: WatchOptions, threshold: float,
+                 metrics: WatchMetrics, stop: threading.Event, on_rows: Callable[[list[Row]], None],
+                 explain: Explainer | None = None, echo: bool = True, started: float | None = None) -> None:
+        self.model, self.options, self.stop, self.on_rows = model, options, stop, on_rows
+        self.ready = threading.Event()
+        self.states = {s.camera: CameraState(s, options.smooth, threshold, explain=explain) for s in sources}
+        started = time.monotonic() if started is None else started  # streams' timestamps count from it
+        self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, started, echo)
+                        for s in sources]
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        return {r.camera: r.health.snapshot() for r in self.readers}
+
+    def worst(self) -> dict[str, list[tuple[float, int, np.ndarray]]]:
+        return {cam: state.worst() for cam, state in self.states.items()}
 
     def gather(self, limit: int | None = None) -> list[tuple[CameraState, Any]]:
         """Up to `limit` (one batch) queued frames, taken round robin so that a busy camera cannot starve the others."""
@@ -189,68 +278,28 @@ class Watch:
         return items
 
     def score(self, items: list[tuple[CameraState, Any]]) -> None:
-        """Score a batch (as scan does), then log the rows and count them."""
+        """Score a batch (as scan does) and hand its rows on."""
         rows: list[Row] = score_items(items, self.model, self.options.batch)
-        now = time.time()
-        health = {r.camera: r.health for r in self.readers}
-        for row in rows:
-            cam = row["camera"]
-            self.stats[cam].add(row["flag"])
-            self.metrics.scanned.labels(cam).inc()
-            self.metrics.score.labels(cam).observe(row["probability"])
-            if row["flag"]:
-                self.metrics.flagged.labels(cam).inc()
-                self.metrics.last_flagged.labels(cam).set(now)
-                with health[cam].lock:
-                    health[cam].last_flagged_time = now
         for state, _ in items:
             state.flags.clear()  # FlagStats holds the counts; the list would grow for ever
-        self.reports.log.write(rows)
+        self.on_rows(rows)
 
-    def summary(self, stopped_by: str | None) -> dict[str, Any]:
-        """summary.json's content: scan's keys per camera and in total, plus each camera's health."""
-        cameras: dict[str, dict[str, Any]] = {}
-        for r in self.readers:
-            health = r.health.snapshot()
-            cameras[r.camera] = {"source": redact(r.source.spec), "kind": r.source.kind,
-                                 **self.stats[r.camera].summary(), "failures": health["read_errors"], **health,
-                                 "worst_frames": self.reports.worst.update(self.stems[r.camera],
-                                                                           self.states[r.camera].worst(), self.explain)}
-        scored = sum(c["frames_scored"] for c in cameras.values())
-        flagged = sum(c["flagged"] for c in cameras.values())
-        o = self.options
-        return {"model": self.model.name, "model_kind": self.model.kind, "threshold": self.threshold,
-                "smooth": o.smooth, "every": o.every, "fps": o.fps, "batch": o.batch, "max_frames": o.max_frames,
-                "interrupted": stopped_by in ("SIGINT", "SIGTERM"), "exit_code": 0, "cameras": cameras,
-                "totals": {"cameras": len(cameras), "failed_cameras": sum(1 for c in cameras.values() if c["failures"]),
-                           "cameras_up": sum(c["up"] for c in cameras.values()), "frames_scored": scored,
-                           "flagged": flagged, "flagged_rate": flagged / scored if scored else None,
-                           "frames_dropped": sum(c["frames_dropped"] for c in cameras.values()),
-                           "reconnects": sum(c["reconnects"] for c in cameras.values())},
-                "watch": {"running": stopped_by is None, "stopped_by": stopped_by, "started_time": self.started_unix,
-                          "updated_time": time.time(), "uptime_s": round(time.monotonic() - self.started, 3),
-                          "rotations": self.reports.log.rotations},
-                **({"explain": self.explain.summary()} if self.explain is not None else {})}
-
-    def write_summary(self, stopped_by: str | None, chart: bool = True) -> dict[str, Any]:
-        summary = self.summary(stopped_by)
-        self.reports.write_summary(summary, self.threshold, self.options.smooth, chart)
-        return summary
-
-    def run(self, said: list[str]) -> str:
-        """Score until stopped; returns why it stopped."""
+    def start(self) -> None:
+        """Trace the model, then start the readers."""
         # The first model call traces the graph (seconds on CPU): done before the readers start, live streams
         # do not overflow their queues while it runs.
         size = self.model.image_size
         score_frames(self.model.scorer, [np.zeros((size, size, 3), np.uint8)], size, self.options.batch)
         for r in self.readers:
             r.start()
+
+    def run(self, tick: Callable[[], str | None]) -> str:
+        """Score until tick() gives a reason to stop (it is called every pass) or every source has ended
+        ("sources ended"); returns the reason."""
         o = self.options
-        next_summary = time.monotonic() + o.summary_interval
-        self.write_summary(None, chart=False)  # every camera listed, down, from the first moment (no chart: 0.2 s)
         while True:
-            if self.stop.is_set():
-                return said[0] if said else "stopped"
+            if (reason := tick()) is not None:
+                return reason
             ended = all(r.done.is_set() for r in self.readers)  # read before gathering: nothing can follow it
             self.ready.clear()
             items = self.gather()
@@ -262,23 +311,17 @@ class Watch:
             if items:
                 self.score(items)
             elif ended:
-                return "max-frames" if o.max_frames is not None and all(
-                    s.scored >= o.max_frames for s in self.stats.values()) else "sources ended"
+                return "sources ended"
             else:
                 self.ready.wait(0.1)
-            now = time.monotonic()
-            if o.duration is not None and now - self.started >= o.duration:
-                return "duration"
-            if now >= next_summary:
-                self.write_summary(None)
-                next_summary = now + o.summary_interval
 
     def stop_readers(self) -> None:
         """Tell the readers to stop and wait for them a moment."""
         self.stop.set()
         deadline = time.monotonic() + READER_JOIN_S
         for r in self.readers:
-            r.join(max(0.0, deadline - time.monotonic()))
+            if r.ident is not None:  # started
+                r.join(max(0.0, deadline - time.monotonic()))
 
     def finish(self) -> None:
         """Stop the readers, score what they had queued; frames a stuck reader queues later are counted as dropped."""
@@ -287,11 +330,11 @@ class Watch:
             self.score(items)
 
 
-def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,
-              metrics: WatchMetrics, lock: OutputLock | None = None, explain: Explainer | None = None) -> WatchResult:
-    """Watch every source into out_dir until SIGTERM/Ctrl-C, `duration`, or every source ends (files) or
-    reaches max_frames; the reports are complete whichever way it ends. `lock`: the caller's watch_claim().
-    `explain`: shear columns of flagged frames, heatmaps and de-skewed previews of the worst, as in scan."""
+@contextlib.contextmanager
+def watch_session(out_dir: str | Path, options: WatchOptions, lock: OutputLock | None
+                  ) -> Iterator[tuple[WatchReports, threading.Event, list[str]]]:
+    """The report folder checked and locked (or the caller's held `lock` on it), SIGINT/SIGTERM caught into a
+    stop event (the signal's name in the list), and the open reports: what both kinds of watch run inside."""
     out = check_report_dir(out_dir, is_watch_report_file)
     said: list[str] = []
     stop = threading.Event()
@@ -301,13 +344,38 @@ def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, op
         elif not (lock.held and lock.out == out):
             raise ValueError(f"lock is not a held claim on {out}")
         stack.enter_context(stop_on_signals(stop, said))
-        reports = stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated))
-        watch = Watch(sources, model, reports, options, metrics, stop, explain)
+        yield stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated)), \
+            stop, said
+
+
+def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,
+              metrics: WatchMetrics, lock: OutputLock | None = None, explain: Explainer | None = None) -> WatchResult:
+    """Watch every source into out_dir until SIGTERM/Ctrl-C, `duration`, or every source ends (files) or
+    reaches max_frames; the reports are complete whichever way it ends. `lock`: the caller's watch_claim().
+    `explain`: shear columns of flagged frames, heatmaps and de-skewed previews of the worst, as in scan."""
+    with watch_session(out_dir, options, lock) as (reports, stop, said):
+        record = WatchRecord(sources, model, reports, options, metrics, explain)
+        loop = CameraLoop(sources, model, options, record.threshold, metrics, stop, record.record, explain,
+                          started=record.started)
+
+        def tick() -> str | None:
+            if stop.is_set():
+                return said[0] if said else "stopped"
+            if record.expired():
+                return "duration"
+            if record.due():
+                record.write_summary(None, loop.health(), loop.worst())
+            return None
+
         try:
-            stopped_by = watch.run(said)
+            loop.start()
+            # Every camera listed, down, from the first moment (no chart: 0.2 s).
+            record.write_summary(None, loop.health(), loop.worst(), chart=False)
+            stopped_by = loop.run(tick)
         except BaseException:  # a model error: stop the readers, keep the error
-            watch.stop_readers()
+            loop.stop_readers()
             raise
-        watch.finish()
-        summary = watch.write_summary(stopped_by)
-    return WatchResult(out, summary, 0, stopped_by)
+        loop.finish()
+        stopped_by = record.ended() if stopped_by == "sources ended" else stopped_by
+        summary = record.write_summary(stopped_by, loop.health(), loop.worst())
+    return WatchResult(reports.folder, summary, 0, stopped_by)

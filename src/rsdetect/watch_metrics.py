@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -48,6 +49,17 @@ class WatchMetrics:
         for metric in (self.scanned, self.flagged, self.dropped, self.reconnects, self.read_errors, self.score,
                        self.up, self.last_frame, self.last_flagged):
             metric.labels(camera)
+
+    def follow(self, camera: str, health: dict[str, Any], before: dict[str, Any]) -> None:
+        """Set a camera's reader metrics from its health snapshots (CameraHealth.snapshot) where the reader runs
+        in another process (rsdetect.watch_shard): counters go up by what grew since `before`, gauges are set."""
+        for key, counter in (("reconnects", self.reconnects), ("read_errors", self.read_errors),
+                             ("frames_dropped", self.dropped)):
+            if health[key] > before[key]:
+                counter.labels(camera).inc(health[key] - before[key])
+        self.up.labels(camera).set(int(health["up"]))
+        if health["last_frame_time"] is not None:
+            self.last_frame.labels(camera).set(health["last_frame_time"])
 
 
 def check_port(port: int) -> int:

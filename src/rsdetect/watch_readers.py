@@ -40,7 +40,6 @@ class CameraHealth:
     read_errors: int = 0
     dropped: int = 0
     last_frame_time: float | None = None
-    last_flagged_time: float | None = None
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -49,8 +48,7 @@ class CameraHealth:
         with self.lock:
             return {"up": self.up, "finished": self.finished, "connections": self.connections,
                     "reconnects": self.reconnects, "read_errors": self.read_errors, "frames_dropped": self.dropped,
-                    "last_frame_time": self.last_frame_time, "last_flagged_time": self.last_flagged_time,
-                    "errors": list(self.errors)}
+                    "last_frame_time": self.last_frame_time, "errors": list(self.errors)}
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,11 @@ class CameraReader(threading.Thread):
     """Reads one camera into `queue` until `stop` is set, its source ends (files) or max_frames are read."""
 
     def __init__(self, source: Source, options: ReadOptions, metrics: WatchMetrics, stop: threading.Event,
-                 ready: threading.Event, started: float) -> None:
+                 ready: threading.Event, started: float, echo: bool = True) -> None:
         super().__init__(name=f"watch-{source.camera}", daemon=True)  # daemon: one stuck in a C read cannot block exit
         self.source, self.options, self.metrics = source, options, metrics
         self.stop_event, self.ready, self.started = stop, ready, started
+        self.echo = echo  # off in a Dask worker: the watching process says the errors (rsdetect.watch_shard)
         self.live = isinstance(source, StreamSource)
         self.queue: queue.Queue[FrameItem] = queue.Queue(maxsize=options.queue_frames)
         self.health = CameraHealth()
@@ -90,7 +89,11 @@ class CameraReader(threading.Thread):
             self.health.read_errors += 1
             self.health.errors.append(message)
         self.metrics.read_errors.labels(self.camera).inc()
-        say(self.camera, message)
+        self._say(message)
+
+    def _say(self, message: str) -> None:
+        if self.echo:
+            say(self.camera, message)
 
     def _set_up(self, up: bool) -> None:
         with self.health.lock:
@@ -162,7 +165,7 @@ class CameraReader(threading.Thread):
                 if not self.live or capped or self.stop_event.is_set():
                     break
                 offset = last + 1
-                say(self.camera, f"stream {'dropped' if got else 'unavailable'}; reconnecting in {delay:.1f} s")
+                self._say(f"stream {'dropped' if got else 'unavailable'}; reconnecting in {delay:.1f} s")
                 if self.stop_event.wait(delay):
                     break
                 delay = min(delay * 2, o.reconnect_max)
