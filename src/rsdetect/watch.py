@@ -253,8 +253,8 @@ class CameraLoop:
         self.ready = threading.Event()
         self.states = {s.camera: CameraState(s, options.smooth, threshold, explain=explain) for s in sources}
         started = time.monotonic() if started is None else started  # streams' timestamps count from it
-        self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, started, echo)
-                        for s in sources]
+        self.readers = [CameraReader(s, options.read_options(), metrics, stop, self.ready, started, echo,
+                                     tile_size=model.image_size) for s in sources]
 
     def health(self) -> dict[str, dict[str, Any]]:
         return {r.camera: r.health.snapshot() for r in self.readers}
@@ -279,7 +279,8 @@ class CameraLoop:
 
     def score(self, items: list[tuple[CameraState, Any]]) -> None:
         """Score a batch (as scan does) and hand its rows on."""
-        rows: list[Row] = score_items(items, self.model, self.options.batch)
+        frames = [(state, (index, ts, rgb)) for state, (index, ts, rgb, _) in items]
+        rows: list[Row] = score_items(frames, self.model, self.options.batch, [tiled for _, (*_, tiled) in items])
         for state, _ in items:
             state.flags.clear()  # FlagStats holds the counts; the list would grow for ever
         self.on_rows(rows)

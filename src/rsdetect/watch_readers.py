@@ -16,12 +16,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
+import numpy as np
+
+from rsdetect.preprocess import Box, to_tiles
 from rsdetect.sources import FrameItem, Source, SourceError, StreamSource, redact, video_frames
 from rsdetect.watch_metrics import WatchMetrics
 
 RECENT_ERRORS = 20  # the messages summary.json keeps per camera; the counts are kept in full
+# A queued frame: a FrameItem and its to_tiles, or None where the scorer cuts them.
+TiledItem = tuple[int, Optional[float], np.ndarray, Optional[tuple[np.ndarray, list[Box]]]]
 
 
 def say(camera: str, message: str) -> None:
@@ -68,13 +73,16 @@ class CameraReader(threading.Thread):
     """Reads one camera into `queue` until `stop` is set, its source ends (files) or max_frames are read."""
 
     def __init__(self, source: Source, options: ReadOptions, metrics: WatchMetrics, stop: threading.Event,
-                 ready: threading.Event, started: float, echo: bool = True) -> None:
+                 ready: threading.Event, started: float, echo: bool = True, tile_size: int | None = None) -> None:
         super().__init__(name=f"watch-{source.camera}", daemon=True)  # daemon: one stuck in a C read cannot block exit
         self.source, self.options, self.metrics = source, options, metrics
         self.stop_event, self.ready, self.started = stop, ready, started
         self.echo = echo  # off in a Dask worker: the watching process says the errors (rsdetect.watch_shard)
         self.live = isinstance(source, StreamSource)
-        self.queue: queue.Queue[FrameItem] = queue.Queue(maxsize=options.queue_frames)
+        # With tile_size, each queued frame comes with its to_tiles, cut here: the resizing then overlaps the
+        # model instead of holding up the scoring thread (as scan's read_ahead does; bench_watch.py).
+        self.tile_size = tile_size
+        self.queue: queue.Queue[TiledItem] = queue.Queue(maxsize=options.queue_frames)
         self.health = CameraHealth()
         self.done = threading.Event()
 
@@ -114,8 +122,9 @@ class CameraReader(threading.Thread):
             return video_frames(self.source.spec, o.every, o.fps, None, timeout_ms=round(o.stall_timeout * 1000))
         return self.source.frames(self._error, o.every, o.fps, None)
 
-    def _put(self, item: FrameItem) -> None:
+    def _put(self, frame: FrameItem) -> None:
         """Queue a frame for scoring: a stream drops its oldest queued frame when full, a file waits."""
+        item: TiledItem = (*frame, None if self.tile_size is None else to_tiles(frame[2], self.tile_size))
         while not self.stop_event.is_set():
             try:
                 self.queue.put_nowait(item)
