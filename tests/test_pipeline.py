@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from conftest import copy_tracked_files
+from mlflow_server import mlflow_server
 
 TINY = {"synthesize": {"size": 64, "min_person_area": 60, "pairs_per_photo": 1},
         "external": {"pairs_per_photo": 1},
@@ -35,14 +36,22 @@ def merge(base: dict, over: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def registry(tmp_path_factory):
+    """The runners' shared registry: a real `mlflow server` (train and register reach it through
+    MLFLOW_TRACKING_URI, as every CI runner does)."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as (uri, root):
+        yield uri, root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, registry):
     """The project's tracked files copied into a new git repo, with tiny params, as a fresh clone would be."""
     repo = tmp_path_factory.mktemp("clone") / "rsdetect"
     copy_tracked_files(repo)
     params = merge(yaml.safe_load((repo / "params.yaml").read_text()), TINY)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{repo.parent / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t",
+           "MLFLOW_TRACKING_URI": registry[0], "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("PYTHONPATH", None)
     sh("git init -q -b main && git add -A && git commit -qm init", repo, env)
@@ -80,6 +89,17 @@ def test_whole_pipeline_offline_from_a_fresh_copy(reproduced):
             "r = m.predict(np.random.default_rng(0).integers(0, 255, (3, 90, 120, 3), dtype=np.uint8)); "
             "print(r.shape, sorted(r.columns), float(r.probability.std()) >= 0)")
     assert "(3, 3) ['flag', 'probability', 'tile'] True" in sh(f'python -c "{code}"', repo, env)
+
+
+@pytest.mark.slow
+def test_train_and_register_went_through_the_tracking_server(reproduced, registry):
+    """Train's run (params, metrics, model) and the registered champion live on the server, not in the clone."""
+    repo, env, _ = reproduced
+    code = ("import mlflow; r = mlflow.search_runs(search_all_experiments=True); "
+            "print(sorted(n.split('-')[0] for n in r['tags.mlflow.runName']))")
+    assert "train" in sh(f'python -c "{code}"', repo, env)
+    assert list((registry[1] / "artifacts").rglob("model.keras"))
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlruns").exists()
 
 
 @pytest.mark.slow

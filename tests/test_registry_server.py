@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -20,73 +17,22 @@ import pytest
 import yaml
 
 from conftest import ROOT, colour_model, params_raw
+from mlflow_server import mlflow_server
 
 pytest.importorskip("mlflow")
 pytestmark = pytest.mark.slow
 
 S = 64
 GAIN = 0.08
-SERVER_START_S = 120  # a fresh SQLite store is migrated at start: 24 s here on 2 busy cores
 PROCESS_S = 240       # one client process (imports TensorFlow and MLflow, registers or scores): 10-30 s here
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def last_line(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no output)"
-
-
-def wait_healthy(proc: subprocess.Popen, uri: str, log: Path) -> None:
-    """Return once GET /health answers; fail with one line if the server exits or stays silent."""
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}: {last_line(log)}", pytrace=False)
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow server at {uri} did not answer /health within {SERVER_START_S} s: {last_line(log)}",
-                pytrace=False)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End the server and the workers it started (its own process group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(5)  # uvicorn waits for idle keep-alive connections: 15 s were not enough here
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(15)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(tracking URI, the server's folder): `mlflow server` with a SQLite backend store and --artifacts-destination
     in tmp, so clients reach the artifacts only through the server, as runners on other machines would."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    uri = f"http://127.0.0.1:{free_port()}"
-    log = root / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                                 "--port", uri.rsplit(":", 1)[1], "--workers", "1",
-                                 "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                                 "--artifacts-destination", str(root / "artifacts")],
-                                cwd=root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_healthy(proc, uri, log)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as (uri, root):
         yield uri, root
-    finally:
-        stop(proc)
 
 
 def client_env(uri: str) -> dict:
