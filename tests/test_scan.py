@@ -354,7 +354,7 @@ def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monk
     assert f"{blocker} is a file" in one_line_error(capsys, [*base, str(blocker / "sub")])
     assert "cannot write in /proc" in one_line_error(capsys, [*base, "/proc/rsdetect-nope/out"])  # read-only even for root
     # A folder with other things in it is not replaced by reports (the swap would delete them).
-    assert "not scan reports (blocker.txt, ...)" in one_line_error(capsys, [*base, str(tmp_path)])
+    assert "not rsdetect reports (blocker.txt, ...)" in one_line_error(capsys, [*base, str(tmp_path)])
     assert blocker.read_text() == "a file, not a folder" and video.is_file()
 
 
@@ -398,7 +398,7 @@ def test_a_second_scan_into_the_same_folder_is_refused(tmp_path, model_path, cap
     before = (out / "summary.json").read_bytes()
     with claim(out):  # a scan in progress
         assert lock_path(out).is_file()
-        assert "another scan is writing there now" in one_line_error(capsys, [*argv, "--every", "2"])
+        assert "another scan or watch is writing there now" in one_line_error(capsys, [*argv, "--every", "2"])
         assert (out / "summary.json").read_bytes() == before
     assert not lock_path(out).exists()  # released with its file
     cli.main([*argv, "--every", "2"])

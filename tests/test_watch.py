@@ -249,9 +249,9 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
         assert "cannot listen" in err and str(busy.getsockname()[1]) in err
     assert "cannot write in /proc" in one_line_error(capsys, [*base, "--out", "/proc/rsdetect-nope/out"])
     (tmp_path / "mine.txt").write_text("not a report")
-    assert "not scan reports" in one_line_error(capsys, [*base, "--out", str(tmp_path)])
+    assert "not rsdetect reports" in one_line_error(capsys, [*base, "--out", str(tmp_path)])
     with watch_claim(str(tmp_path / "out")):  # a watcher already writing there
-        assert "another scan is writing there now" in one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
+        assert "another scan or watch is writing there now" in one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
     assert not [p for p in tmp_path.rglob(".*")]  # no lock or temp file left
 
 

@@ -63,7 +63,7 @@ def check_report_dir(path: str | os.PathLike, is_report: Callable[[str], bool], 
             raise RsdetectError(f"{flag} {path}: cannot be read")
         foreign = sorted(p.name for p in path.iterdir() if not is_report(p.name))
         if foreign:
-            raise RsdetectError(f"{flag} {path}: holds files that are not scan reports ({foreign[0]}"
+            raise RsdetectError(f"{flag} {path}: holds files that are not rsdetect reports ({foreign[0]}"
                                 f"{', ...' if len(foreign) > 1 else ''}); give a new or empty folder, or an earlier report folder")
     return path
 
@@ -103,7 +103,7 @@ class OutputLock:
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise RsdetectError(f"--out {self.out}: another scan is writing there now "
+                    raise RsdetectError(f"--out {self.out}: another scan or watch is writing there now "
                                         f"(lock {self.path}); wait for it or give another folder") from None
                 raise
             try:
