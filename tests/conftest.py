@@ -103,3 +103,24 @@ def copy_tracked_files(dest: Path) -> None:
         if (ROOT / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
+
+
+@pytest.fixture(scope="module")
+def colour_tflite(tmp_path_factory) -> Path:
+    """The colour model (32 px) as TFLite: Dask workers then load it without importing TensorFlow, which costs
+    9 s of CPU per process here (keras import measured with time.process_time)."""
+    from rsdetect.export import tflite_bytes
+
+    path = tmp_path_factory.mktemp("model") / "colour.tflite"
+    path.write_bytes(tflite_bytes(colour_model(32)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A local Dask cluster of 2 worker processes for a test module (it takes seconds to start)."""
+    pytest.importorskip("distributed")
+    from rsdetect.shard import open_client
+
+    with open_client(2) as client:
+        yield client

@@ -21,32 +21,14 @@ from test_scan import rows, scan_lines, write_images, write_video  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.loaders import load_model  # noqa: E402
 from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
-from rsdetect.shard import describe_model, open_client, sharded_cameras  # noqa: E402
+from rsdetect.shard import describe_model, sharded_cameras  # noqa: E402
 from rsdetect.sources import parse_sources  # noqa: E402
 
 QUIET = dict(progress=False)
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    """The colour model (tests/conftest.py) as TFLite: workers then load it without importing TensorFlow, which
-    costs 9 s of CPU per process here (keras import measured with time.process_time)."""
-    from conftest import colour_model
-    from rsdetect.export import tflite_bytes
-
-    path = tmp_path_factory.mktemp("model") / "colour.tflite"
-    path.write_bytes(tflite_bytes(colour_model(32)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def client():
-    with open_client(2) as c:
-        yield c
-
-
-def sharded_scan(client, sources, spec: str, out: Path, options: ScanOptions):
-    return run_scan(sources, describe_model(client, spec), out, options, cameras=sharded_cameras(client, spec, options))
+def sharded_scan(dask_client, sources, spec: str, out: Path, options: ScanOptions):
+    return run_scan(sources, describe_model(dask_client, spec), out, options, cameras=sharded_cameras(dask_client, spec, options))
 
 
 def cameras(tmp_path: Path) -> list[str]:
@@ -58,12 +40,12 @@ def cameras(tmp_path: Path) -> list[str]:
             str(write_video(tmp_path / "gate.avi", {0, 1, 2}, 9))]
 
 
-def test_sharded_reports_equal_the_single_process_ones(tmp_path, client, model_path, capsys) -> None:
+def test_sharded_reports_equal_the_single_process_ones(tmp_path, dask_client, colour_tflite, capsys) -> None:
     specs = cameras(tmp_path)
     options = ScanOptions(batch=4, smooth=3, annotate=True, **QUIET)
-    one = run_scan(parse_sources(specs), load_model(str(model_path)), tmp_path / "one", options)
+    one = run_scan(parse_sources(specs), load_model(str(colour_tflite)), tmp_path / "one", options)
     err_one = scan_lines(capsys.readouterr().err)
-    two = sharded_scan(client, parse_sources(specs), str(model_path), tmp_path / "two", options)
+    two = sharded_scan(dask_client, parse_sources(specs), str(colour_tflite), tmp_path / "two", options)
     err_two = scan_lines(capsys.readouterr().err)
     assert one.exit_code == two.exit_code == 3  # a corrupt image and a missing file
     assert sorted(err_two) == sorted(err_one) and len(err_one) == 2  # each failure one line, from the main process
@@ -84,11 +66,11 @@ def test_sharded_reports_equal_the_single_process_ones(tmp_path, client, model_p
     # Each worker process that scanned loaded the model once, keyed by its spec.
     from rsdetect import shard
 
-    loaded = client.run(lambda: sorted(shard._MODELS))
-    assert loaded and all(v in ([], [str(model_path)]) for v in loaded.values()), loaded
+    loaded = dask_client.run(lambda: sorted(shard._MODELS))
+    assert loaded and all(v in ([], [str(colour_tflite)]) for v in loaded.values()), loaded
 
 
-def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, client, model_path) -> None:
+def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, dask_client, colour_tflite) -> None:
     quick_a = write_images(tmp_path / "a", [True, False])
     long_b = write_video(tmp_path / "b.avi", set(range(0, 6000, 5)), 6000)  # tens of seconds at --batch 1
     quick_c = write_images(tmp_path / "c", [False, True, True])
@@ -97,7 +79,7 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, client, mod
     def interrupt_when_a_and_c_are_done() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            held = {k for keys in client.has_what().values() for k in keys}
+            held = {k for keys in dask_client.has_what().values() for k in keys}
             if any(k.startswith("scan-0-") for k in held) and any(k.startswith("scan-2-") for k in held):
                 os.kill(os.getpid(), signal.SIGINT)
                 return
@@ -105,7 +87,7 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, client, mod
 
     watcher = threading.Thread(target=interrupt_when_a_and_c_are_done, daemon=True)
     watcher.start()
-    result = sharded_scan(client, parse_sources([str(quick_a), str(long_b), str(quick_c)]), str(model_path),
+    result = sharded_scan(dask_client, parse_sources([str(quick_a), str(long_b), str(quick_c)]), str(colour_tflite),
                           tmp_path / "out", options)
     stopped_at = time.monotonic()
     watcher.join(5)
@@ -115,18 +97,18 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, client, mod
     cams = json.loads((result.out_dir / "summary.json").read_text())["cameras"]
     assert [cams[c]["frames_scored"] for c in "abc"] == [2, 0, 3] and cams["c"]["flagged"] == 2
     # The long camera's task saw the stop flag and ended: both workers take new work within seconds.
-    free = [client.submit(time.monotonic, workers=[w], allow_other_workers=False, pure=False)
-            for w in client.scheduler_info()["workers"]]
+    free = [dask_client.submit(time.monotonic, workers=[w], allow_other_workers=False, pure=False)
+            for w in dask_client.scheduler_info()["workers"]]
     assert max(f.result(timeout=10) for f in free) - stopped_at < 10
 
 
-def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, client, model_path, capsys) -> None:
+def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, dask_client, colour_tflite, capsys) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
-    address = client.scheduler.address
-    cli.main(["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "out"), "--scheduler", address])
+    address = dask_client.scheduler.address
+    cli.main(["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--scheduler", address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
-    base = ["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "x")]
+    base = ["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x")]
     for extra, needle in ((["--workers", "0"], "--workers must be >= 1"),
                           (["--workers", "2", "--scheduler", address], "not both"),
                           (["--scheduler", address, "--model", str(tmp_path / "nope.tflite")], "nope.tflite: model file not found")):
@@ -137,7 +119,7 @@ def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, client, model_p
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
-def test_sharded_shear_columns_and_counts_equal_the_single_process_ones(tmp_path, client, model_path) -> None:
+def test_sharded_shear_columns_and_counts_equal_the_single_process_ones(tmp_path, dask_client, colour_tflite) -> None:
     """Flagged frames' shear is measured on the workers from a copy of the Explainer; its counts come back."""
     from rsdetect.config import load_params
     from rsdetect.explain import Explainer
@@ -146,12 +128,12 @@ def test_sharded_shear_columns_and_counts_equal_the_single_process_ones(tmp_path
     specs = [str(write_video(tmp_path / "lobby.avi", {3, 4, 5, 12}, 16)),
              f"dock={write_video(tmp_path / 'dock.avi', {1, 2, 8}, 12)}"]
     options = ScanOptions(batch=4, **QUIET)
-    model = load_model(str(model_path))
+    model = load_model(str(colour_tflite))
     one = run_scan(parse_sources(specs), model, tmp_path / "one", options,
                    explain=Explainer(None, model.image_size, model.kind, shear))
-    two = run_scan(parse_sources(specs), describe_model(client, str(model_path)), tmp_path / "two", options,
+    two = run_scan(parse_sources(specs), describe_model(dask_client, str(colour_tflite)), tmp_path / "two", options,
                    explain=Explainer(None, model.image_size, model.kind, shear),
-                   cameras=sharded_cameras(client, str(model_path), options))
+                   cameras=sharded_cameras(dask_client, str(colour_tflite), options))
     a, b = rows(one.out_dir), rows(two.out_dir)
     assert [(r["frame_index"], r["flag"], r["shear_px"]) for r in a] == [(r["frame_index"], r["flag"], r["shear_px"]) for r in b]
     assert sum(r["flag"] for r in a) == 7

@@ -23,27 +23,11 @@ from test_scan import write_video  # noqa: E402
 from test_watch import FAST, every_third_red, one_line_error, rows, scrape  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.loaders import load_model  # noqa: E402
-from rsdetect.shard import describe_model, open_client  # noqa: E402
+from rsdetect.shard import describe_model  # noqa: E402
 from rsdetect.sources import parse_sources  # noqa: E402
 from rsdetect.watch import WatchOptions, run_watch  # noqa: E402
 from rsdetect.watch_metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.watch_shard import run_sharded_watch  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    from conftest import colour_model
-    from rsdetect.export import tflite_bytes
-
-    path = tmp_path_factory.mktemp("model") / "colour.tflite"
-    path.write_bytes(tflite_bytes(colour_model(32)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def client():
-    with open_client(2) as c:
-        yield c
 
 
 def by_camera(out: Path) -> dict[str, list[dict]]:
@@ -54,7 +38,7 @@ def by_camera(out: Path) -> dict[str, list[dict]]:
     return got
 
 
-def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, client, model_path) -> None:
+def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, dask_client, colour_tflite) -> None:
     n = 24
     videos = [f"lobby={write_video(tmp_path / 'lobby.avi', {3, 4, 5, 12}, 20)}",
               f"dock={write_video(tmp_path / 'dock.avi', {0, 1, 2, 8}, 14)}"]
@@ -64,9 +48,9 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, clien
         with MjpegCamera(every_third_red) as cam, MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
             sources = parse_sources([*videos, f"gate={cam.url}"])
             if mode == "one":
-                results[mode] = run_watch(sources, load_model(str(model_path)), tmp_path / mode, options, server.metrics)
+                results[mode] = run_watch(sources, load_model(str(colour_tflite)), tmp_path / mode, options, server.metrics)
             else:
-                results[mode] = run_sharded_watch(client, str(model_path), sources, describe_model(client, str(model_path)),
+                results[mode] = run_sharded_watch(dask_client, str(colour_tflite), sources, describe_model(dask_client, str(colour_tflite)),
                                                   tmp_path / mode, options, server.metrics)
             scrapes[mode] = scrape(server.url)
     one, two = results["one"], results["two"]
@@ -102,7 +86,7 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, clien
     assert json.loads((two.out_dir / "summary.json").read_text())["totals"] == two.summary["totals"]
 
 
-def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, client, model_path) -> None:
+def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, dask_client, colour_tflite) -> None:
     """SIGTERM to this process mid-run: the stop flag reaches the workers' tasks, what they read is scored and
     sent, the reports are whole, and both workers are free again within seconds."""
     video = write_video(tmp_path / "lobby.avi", {1, 2}, 8)
@@ -117,8 +101,8 @@ def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, client, mod
 
         killer = threading.Thread(target=terminate_when_the_stream_is_scored, daemon=True)
         killer.start()
-        result = run_sharded_watch(client, str(model_path), parse_sources([str(video), f"gate={cam.url}"]),
-                                   describe_model(client, str(model_path)), tmp_path / "out",
+        result = run_sharded_watch(dask_client, str(colour_tflite), parse_sources([str(video), f"gate={cam.url}"]),
+                                   describe_model(dask_client, str(colour_tflite)), tmp_path / "out",
                                    WatchOptions(**FAST), server.metrics)
         stopped_at = time.monotonic()
         killer.join(5)
@@ -134,15 +118,15 @@ def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, client, mod
         assert all((result.out_dir / w["path"]).is_file() for w in s["cameras"][cam]["worst_frames"])
     assert len(got["lobby"]) == 8 and len(got["gate"]) >= 10
     assert not list(tmp_path.rglob("*.tmp")) and not [p for p in tmp_path.rglob(".*")]  # no temp, staging or lock
-    free = [client.submit(time.monotonic, workers=[w], allow_other_workers=False, pure=False)
-            for w in client.scheduler_info()["workers"]]
+    free = [dask_client.submit(time.monotonic, workers=[w], allow_other_workers=False, pure=False)
+            for w in dask_client.scheduler_info()["workers"]]
     assert max(f.result(timeout=10) for f in free) - stopped_at < 10
 
 
-def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, client, model_path, capsys, monkeypatch) -> None:
+def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colour_tflite, capsys, monkeypatch) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
-    cli.main(["watch", str(video), "--model", str(model_path), "--out", str(tmp_path / "out"), "--metrics-port", "0",
-              "--scheduler", client.scheduler.address])
+    cli.main(["watch", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--metrics-port", "0",
+              "--scheduler", dask_client.scheduler.address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -153,13 +137,13 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, client, model_path
 
     monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
     monkeypatch.setattr("rsdetect.shard.open_client", no_loading)
-    base = ["watch", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
+    base = ["watch", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
     assert "--workers must be >= 1" in one_line_error(capsys, [*base, "--workers", "0"])
-    assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", client.scheduler.address])
+    assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", dask_client.scheduler.address])
     assert not (tmp_path / "x").exists()
 
 
-def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, client, model_path, capsys) -> None:
+def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, dask_client, colour_tflite, capsys) -> None:
     """The worker watching one stream exits outright; Dask reruns its task on the restarted worker: the camera is
     watched again (one read error, said once; frame numbers go on), the other camera is not touched. Last in the
     module: it kills a worker of the shared cluster."""
@@ -170,9 +154,9 @@ def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, cl
             while scrape(server.url).get(("rsdetect_frames_scanned_total", "gate"), 0) < 10:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            where = [w for w, keys in client.processing().items() if any(k.startswith("watch-0-") for k in keys)]
+            where = [w for w, keys in dask_client.processing().items() if any(k.startswith("watch-0-") for k in keys)]
             with contextlib.suppress(Exception):  # the worker dies under the call
-                client.run(os._exit, 1, workers=where)
+                dask_client.run(os._exit, 1, workers=where)
             before = scrape(server.url)[("rsdetect_frames_scanned_total", "gate")]
             while scrape(server.url)[("rsdetect_frames_scanned_total", "gate")] < before + 10:  # watched again
                 assert time.monotonic() < deadline + 60
@@ -181,8 +165,8 @@ def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, cl
 
         killer = threading.Thread(target=kill_the_gate_worker_then_stop, daemon=True)
         killer.start()
-        result = run_sharded_watch(client, str(model_path), parse_sources([f"gate={gate.url}", f"door={door.url}"]),
-                                   describe_model(client, str(model_path)), tmp_path / "out",
+        result = run_sharded_watch(dask_client, str(colour_tflite), parse_sources([f"gate={gate.url}", f"door={door.url}"]),
+                                   describe_model(dask_client, str(colour_tflite)), tmp_path / "out",
                                    WatchOptions(**FAST), server.metrics)
         killer.join(5)
         m = scrape(server.url)

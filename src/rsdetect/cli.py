@@ -165,6 +165,16 @@ def _export(args: argparse.Namespace) -> None:
           f"max |p - p_keras| = {r['max_abs_diff']:.2g}")
 
 
+def _explain_and_shard_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """--params (the shear estimate) and --workers / --scheduler (Dask), the same for scan and watch."""
+    p.add_argument("--params", default=None, metavar="YAML",
+                   help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help=f"{verb} cameras on N worker processes of a local Dask cluster (default 1: this process)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help=f"{verb} cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdetect", description="Detect rolling-shutter distortion in camera frames.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,12 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
-    sc.add_argument("--params", default=None, metavar="YAML",
-                    help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
-    sc.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="scan cameras on N worker processes of a local Dask cluster (default 1: this process)")
-    sc.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                    help="scan cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
+    _explain_and_shard_args(sc, "scan")
     sc.set_defaults(func=_scan)
     w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
                                       "rolling reports; SIGTERM or Ctrl-C stop it cleanly")
@@ -250,12 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
-    w.add_argument("--params", default=None, metavar="YAML",
-                   help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
-    w.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="watch cameras on N worker processes of a local Dask cluster (default 1: this process)")
-    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="watch cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
+    _explain_and_shard_args(w, "watch")
     w.set_defaults(func=_watch)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
