@@ -44,10 +44,11 @@ def main() -> None:
     def log(row: dict) -> None:
         print(f"pretrain: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss "
               f"{row['val_loss']:.3f} acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | shear x{row['shear_scale']:.2f} "
-              f"| {row['train_images_per_s']:.1f} img/s, {row['epoch_s']:.0f} s", flush=True)
+              f"| lr {row['lr']:.2e} | {row['train_images_per_s']:.1f} img/s, {row['epoch_s']:.0f} s", flush=True)
 
     start = time.perf_counter()
-    history = fit_pairs(model, stream, pt.epochs, pt.steps_per_epoch, scaled_lr(pt.lr, replicas), pt.patience, val, log)
+    history = fit_pairs(model, stream, pt.epochs, pt.steps_per_epoch, scaled_lr(pt.lr, replicas), pt.patience, val, log,
+                        lr_end=pt.lr_end)
     wall = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     backbone.save_weights(out / "backbone.weights.h5")  # the best epoch's (fit_pairs restores them)

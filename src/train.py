@@ -78,7 +78,8 @@ def main() -> None:
                 print(f"train: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss {row['val_loss']:.3f} "
                       f"acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | {row['train_images_per_s']:.1f} img/s", flush=True)
 
-            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, scaled_lr(t.finetune_lr, replicas), t.patience, val, log)
+            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, scaled_lr(t.finetune_lr, replicas), t.patience, val, log,
+                           lr_end=t.finetune_lr_end)
             history += [{**r, "epoch": len(history) + i, "phase": "finetune"} for i, r in enumerate(ft)]
         model_dir.mkdir(parents=True, exist_ok=True)
         save_keras(model, model_dir / "model.keras")

@@ -6,7 +6,7 @@ keras = pytest.importorskip("keras")
 
 from rsdetect import backbone as m  # noqa: E402
 from rsdetect.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
-from rsdetect.training import build_classifier, fit_pairs, predict_arrays, scores  # noqa: E402
+from rsdetect.training import build_classifier, epoch_lr, fit_pairs, predict_arrays, scores  # noqa: E402
 
 from conftest import params_group  # noqa: E402
 
@@ -40,6 +40,22 @@ def test_patience_and_should_stop_end_training(streams):
     stream, val = streams
     model = build_classifier(m.build_backbone(64, "none", "small"), 0.0)
     assert len(fit_pairs(model, stream, epochs=5, steps=1, lr=1e-3, patience=5, val=val, should_stop=lambda: True)) == 1
+
+
+def test_cosine_decay_runs_from_lr_to_its_end_fraction():
+    assert [epoch_lr(1e-3, 1.0, e, 10) for e in range(10)] == [1e-3] * 10  # lr_end 1: constant
+    rates = [epoch_lr(1e-3, 0.02, e, 5) for e in range(5)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(2e-5)
+    assert rates[2] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # half way: half way between the two
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_fit_pairs_sets_the_decayed_rate_on_the_optimizer(streams):
+    stream, val = streams
+    model = build_classifier(m.build_backbone(64, "none", "small"), 0.0)
+    history = fit_pairs(model, stream, epochs=3, steps=1, lr=1e-3, patience=5, val=val, lr_end=0.1)
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 5.5e-4, 1e-4])
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-4)  # the last epoch trained at it
 
 
 def test_scores_are_sklearns():

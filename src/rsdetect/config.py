@@ -185,6 +185,7 @@ class PretrainParams(_Group):
     batch_size: EvenBatch                   # per replica: the global batch is batch_size x replicas
     devices: Devices
     lr: Float(gt=0)
+    lr_end: Float(gt=0, le=1)               # the last epoch's rate as a fraction of lr: cosine decay (1 = constant)
     curriculum_epochs: Int(ge=0)
     curriculum_scale: Float(gt=0)
     val_pairs: Int(gt=0)
@@ -234,6 +235,7 @@ class TrainParams(_Group):
     finetune_blocks: Int(ge=0)
     finetune_epochs: Int(ge=0)
     finetune_lr: Float(gt=0)
+    finetune_lr_end: Float(gt=0, le=1)      # as pretrain.lr_end, over finetune_epochs
     steps_per_epoch: Int(gt=0)
     curriculum_epochs: Int(ge=0)
     curriculum_scale: Float(gt=0)

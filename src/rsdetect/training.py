@@ -8,6 +8,7 @@ the replicas and BatchNorm normalises over the whole batch: the same step as one
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -43,10 +44,21 @@ def scores(y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
             "roc_auc": float(skm.roc_auc_score(y, prob)) if len(np.unique(y)) == 2 else float("nan")}
 
 
+def epoch_lr(lr: float, lr_end: float, epoch: int, epochs: int) -> float:
+    """The learning rate of `epoch`: cosine from `lr` at the first epoch to `lr * lr_end` at the last
+    (lr_end 1.0: constant)."""
+    if epochs <= 1 or lr_end == 1.0:
+        return lr
+    return lr * (lr_end + (1.0 - lr_end) * 0.5 * (1.0 + math.cos(math.pi * epoch / (epochs - 1))))
+
+
 def fit_pairs(model: keras.Model, stream: PairStream, epochs: int, steps: int, lr: float, patience: int,
               val: tuple[np.ndarray, np.ndarray], log: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> list[dict]:
+              should_stop: Callable[[], bool] | None = None, lr_end: float = 1.0) -> list[dict]:
     """Train on fresh pairs; after each epoch score `val` and keep the best weights by validation ROC AUC.
+
+    The learning rate follows epoch_lr: with lr_end < 1 it decays over the planned `epochs` (a stop for patience
+    ends it early, wherever the decay has got to).
 
     Stops after `patience` epochs without a better AUC, or when `should_stop()` says so. Returns the per-epoch
     history (train loss/accuracy in training mode over the epoch's batches, validation scores, images/s); the
@@ -64,7 +76,10 @@ def fit_pairs(model: keras.Model, stream: PairStream, epochs: int, steps: int, l
     history, best, best_weights, waited = [], -np.inf, None, 0
     with synced_batchnorm(model, strategy.num_replicas_in_sync):
         for epoch in range(epochs):
-            row = _epoch(model, strategy, stream, epoch, steps, val)
+            rate = epoch_lr(lr, lr_end, epoch, epochs)
+            if lr_end != 1.0:  # a constant rate is left as compiled: the same bytes as before the schedule existed
+                model.optimizer.learning_rate.assign(rate)
+            row = {**_epoch(model, strategy, stream, epoch, steps, val), "lr": rate}
             history.append(row)
             if log:
                 log(row)
