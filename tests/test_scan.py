@@ -433,6 +433,32 @@ def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypat
     assert not [p for p in tmp_path.rglob(".*")]  # no staging folder, lock or temp file left
 
 
+def test_a_signal_in_a_held_block_interrupts_when_the_block_ends() -> None:
+    """A frame is counted in its camera's state and its row written, or neither: SIGTERM inside the block that
+    does both is kept until the block ends, then interrupts; outside any StopSignals nothing is held."""
+    import os
+    import signal
+    import time
+
+    from rsdetect.scan import Interrupted, StopSignals, uninterrupted
+
+    finished = []
+    with StopSignals() as signals:
+        with pytest.raises(Interrupted) as info:
+            with uninterrupted():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here, inside the block
+                finished.append("block")
+        assert finished == ["block"] and info.value.signum == signal.SIGTERM and signals.deferring
+        with uninterrupted():  # deferring now: a later signal is only announced
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert StopSignals.active is None
+    with uninterrupted():  # none active: a plain block
+        finished.append("plain")
+    assert finished == ["block", "plain"]
+
+
 def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> None:
     """`rsdetect scan` in its own process, sent SIGTERM while it scores: exit 143, reports whole and consistent."""
     import os
