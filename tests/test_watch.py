@@ -31,7 +31,7 @@ from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.reports import FIELDS  # noqa: E402
 from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.sources import parse_sources  # noqa: E402
-from rsdetect.watch import WatchOptions, run_watch, watch_claim  # noqa: E402
+from rsdetect.watch import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
 from rsdetect.watch_metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.watch_reports import RollingLog  # noqa: E402
 
@@ -253,6 +253,32 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
     with watch_claim(str(tmp_path / "out")):  # a watcher already writing there
         assert "another scan or watch is writing there now" in one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
     assert not [p for p in tmp_path.rglob(".*")]  # no lock or temp file left
+
+
+def test_a_stop_that_ends_the_readers_is_the_reason_not_the_sources(model) -> None:
+    """A signal that lands just after tick() sets `stop`; the readers see it and end, and the loop finds every
+    source ended with nothing queued. The stop is still why it ended (CI once read "sources ended" for SIGTERM)."""
+    stop = threading.Event()
+    with MjpegCamera(every_third_red) as cam:
+        loop = CameraLoop(parse_sources([f"gate={cam.url}"]), model, WatchOptions(**FAST), 0.5, WatchMetrics(), stop,
+                          lambda rows: None)
+        ticks: list[str] = []
+
+        def tick() -> str | None:
+            ticks.append("tick")
+            if len(ticks) == 1:  # the "signal": readers stopped, their queues emptied, before the loop looks
+                loop.stop_readers()
+                while loop.gather():
+                    pass
+                return None
+            return "SIGTERM" if stop.is_set() else None
+
+        loop.start()
+        try:
+            assert loop.run(tick) == "SIGTERM"
+        finally:
+            loop.stop_readers()
+    assert all(r.done.is_set() for r in loop.readers)
 
 
 @pytest.mark.slow

@@ -312,7 +312,9 @@ class CameraLoop:
             if items:
                 self.score(items)
             elif ended:
-                return "sources ended"
+                # Readers also end when `stop` is set: a signal that lands after tick() stops them, and
+                # then the stop, not the sources, is why the watch ends (CI saw a SIGTERM reported as "sources ended").
+                return tick() or "sources ended"
             else:
                 self.ready.wait(0.1)
 
