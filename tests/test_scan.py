@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import cv2
@@ -19,7 +22,7 @@ from rsdetect import cli  # noqa: E402
 from rsdetect.config import RsdetectError  # noqa: E402
 from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.reports import FIELDS  # noqa: E402
-from rsdetect.scan import ScanOptions, longest_run, run_scan, smooth  # noqa: E402
+from rsdetect.scan import Interrupted, ScanOptions, StopSignals, longest_run, run_scan, smooth, uninterrupted  # noqa: E402
 from rsdetect.sources import parse_sources  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
@@ -436,12 +439,6 @@ def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypat
 def test_a_signal_in_a_held_block_interrupts_when_the_block_ends() -> None:
     """A frame is counted in its camera's state and its row written, or neither: SIGTERM inside the block that
     does both is kept until the block ends, then interrupts; outside any StopSignals nothing is held."""
-    import os
-    import signal
-    import time
-
-    from rsdetect.scan import Interrupted, StopSignals, uninterrupted
-
     finished = []
     with StopSignals() as signals:
         with pytest.raises(Interrupted) as info:
@@ -461,13 +458,10 @@ def test_a_signal_in_a_held_block_interrupts_when_the_block_ends() -> None:
 
 def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> None:
     """`rsdetect scan` in its own process, sent SIGTERM while it scores: exit 143, reports whole and consistent."""
-    import os
     import re
-    import signal
     import subprocess
     import sys
     import threading
-    import time
 
     n = 3000  # frames: at --batch 1 far more than are scored in the moments before the signal
     video = write_video(tmp_path / "cam.avi", set(range(0, n, 7)), n)
