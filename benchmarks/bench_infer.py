@@ -1,11 +1,14 @@
 """Inference throughput of the RS detector: Keras (model called directly, and via predict_on_batch as
 `rsdetect scan` does) vs TFLite (ai_edge_litert) vs ONNX Runtime, at batch 1, 8 and 32, plus each
-runtime's max |probability - Keras probability|.
+runtime's max |probability - Keras probability|. With --quantized, also the quantized TFLite exports:
+dynamic-range int8 weights, float16 weights, and full-integer int8 (weights and activations, calibrated on
+--calibration training images of data/synth, else on the check images): on a CPU without VNNI (AVX2 only)
+XNNPACK's int8 kernels are slower than its float32 ones, so scan exports float32.
 
 Uses models/model.keras if present, else a fresh MobileNetV3Large(weights=None) 224px model (its BatchNorm
 statistics recalibrated so outputs vary per image). Exports go through rsdetect.export, scoring through
 the same scorers `rsdetect scan` uses; preprocessing and decoding are not timed.
-Run: python benchmarks/bench_infer.py [--model models/model.keras] [--seconds 3] [--batches 1 8 32]
+Run: python benchmarks/bench_infer.py [--model models/model.keras] [--seconds 3] [--batches 1 8 32] [--quantized]
 """
 from __future__ import annotations
 
@@ -52,8 +55,38 @@ def frames_per_s(scorer: Scorer, x: np.ndarray, batch: int, seconds: float) -> f
     return calls * batch / (time.perf_counter() - start)
 
 
-def build_runtimes(model, size: int, tmp: Path) -> dict[str, Scorer | str]:
-    """keras / tflite / onnx scorers; a runtime that cannot be built maps to the reason why."""
+def calibration_images(size: int, n: int) -> np.ndarray:
+    """n training images of data/synth (what the model sees), each as its model input; the check images if absent."""
+    from rsdetect.preprocess import load_square
+
+    paths = sorted((ROOT / "data" / "synth" / "images" / "train").glob("*.jpg"))
+    if not paths:
+        return check_inputs(size, n, seed=3)
+    picks = np.random.default_rng(0).choice(len(paths), min(n, len(paths)), replace=False)
+    return np.stack([load_square(paths[i], size) for i in sorted(picks)])
+
+
+def quantized_bytes(model, mode: str, calibration: np.ndarray) -> bytes:
+    """TFLite export with post-training quantization: dr (int8 weights), f16 (float16 weights) or int8 (full
+    integer, activation ranges from `calibration`); float32 input and output either way, as scan feeds it."""
+    import contextlib
+    import io
+
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "f16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        conv.representative_dataset = lambda: ([x[None]] for x in calibration)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return conv.convert()
+
+
+def build_runtimes(model, size: int, tmp: Path, calibration: np.ndarray | None = None) -> dict[str, Scorer | str]:
+    """keras / tflite / onnx scorers (and quantized TFLite ones when `calibration` is given); a runtime that
+    cannot be built maps to the reason why."""
     # "keras": the model called directly (eager), the reference; "keras-graph": predict_on_batch, what scan uses.
     runtimes: dict[str, Scorer | str] = {"keras": keras_scorer(model, compiled=False),
                                          "keras-graph": keras_scorer(model, compiled=True)}
@@ -61,10 +94,13 @@ def build_runtimes(model, size: int, tmp: Path) -> dict[str, Scorer | str]:
         "tflite": (lambda: tflite_bytes(model), tflite_scorer),
         "onnx": (lambda: onnx_bytes(model, size), onnx_scorer),
     }
+    if calibration is not None:
+        for mode in ("dr", "f16", "int8"):
+            exporters[f"tflite-{mode}"] = (lambda mode=mode: quantized_bytes(model, mode, calibration), tflite_scorer)
     for name, (export, load) in exporters.items():
         t0 = time.perf_counter()
         try:
-            path = tmp / f"model.{name}"
+            path = tmp / f"model-{name}.{name.split('-')[0]}"
             path.write_bytes(export())
             runtimes[name] = load(path)[0]
             print(f"  exported {name} in {time.perf_counter() - t0:.1f} s ({path.stat().st_size / 1e6:.1f} MB)")
@@ -79,6 +115,8 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
     ap.add_argument("--seconds", type=float, default=2.5, help="timing window per runtime and batch size")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--quantized", action="store_true", help="also dynamic-range, float16 and full-int8 TFLite")
+    ap.add_argument("--calibration", type=int, default=200, help="images that calibrate full-int8 activations")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -94,7 +132,8 @@ def main() -> None:
     x = check_inputs(size, max(32, *args.batches), seed=2)
 
     with tempfile.TemporaryDirectory() as tmp:
-        runtimes = build_runtimes(model, size, Path(tmp))
+        calibration = calibration_images(size, args.calibration) if args.quantized else None
+        runtimes = build_runtimes(model, size, Path(tmp), calibration)
         ref = runtimes["keras"](x)
         results: dict[str, dict[int, float]] = {}
         diffs: dict[str, float] = {}
