@@ -66,22 +66,18 @@ def calibration_images(size: int, n: int) -> np.ndarray:
     return np.stack([load_square(paths[i], size) for i in sorted(picks)])
 
 
-def quantized_bytes(model, mode: str, calibration: np.ndarray) -> bytes:
-    """TFLite export with post-training quantization: dr (int8 weights), f16 (float16 weights) or int8 (full
-    integer, activation ranges from `calibration`); float32 input and output either way, as scan feeds it."""
-    import contextlib
-    import io
-
+def quantization(mode: str, calibration: np.ndarray):
+    """Converter options for tflite_bytes: dr (int8 weights), f16 (float16 weights) or int8 (full integer,
+    activation ranges from `calibration`); float32 input and output either way, as scan feeds it."""
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if mode == "f16":
-        conv.target_spec.supported_types = [tf.float16]
-    elif mode == "int8":
-        conv.representative_dataset = lambda: ([x[None]] for x in calibration)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return conv.convert()
+    def configure(converter) -> None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if mode == "f16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "int8":
+            converter.representative_dataset = lambda: ([x[None]] for x in calibration)
+    return configure
 
 
 def build_runtimes(model, size: int, tmp: Path, calibration: np.ndarray | None = None) -> dict[str, Scorer | str]:
@@ -96,7 +92,8 @@ def build_runtimes(model, size: int, tmp: Path, calibration: np.ndarray | None =
     }
     if calibration is not None:
         for mode in ("dr", "f16", "int8"):
-            exporters[f"tflite-{mode}"] = (lambda mode=mode: quantized_bytes(model, mode, calibration), tflite_scorer)
+            exporters[f"tflite-{mode}"] = (lambda mode=mode: tflite_bytes(model, quantization(mode, calibration)),
+                                           tflite_scorer)
     for name, (export, load) in exporters.items():
         t0 = time.perf_counter()
         try:

@@ -30,15 +30,22 @@ B_TAG = 7  # keeps the held-out pairs' draws apart from the training stream's
 
 
 def outside_photos(folders: list[Path], synth, split_seed: int) -> tuple[list[tuple], list[tuple]]:
-    """The outside photos (in `folders`, not embedded) decoded as pair-stream photos, split in two seeded halves."""
-    from rsdetect.data import decode_image, usable_people
+    """The outside photos (in `folders`, not embedded) decoded as pair-stream photos, split in two seeded halves;
+    an unreadable photo is left out and counted, as check-photos does."""
+    from rsdetect.data import SkipImage, decode_image, usable_people
     from rsdetect.realcheck import held_out_photos
 
     held = held_out_photos(folders, [ROOT / "data" / "coco-licensed" / "instances.json"])
     photos = []
     for path, im, anns in held:
-        image = decode_image(path.read_bytes(), str(path))
+        try:
+            image = decode_image(path.read_bytes(), str(path))
+        except (OSError, SkipImage) as exc:
+            print(f"more_real_photos: {path}: skipped ({exc})", file=sys.stderr)
+            continue
         photos.append((im["id"], image, usable_people(anns, *image.shape[:2], synth)))
+    if len(photos) < len(held):
+        print(f"more_real_photos: {len(held) - len(photos)} of {len(held)} outside photos skipped", file=sys.stderr)
     order = np.random.default_rng(split_seed).permutation(len(photos))
     half = len(photos) // 2
     return [photos[i] for i in order[:half]], [photos[i] for i in order[half:]]

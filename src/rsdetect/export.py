@@ -8,7 +8,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,15 +25,19 @@ TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
 
-def tflite_bytes(model: Any) -> bytes:
-    """Convert with TFLiteConverter.from_keras_model (from_concrete_functions gave NaN outputs here)."""
+def tflite_bytes(model: Any, configure: Callable[[Any], None] | None = None) -> bytes:
+    """Convert with TFLiteConverter.from_keras_model (from_concrete_functions gave NaN outputs here).
+    `configure(converter)` may set converter options first (benchmarks/bench_infer.py's quantized exports)."""
     import tensorflow as tf
     from tensorflow.lite.python.convert_phase import ConverterError
 
     # The converter prints its temporary SavedModel's path and signature to stdout: noise for a CLI.
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            if configure is not None:
+                configure(converter)
+            return converter.convert()
         except (ConverterError, ValueError, NotImplementedError) as exc:
             raise RsdetectError(f"TFLite conversion failed: {str(exc).splitlines()[0][:200]}") from None
 
