@@ -1,4 +1,4 @@
-"""Image download throughput of rsdetect.coco: 1 worker vs params.yaml's worker count, on a local server.
+"""Image download throughput of rsdetect.datasets.coco: 1 worker vs params.yaml's worker count, on a local server.
 
 Serves ~200 generated 640x480 JPEGs from 127.0.0.1 with an artificial per-request latency (to mimic a
 network round trip), fetches them into temp dirs and prints images/s, MB/s and the speed-up.
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsdetect.coco import ImageJob, download_images
+from rsdetect.datasets.coco import ImageJob, download_images
 from rsdetect.config import CocoParams, load_params, updated
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ dynamic-range int8 weights, float16 weights, and full-integer int8 (weights and 
 XNNPACK's int8 kernels are slower than its float32 ones, so scan exports float32.
 
 Uses models/model.keras if present, else a fresh MobileNetV3Large(weights=None) 224px model (its BatchNorm
-statistics recalibrated so outputs vary per image). Exports go through rsdetect.export, scoring through
+statistics recalibrated so outputs vary per image). Exports go through rsdetect.serve.export, scoring through
 the same scorers `rsdetect scan` uses; preprocessing and decoding are not timed.
 Run: python benchmarks/bench_infer.py [--model models/model.keras] [--seconds 3] [--batches 1 8 32] [--quantized]
 """
@@ -23,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from rsdetect.config import RsdetectError
-from rsdetect.export import check_inputs, onnx_bytes, tflite_bytes
-from rsdetect.loaders import Scorer, keras_scorer, onnx_scorer, tflite_scorer
+from rsdetect.errors import RsdetectError
+from rsdetect.serve.export import check_inputs, onnx_bytes, tflite_bytes
+from rsdetect.serve.loaders import Scorer, keras_scorer, onnx_scorer, tflite_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def fresh_model(size: int = 224):
     """MobileNetV3Large(weights=None) + a sigmoid unit, BatchNorm stats set from random images so it is not constant."""
     import keras
 
-    from rsdetect.backbone import recalibrate_batchnorm
+    from rsdetect.model.backbone import recalibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     backbone = keras.applications.MobileNetV3Large(input_shape=(size, size, 3), weights=None, include_top=False,
@@ -118,7 +118,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if Path(args.model).is_file():
-        from rsdetect.loaders import load_keras_file
+        from rsdetect.serve.loaders import load_keras_file
 
         model, source = load_keras_file(args.model), args.model
     else:

@@ -5,7 +5,7 @@ breakdown (decode, preprocess, model, write) and the CPU ceiling those stage cos
 
 Goal (issue 13 item 6): at least 250 frames/s in total on 2 cores, and at least 0.5 of the decode-only limit.
 The test video is written here with cv2.VideoWriter (--codec mp4v: MPEG-4 part 2 .mp4, the default; MJPG: motion
-JPEG .avi, about twice the decode cost per frame); the model is exported with rsdetect.export (as
+JPEG .avi, about twice the decode cost per frame); the model is exported with rsdetect.serve.export (as
 `rsdetect export --format tflite`) from --model, or used as is when --model is a .tflite file.
 Run: python benchmarks/bench_scan.py [--model models/model.keras] [--codec mp4v] [--frames 300] [--cameras 1 4 16]
 """
@@ -23,12 +23,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
-from rsdetect.export import export_model
-from rsdetect.loaders import LoadedModel, load_model, tflite_scorer
+from rsdetect.serve.export import export_model
+from rsdetect.serve.loaders import LoadedModel, load_model, tflite_scorer
 from rsdetect.preprocess import score_frames, to_tiles
-from rsdetect.reports import FrameLog
-from rsdetect.scan import CameraState, ScanOptions, run_scan
-from rsdetect.sources import Source, parse_sources
+from rsdetect.serve.reports import FrameLog
+from rsdetect.serve.scan import CameraState, ScanOptions, run_scan
+from rsdetect.serve.sources import Source, parse_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL_FPS = 250.0

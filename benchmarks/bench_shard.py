@@ -1,5 +1,5 @@
 """Frames/s of `rsdetect scan` over several 640x480 video cameras: one process (the default) against cameras
-sharded over a local Dask cluster of 1 and 2 worker processes (rsdetect.shard), with the model exported to
+sharded over a local Dask cluster of 1 and 2 worker processes (rsdetect.serve.shard), with the model exported to
 TFLite; plus a paper estimate of the machines 1,000 cameras at 5 sampled frames/s would need.
 
 Every run writes the full report set. Cluster start-up and each worker's model load are timed apart (paid once
@@ -39,19 +39,19 @@ def write_camera(path: Path, n: int, seed: int) -> Path:
 
 
 def _fix_threads(threads: int | None) -> None:
-    import rsdetect.shard
+    import rsdetect.serve.shard
 
-    rsdetect.shard.host_threads = lambda: threads  # None: TFLite on every core, as a lone process has it
+    rsdetect.serve.shard.host_threads = lambda: threads  # None: TFLite on every core, as a lone process has it
 
 
 def timed_scan(specs: list[str], model_spec: str, out: Path, workers: int,
                threads: int | None | str = "auto") -> tuple[float, float, int]:
     """(cluster start s, scan s, frames scored): workers 0 is the single process; threads: each worker's TFLite
-    threads ("auto": rsdetect.shard.host_threads, cores / workers)."""
-    from rsdetect.loaders import load_model
-    from rsdetect.scan import ScanOptions, run_scan
-    from rsdetect.shard import describe_model, open_client, sharded_cameras
-    from rsdetect.sources import parse_sources
+    threads ("auto": rsdetect.serve.shard.host_threads, cores / workers)."""
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.scan import ScanOptions, run_scan
+    from rsdetect.serve.shard import describe_model, open_client, sharded_cameras
+    from rsdetect.serve.sources import parse_sources
 
     options = ScanOptions(batch=16, progress=False)
     if workers == 0:
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=300, help="frames per camera video (all scored)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds over all modes; each mode keeps its fastest scan")
     args = ap.parse_args()
-    from rsdetect.export import export_model
+    from rsdetect.serve.export import export_model
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # TF's import leaves the root logger at INFO
 

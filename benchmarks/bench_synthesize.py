@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 
 from rsdetect.config import SynthParams, load_params, updated
-from rsdetect.data import synthesize
-from rsdetect.sample import make_sample_dataset
+from rsdetect.synth.twins import synthesize
+from rsdetect.datasets.drawn import make_sample_dataset
 from rsdetect.shutter import Motion, rolling_rows
 
 

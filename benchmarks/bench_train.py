@@ -5,7 +5,7 @@
   size, on fixed arrays (the baseline: no synthesis at all) and fed by the stream (synthesis on a thread,
   overlapping the step). The ratio streamed / fixed is what fresh pairs cost;
 - the default `train` stage's phase 2 and `pretrain`, projected from the measured rate;
-- with `--devices 1,2` instead: images/s of the params' backbone on 1, 2, ... replicas (rsdetect.distribute:
+- with `--devices 1,2` instead: images/s of the params' backbone on 1, 2, ... replicas (rsdetect.model.distribute:
   the global batch is train.batch_size x replicas, split across them, BatchNorm synced), on fixed arrays, with
   the ratio to the first entry. On a GPU runner the replicas are GPUs; on a CPU-only machine the CPU is split
   into that many logical devices (they share the same cores, so this checks the path, not a speed-up).
@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rsdetect.config import FeatureParams, load_params
-from rsdetect.pairs import PairStream, load_photos
-from rsdetect.sample import make_sample_dataset
+from rsdetect.synth.pairs import PairStream, load_photos
+from rsdetect.datasets.drawn import make_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,9 @@ def replicas_rate(devices: list[str | int], f: FeatureParams, per_replica: int, 
     batch split across its replicas as fit_pairs does; ratios against the first choice, measured in this run."""
     import keras
 
-    from rsdetect import backbone as m
-    from rsdetect.distribute import split_batch, strategy_for, synced_batchnorm
-    from rsdetect.training import build_classifier
+    from rsdetect.model import backbone as m
+    from rsdetect.model.distribute import split_batch, strategy_for, synced_batchnorm
+    from rsdetect.model.training import build_classifier
 
     base = None
     for choice in devices:
@@ -97,8 +97,8 @@ def main() -> None:
     s, t, pt, f = params.synthesize, params.train, params.pretrain, params.features
     import keras
 
-    from rsdetect import backbone as m
-    from rsdetect.training import build_classifier
+    from rsdetect.model import backbone as m
+    from rsdetect.model.training import build_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = ROOT / "data" / "raw"

@@ -1,5 +1,5 @@
 """`rsdetect watch` end to end: total frames/s with 1, 4 and 16 cameras, each reading a 640x480 video (MJPG
-.avi), scored by the TFLite export of the trained model (made here by rsdetect.export), against two limits
+.avi), scored by the TFLite export of the trained model (made here by rsdetect.serve.export), against two limits
 measured in the same run on the same input: decode only (the same number of reader threads decoding the same
 frames, nothing scored) and score only (the model on already-decoded frames, batch as watch's).
 
@@ -9,7 +9,7 @@ pipeline's capacity. The watch's time includes its start (first summary, readers
 timed in the same run.
 Run: python benchmarks/bench_watch.py [--model models/model.keras] [--frames 24] [--cameras 1 4 16]
 
---shard: instead, `watch --workers` (rsdetect.watch_shard): steady frames/s of the same cameras watched by this
+--shard: instead, `watch --workers` (rsdetect.serve.watch.shard): steady frames/s of the same cameras watched by this
 process, then by a local Dask cluster of 1 and of 2 single-threaded workers (cluster started and model loaded
 before timing, one warm-up watch each), interleaved --repeats times, the best of each with its ratio to the
 single process's best, measured in the same run.
@@ -84,9 +84,9 @@ def score_only(model, video: Path, frames: int, batch: int) -> float:
 def watch_rate(model, video: Path, cameras: int, frames: int, batch: int, out: Path, run=None) -> tuple[float, dict]:
     """Frames/s of run_watch (or `run`, with its arguments) over `cameras` copies of the video (each camera
     reads `frames` frames)."""
-    from rsdetect.sources import parse_sources
-    from rsdetect.watch import WatchOptions, run_watch
-    from rsdetect.watch_metrics import WatchMetrics
+    from rsdetect.serve.sources import parse_sources
+    from rsdetect.serve.watch.loop import WatchOptions, run_watch
+    from rsdetect.serve.watch.metrics import WatchMetrics
 
     sources = parse_sources([f"cam{i}={video}" for i in range(cameras)])
     start = time.perf_counter()
@@ -109,8 +109,8 @@ def steady_rate(model, video: Path, cameras: int, frames: int, batch: int, out: 
 def shard_rows(model, spec: str, video: Path, cameras: int, frames: int, batch: int, tmp: Path, repeats: int) -> None:
     """watch in this process, on a local Dask cluster of 1 and of 2 workers, interleaved `repeats` times (load on
     a shared machine drifts); the best of each, and its ratio to this process's best."""
-    from rsdetect.shard import describe_model, open_client
-    from rsdetect.watch_shard import run_sharded_watch
+    from rsdetect.serve.shard import describe_model, open_client
+    from rsdetect.serve.watch.shard import run_sharded_watch
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # the TensorFlow export left the root logger at INFO
 
@@ -145,9 +145,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--shard: interleaved repeats, best kept")
     args = parser.parse_args()
 
-    from rsdetect.export import export_model
-    from rsdetect.loaders import load_model
-    from rsdetect.reports import flagged_rate_chart
+    from rsdetect.serve.export import export_model
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.reports import flagged_rate_chart
 
     flagged_rate_chart({"a": {"flagged_rate": 0.0, "flagged": 0, "frames_scored": 0, "failures": 0}}, 0.5, 1)  # import matplotlib once
     with tempfile.TemporaryDirectory() as tmp:

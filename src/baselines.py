@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.baselines import fit_predict, logistic_regression, pixel_features, random_forest
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.data import read_manifest
-from rsdetect.evaluate import binary_metrics, write_predictions
+from rsdetect.synth.twins import read_manifest
+from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import write_json
-from rsdetect.lines import line_features_of_paths
+from rsdetect.evaluation.lines import line_features_of_paths
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Stage evaluate: operating threshold from the validation sweep (target precision), test metrics at it for the
 CNN and every baseline, recall by kind and magnitude, plots (DVC JSON + PNG) and a markdown report.
 
-Where a predictions CSV also has rows of split "external" (the independent-recipe test set, rsdetect.external),
+Where a predictions CSV also has rows of split "external" (the independent-recipe test set, rsdetect.synth.rengarajan),
 that model gets an `external` block at the same threshold; the optional 8th argument, the external manifest,
 adds recall by shear bin."""
 import sys
@@ -9,12 +9,13 @@ from pathlib import Path
 
 
 from rsdetect.stage import run_stage
-from rsdetect.config import RsdetectError, load_params
-from rsdetect.data import read_manifest
-from rsdetect.evaluate import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
+from rsdetect.config import load_params
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import read_manifest
+from rsdetect.evaluation.metrics import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
                                recall_breakdown, shear_breakdown, threshold_sweep, write_plots)
 from rsdetect.io import atomic_write_text, write_json
-from rsdetect.shear import estimate_paths
+from rsdetect.serve.shear import estimate_paths
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.external import make_external
+from rsdetect.synth.rengarajan import make_external
 
 
 def main() -> None:

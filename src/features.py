@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from rsdetect.stage import run_stage
-from rsdetect.config import RsdetectError, load_params
-from rsdetect.data import read_manifest
+from rsdetect.config import load_params
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import read_manifest
 from rsdetect.io import atomic_write_bytes
 
 
@@ -25,7 +26,7 @@ def main() -> None:
     synth, external, weights_file, out = (Path(a) for a in sys.argv[1:5])
     params = load_params()
     f = params.features
-    from rsdetect import backbone as m
+    from rsdetect.model import backbone as m
 
     m.set_determinism(params.seed, True)
     rows = read_manifest(synth / "manifest.csv")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from rsdetect.stage import run_stage
-from rsdetect.config import RsdetectError, load_params
+from rsdetect.config import load_params
+from rsdetect.errors import RsdetectError
 from rsdetect.io import write_json
 
 
@@ -16,11 +17,11 @@ def main() -> None:
     sample_dir, real_dir, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     params = load_params()
     if params.fetch.source == "coco2017":
-        from rsdetect.coco import fetch_coco2017
+        from rsdetect.datasets.coco import fetch_coco2017
 
         report = fetch_coco2017(params.fetch.coco2017, out, params.seed)
     else:
-        from rsdetect.embedded import DRAWN_ID_OFFSET, merge_datasets
+        from rsdetect.datasets.embedded import DRAWN_ID_OFFSET, merge_datasets
 
         s = params.fetch.sample
         parts = [(d, name, offset) for d, name, offset, use in

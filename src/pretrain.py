@@ -20,10 +20,10 @@ def main() -> None:
     raw, out, metrics_path = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     params = load_params()
     s, pt, f = params.synthesize, params.pretrain, params.features
-    from rsdetect import backbone as m
-    from rsdetect.distribute import scaled_lr, strategy_for
-    from rsdetect.pairs import PairStream, fixed_pairs, load_photos
-    from rsdetect.training import build_classifier, fit_pairs
+    from rsdetect.model import backbone as m
+    from rsdetect.model.distribute import scaled_lr, strategy_for
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
+    from rsdetect.model.training import build_classifier, fit_pairs
 
     strategy = strategy_for(pt.devices, "pretrain.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync

@@ -2,7 +2,7 @@
 import sys
 
 from rsdetect.stage import run_stage
-from rsdetect.registry import register_from_outputs
+from rsdetect.registry.gate import register_from_outputs
 
 
 if __name__ == "__main__":

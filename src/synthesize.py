@@ -4,8 +4,8 @@ from pathlib import Path
 
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.data import synthesize
-from rsdetect.figures import pairs_figure
+from rsdetect.synth.twins import synthesize
+from rsdetect.synth.figures import pairs_figure
 from rsdetect.io import write_json
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from rsdetect.stage import run_stage
-from rsdetect.config import RsdetectError, load_params
-from rsdetect.data import read_manifest
-from rsdetect.evaluate import binary_metrics, write_predictions
+from rsdetect.config import load_params
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import read_manifest
+from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import save_keras, write_json
 
 
@@ -28,11 +29,13 @@ def main() -> None:
     import keras
     import mlflow
 
-    from rsdetect import backbone as m, head as hd
-    from rsdetect.distribute import scaled_lr, strategy_for
-    from rsdetect.pairs import PairStream, load_photos
-    from rsdetect.registry import file_md5, setup_mlflow
-    from rsdetect.training import fit_pairs
+    from rsdetect.model import backbone as m
+
+    from rsdetect.model import head as hd
+    from rsdetect.model.distribute import scaled_lr, strategy_for
+    from rsdetect.synth.pairs import PairStream, load_photos
+    from rsdetect.registry.gate import file_md5, setup_mlflow
+    from rsdetect.model.training import fit_pairs
 
     strategy = strategy_for(t.devices, "train.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync

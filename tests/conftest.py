@@ -48,7 +48,7 @@ def with_params(group, **overrides):
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """A small embedded-style COCO dataset (24 scenes) made by the generator."""
-    from rsdetect.sample import make_sample_dataset
+    from rsdetect.datasets.drawn import make_sample_dataset
 
     out = tmp_path_factory.mktemp("sample")
     make_sample_dataset(out, seed=3, n_images=24, width=200, height=150)
@@ -109,7 +109,7 @@ def copy_tracked_files(dest: Path) -> None:
 def colour_tflite(tmp_path_factory) -> Path:
     """The colour model (32 px) as TFLite: Dask workers then load it without importing TensorFlow, which costs
     9 s of CPU per process here (keras import measured with time.process_time)."""
-    from rsdetect.export import tflite_bytes
+    from rsdetect.serve.export import tflite_bytes
 
     path = tmp_path_factory.mktemp("model") / "colour.tflite"
     path.write_bytes(tflite_bytes(colour_model(32)))
@@ -120,7 +120,7 @@ def colour_tflite(tmp_path_factory) -> Path:
 def dask_client():
     """A local Dask cluster of 2 worker processes for a test module (it takes seconds to start)."""
     pytest.importorskip("distributed")
-    from rsdetect.shard import open_client
+    from rsdetect.serve.shard import open_client
 
     with open_client(2) as client:
         yield client

@@ -1,4 +1,4 @@
-"""rsdetect.baselines: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at chance, and the
+"""rsdetect.evaluation.baseline_models: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at chance, and the
 baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from rsdetect.baselines import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.data import read_manifest, synthesize
-from rsdetect.evaluate import read_predictions
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
+from rsdetect.synth.twins import read_manifest, synthesize
+from rsdetect.evaluation.metrics import read_predictions
 from rsdetect.io import read_yaml
-from rsdetect.sample import make_sample_dataset
+from rsdetect.datasets.drawn import make_sample_dataset
 
 from conftest import ROOT, params_group
 

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from rsdetect.coco import fetch_coco2017, select_images
-from rsdetect.instances import image_problem
-from rsdetect.config import RsdetectError
+from rsdetect.datasets.coco import fetch_coco2017, select_images
+from rsdetect.datasets.instances import image_problem
+from rsdetect.errors import RsdetectError
 
 from conftest import params_group, with_params
 
@@ -357,7 +357,7 @@ def test_real_sample_through_synthesis(tmp_path):
     """The shared COCO person sample served over HTTP, fetched, then synthesised into RS/GS pairs."""
     if not SAMPLE_DIR.is_dir():
         pytest.skip(f"{SAMPLE_DIR} not present")
-    from rsdetect.data import synthesize
+    from rsdetect.synth.twins import synthesize
 
     ann = next(SAMPLE_DIR.glob("instances*.json"))
     blob = io.BytesIO()

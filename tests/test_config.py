@@ -5,7 +5,9 @@ import math
 import pytest
 from pydantic import BaseModel
 
-from rsdetect.config import ConfigError, Params, RsdetectError, load_params, parse_params
+from rsdetect.config import ConfigError, Params, load_params, parse_params
+
+from rsdetect.errors import RsdetectError
 
 from conftest import ROOT, params_group, params_raw
 

@@ -8,8 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
-from rsdetect.config import RsdetectError
-from rsdetect.data import read_manifest, split_images, synthesize
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import read_manifest, split_images, synthesize
 
 from conftest import tree_digest, params_group, with_params
 
@@ -111,7 +111,7 @@ def shortcut_features(path: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_artefact_features_cannot_tell_the_classes_apart(tmp_path):
-    from rsdetect.sample import make_sample_dataset
+    from rsdetect.datasets.drawn import make_sample_dataset
 
     make_sample_dataset(tmp_path / "raw", seed=11, n_images=160, width=240, height=180)
     synthesize(tmp_path / "raw" / "instances.json", tmp_path / "synth", 11, with_params(P, size=128))
@@ -150,7 +150,7 @@ def test_a_worker_that_cannot_start_is_one_line_error_not_a_hang(sample_dir, tmp
     import subprocess
     import sys
 
-    script = (f"from pathlib import Path; from rsdetect.config import SynthParams; from rsdetect.data import synthesize; "
+    script = (f"from pathlib import Path; from rsdetect.config import SynthParams; from rsdetect.synth.twins import synthesize; "
               f"synthesize(Path({str(sample_dir / 'instances.json')!r}), Path({str(tmp_path / 'out')!r}), 1, "
               f"SynthParams.model_validate({with_params(P, size=64, workers=2).model_dump()!r}))")
     res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
@@ -217,8 +217,8 @@ def test_malformed_entries_skip_only_what_is_bad_each_counted_with_its_reason(tm
 
 def test_every_reader_of_the_dataset_gets_the_same_checks(tmp_path):
     """Training pairs and the external set go through photo_tasks too: no traceback, the same skips."""
-    from rsdetect.external import make_external
-    from rsdetect.pairs import load_photos
+    from rsdetect.synth.rengarajan import make_external
+    from rsdetect.synth.pairs import load_photos
 
     root = tmp_path / "raw"
     _malformed_dataset(root)

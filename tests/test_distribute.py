@@ -1,4 +1,4 @@
-"""rsdetect.distribute: one device is the default strategy; two replicas train like one device on the same global
+"""rsdetect.model.distribute: one device is the default strategy; two replicas train like one device on the same global
 batch. TF's logical devices must be configured before TF initialises, so the checks run this file as a script in
 a fresh Python (two logical CPU devices, GPUs hidden) and the tests read its JSON."""
 from __future__ import annotations
@@ -32,11 +32,11 @@ def _run(sample_dir: str, out: str) -> None:
     import keras
 
     from conftest import params_group
-    from rsdetect import backbone as m
-    from rsdetect.config import RsdetectError
-    from rsdetect.distribute import split_batch, strategy_for
-    from rsdetect.pairs import PairStream, fixed_pairs, load_photos
-    from rsdetect.training import build_classifier, fit_pairs, predict_arrays
+    from rsdetect.model import backbone as m
+    from rsdetect.errors import RsdetectError
+    from rsdetect.model.distribute import split_batch, strategy_for
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
+    from rsdetect.model.training import build_classifier, fit_pairs, predict_arrays
 
     res: dict = {}
     cpu_only = strategy_for("cpu", "train.devices")

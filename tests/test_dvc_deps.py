@@ -11,30 +11,46 @@ from conftest import ROOT
 PACKAGE = "rsdetect"
 
 
+def module_file(dotted: str) -> Path | None:
+    """The file of an rsdetect module or package, `rsdetect.serve.scan` -> src/rsdetect/serve/scan.py."""
+    base = ROOT / "src" / Path(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def imported_modules(path: Path) -> set[str]:
-    """rsdetect modules a file imports, anywhere in it: `import rsdetect.x`, `from rsdetect.x import ...`,
-    `from rsdetect import x`."""
+    """rsdetect modules a file imports, anywhere in it, dotted: `import rsdetect.x.y`, `from rsdetect.x.y import
+    name`, `from rsdetect.x import y` (a module y, or a name of package x)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith(PACKAGE + ".")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == PACKAGE:
-                found |= {a.name for a in node.names}
-            elif node.module.startswith(PACKAGE + "."):
-                found.add(node.module.split(".")[1])
-    return {m for m in found if (ROOT / "src" / PACKAGE / f"{m}.py").is_file()}
+            found |= {a.name for a in node.names if a.name.startswith(PACKAGE + ".")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and (node.module == PACKAGE or node.module.startswith(PACKAGE + ".")):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}")}
+    return {m for m in found if module_file(m)}
+
+
+def with_parents(dotted: str) -> set[str]:
+    """Importing rsdetect.a.b runs rsdetect/__init__.py and rsdetect/a/__init__.py first: they are code too."""
+    parts = dotted.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
 
 
 def code_deps(script: Path) -> set[str]:
-    """The script and every rsdetect module reachable from it, as repository-relative paths."""
-    seen, todo = set(), imported_modules(script)
+    """The script and every rsdetect module (and package __init__) reachable from it, repository-relative."""
+    seen: set[str] = set()
+    todo = set().union(*map(with_parents, imported_modules(script))) if imported_modules(script) else set()
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo |= imported_modules(ROOT / "src" / PACKAGE / f"{module}.py")
-    return {str(script.relative_to(ROOT))} | {f"src/{PACKAGE}/{m}.py" for m in seen}
+            for m in imported_modules(module_file(module)):
+                todo |= with_parents(m)
+    return {str(script.relative_to(ROOT))} | {str(module_file(m).relative_to(ROOT)) for m in seen}
 
 
 def declared_code_deps(stage: dict) -> set[str]:
@@ -54,14 +70,14 @@ def test_stage_code_deps_match_its_imports(name):
 
 def test_a_missing_dep_is_caught(tmp_path):
     """The check fails when dvc.yaml forgets a module the script imports (here: train without training.py)."""
-    stage = dict(STAGES["train"], deps=[d for d in STAGES["train"]["deps"] if d != "src/rsdetect/training.py"])
-    assert "src/rsdetect/training.py" in code_deps(ROOT / "src/train.py") - declared_code_deps(stage)
+    stage = dict(STAGES["train"], deps=[d for d in STAGES["train"]["deps"] if d != "src/rsdetect/model/training.py"])
+    assert "src/rsdetect/model/training.py" in code_deps(ROOT / "src/train.py") - declared_code_deps(stage)
 
 
 def test_lazy_imports_inside_functions_count(tmp_path):
     f = tmp_path / "stage.py"
-    f.write_text("def main():\n    from rsdetect import backbone as m\n    import rsdetect.pairs\n")
-    assert imported_modules(f) == {"backbone", "pairs"}
+    f.write_text("def main():\n    from rsdetect.model import backbone as m\n    import rsdetect.synth.pairs\n")
+    assert imported_modules(f) == {"rsdetect.model", "rsdetect.model.backbone", "rsdetect.synth.pairs"}
 
 
 # --- params: a stage's params are its group plus the cross-group keys it declares --------------------------------

@@ -1,4 +1,4 @@
-"""rsdetect.evaluate: whole-set metrics equal sklearn's, the threshold comes from validation only,
+"""rsdetect.evaluation.metrics: whole-set metrics equal sklearn's, the threshold comes from validation only,
 breakdowns, the predictions CSV hand-over, the DVC plot files and the report."""
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import ROOT
-from rsdetect.config import RsdetectError
-from rsdetect.data import MANIFEST_FIELDS
-from rsdetect.evaluate import (EXTERNAL_TITLE, MAGNITUDE_BINS, binary_metrics, external_metrics, markdown_report,
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import MANIFEST_FIELDS
+from rsdetect.evaluation.metrics import (EXTERNAL_TITLE, MAGNITUDE_BINS, binary_metrics, external_metrics, markdown_report,
                                operating_threshold, read_predictions, recall_breakdown, threshold_sweep, write_plots,
                                write_predictions)
-from rsdetect.external import EXTERNAL_FIELDS
+from rsdetect.synth.rengarajan import EXTERNAL_FIELDS
 
 
 def sk_reference(y, prob, t):

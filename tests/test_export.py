@@ -21,8 +21,8 @@ keras = pytest.importorskip("keras")
 
 from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
-from rsdetect.config import RsdetectError  # noqa: E402
-from rsdetect.export import check_inputs, export_model, sidecar_path  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
+from rsdetect.serve.export import check_inputs, export_model, sidecar_path  # noqa: E402
 
 SIZE = 32
 GAIN = COLOUR_GAIN
@@ -98,7 +98,7 @@ def test_tflite_export_agrees_with_keras(tmp_path, models_dir, capsys) -> None:
 def test_tflite_scorer_split_between_interpreters_scores_as_one(tmp_path, models_dir) -> None:
     """scan's TFLite scorer splits each batch between one single-threaded interpreter per core; every split gives
     each tile the probability one interpreter gives it alone (to 1e-6), including odd sizes and one tile."""
-    from rsdetect.loaders import tflite_scorer
+    from rsdetect.serve.loaders import tflite_scorer
 
     path = tmp_path / "conv.tflite"
     export_model(str(models_dir / "conv.keras"), "tflite", path)
@@ -128,7 +128,7 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
 
 
 def test_export_refuses_a_model_that_disagrees(tmp_path, models_dir, monkeypatch) -> None:
-    from rsdetect import loaders
+    from rsdetect.serve import loaders
 
     real = loaders.tflite_scorer
 
@@ -183,7 +183,7 @@ def test_onnx_export(tmp_path, models_dir, capsys, monkeypatch) -> None:
 def pyfunc_dir(tmp_path_factory, models_dir) -> Path:
     import mlflow
 
-    from rsdetect.registry import RsDetector
+    from rsdetect.registry.gate import RsDetector
 
     path = tmp_path_factory.mktemp("pyfunc") / "rs-detector"
     mlflow.pyfunc.save_model(str(path), python_model=RsDetector(), artifacts={"keras_model": str(models_dir / "colour.keras")},
@@ -271,7 +271,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 # ---------------------------------------------------------------- faults a new user ran into
 
 def test_unwritable_out_fails_before_conversion(tmp_path, models_dir, capsys, monkeypatch) -> None:
-    from rsdetect import loaders
+    from rsdetect.serve import loaders
 
     def no_loading(spec):
         raise AssertionError("the model was loaded before --out was checked")

@@ -1,4 +1,4 @@
-"""rsdetect.external: the independent-recipe test set (Rengarajan et al. 2017): the warp does what it says,
+"""rsdetect.synth.rengarajan: the independent-recipe test set (Rengarajan et al. 2017): the warp does what it says,
 shear_px is the displacement really applied, only our test photos are used, reruns are byte-identical,
 bad photos are counted skips, and the shear distribution is the published one."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 from conftest import tree_digest, ROOT, params_group, params_raw, with_params
 from rsdetect.config import ConfigError, load_params, parse_params
-from rsdetect.data import read_manifest, split_images
-from rsdetect.instances import load_instances
-from rsdetect.external import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
+from rsdetect.synth.twins import read_manifest, split_images
+from rsdetect.datasets.instances import load_instances
+from rsdetect.synth.rengarajan import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
                                rengarajan_pair, render_pair, row_displacements)
 from rsdetect.shutter import shear_extent
 

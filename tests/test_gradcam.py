@@ -8,8 +8,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from rsdetect.config import RsdetectError  # noqa: E402
-from rsdetect.gradcam import GradCam, overlay  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
+from rsdetect.serve.gradcam import GradCam, overlay  # noqa: E402
 
 S = 32
 

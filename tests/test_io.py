@@ -46,7 +46,9 @@ def test_staged_dir_removes_what_a_killed_earlier_run_left_but_not_a_newer_one(t
 def test_file_md5_and_default_mode_have_one_home(tmp_path):
     import hashlib
 
-    from rsdetect import coco, registry
+    from rsdetect.datasets import coco
+
+    from rsdetect.registry import gate as registry
     from rsdetect.io import default_file_mode, file_md5
 
     f = tmp_path / "blob"

@@ -1,4 +1,4 @@
-"""rsdetect.backbone and rsdetect.head on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached features, the head,
+"""rsdetect.model.backbone and rsdetect.model.head on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached features, the head,
 assembly, fine-tuning, weight loading errors and determinism."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from rsdetect import backbone as m, head as hd  # noqa: E402
-from rsdetect.config import RsdetectError  # noqa: E402
+from rsdetect.model import backbone as m, head as hd  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
 
 S = 64
 N_FEATURES = 960

@@ -1,12 +1,12 @@
-"""rsdetect.pairs: fresh training pairs are a pure function of (seed, epoch, step), twins share content and
+"""rsdetect.synth.pairs: fresh training pairs are a pure function of (seed, epoch, step), twins share content and
 augmentation, the curriculum eases in, and only the asked split's photos are drawn from."""
 import numpy as np
 import pytest
 
-from rsdetect.config import RsdetectError
-from rsdetect.data import split_images
-from rsdetect.instances import load_instances
-from rsdetect.pairs import PairStream, augment_pair, fixed_pairs, load_photos
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.twins import split_images
+from rsdetect.datasets.instances import load_instances
+from rsdetect.synth.pairs import PairStream, augment_pair, fixed_pairs, load_photos
 
 from conftest import params_group, with_params
 

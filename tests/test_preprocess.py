@@ -14,13 +14,13 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from conftest import colour_model  # noqa: E402
-from rsdetect import backbone as m, head as hd  # noqa: E402
-from rsdetect.config import RsdetectError  # noqa: E402
+from rsdetect.model import backbone as m, head as hd  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.preprocess import (TILE_STRIDE, box_text, decode, load_square, resize_short_side, score_frames,  # noqa: E402
                                  tile_starts, to_tiles)
-from rsdetect.loaders import load_model  # noqa: E402
-from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
-from rsdetect.sources import parse_sources  # noqa: E402
+from rsdetect.serve.loaders import load_model  # noqa: E402
+from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.serve.sources import parse_sources  # noqa: E402
 
 S = 32
 QUIET = dict(progress=False)
@@ -58,7 +58,7 @@ def save_pyfunc(keras_path: Path, out: Path, threshold: float, size: int):
     """Save the rsdetect pyfunc around a .keras file and load it back as MLflow serves it."""
     import mlflow
 
-    from rsdetect.registry import RsDetector
+    from rsdetect.registry.gate import RsDetector
 
     mlflow.pyfunc.save_model(str(out), python_model=RsDetector(), artifacts={"keras_model": str(keras_path)},
                              model_config={"threshold": threshold, "image_size": size}, pip_requirements=["rsdetect"])

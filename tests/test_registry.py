@@ -1,4 +1,4 @@
-"""rsdetect.registry: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
+"""rsdetect.registry.gate: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
 from __future__ import annotations
 
 import os
@@ -12,10 +12,13 @@ import pandas as pd
 import pytest
 
 from conftest import colour_model as shared_colour_model
-from rsdetect.config import RsdetectError
+from rsdetect import ENVIRONMENT
+from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import to_tiles
-from rsdetect.registry import (HTTP_DEFAULTS, decode_frame, file_md5, frames_from_input, project_root, register_candidate,
+from rsdetect.registry.gate import (decode_frame, file_md5, frames_from_input, project_root, register_candidate,
                                register_summary, tracking_uri)
+
+HTTP_DEFAULTS = {k: v for k, v in ENVIRONMENT.items() if k.startswith("MLFLOW_HTTP_")}
 
 S = 64
 NAME, ALIAS = "rs-detector", "champion"
@@ -68,9 +71,6 @@ def down_server(monkeypatch):
         port = sock.getsockname()[1]
     uri = f"http://127.0.0.1:{port}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for key in HTTP_DEFAULTS:
-        monkeypatch.setenv(key, "x")  # recorded, so the values tracking_uri() sets are undone after the test
-        monkeypatch.delenv(key)
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     return uri
 
@@ -95,7 +95,7 @@ def test_scan_of_a_registry_uri_with_the_server_down_is_quick(down_server, monke
     """scan resolves models:/ URIs through tracking_uri(), which bounds the waits; a user's own value still wins."""
     import time
 
-    from rsdetect.loaders import load_pyfunc
+    from rsdetect.serve.loaders import load_pyfunc
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     start = time.monotonic()
@@ -110,7 +110,7 @@ def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
     """Only an unreachable HTTP server becomes the one line; a local store's errors are not disguised as one."""
     from mlflow.exceptions import MlflowException
 
-    from rsdetect.registry import tracking_server
+    from rsdetect.registry.gate import tracking_server
 
     with pytest.raises(MlflowException):
         with tracking_server(f"sqlite:///{tmp_path}/x.db"):
@@ -312,7 +312,7 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
 def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_env, monkeypatch):
     """A runner killed mid-gate leaves `<name>.gate-lock`; the next one waits GATE_LOCK_WAIT_S, then says who holds
     it and how to remove it, and registers nothing; once it is gone, registration works and leaves no lock."""
-    import rsdetect.registry as registry
+    import rsdetect.registry.gate as registry
 
     mlflow = mlflow_env
     paths, labels, _ = make_test_frames(tmp_path)
@@ -337,7 +337,7 @@ def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_
 
 
 def test_pyfunc_scores_many_frames_a_chunk_at_a_time():
-    from rsdetect.registry import PREDICT_BATCH, RsDetector
+    from rsdetect.registry.gate import PREDICT_BATCH, RsDetector
 
     model = colour_model(0.08)
     seen = []

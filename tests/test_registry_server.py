@@ -123,7 +123,7 @@ import json, sys, time
 from pathlib import Path
 import numpy as np
 import mlflow, keras  # the slow imports, before the start line
-from rsdetect.registry import register_candidate
+from rsdetect.registry.gate import register_candidate
 a = json.loads(sys.argv[1])
 
 

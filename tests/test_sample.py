@@ -7,7 +7,7 @@ import yaml
 from pycocotools.coco import COCO
 
 from rsdetect.config import load_params
-from rsdetect.sample import make_sample_dataset
+from rsdetect.datasets.drawn import make_sample_dataset
 
 from conftest import ROOT
 

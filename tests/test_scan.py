@@ -19,11 +19,11 @@ keras = pytest.importorskip("keras")
 
 from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
-from rsdetect.config import RsdetectError  # noqa: E402
-from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
-from rsdetect.reports import FIELDS  # noqa: E402
-from rsdetect.scan import Interrupted, ScanOptions, StopSignals, longest_run, run_scan, smooth, uninterrupted  # noqa: E402
-from rsdetect.sources import parse_sources  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
+from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
+from rsdetect.serve.reports import FIELDS  # noqa: E402
+from rsdetect.serve.scan import Interrupted, ScanOptions, StopSignals, longest_run, run_scan, smooth, uninterrupted  # noqa: E402
+from rsdetect.serve.sources import parse_sources  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN
@@ -258,7 +258,7 @@ def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> 
     assert (result.out_dir / "flagged_rate.png").is_file()
     assert not [p for p in result.out_dir.iterdir() if p.name.startswith(".")]  # no temp files left
     # Through the CLI: exit code 130.
-    monkeypatch.setattr("rsdetect.loaders.load_model",
+    monkeypatch.setattr("rsdetect.serve.loaders.load_model",
                         lambda spec: LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", spec))
     with pytest.raises(SystemExit) as exc:
         cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
@@ -304,7 +304,7 @@ def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeyp
     """A models:/ URI loads through MLflow, takes its threshold from the model config; --threshold overrides."""
     import mlflow
 
-    from rsdetect.registry import RsDetector
+    from rsdetect.registry.gate import RsDetector
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -351,7 +351,7 @@ def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monk
     def no_loading(spec):
         raise AssertionError("the model was loaded before --out was checked")
 
-    monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
+    monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
     base = ["scan", str(video), "--model", str(model_path), "--out"]
     assert "is a file, not a folder" in one_line_error(capsys, [*base, str(blocker)])
     assert f"{blocker} is a file" in one_line_error(capsys, [*base, str(blocker / "sub")])
@@ -390,8 +390,8 @@ def test_cameras_whose_names_sanitize_alike_get_their_own_files(tmp_path, model)
 
 
 def test_a_second_scan_into_the_same_folder_is_refused(tmp_path, model_path, capsys) -> None:
-    from rsdetect.outputs import lock_path
-    from rsdetect.scan import claim
+    from rsdetect.serve.report_dir import lock_path
+    from rsdetect.serve.scan import claim
 
     video = write_video(tmp_path / "v.avi", {1}, 4)
     out = tmp_path / "out"
@@ -413,7 +413,7 @@ def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypat
     import os
     import signal
 
-    from rsdetect import scan
+    from rsdetect.serve import scan
 
     video = write_video(tmp_path / "cam.avi", {1, 5}, 30)
     old = run_scan(parse_sources([str(video), str(write_images(tmp_path / "gone", [True]))]), model,
@@ -502,7 +502,7 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     assert not [p for p in tmp_path.rglob(".*")]  # no .tmp, staging folder or lock left
 
 
-# ---------------------------------------------------------------- explaining flags (rsdetect.explain)
+# ---------------------------------------------------------------- explaining flags (rsdetect.serve.explain)
 
 def striped(red: bool, shear: float, w: int = 96, h: int = 64) -> np.ndarray:
     """A BGR frame of 16 px vertical stripes leaning by `shear` px over its height (sheared as a rolling shutter
@@ -546,7 +546,7 @@ def test_worst_frames_get_heatmaps_shear_and_a_deskewed_preview(tmp_path, model_
 
 
 def test_a_model_that_is_not_keras_skips_heatmaps_and_says_so_once(tmp_path, model, monkeypatch) -> None:
-    from rsdetect.explain import Explainer
+    from rsdetect.serve.explain import Explainer
 
     images = write_images(tmp_path / "stills", [True, False, True])
     exported = LoadedModel(model.scorer, model.image_size, None, "onnx", "model.onnx")  # no Keras model behind it
@@ -563,7 +563,7 @@ def test_a_model_that_is_not_keras_skips_heatmaps_and_says_so_once(tmp_path, mod
 
 
 def test_annotated_video_shows_the_heatmap_of_flagged_frames(tmp_path, model) -> None:
-    from rsdetect.explain import Explainer
+    from rsdetect.serve.explain import Explainer
 
     video = write_video(tmp_path / "cam.avi", {2, 3, 7}, 10)
     explain = Explainer(model.keras_model, model.image_size, model.kind, None)

@@ -1,4 +1,4 @@
-"""rsdetect scan with cameras sharded over a local Dask cluster of 2 worker processes (rsdetect.shard): the same
+"""rsdetect scan with cameras sharded over a local Dask cluster of 2 worker processes (rsdetect.serve.shard): the same
 reports, byte for byte, as the single-process scan; failures per camera; Ctrl-C stops the workers' tasks and
 keeps what completed; the CLI on an existing scheduler. One cluster for the module (it takes seconds to start).
 """
@@ -19,10 +19,10 @@ pytest.importorskip("distributed")
 
 from test_scan import rows, scan_lines, write_images, write_video  # noqa: E402
 from rsdetect import cli  # noqa: E402
-from rsdetect.loaders import load_model  # noqa: E402
-from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
-from rsdetect.shard import describe_model, sharded_cameras  # noqa: E402
-from rsdetect.sources import parse_sources  # noqa: E402
+from rsdetect.serve.loaders import load_model  # noqa: E402
+from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.serve.shard import describe_model, sharded_cameras  # noqa: E402
+from rsdetect.serve.sources import parse_sources  # noqa: E402
 
 QUIET = dict(progress=False)
 
@@ -64,7 +64,7 @@ def test_sharded_reports_equal_the_single_process_ones(tmp_path, dask_client, co
     match, mismatch, errors = filecmp.cmpfiles(one.out_dir, two.out_dir, files, shallow=False)
     assert not mismatch and not errors
     # Each worker process that scanned loaded the model once, keyed by its spec.
-    from rsdetect import shard
+    from rsdetect.serve import shard
 
     loaded = dask_client.run(lambda: sorted(shard._MODELS))
     assert loaded and all(v in ([], [str(colour_tflite)]) for v in loaded.values()), loaded
@@ -122,7 +122,7 @@ def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, dask_client, co
 def test_sharded_shear_columns_and_counts_equal_the_single_process_ones(tmp_path, dask_client, colour_tflite) -> None:
     """Flagged frames' shear is measured on the workers from a copy of the Explainer; its counts come back."""
     from rsdetect.config import load_params
-    from rsdetect.explain import Explainer
+    from rsdetect.serve.explain import Explainer
 
     shear = load_params(Path(__file__).parents[1] / "params.yaml").shear
     specs = [str(write_video(tmp_path / "lobby.avi", {3, 4, 5, 12}, 16)),

@@ -1,4 +1,4 @@
-"""The shear estimate (rsdetect.shear): known pans of an image of vertical edges are measured back to within a
+"""The shear estimate (rsdetect.serve.shear): known pans of an image of vertical edges are measured back to within a
 pixel or two (within 15% on these hard-edged bars), in frame pixels at any frame size; de-skewing undoes them; the evaluation breakdown's arithmetic."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import params_group
-from rsdetect.config import RsdetectError
-from rsdetect.evaluate import shear_breakdown
-from rsdetect.shear import deskew, estimate_paths, estimate_shear, shear_direction
+from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.metrics import shear_breakdown
+from rsdetect.serve.shear import deskew, estimate_paths, estimate_shear, shear_direction
 from rsdetect.shutter import warp_rows
 
 P = params_group("shear")

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from rsdetect.sources import SourceError, read_ahead
+from rsdetect.serve.sources import SourceError, read_ahead
 
 
 def counting(n: int, fail_at: int | None = None, log: list | None = None) -> Iterator[int]:

@@ -1,12 +1,12 @@
-"""rsdetect.training: the fresh-pair loop keeps the best validation epoch and only moves trainable layers."""
+"""rsdetect.model.training: the fresh-pair loop keeps the best validation epoch and only moves trainable layers."""
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from rsdetect import backbone as m  # noqa: E402
-from rsdetect.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
-from rsdetect.training import build_classifier, epoch_lr, fit_pairs, predict_arrays, scores  # noqa: E402
+from rsdetect.model import backbone as m  # noqa: E402
+from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
+from rsdetect.model.training import build_classifier, epoch_lr, fit_pairs, predict_arrays, scores  # noqa: E402
 
 from conftest import params_group  # noqa: E402
 

@@ -26,14 +26,14 @@ from mjpeg_server import MjpegCamera, solid  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import load_params  # noqa: E402
-from rsdetect.explain import Explainer  # noqa: E402
-from rsdetect.loaders import LoadedModel, load_model  # noqa: E402
-from rsdetect.reports import FIELDS  # noqa: E402
-from rsdetect.scan import ScanOptions, run_scan  # noqa: E402
-from rsdetect.sources import parse_sources  # noqa: E402
-from rsdetect.watch import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
-from rsdetect.watch_metrics import MetricsServer, WatchMetrics  # noqa: E402
-from rsdetect.watch_reports import RollingLog  # noqa: E402
+from rsdetect.serve.explain import Explainer  # noqa: E402
+from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
+from rsdetect.serve.reports import FIELDS  # noqa: E402
+from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.serve.sources import parse_sources  # noqa: E402
+from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
+from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
+from rsdetect.serve.watch.reports import RollingLog  # noqa: E402
 
 SIZE = 32
 RED, BLUE = (50, 90, 200), (200, 90, 50)  # BGR: p ~0.9995 and ~0.0005 under the colour model
@@ -233,7 +233,7 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
     def no_loading(spec):
         raise AssertionError("the model was loaded before the flags were checked")
 
-    monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
+    monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
     base = ["watch", "cam=http://127.0.0.1:9/stream.mjpg", "--model", str(model_path)]
     out = ["--out", str(tmp_path / "out")]
     assert "--fps must be" in one_line_error(capsys, [*base, *out, "--fps", "nan"])

@@ -1,4 +1,4 @@
-"""rsdetect watch with cameras on a local Dask cluster of 2 worker processes (rsdetect.watch_shard): the same rows,
+"""rsdetect watch with cameras on a local Dask cluster of 2 worker processes (rsdetect.serve.watch.shard): the same rows,
 flags and metrics as the single-process watch over video files and a real MJPEG stream; SIGTERM stops the tasks
 and completes the reports; usage errors before the model loads; the CLI on an existing scheduler. One cluster for
 the module; the model is the colour model as TFLite, so workers do not import TensorFlow.
@@ -22,12 +22,12 @@ from mjpeg_server import MjpegCamera  # noqa: E402
 from test_scan import write_video  # noqa: E402
 from test_watch import FAST, every_third_red, one_line_error, rows, scrape  # noqa: E402
 from rsdetect import cli  # noqa: E402
-from rsdetect.loaders import load_model  # noqa: E402
-from rsdetect.shard import describe_model  # noqa: E402
-from rsdetect.sources import parse_sources  # noqa: E402
-from rsdetect.watch import WatchOptions, run_watch  # noqa: E402
-from rsdetect.watch_metrics import MetricsServer, WatchMetrics  # noqa: E402
-from rsdetect.watch_shard import run_sharded_watch  # noqa: E402
+from rsdetect.serve.loaders import load_model  # noqa: E402
+from rsdetect.serve.shard import describe_model  # noqa: E402
+from rsdetect.serve.sources import parse_sources  # noqa: E402
+from rsdetect.serve.watch.loop import WatchOptions, run_watch  # noqa: E402
+from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
+from rsdetect.serve.watch.shard import run_sharded_watch  # noqa: E402
 
 
 def by_camera(out: Path) -> dict[str, list[dict]]:
@@ -135,8 +135,8 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colou
     def no_loading(*args, **kwargs):
         raise AssertionError("the model or the cluster was started before the flags were checked")
 
-    monkeypatch.setattr("rsdetect.loaders.load_model", no_loading)
-    monkeypatch.setattr("rsdetect.shard.open_client", no_loading)
+    monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
+    monkeypatch.setattr("rsdetect.serve.shard.open_client", no_loading)
     base = ["watch", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
     assert "--workers must be >= 1" in one_line_error(capsys, [*base, "--workers", "0"])
     assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", dask_client.scheduler.address])

@@ -9,7 +9,7 @@ from rsdetect.stage import run_stage
 
 def _make_sample(args: argparse.Namespace) -> None:
     from rsdetect.config import load_params
-    from rsdetect.sample import make_sample_dataset
+    from rsdetect.datasets.drawn import make_sample_dataset
 
     p = load_params(args.params)
     s = p.fetch.sample
@@ -17,7 +17,7 @@ def _make_sample(args: argparse.Namespace) -> None:
 
 
 def _embed_photos(args: argparse.Namespace) -> None:
-    from rsdetect.embedded import embed_licensed_photos
+    from rsdetect.datasets.embedded import embed_licensed_photos
 
     print(embed_licensed_photos(args.sources, args.out))
 
@@ -28,9 +28,11 @@ def _check_photos(args: argparse.Namespace) -> None:
 
     import keras
 
-    from rsdetect.config import RsdetectError, load_params
+    from rsdetect.config import load_params
+
+    from rsdetect.errors import RsdetectError
     from rsdetect.io import write_json
-    from rsdetect.realcheck import check_photos, held_out_photos
+    from rsdetect.evaluation.photos import check_photos, held_out_photos
 
     params = load_params(args.params)
     for path in (args.model, args.evaluation):
@@ -49,7 +51,7 @@ def _check_photos(args: argparse.Namespace) -> None:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from rsdetect.registry import register_from_outputs
+    from rsdetect.registry.gate import register_from_outputs
 
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
@@ -67,10 +69,10 @@ def scan_shear_params(params_path: str | None):
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from rsdetect.explain import Explainer
-    from rsdetect.loaders import load_model
-    from rsdetect.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
-    from rsdetect.sources import parse_sources
+    from rsdetect.serve.explain import Explainer
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
+    from rsdetect.serve.sources import parse_sources
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
@@ -79,7 +81,7 @@ def _scan(args: argparse.Namespace) -> None:
     shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
-        from rsdetect.shard import check_workers, describe_model, open_client, sharded_cameras
+        from rsdetect.serve.shard import check_workers, describe_model, open_client, sharded_cameras
 
         check_workers(args.workers, args.scheduler)
     try:
@@ -110,12 +112,12 @@ def _scan(args: argparse.Namespace) -> None:
 
 
 def _watch(args: argparse.Namespace) -> None:
-    from rsdetect.explain import Explainer
-    from rsdetect.loaders import load_model
-    from rsdetect.scan import StopSignals
-    from rsdetect.sources import parse_sources
-    from rsdetect.watch import WatchOptions, run_watch, watch_claim
-    from rsdetect.watch_metrics import MetricsServer, WatchMetrics
+    from rsdetect.serve.explain import Explainer
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.scan import StopSignals
+    from rsdetect.serve.sources import parse_sources
+    from rsdetect.serve.watch.loop import WatchOptions, run_watch, watch_claim
+    from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
 
     # Cheap checks first (options, sources, report folder and lock, metrics port), then the slow model load.
     options = WatchOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
@@ -128,8 +130,8 @@ def _watch(args: argparse.Namespace) -> None:
     shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
-        from rsdetect.shard import check_workers, describe_model, open_client
-        from rsdetect.watch_shard import run_sharded_watch
+        from rsdetect.serve.shard import check_workers, describe_model, open_client
+        from rsdetect.serve.watch.shard import run_sharded_watch
 
         check_workers(args.workers, args.scheduler)
     metrics = WatchMetrics()
@@ -158,7 +160,7 @@ def _watch(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from rsdetect.export import export_model
+    from rsdetect.serve.export import export_model
 
     r = export_model(args.model, args.format, args.out)
     print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "

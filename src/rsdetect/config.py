@@ -15,9 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-
-class RsdetectError(Exception):
-    """An error the user can fix; entry points print it as one line and exit non-zero."""
+from rsdetect.errors import RsdetectError
 
 
 class ConfigError(RsdetectError):
@@ -169,7 +167,7 @@ DEVICE_CHOICES = ("auto", "cpu", "multiworker")
 
 
 def _devices(value: Any) -> str | int:
-    """Which devices train (rsdetect.distribute.strategy_for): a named choice or a count >= 1 (a bool is not one)."""
+    """Which devices train (rsdetect.model.distribute.strategy_for): a named choice or a count >= 1 (a bool is not one)."""
     if (isinstance(value, str) and value in DEVICE_CHOICES) or (type(value) is int and value >= 1):
         return value
     raise PydanticCustomError("devices", "must be auto, cpu, multiworker or a device count >= 1, got {value!r}",
@@ -194,7 +192,7 @@ class PretrainParams(_Group):
 
 
 class ExternalParams(_Group):
-    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.external."""
+    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.synth.rengarajan."""
     pairs_per_photo: Int(gt=0)
     jpeg_quality: Int(ge=1, le=100)
     window: Int(ge=32)                      # centre square the photo is resized to (short side)
@@ -245,7 +243,7 @@ class TrainParams(_Group):
 
 
 class LineParams(_Group):
-    """The straight-line (physics) baseline: near-vertical segments and their tilt (rsdetect.lines)."""
+    """The straight-line (physics) baseline: near-vertical segments and their tilt (rsdetect.evaluation.lines)."""
     max_tilt_deg: Float(gt=0, lt=45)        # a window inside (0, 45) degrees keeps only near-vertical lines
     min_length_frac: Float(gt=0, le=1)
     tilt_bins: Int(ge=2)
@@ -271,7 +269,7 @@ class BaselineParams(_Group):
 
 
 class ShearParams(_Group):
-    """The shear estimate handed to correction (rsdetect.shear): gradient orientation of near-vertical edges."""
+    """The shear estimate handed to correction (rsdetect.serve.shear): gradient orientation of near-vertical edges."""
     max_tilt_deg: Float(gt=0, lt=45)        # edge pixels within this of vertical vote
     gradient_quantile: Float(ge=0, lt=1)    # ... and only the strongest (gradient magnitude above this quantile)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsdetect.config import RsdetectError
+from rsdetect.errors import RsdetectError
 
 # Tiles along the long side start at most TILE_STRIDE * S apart. At one half, any detail up to S/2 wide that a
 # tile border cuts lies whole inside the neighbouring tile; a 16:9 frame takes 3 tiles.

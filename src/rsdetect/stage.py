@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from rsdetect.config import RsdetectError
+from rsdetect.errors import RsdetectError
 
 
 def run_stage(main: Callable[[], object]) -> None:

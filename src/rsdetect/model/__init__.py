@@ -1,0 +1,1 @@
+"""The detector: backbone, head, the training loop and how devices share it."""

@@ -1,0 +1,1 @@
+"""MLflow: tracking, the pyfunc production loads, and the champion gate."""

@@ -1,0 +1,399 @@
+"""The kinds of source `scan` reads: image files, folders and globs, video files, stream URLs, and sources
+that do not exist (reported as failures, not usage errors).
+
+Each kind is one class: how a spec is recognised (`claim`), how many frames it will yield, how its frames are
+read, and what a report row names as its source. `KINDS` lists them in the order they are tried, so a new kind
+of source is one new class added there.
+"""
+from __future__ import annotations
+
+import os
+
+import glob
+import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Iterator, Optional, TypeVar
+from urllib.parse import urlparse
+
+import cv2
+import numpy as np
+
+from rsdetect.errors import RsdetectError
+from rsdetect.io import read_yaml
+from rsdetect.preprocess import decode
+
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"})
+STREAM_TIMEOUT_MS = 10_000  # a dead or stalled stream must end, not hang the scan
+FRAME_COUNT_SLACK = 1  # containers may over-report their frame count by one
+
+FrameItem = tuple[int, Optional[float], np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
+OnError = Callable[[str], None]  # reports a frame-level failure; the source goes on
+T = TypeVar("T")
+
+
+class SourceError(RsdetectError):
+    """A source that cannot be read (or ends early): reported and counted; the other sources go on."""
+
+
+def is_url(spec: str) -> bool:
+    """True for stream URLs (rtsp://, http://, ...) that go straight to cv2.VideoCapture."""
+    return urlparse(spec).scheme.lower() in STREAM_SCHEMES
+
+
+def redact(spec: str) -> str:
+    """A source as shown in reports and messages: a stream URL's password replaced by ***."""
+    parsed = urlparse(spec) if is_url(spec) else None
+    if parsed is None or parsed.password is None:
+        return spec
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)).geturl()
+
+
+class Sampler:
+    """Which frames to score: every Nth frame, or about F per second of video time (bucketed by timestamp)."""
+
+    def __init__(self, every: int = 1, fps: float | None = None) -> None:
+        self.every, self.fps, self._last_bucket = every, fps, -1
+
+    def keep(self, index: int, timestamp: float | None) -> bool:
+        """True if this frame is to be scored (call once per frame, in order)."""
+        if self.fps is None or timestamp is None:
+            return index % self.every == 0
+        bucket = math.floor(timestamp * self.fps + 1e-6)  # epsilon: i/V*F lands on integers
+        if bucket > self._last_bucket:
+            self._last_bucket = bucket
+            return True
+        return False
+
+
+# ---------------------------------------------------------------- kinds
+
+@dataclass(frozen=True)
+class Source:
+    """One camera's input. Subclasses are the kinds; `kind` is the name reports use."""
+
+    camera: str
+    spec: str
+    kind: ClassVar[str] = ""
+    annotatable: ClassVar[bool] = False  # can be re-read frame by frame to draw scores on (--annotate)
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        """This kind's Source for `spec`, or None if the spec is not of this kind."""
+        raise NotImplementedError
+
+    def count(self, every: int, fps: float | None) -> int | None:
+        """How many frames the whole source will yield when sampled, or None if unknown."""
+        return None
+
+    def estimate_frames(self, every: int, fps: float | None, max_frames: int | None) -> int | None:
+        """How many frames will be scored (for the progress bar), or None if unknown."""
+        n = self.count(every, fps)
+        if max_frames is not None:
+            return max_frames if n is None else min(n, max_frames)
+        return n
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None) -> Iterator[FrameItem]:
+        """Sampled frames in order; SourceError (raised on first use at the latest) ends the source."""
+        raise NotImplementedError
+
+    def frame_source(self, frame_index: int) -> str:
+        """What a report row names as the origin of a frame."""
+        return redact(self.spec)
+
+
+@dataclass(frozen=True)
+class StreamSource(Source):
+    """A stream URL (rtsp://, http://, ...): no known length; may end early or never."""
+
+    kind: ClassVar[str] = "stream"
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        return cls(camera, spec) if is_url(spec) else None
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None) -> Iterator[FrameItem]:
+        return video_frames(self.spec, every, fps, max_frames)
+
+
+@dataclass(frozen=True)
+class ImageSource(Source):
+    """Image files: one file, a folder's images or a glob's, in name order; frame_index = position."""
+
+    paths: tuple[str, ...] = ()
+    kind: ClassVar[str] = "images"
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        path = Path(spec)
+        if path.is_dir():
+            files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            return cls(camera, spec, tuple(files))
+        if path.is_file():
+            return cls(camera, spec, (spec,)) if path.suffix.lower() in IMAGE_EXTS else None
+        if glob.has_magic(spec):
+            files = sorted(p for p in glob.glob(spec) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXTS)
+            return cls(camera, spec, tuple(files))
+        return None
+
+    def count(self, every: int, fps: float | None) -> int | None:
+        return math.ceil(len(self.paths) / every)
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None) -> Iterator[FrameItem]:
+        if not self.paths:
+            raise SourceError(f"{self.spec}: no image files found")
+        yield from image_frames(self.paths, on_error, every, max_frames)
+
+    def frame_source(self, frame_index: int) -> str:
+        return self.paths[frame_index]
+
+
+@dataclass(frozen=True)
+class VideoSource(Source):
+    """A video file: its frame count (when the container knows it) checks that it was read to the end."""
+
+    kind: ClassVar[str] = "video"
+    annotatable: ClassVar[bool] = True
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        return cls(camera, spec) if Path(spec).is_file() else None
+
+    def count(self, every: int, fps: float | None) -> int | None:
+        cap = cv2.VideoCapture(self.spec)
+        native, total = video_meta(cap) if cap.isOpened() else (0.0, None)
+        cap.release()
+        if total is None:
+            return None
+        if fps is not None and native:
+            return math.ceil(total / native * min(fps, native))
+        return math.ceil(total / every)
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None) -> Iterator[FrameItem]:
+        return video_frames(self.spec, every, fps, max_frames)
+
+
+@dataclass(frozen=True)
+class MissingSource(Source):
+    """A path that does not exist: a failure of that camera when scanned, not a usage error."""
+
+    kind: ClassVar[str] = "missing"
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        return cls(camera, spec)
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None) -> Iterator[FrameItem]:
+        raise SourceError(f"{self.spec}: no such file, folder or matching glob")
+        yield  # pragma: no cover  (makes this a generator: the error comes on first use, inside the scan)
+
+
+KINDS: tuple[type[Source], ...] = (StreamSource, ImageSource, VideoSource, MissingSource)  # tried in this order
+
+
+def resolve_source(camera: str, spec: str) -> Source:
+    """The Source of the first kind in KINDS that claims `spec` (MissingSource claims anything)."""
+    for kind in KINDS:
+        source = kind.claim(camera, spec)
+        if source is not None:
+            return source
+    raise AssertionError("MissingSource claims every spec")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- reading frames
+
+def image_frames(paths: tuple[str, ...] | list[str], on_error: OnError, every: int = 1,
+                 max_frames: int | None = None) -> Iterator[FrameItem]:
+    """Decode images in order (frame_index = position in `paths`); a corrupt one is reported via on_error and skipped."""
+    kept = 0
+    for index, path in enumerate(paths):
+        if index % every or (max_frames is not None and kept >= max_frames):
+            continue
+        try:
+            rgb = decode(path)  # the decoder training and the registered model use: same bytes, same pixels
+        except RsdetectError as exc:
+            on_error(str(exc))
+            continue
+        kept += 1
+        yield index, None, rgb
+
+
+def open_capture(spec: str, timeout_ms: int = STREAM_TIMEOUT_MS) -> cv2.VideoCapture:
+    """cv2.VideoCapture on a file or stream URL (URLs with open/read timeouts of `timeout_ms`: a stream that sends
+    nothing for that long ends); SourceError if it does not open."""
+    if is_url(spec):
+        cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
+    elif not Path(spec).is_file():
+        raise SourceError(f"{spec}: no such file")
+    else:
+        cap = cv2.VideoCapture(spec)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"{redact(spec)}: cannot open (unreachable stream, not a video, or unsupported codec)")
+    return cap
+
+
+def video_meta(cap: cv2.VideoCapture) -> tuple[float, int | None]:
+    """(native fps or 0 if unknown, frame count or None if unknown, e.g. live streams)."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    return (fps if 0 < fps < 1000 else 0.0), (count if count > 0 else None)
+
+
+def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames: int | None = None,
+                 timeout_ms: int = STREAM_TIMEOUT_MS) -> Iterator[FrameItem]:
+    """Sampled frames of a video file or stream; SourceError if it does not open, yields nothing, or ends early.
+    A stream silent for `timeout_ms` ends like one that closed."""
+    cap = open_capture(spec, timeout_ms)
+    try:
+        native, total = video_meta(cap)
+        sampler, start = Sampler(every, fps), time.monotonic()
+        index, kept, exhausted = -1, 0, False
+        while max_frames is None or kept < max_frames:
+            if not cap.grab():  # grab without decoding: skipped frames cost no JPEG/H.264 decode
+                exhausted = True
+                break
+            index += 1
+            if native:
+                ts = index / native
+            else:  # live streams: the container clock if it has one, else wall time
+                ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 or time.monotonic() - start
+            if not sampler.keep(index, ts):
+                continue
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                raise SourceError(f"{redact(spec)}: cannot decode frame {index}")
+            kept += 1
+            yield index, ts, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if not exhausted:
+            return
+        if index < 0:
+            raise SourceError(f"{redact(spec)}: no frames could be read")
+        if total is not None and index + 1 < total - FRAME_COUNT_SLACK:
+            raise SourceError(f"{redact(spec)}: ended early after {index + 1} of {total} frames")
+        if total is None and is_url(spec) and max_frames is not None and kept < max_frames:
+            raise SourceError(f"{redact(spec)}: stream ended after {kept} of --max-frames {max_frames} scored frames")
+    finally:
+        cap.release()
+
+
+def read_ahead(frames: Iterable[T], batch: int) -> Iterator[list[T]]:
+    """Lists of up to `batch` frames; the next list is read in a thread while the caller scores this one.
+
+    OpenCV releases the GIL while it decodes, so decoding overlaps the model. With the TFLite scorer's interpreter
+    per core, scan's CPU per 640x480 mp4v frame fell from 6.4-7.8 to 5.3-6.4 ms (bench_scan.py, same shell, 2
+    shared cores at load 5-7: wall times there mean little). A SourceError ends the batches after the frames read
+    before it, as if unbatched.
+    Close it before `frames` (contextlib.closing): that stops the reader after its current frame."""
+    frames, stop = iter(frames), threading.Event()
+
+    def take() -> tuple[list[T], SourceError | None]:
+        chunk: list[T] = []
+        try:
+            while len(chunk) < batch and not stop.is_set():
+                chunk.append(next(frames))
+        except StopIteration:
+            pass
+        except SourceError as exc:
+            return chunk, exc
+        return chunk, None
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+    try:
+        pending = pool.submit(take)
+        while True:
+            chunk, error = pending.result()
+            if error is None and len(chunk) == batch:
+                pending = pool.submit(take)
+            if chunk:
+                yield chunk
+            if error is not None:
+                raise error
+            if len(chunk) < batch:
+                return
+    finally:
+        stop.set()
+        pool.shutdown(wait=True)  # the reader finishes its frame: `frames` is not running when the caller closes it
+
+
+# ---------------------------------------------------------------- naming sources
+
+def default_camera_name(spec: str) -> str:
+    """A camera name from a source: file stem, folder name, a glob's folder, or a URL's last path part."""
+    if is_url(spec):
+        parsed = urlparse(spec)
+        return Path(parsed.path).stem or parsed.hostname or "stream"
+    path = Path(spec)
+    if path.is_dir():
+        return path.resolve().name
+    if glob.has_magic(spec):
+        parent = Path(spec).parent
+        while glob.has_magic(str(parent)):
+            parent = parent.parent
+        return parent.resolve().name or "images"
+    return path.stem or "camera"
+
+
+def _split_named(arg: str) -> tuple[str | None, str]:
+    """'cam1=path' -> ('cam1', 'path'); URLs with '=' in the query and existing paths stay unnamed."""
+    name, sep, rest = arg.partition("=")
+    if sep and rest and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and not Path(arg).exists():
+        return name, rest
+    return None, arg
+
+
+def read_cameras_yaml(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, source) pairs from a YAML file {cameras: {name: source}}."""
+    path = Path(path)
+    raw = read_yaml(path, "cameras file", RsdetectError)
+    cams = raw.get("cameras") if isinstance(raw, dict) else None
+    if not isinstance(cams, dict) or not cams:
+        raise RsdetectError(f"{path}: expected a mapping 'cameras: {{name: source}}'")
+    base = path.resolve().parent
+    pairs = []
+    for name, spec in cams.items():
+        if not isinstance(spec, str) or not spec:
+            raise RsdetectError(f"{path}: camera {name!r} needs a source string")
+        # Relative paths are relative to the YAML file, so a cameras file can travel with its footage.
+        if not is_url(spec) and not Path(spec).is_absolute():
+            spec = str(base / spec)
+        pairs.append((str(name), spec))
+    return pairs
+
+
+def parse_sources(args: list[str], cameras_yaml: str | None = None) -> list[Source]:
+    """Sources from CLI args (optionally name=source) and a cameras YAML; unnamed ones get unique stem names."""
+    named: list[tuple[str | None, str]] = [_split_named(a) for a in args]
+    if cameras_yaml:
+        named += read_cameras_yaml(cameras_yaml)
+    if not named:
+        raise RsdetectError("no sources: give image/video paths, folders, globs, stream URLs or --cameras FILE")
+    explicit = [n for n, _ in named if n is not None]
+    dupes = sorted({n for n in explicit if explicit.count(n) > 1})
+    if dupes:
+        raise RsdetectError(f"camera name {dupes[0]!r} is used twice")
+    taken = set(explicit)
+    sources = []
+    for name, spec in named:
+        if name is None:
+            stem, n = default_camera_name(spec), 1
+            name = stem
+            while name in taken:
+                n += 1
+                name = f"{stem}-{n}"
+            taken.add(name)
+        sources.append(resolve_source(name, spec))
+    return sources

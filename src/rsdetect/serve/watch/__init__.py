@@ -1,0 +1,1 @@
+"""`rsdetect watch`: its loop, camera readers, Prometheus metrics, rolling reports and Dask sharding."""

@@ -1,0 +1,116 @@
+"""`rsdetect watch`'s Prometheus metrics: per-camera counters, a score histogram and up / last-flagged gauges in
+their own CollectorRegistry, served over HTTP by prometheus_client's own server.
+
+Names follow Prometheus conventions: the `rsdetect_` prefix, `_total` on counters, `_seconds` on times
+(`_timestamp_seconds` for a unix time), one `camera` label.
+"""
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from rsdetect.errors import RsdetectError
+
+# Probability buckets: fine near both ends, where clean frames and flagged frames sit.
+SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class WatchMetrics:
+    """The metrics of one watch, in a registry of their own (tests and a second watcher in one process do not
+    collide in the global one). All prometheus_client metrics are thread-safe."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg, cam = self.registry, ["camera"]
+        self.scanned = Counter("rsdetect_frames_scanned", "Frames scored", cam, registry=reg)
+        self.flagged = Counter("rsdetect_frames_flagged", "Frames flagged as rolling-shutter distorted "
+                               "(smoothed score at or above the threshold)", cam, registry=reg)
+        self.dropped = Counter("rsdetect_frames_dropped", "Frames read but not scored (scoring fell behind a "
+                               "live stream, or pending at shutdown)", cam, registry=reg)
+        self.reconnects = Counter("rsdetect_reconnects", "Stream reconnection attempts after a drop, stall "
+                                  "or failed connection", cam, registry=reg)
+        self.read_errors = Counter("rsdetect_read_errors", "Read failures: a source that cannot be opened or "
+                                   "decoded, a corrupt image, a file that ends early", cam, registry=reg)
+        self.score = Histogram("rsdetect_frame_probability", "Per-frame rolling-shutter probability "
+                               "(max over the frame's tiles)", cam, buckets=SCORE_BUCKETS, registry=reg)
+        self.up = Gauge("rsdetect_camera_up", "1 while the camera delivers frames, 0 while it is down, "
+                        "reconnecting or finished", cam, registry=reg)
+        self.last_frame = Gauge("rsdetect_last_frame_timestamp_seconds", "Unix time of the camera's last "
+                                "frame read (0: none yet)", cam, registry=reg)
+        self.last_flagged = Gauge("rsdetect_last_flagged_timestamp_seconds", "Unix time of the camera's last "
+                                  "flagged frame (0: none yet)", cam, registry=reg)
+
+    def add_camera(self, camera: str) -> None:
+        """Make every series of a camera exist from the start (at 0), so a camera that never delivers a frame
+        still shows up, down, in a scrape and in `rsdetect_camera_up == 0` alerts."""
+        for metric in (self.scanned, self.flagged, self.dropped, self.reconnects, self.read_errors, self.score,
+                       self.up, self.last_frame, self.last_flagged):
+            metric.labels(camera)
+
+    def follow(self, camera: str, health: dict[str, Any], before: dict[str, Any]) -> None:
+        """Set a camera's reader metrics from its health snapshots (CameraHealth.snapshot) where the reader runs
+        in another process (rsdetect.serve.watch.shard): counters go up by what grew since `before`, gauges are set."""
+        for key, counter in (("reconnects", self.reconnects), ("read_errors", self.read_errors),
+                             ("frames_dropped", self.dropped)):
+            if health[key] > before[key]:
+                counter.labels(camera).inc(health[key] - before[key])
+        self.up.labels(camera).set(int(health["up"]))
+        if health["last_frame_time"] is not None:
+            self.last_frame.labels(camera).set(health["last_frame_time"])
+
+
+def check_port(port: int) -> int:
+    """--metrics-port: 0 (any free port) to 65535."""
+    if not 0 <= port <= 65535:
+        raise RsdetectError(f"--metrics-port must be within [0, 65535] (0: any free port), got {port}")
+    return port
+
+
+class MetricsServer:
+    """prometheus_client's HTTP server for a WatchMetrics registry on host:port (port 0: a free one, see
+    `.port`). A port that cannot be bound is a one-line error at start, before any slow work."""
+
+    def __init__(self, metrics: WatchMetrics, host: str, port: int) -> None:
+        self.metrics, self.host, self.requested = metrics, host, check_port(port)
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> MetricsServer:
+        try:
+            self._server, self._thread = start_http_server(self.requested, self.host, self.metrics.registry)
+        except OSError as exc:
+            raise RsdetectError(f"--metrics-host/--metrics-port {self.host}:{self.requested}: cannot listen "
+                                f"({exc.strerror or exc})") from None
+        return self
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one picked, for port 0)."""
+        if self._server is None:
+            raise RuntimeError("metrics server not started")
+        return int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
