@@ -34,7 +34,8 @@ def main() -> None:
     from rsdetect.model import head as hd
     from rsdetect.model.distribute import scaled_lr, strategy_for
     from rsdetect.synth.pairs import PairStream, load_photos
-    from rsdetect.registry.gate import file_md5, setup_mlflow
+    from rsdetect.io import file_md5
+    from rsdetect.registry.tracking import run_tags, setup_mlflow
     from rsdetect.model.training import fit_pairs
 
     strategy = strategy_for(t.devices, "train.devices")  # before TF initialises its devices
@@ -55,7 +56,8 @@ def main() -> None:
     paths = [str(synth / r["path"]) for r in rows]
 
     setup_mlflow()
-    with mlflow.start_run(run_name=f"train-{f.backbone}-{f.weights if f.weights in ('none', 'imagenet', 'pretrained') else 'localweights'}-{f.image_size}px"):
+    with mlflow.start_run(run_name=f"train-{f.backbone}-{f.weights if f.weights in ('none', 'imagenet', 'pretrained') else 'localweights'}-{f.image_size}px",
+                          tags=run_tags()):
         mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
                            **{f"train.{k}": v for k, v in t.model_dump().items()}})
         mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))

@@ -183,7 +183,7 @@ def test_onnx_export(tmp_path, models_dir, capsys, monkeypatch) -> None:
 def pyfunc_dir(tmp_path_factory, models_dir) -> Path:
     import mlflow
 
-    from rsdetect.registry.gate import RsDetector
+    from rsdetect.registry.pyfunc import RsDetector
 
     path = tmp_path_factory.mktemp("pyfunc") / "rs-detector"
     mlflow.pyfunc.save_model(str(path), python_model=RsDetector(), artifacts={"keras_model": str(models_dir / "colour.keras")},

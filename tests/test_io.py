@@ -48,13 +48,13 @@ def test_file_md5_and_default_mode_have_one_home(tmp_path):
 
     from rsdetect.datasets import coco
 
-    from rsdetect.registry import gate as registry
+    from rsdetect.registry import gate
     from rsdetect.io import default_file_mode, file_md5
 
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 << 20))  # several read chunks
     assert file_md5(f) == hashlib.md5(f.read_bytes()).hexdigest()
-    assert registry.file_md5 is file_md5 and coco.file_md5 is file_md5  # imported, not written again
+    assert gate.file_md5 is file_md5 and coco.file_md5 is file_md5  # imported, not written again
     mask = os.umask(0)
     os.umask(mask)
     assert default_file_mode() == 0o666 & ~mask

@@ -58,7 +58,7 @@ def save_pyfunc(keras_path: Path, out: Path, threshold: float, size: int):
     """Save the rsdetect pyfunc around a .keras file and load it back as MLflow serves it."""
     import mlflow
 
-    from rsdetect.registry.gate import RsDetector
+    from rsdetect.registry.pyfunc import RsDetector
 
     mlflow.pyfunc.save_model(str(out), python_model=RsDetector(), artifacts={"keras_model": str(keras_path)},
                              model_config={"threshold": threshold, "image_size": size}, pip_requirements=["rsdetect"])

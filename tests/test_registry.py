@@ -1,4 +1,4 @@
-"""rsdetect.registry.gate: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
+"""rsdetect.registry: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,10 @@ from conftest import colour_model as shared_colour_model
 from rsdetect import ENVIRONMENT
 from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import to_tiles
-from rsdetect.registry.gate import (decode_frame, file_md5, frames_from_input, project_root, register_candidate,
-                               register_summary, tracking_uri)
+from rsdetect.io import file_md5
+from rsdetect.registry.gate import register_candidate, register_summary
+from rsdetect.registry.pyfunc import decode_frame, frames_from_input
+from rsdetect.registry.tracking import project_root, tracking_uri
 
 HTTP_DEFAULTS = {k: v for k, v in ENVIRONMENT.items() if k.startswith("MLFLOW_HTTP_")}
 
@@ -81,7 +83,7 @@ def test_register_with_the_server_down_is_one_line_naming_it_within_seconds(tmp_
     start = time.monotonic()
     with pytest.raises(RsdetectError) as err:
         register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, [], np.array([]), NAME, ALIAS,
-                           "roc_auc", {})
+                           "roc_auc", {}, tolerance=1e-6)
     took = time.monotonic() - start
     msg = str(err.value)
     assert took < 20, f"took {took:.0f} s"  # MLflow's own defaults: about 250 s
@@ -110,7 +112,7 @@ def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
     """Only an unreachable HTTP server becomes the one line; a local store's errors are not disguised as one."""
     from mlflow.exceptions import MlflowException
 
-    from rsdetect.registry.gate import tracking_server
+    from rsdetect.registry.tracking import tracking_server
 
     with pytest.raises(MlflowException):
         with tracking_server(f"sqlite:///{tmp_path}/x.db"):
@@ -241,12 +243,15 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     better = tmp_path / "better.keras"
     colour_model(0.08, 0.1).save(better)
 
-    def register(path, auc, threshold=0.5, force=False):
+    def register(path, threshold=0.5, force=False, claim=None):
+        auc = true_auc(path, paths, labels) if claim is None else claim
         return register_candidate(path, S, threshold, {"roc_auc": auc, "precision": 1.0, "n": 6}, paths, labels,
-                                  NAME, ALIAS, "roc_auc", tags, force=force)
+                                  NAME, ALIAS, "roc_auc", tags, force=force, tolerance=1e-6)
+
+    assert true_auc(good, paths, labels) == 1.0 and true_auc(bad, paths, labels) == 0.0
 
     # 1. the first registration creates version 1 and makes it champion
-    r1 = register(good, 1.0)
+    r1 = register(good)
     assert (r1["version"], r1["champion_version"], r1["promoted"]) == ("1", "1", True)
     assert r1["previous_champion_version"] is None and r1["uri"] == f"models:/{NAME}@{ALIAS}"
     assert r1["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
@@ -269,44 +274,60 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     assert v1.tags["identity"].startswith(file_md5(good))
 
     # 2. the same checkpoint again: idempotent, no new version, and said so (not "not champion; champion is 1")
-    r2 = register(good, 1.0)
+    r2 = register(good)
     assert (r2["version"], r2["champion_version"], r2["promoted"]) == ("1", "1", False)
     assert not r1["already_registered"] and r2["already_registered"]
     assert register_summary(r2) == f"{NAME} version 1 is already registered and already {ALIAS}"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
 
-    # 3. a worse candidate (claims 0.4; the champion re-scores 1.0 on this test set) does not move the alias
-    r3 = register(bad, 0.4)
+    # 3. a worse candidate (re-scored 0.0; the champion re-scores 1.0 on this test set) does not move the alias
+    r3 = register(bad)
     assert r3["version"] == "2" and not r3["promoted"] and r3["champion_version"] == "1"
+    assert r3["candidate_score"] == pytest.approx(0.0)
     assert register_summary(r3).startswith(f"{NAME} version 2 registered; not {ALIAS} ({ALIAS} is version 1")
     assert r3["previous_champion_score"] == pytest.approx(1.0)
     assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "1"
 
+    # 3b. the same worse candidate with an inflated evaluation (claims 0.99): refused in one line, nothing moves
+    with pytest.raises(RsdetectError) as err:
+        register(bad, claim=0.99)
+    assert "\n" not in str(err.value) and "claims test roc_auc 0.9900, but it scores 0.0000" in str(err.value)
+    assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "1"
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+
     # 4. force moves it (and registers nothing new)
-    r4 = register(bad, 0.4, force=True)
+    r4 = register(bad, force=True)
     assert r4["version"] == "2" and r4["promoted"] and str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
     flipped = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}").predict(np.stack(frames))
     np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames), atol=1e-5)
 
-    # 5. a better candidate (0.9 > the forced champion's re-scored 0.0) moves it
-    r5 = register(better, 0.9, threshold=0.6)
+    # 5. a better candidate (re-scored above the forced champion's 0.0) moves it
+    r5 = register(better, threshold=0.6)
     assert str(r5["previous_champion_version"]) == "2" and r5["previous_champion_score"] == pytest.approx(0.0)
     assert (r5["version"], r5["promoted"], r5["champion_version"]) == ("3", True, "3")
     v3 = client.get_model_version(NAME, "3")
-    assert float(v3.tags["threshold"]) == pytest.approx(0.6) and float(v3.tags["test_roc_auc"]) == pytest.approx(0.9)
+    assert float(v3.tags["threshold"]) == pytest.approx(0.6)
+    assert float(v3.tags["test_roc_auc"]) == pytest.approx(true_auc(better, paths, labels))
     champion = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}")
     probs = champion.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
     np.testing.assert_array_equal(probs["flag"].to_numpy(), probs["probability"].to_numpy() >= 0.6)
 
-    # 6. a tie with the champion (its own re-scored score plus rounding noise) does not move it
-    champion_now = register(better, 0.0, threshold=0.7)["previous_champion_score"]
-    tie = register(better, champion_now + 1e-12, threshold=0.8)
-    assert not tie["promoted"] and tie["champion_version"] == "3"
+    # 6. the same checkpoint at another threshold is a new identity, hence a new version, and ties the champion
+    # (ROC AUC does not depend on the threshold): a tie does not move it
+    tie = register(better, threshold=0.8)
+    assert tie["version"] == "4" and not tie["promoted"] and tie["champion_version"] == "3"
 
-    # the same checkpoint with a new threshold is a new identity, hence a new version
-    r6 = register(better, 0.9, threshold=0.7)
-    assert r6["version"] == "4"
+
+def true_auc(path, paths, labels) -> float:
+    """The checkpoint's ROC AUC on the test frames, from the whole-frame scores the pyfunc's tiles reduce to."""
+    import keras
+    from sklearn.metrics import roc_auc_score
+
+    from rsdetect.preprocess import decode
+
+    frames = [decode(Path(p).read_bytes(), p) for p in paths]
+    return float(roc_auc_score(labels, whole_frame_scores(keras.saving.load_model(path, compile=False), frames)))
 
 
 def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_env, monkeypatch):
@@ -323,7 +344,7 @@ def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_
 
     def register():
         return register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, paths, labels, NAME, ALIAS,
-                                  "roc_auc", {})
+                                  "roc_auc", {}, tolerance=1e-6)
 
     with pytest.raises(RsdetectError) as err:
         register()
@@ -337,7 +358,7 @@ def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_
 
 
 def test_pyfunc_scores_many_frames_a_chunk_at_a_time():
-    from rsdetect.registry.gate import PREDICT_BATCH, RsDetector
+    from rsdetect.registry.pyfunc import PREDICT_BATCH, RsDetector
 
     model = colour_model(0.08)
     seen = []
@@ -356,3 +377,56 @@ def test_pyfunc_scores_many_frames_a_chunk_at_a_time():
     assert np.allclose(out["probability"].to_numpy(), whole, atol=1e-6)
     assert (out["flag"] == (out["probability"] >= 0.5)).all()
     assert len(detector.predict(None, [])) == 0
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited (and been reaped)."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_gate_lock_of_a_dead_local_process_is_taken_over_with_a_message(tmp_path, mlflow_env, capsys):
+    """A SIGKILLed `register` on this host leaves its lock; the next one takes it over at once, saying whose it was,
+    instead of waiting GATE_LOCK_WAIT_S (600 s) for a holder that cannot release it."""
+    import socket
+    import time
+
+    mlflow = mlflow_env
+    paths, labels, _ = make_test_frames(tmp_path)
+    colour_model(0.08).save(tmp_path / "m.keras")
+    client = mlflow.MlflowClient()
+    holder = f"{socket.gethostname()} pid {dead_pid()} since yesterday"
+    client.create_registered_model(f"{NAME}.gate-lock", description=holder)
+    start = time.monotonic()
+    r = register_candidate(tmp_path / "m.keras", S, 0.5, {"roc_auc": 1.0}, paths, labels, NAME, ALIAS, "roc_auc", {},
+                           tolerance=1e-6)
+    assert time.monotonic() - start < 60 and r["promoted"]
+    assert f"taking over {NAME}.gate-lock, left by {holder}: that process is gone" in capsys.readouterr().err
+    assert not client.search_registered_models(f"name='{NAME}.gate-lock'")
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_failed_on_the_next_start(mlflow_env, capsys):
+    """A SIGKILLed `train` cannot end its MLflow run; the next setup_mlflow on this host marks it FAILED (a run of
+    a live process, and one of another host, stay RUNNING)."""
+    import socket
+
+    from rsdetect.registry.tracking import setup_mlflow
+
+    mlflow = mlflow_env
+    setup_mlflow()
+    client = mlflow.MlflowClient()
+    exp = mlflow.get_experiment_by_name("rsdetect").experiment_id
+    host = socket.gethostname()
+    runs = {name: client.create_run(exp, run_name=name, tags={"rsdetect.host": h, "rsdetect.pid": str(pid)}).info.run_id
+            for name, h, pid in [("killed", host, dead_pid()), ("alive", host, os.getpid()),
+                                 ("elsewhere", "another-host", dead_pid())]}
+    setup_mlflow()
+    status = {name: client.get_run(rid).info.status for name, rid in runs.items()}
+    assert status == {"killed": "FAILED", "alive": "RUNNING", "elsewhere": "RUNNING"}
+    err = capsys.readouterr().err
+    assert f"run {runs['killed']} (killed) was left RUNNING by process" in err and "marked FAILED" in err
+    for rid in (runs["alive"], runs["elsewhere"]):
+        client.set_terminated(rid)

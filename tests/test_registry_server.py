@@ -156,7 +156,7 @@ Path(a["ready"]).touch()
 wait_for(a["go"], 600)
 time.sleep(a["delay"])
 r = register_candidate(a["model"], a["size"], 0.5, {"roc_auc": a["auc"]}, a["paths"], np.array(a["labels"]),
-                       a["name"], "champion", "roc_auc", {"git_commit": a["who"]})
+                       a["name"], "champion", "roc_auc", {"git_commit": a["who"]}, tolerance=1e-6)
 Path(a["done_mark"]).touch()
 print(json.dumps(r))
 """

@@ -304,7 +304,7 @@ def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeyp
     """A models:/ URI loads through MLflow, takes its threshold from the model config; --threshold overrides."""
     import mlflow
 
-    from rsdetect.registry.gate import RsDetector
+    from rsdetect.registry.pyfunc import RsDetector
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

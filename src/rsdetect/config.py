@@ -283,6 +283,7 @@ class RegisterParams(_Group):
     model_name: NonBlank
     alias: NonBlank
     metric: Metric
+    claim_tolerance: Float(ge=0, le=1)
 
 
 # The group named `register` shadows ABCMeta.register on the class (pydantic warns); on an instance the field

@@ -1,10 +1,7 @@
-"""MLflow: where runs go, the pyfunc that production loads (preprocessing and threshold inside), and
-registration of a candidate as `rs-detector`, moving the `champion` alias only when it is better.
-"""
+"""The champion gate: register a candidate as `rs-detector` and move the `champion` alias only when it beats the
+champion, both re-scored on the same test set by the same code; one registration at a time per registry."""
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import re
 from collections.abc import Iterator
@@ -15,142 +12,32 @@ from typing import Any
 import numpy as np
 
 from rsdetect.errors import RsdetectError
-from rsdetect.io import file_md5  # noqa: F401  (re-exported: train.py and tests import it from here)
-from rsdetect.preprocess import TILE_BATCH, box_text, decode, score_frames
+from rsdetect.io import file_md5
+from rsdetect.registry.pyfunc import RsDetector
+from rsdetect.registry.tracking import (git_commit, local_process_alive, project_root, run_tags, setup_mlflow,
+                                       tracking_server, tracking_uri)
 
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The repository root; inside a `dvc exp run --temp` copy (.dvc/tmp/exps/...), the original one."""
-    here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    for candidate in (here, *here.parents):
-        if (candidate / "dvc.yaml").is_file():
-            return candidate
-    return here
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else a SQLite file at the repository root (absolute: survives temp copies).
-    MLflow's HTTP waits are bounded by the package's environment (rsdetect.ENVIRONMENT)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
-
-
-@contextmanager
-def tracking_server(uri: str) -> Iterator[None]:
-    """Turn "the HTTP tracking server cannot be reached" (refused, timed out, unknown host) into one RsdetectError
-    line naming the URI; every other MLflow error passes through unchanged (it is not the user's setup)."""
-    import requests
-    from mlflow.exceptions import MlflowException
-
-    try:
-        yield
-    except (MlflowException, requests.exceptions.RequestException) as exc:
-        text = str(exc)
-        network = isinstance(exc, requests.exceptions.RequestException) or text.startswith("API request to") \
-            or "MLFLOW_HTTP_REQUEST_TIMEOUT" in text
-        if not (uri.startswith(("http://", "https://")) and network):
-            raise
-        errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-        reason = errno.group(1).strip() if errno else "timed out" if "timeout" in text.lower() else "no answer"
-        raise RsdetectError(f"MLflow tracking server {uri} cannot be reached ({reason}); start it or set "
-                            f"MLFLOW_TRACKING_URI (waits bounded by MLFLOW_HTTP_REQUEST_TIMEOUT="
-                            f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s, MLFLOW_HTTP_REQUEST_MAX_RETRIES="
-                            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')})") from None
-
-
-def setup_mlflow(experiment: str = "rsdetect") -> None:
-    """Point MLflow at the tracking URI and the experiment (the first request: a server that is down is one line)."""
-    import mlflow
-
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    with tracking_server(uri):
-        mlflow.set_experiment(experiment)
-
-
-def decode_frame(item: Any) -> np.ndarray:
-    """One input frame as RGB uint8 (H, W, 3): an RGB array, or encoded image bytes (raw or base64 text)
-    decoded by preprocess.decode, the decoder every other path uses."""
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim in (2, 3):
-        return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=2)
-    if isinstance(item, str):
-        try:
-            item = base64.b64decode(item, validate=True)
-        except binascii.Error:
-            raise RsdetectError("input image is not valid base64") from None
-    if isinstance(item, (bytes, bytearray)):
-        return decode(item, "input image")
-    raise RsdetectError(f"unsupported image input of type {type(item).__name__} (give RGB uint8 arrays or encoded bytes)")
-
-
-def iter_frames(model_input: Any) -> Iterator[np.ndarray]:
-    """Frames of a (N, H, W, 3) uint8 array, a list of arrays/bytes, or a DataFrame with an `image` column,
-    decoded one at a time (a test set's encoded bytes are small; all of it decoded at once is not)."""
-    if hasattr(model_input, "columns"):
-        column = "image" if "image" in model_input.columns else model_input.columns[0]
-        items = model_input[column].tolist()
-    elif isinstance(model_input, np.ndarray) and model_input.ndim == 3 and model_input.dtype == np.uint8:
-        items = [model_input]
-    else:
-        items = model_input if isinstance(model_input, np.ndarray) and model_input.ndim == 4 else list(model_input)
-    return (decode_frame(v) for v in items)
-
-
-def frames_from_input(model_input: Any) -> list[np.ndarray]:
-    """Every frame of the input (see iter_frames), decoded."""
-    return list(iter_frames(model_input))
-
-
-try:
-    import mlflow.pyfunc as _pyfunc
-    _Base = _pyfunc.PythonModel
-except ImportError:  # scanning with an exported model needs no MLflow
-    _Base = object
-
-
-PREDICT_BATCH = TILE_BATCH  # tiles per model call in the pyfunc
-
-
-class RsDetector(_Base):
-    """MLflow pyfunc: raw images in; probability, flag (threshold from the model config) and the tile that
-    gave the probability out. Frames are scored whole, by tiles, as in preprocess.score_frames."""
-
-    _skip_type_hint_validation = True  # inputs are arrays, bytes or DataFrames: validated in decode_frame
-
-    def load_context(self, context) -> None:
-        import keras
-
-        self.model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
-        self.threshold = float(context.model_config["threshold"])
-        self.image_size = int(context.model_config["image_size"])
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        # A chunk of tiles at a time: one call on a whole test set holds every frame's activations at once
-        # (24 GB for 400 frames at 224 px, killed for memory).
-        prob, boxes = score_frames(lambda x: self.model(x, training=False), iter_frames(model_input),
-                                   self.image_size, PREDICT_BATCH)
-        return pd.DataFrame({"probability": prob, "flag": prob >= self.threshold,
-                             "tile": pd.Series([box_text(b) for b in boxes], dtype=object)})
 
 
 SCORE_TIE = 1e-9  # scores closer than this are a tie: the champion stays
 
 
-def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
-    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair).
-
-    Scored through the champion's pyfunc, which preprocesses as evaluate's model.predict_paths does
-    (rsdetect.preprocess), so a checkpoint re-scored here gets the score evaluate gave it."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+def test_set_score(predict: Any, threshold: float, metric: str, test_paths: list[str], test_labels: np.ndarray) -> float:
+    """`metric` of a pyfunc's predict (champion from the registry, or candidate via RsDetector.from_keras) on the
+    test images: the one scoring both sides of the gate go through, so neither side's figure is taken on trust."""
+    import pandas as pd
 
     from rsdetect.evaluation.metrics import binary_metrics
+
+    frames = pd.DataFrame({"image": [Path(p).read_bytes() for p in test_paths]})
+    prob = predict(frames)["probability"].to_numpy()
+    return float(binary_metrics(test_labels, prob, threshold)[metric])
+
+
+def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
+    """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     try:
@@ -159,15 +46,21 @@ def champion_score(name: str, alias: str, metric: str, test_paths: list[str], te
         return None, None
     champion = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
     threshold = float(current.tags.get("threshold", 0.5))
-    frames = [Path(p).read_bytes() for p in test_paths]
-    prob = champion.predict(_bytes_frame(frames))["probability"].to_numpy()
-    return current.version, binary_metrics(test_labels, prob, threshold)[metric]
+    return current.version, test_set_score(champion.predict, threshold, metric, test_paths, test_labels)
 
 
-def _bytes_frame(frames: list[bytes]):
-    import pandas as pd
-
-    return pd.DataFrame({"image": frames})
+def candidate_score(model_path: str | Path, image_size: int, threshold: float, metric: str, claimed: float,
+                    tolerance: float, test_paths: list[str], test_labels: np.ndarray) -> float:
+    """The candidate's `metric`, re-scored exactly as the champion is; its evaluation's `claimed` figure must agree
+    within `tolerance` (register.claim_tolerance), or the registration is refused in one line: an evaluation file
+    that does not belong to the model (or was edited) would otherwise decide who serves every camera."""
+    detector = RsDetector.from_keras(str(model_path), threshold, image_size)
+    score = test_set_score(lambda frames: detector.predict(None, frames), threshold, metric, test_paths, test_labels)
+    if not abs(score - float(claimed)) <= tolerance:
+        raise RsdetectError(f"{model_path}: its evaluation claims test {metric} {float(claimed):.4f}, but it scores "
+                            f"{score:.4f} on the same {len(test_paths)} test images; refusing to register it "
+                            f"(rerun `dvc repro evaluate` for this model)")
+    return score
 
 
 # How long a registration waits for other runners' gates (each re-scores the champion on the whole test set and
@@ -204,6 +97,8 @@ def gate_lock(client, name: str) -> Iterator[None]:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        if _take_over_dead_lock(client, lock):
+            continue
         if time.monotonic() > deadline:
             try:
                 other = client.get_registered_model(lock).description
@@ -219,30 +114,58 @@ def gate_lock(client, name: str) -> Iterator[None]:
         client.delete_registered_model(lock)
 
 
+HOLDER = re.compile(r"^(\S+) pid (\d+) since ")  # gate_lock's description of its holder
+
+
+def _take_over_dead_lock(client: Any, lock: str) -> bool:
+    """Delete `lock` if its holder is a dead process on this host (a SIGKILLed register), saying so; else False."""
+    import sys
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        description = client.get_registered_model(lock).description or ""
+    except MlflowException:
+        return True  # released just now: try again
+    m = HOLDER.match(description)
+    if not m or local_process_alive(m.group(1), int(m.group(2))) is not False:
+        return False
+    print(f"register: taking over {lock}, left by {description}: that process is gone", file=sys.stderr)
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        pass  # another runner took it over first
+    return True
+
+
 def register_candidate(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
                        test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
-                       tags: dict[str, str], force: bool = False) -> dict:
+                       tags: dict[str, str], force: bool = False, *, tolerance: float) -> dict:
     """Register the checkpoint as a version of `name` (once per checkpoint and threshold) and move `alias`
-    to it only if it beats the current champion on `metric` over the same test set (or `force`)."""
+    to it only if it beats the current champion on `metric` over the same test set (or `force`). Both are
+    re-scored here; `metrics[metric]` (the evaluation's figure) must agree with the candidate's within
+    `tolerance`."""
     with tracking_server(tracking_uri()):
-        return _register(model_path, image_size, threshold, metrics, test_paths, test_labels, name, alias, metric,
-                         tags, force)
+        setup_mlflow()  # the first request: a server that is down is one line, before the scoring
+        score = candidate_score(model_path, image_size, threshold, metric, metrics[metric], tolerance, test_paths,
+                                test_labels)  # before anything is registered: a refusal changes nothing
+        return _register(model_path, image_size, threshold, metrics, score, test_paths, test_labels, name, alias,
+                         metric, tags, force)
 
 
-def _register(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
+def _register(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float], score: float,
               test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
               tags: dict[str, str], force: bool) -> dict:
     """register_candidate's body, inside tracking_server."""
     import mlflow
 
-    setup_mlflow()
     client = mlflow.MlflowClient()
     with gate_lock(client, name):  # the read-compare-set below is one step for every runner sharing the server
-        return _gate(client, model_path, image_size, threshold, metrics, test_paths, test_labels, name, alias, metric,
-                     tags, force)
+        return _gate(client, model_path, image_size, threshold, metrics, score, test_paths, test_labels, name, alias,
+                     metric, tags, force)
 
 
-def _gate(client, model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
+def _gate(client, model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float], score: float,
           test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str, tags: dict[str, str],
           force: bool) -> dict:
     """Register the checkpoint once and move the alias if it wins (under gate_lock)."""
@@ -255,7 +178,7 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
     if existing:
         version = existing[0].version
     else:
-        with mlflow.start_run(run_name=f"register-{tags.get('git_commit', 'nogit')[:8]}"):
+        with mlflow.start_run(run_name=f"register-{tags.get('git_commit', 'nogit')[:8]}", tags=run_tags()):
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)})
             mlflow.log_params({"threshold": threshold, "image_size": image_size})
             info = mlflow.pyfunc.log_model(
@@ -267,9 +190,7 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
                     **{f"test_{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
-    score = float(metrics[metric])
-    # Better by more than rounding: the candidate's score comes from predictions.csv (6 decimals), the champion's
-    # from re-scoring at full precision, so the same model scored 0.8262683256172839 vs ...838 and was "promoted".
+    # Both scores come from test_set_score; better by more than rounding noise, or the champion stays.
     promote = force or champ_version is None or (str(champ_version) != str(version) and score > champ_score + SCORE_TIE)
     if promote:
         client.set_registered_model_alias(name, alias, version)
@@ -292,14 +213,6 @@ def register_summary(result: dict) -> str:
     if result["promoted"]:
         return f"{name} version {version} registered and now {alias}"
     return f"{name} version {version} registered; not {alias} ({alias} is version {champion}; this one does not beat it on {result['metric']})"
-
-
-def git_commit() -> str:
-    """The current git commit, or 'nogit'."""
-    import subprocess
-
-    res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root())
-    return res.stdout.strip() if res.returncode == 0 else "nogit"
 
 
 def register_from_outputs(params_path: str, model_path: str, evaluation_path: str, manifest_path: str,
@@ -325,7 +238,7 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
     r = params.register
     result = register_candidate(model_path, params.features.image_size, cnn["threshold"], cnn["test"],
                                 [str(synth / t["path"]) for t in test], np.array([t["label"] for t in test]),
-                                r.model_name, r.alias, r.metric, tags, force=force)
+                                r.model_name, r.alias, r.metric, tags, force=force, tolerance=r.claim_tolerance)
     write_json(out_path, {k: v for k, v in result.items() if k != "tracking_uri"})
     print(f"register: {register_summary(result)}; "
           f"load it with mlflow.pyfunc.load_model('{result['uri']}') from {result['tracking_uri']}")

@@ -142,7 +142,7 @@ def load_pyfunc(uri: str) -> tuple[Any, Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from rsdetect.registry.gate import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
+    from rsdetect.registry.tracking import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
     # .tflite/.onnx/.keras scans and every Dask worker process that unpickles a scan task do not need
 
     if uri.startswith(REGISTRY_PREFIXES):
