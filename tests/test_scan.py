@@ -579,3 +579,23 @@ def test_annotated_video_shows_the_heatmap_of_flagged_frames(tmp_path, model) ->
     body = slice(20, None)  # below the score banner
     changed = [float(np.abs(a[body].astype(int) - b[body].astype(int)).mean()) for a, b in zip(frames, originals)]
     assert min(changed[i] for i in (2, 3, 7)) > 5 * max(changed[i] for i in (0, 1, 5, 9))
+
+
+# ---------------------------------------------------------------- a decoder that crashes
+
+def test_a_camera_whose_decoder_aborts_fails_alone(tmp_path, model, capfd) -> None:
+    """Three cameras, the middle one's decoder dies in native code (SIGABRT, as a real AVI made OpenCV's): the
+    other two are scored and reported in full, the dead one keeps the frames it gave and fails in one line, exit 3."""
+    from crashing_source import AbortingSource
+
+    sources = parse_sources([f"a={write_video(tmp_path / 'a.avi', {1}, 6)}", f"c={write_video(tmp_path / 'c.avi', {2}, 5)}"])
+    sources.insert(1, AbortingSource("b", str(tmp_path / "b.avi"), good=2))
+    result = run_scan(sources, model, tmp_path / "out", ScanOptions(**QUIET))
+    assert result.exit_code == 3 and not result.interrupted
+    cams = result.summary["cameras"]
+    assert {k: (v["frames_scored"], v["failures"]) for k, v in cams.items()} == {"a": (6, 0), "b": (2, 1), "c": (5, 0)}
+    assert flagged(tmp_path / "out", "a") == {1} and flagged(tmp_path / "out", "c") == {2}
+    message = f"{tmp_path / 'b.avi'}: the decoder process was killed by SIGABRT (a crash in native decoding code); " \
+              "this camera stops"
+    assert cams["b"]["errors"] == [message]
+    assert f"scan: b: {message}" in scan_lines(capfd.readouterr().err)

@@ -318,3 +318,33 @@ def test_sigterm_stops_the_command_cleanly(tmp_path, model_path) -> None:
     assert s["cameras"]["gate"]["flagged"] == sum(r["flag"] for r in rows(out))
     assert all((out / w["path"]).is_file() for w in s["cameras"]["gate"]["worst_frames"])
     assert not list(tmp_path.rglob("*.tmp")) and not [p for p in tmp_path.rglob(".*")]  # no temp, staging or lock
+
+
+def test_a_camera_whose_decoder_aborts_goes_down_alone(tmp_path, model, capfd) -> None:
+    """Three cameras, one whose decoder dies in native code (SIGABRT): the watch goes on, the other two are scored
+    whole, the dead one is down with one read error naming the signal (a stream would reconnect with backoff)."""
+    import cv2
+
+    from crashing_source import AbortingSource
+
+    paths = {}
+    for name, n in (("a", 9), ("c", 6)):
+        paths[name] = tmp_path / f"{name}.avi"
+        writer = cv2.VideoWriter(str(paths[name]), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+        for i in range(n):
+            writer.write(every_third_red(i))
+        writer.release()
+    sources = parse_sources([f"a={paths['a']}", f"c={paths['c']}"])
+    sources.insert(1, AbortingSource("b", str(tmp_path / "b.avi"), good=2))
+    with MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        result = run_watch(sources, model, tmp_path / "out", WatchOptions(**FAST), server.metrics)
+        m = scrape(server.url)
+    assert result.exit_code == 0 and result.stopped_by == "sources ended"
+    cams = result.summary["cameras"]
+    assert {k: v["frames_scored"] for k, v in cams.items()} == {"a": 9, "b": 2, "c": 6}
+    message = f"{tmp_path / 'b.avi'}: the decoder process was killed by SIGABRT (a crash in native decoding code); " \
+              "this camera stops"
+    assert cams["b"]["errors"] == [message] and cams["b"]["read_errors"] == 1 and not cams["b"]["up"]
+    assert cams["a"]["read_errors"] == cams["c"]["read_errors"] == 0
+    assert m[("rsdetect_read_errors_total", "b")] == 1 and m[("rsdetect_camera_up", "b")] == 0
+    assert f"watch: b: {message}" in capfd.readouterr().err

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rsdetect.errors import RsdetectError
+from rsdetect.serve.decoder import ReadRequest, decoded_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.io import staged_dir
 from rsdetect.serve.loaders import LoadedModel
@@ -291,7 +292,8 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     """Score one source in batches; a SourceError is counted (frames read before it are still scored)."""
     source = state.source
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
-    frames = source.frames(state.fail, options.every, options.fps, options.max_frames)
+    # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
+    frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames))
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
     tiled = ((index, ts, rgb, to_tiles(rgb, model.image_size)) for index, ts, rgb in frames)

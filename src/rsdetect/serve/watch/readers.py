@@ -21,7 +21,8 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from rsdetect.preprocess import Box, to_tiles
-from rsdetect.serve.sources import FrameItem, Source, SourceError, StreamSource, redact, video_frames
+from rsdetect.serve.decoder import ReadRequest, decoded_frames
+from rsdetect.serve.sources import FrameItem, Source, SourceError, StreamSource, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
 
 RECENT_ERRORS = 20  # the messages summary.json keeps per camera; the counts are kept in full
@@ -117,10 +118,12 @@ class CameraReader(threading.Thread):
     # ------------------------------------------------ reading
 
     def _frames(self) -> Iterator[FrameItem]:
+        """Frames decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder that crashes is a
+        SourceError here, so a stream reconnects with backoff and a file is marked down, as for any read failure.
+        The stall timeout is FFmpeg's read timeout; the cap is counted here, across reconnects."""
         o = self.options
-        if self.live:  # the stall timeout is FFmpeg's read timeout; the cap is counted here, across reconnects
-            return video_frames(self.source.spec, o.every, o.fps, None, timeout_ms=round(o.stall_timeout * 1000))
-        return self.source.frames(self._error, o.every, o.fps, None)
+        return decoded_frames(self.source, self._error,
+                              ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None))
 
     def _put(self, frame: FrameItem) -> None:
         """Queue a frame for scoring: a stream drops its oldest queued frame when full, a file waits."""

@@ -1,0 +1,218 @@
+"""Each camera's frames decoded in a process of its own, so that a crash in native decoder code costs only that camera.
+
+Why: a real AVI from a public dataset makes OpenCV's decoder corrupt the heap (`malloc_consolidate(): invalid chunk
+size`, SIGABRT). Decoded in the scanning process, that one file killed every camera of a scan and crash-looped a
+watch. Here the decoder process dies instead; its camera gets one line naming the signal (a SourceError: `scan`
+counts the camera failed and exits 3, `watch` marks it down and reconnects a stream with backoff), the others go on.
+It also moves decoding onto the second core.
+
+The decoder process reads `Source.frames` (the very code an in-process read runs) and writes each frame into a ring of
+SLOTS shared-memory slots, announcing it over a pipe; the reader copies it out and hands the slot back. The slots
+are the back-pressure: the decoder runs at most SLOTS frames ahead of its reader. Processes come from a forkserver that has imported only
+this module's needs (no TensorFlow, no threads), so each camera's process starts in milliseconds.
+
+Where the caller is itself a daemonic process (a Dask worker: `--workers`), Python allows it no children; there the
+frames are read in-process, and the worker process is the isolation (a dead worker costs its cameras only).
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from rsdetect.serve.sources import FrameItem, OnError, Source, SourceError, StreamSource, redact, video_frames
+
+CONTEXT = "forkserver"
+PRELOAD = ["rsdetect.serve.sources"]  # imported once by the forkserver: OpenCV and numpy, not TensorFlow
+JOIN_S = 2.0  # how long a finished decoder may take to exit before it is killed
+# Frames in flight between a decoder and its reader. Through a pipe a 1280x720 frame cost more than decoding it
+# (94-137 against 230-340 frames/s decode-only, 2 loaded cores); through shared memory it is two copies. Three
+# let the decoder work a frame ahead while the reader's read-ahead holds one and copies one.
+SLOTS = 3
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What to read: sampling as the caller's options say; `timeout_ms` for streams (their stall timeout)."""
+
+    every: int = 1
+    fps: float | None = None
+    max_frames: int | None = None
+    timeout_ms: int | None = None
+
+
+def source_frames(source: Source, on_error: OnError, request: ReadRequest) -> Iterator[FrameItem]:
+    """The frames of `source` as this process reads them: Source.frames, or for a stream with a stall timeout,
+    video_frames with that timeout."""
+    if isinstance(source, StreamSource) and request.timeout_ms is not None:
+        return video_frames(source.spec, request.every, request.fps, request.max_frames, timeout_ms=request.timeout_ms)
+    return source.frames(on_error, request.every, request.fps, request.max_frames)
+
+
+class _Ring:
+    """The decoder's side of the frame ring: SLOTS frames of shared memory it writes and the reader copies out of.
+
+    A slot is reused only once the reader has acknowledged it (it sends the slot's number back when it has copied
+    the frame out), so the decoder runs at most SLOTS frames ahead. A frame larger than the slots (a stream that
+    reconnects at another resolution) gets a new ring once every slot of the old one is back."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.shm, self.slot_bytes, self.free = conn, None, 0, list(range(SLOTS))
+
+    def put(self, index: int, ts: float | None, rgb: np.ndarray) -> None:
+        if self.shm is None or rgb.nbytes > self.slot_bytes:
+            self.drain()
+            self.close()
+            self.slot_bytes = rgb.nbytes
+            self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * rgb.nbytes)
+            self.conn.send(("ring", self.shm.name, self.slot_bytes))
+        while not self.free:
+            self.free.append(self.conn.recv())
+        slot = self.free.pop()
+        view = np.ndarray(rgb.shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
+        view[...] = rgb
+        del view  # no export of shm.buf may outlive this call: close() needs none
+        self.conn.send(("frame", slot, index, ts, rgb.shape))
+
+    def drain(self) -> None:
+        """Wait until the reader has copied out every frame sent (then the ring can go)."""
+        while len(self.free) < SLOTS:
+            self.free.append(self.conn.recv())
+
+    def close(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
+            self.shm.unlink()
+            self.shm = None
+
+
+def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
+    """The decoder process: frames (through a _Ring), frame-level errors and how the source ended, in order."""
+    # Ctrl-C reaches the whole process group and systemd's SIGTERM the whole unit: the reader decides when this
+    # process ends (it kills it on close), so a signal must not make it die first and look like a decoder crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ring = _Ring(conn)
+    with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
+        try:
+            for index, ts, rgb in source_frames(source, lambda message: conn.send(("error", message)), request):
+                ring.put(index, ts, rgb)
+            conn.send(("end",))
+        except SourceError as exc:
+            conn.send(("fail", str(exc)))
+        except Exception as exc:  # noqa: BLE001  (cv2.error and kin: this camera's failure, said in one line)
+            conn.send(("fail", f"{redact(source.spec)}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+        ring.drain()  # the reader attaches to a ring when it reads its announcement: keep it until then
+    ring.close()
+    conn.close()
+
+
+class _Reader:
+    """The reader's side of the ring: attaches to each ring the decoder announces, copies frames out and hands the
+    slots back; owns the unlinking of a ring whose decoder died (it cannot)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.shm, self.slot_bytes = conn, None, 0
+
+    def attach(self, name: str, slot_bytes: int) -> None:
+        self.detach(unlink=False)
+        self.shm = shared_memory.SharedMemory(name=name)
+        self.slot_bytes = slot_bytes
+
+    def take(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        assert self.shm is not None, "frame before ring"
+        rgb = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes).copy()
+        with contextlib.suppress(ConnectionError):  # a dead decoder needs no slot back: its death shows at recv
+            self.conn.send(slot)
+        return rgb
+
+    def detach(self, unlink: bool) -> None:
+        if self.shm is not None:
+            self.shm.close()
+            if unlink:
+                with contextlib.suppress(FileNotFoundError):
+                    self.shm.unlink()
+            self.shm = None
+
+
+def death_message(source: Source, exitcode: int | None) -> str:
+    """One line for a decoder process that ended without saying how the source ended."""
+    if exitcode is not None and exitcode < 0:
+        how = f"was killed by {signal.Signals(-exitcode).name}"
+    else:
+        how = f"exited with code {exitcode}"
+    return f"{redact(source.spec)}: the decoder process {how} (a crash in native decoding code); this camera stops"
+
+
+def isolating() -> bool:
+    """Whether decoders get processes of their own here (not inside a daemonic process such as a Dask worker)."""
+    return not mp.current_process().daemon
+
+
+_context: Any = None
+
+
+def _ctx() -> Any:
+    global _context
+    if _context is None:
+        _context = mp.get_context(CONTEXT)
+        _context.set_forkserver_preload(PRELOAD)
+    return _context
+
+
+def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = ReadRequest(),
+                   isolate: bool | None = None) -> Iterator[FrameItem]:
+    """The frames of `source`, decoded in a process of its own (unless `isolate` is False, or not `isolating()`).
+
+    A SourceError ends the frames as an in-process read would (after the frames read before it); a decoder process
+    that dies is one too (death_message). Closing the iterator kills the decoder process."""
+    if not (isolating() if isolate is None else isolate):
+        yield from source_frames(source, on_error, request)
+        return
+    ctx = _ctx()
+    conn, child_conn = ctx.Pipe()
+    process = ctx.Process(target=_decode, args=(child_conn, source, request), daemon=True,
+                          name=f"decode-{source.camera}"[:64])
+    process.start()
+    child_conn.close()  # the child holds the only other end: its death is EOF here
+    reader, said_end = _Reader(conn), False  # said_end: the decoder said how the source ended and is exiting
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, ConnectionError):  # a socket whose peer died with our acks unread: reset, not EOF
+                process.join(JOIN_S)
+                raise SourceError(death_message(source, process.exitcode)) from None
+            if message[0] == "frame":
+                yield message[2], message[3], reader.take(message[1], message[4])
+            elif message[0] == "ring":
+                reader.attach(message[1], message[2])
+            elif message[0] == "error":
+                on_error(message[1])
+            else:
+                said_end = True
+                if message[0] == "fail":
+                    raise SourceError(message[1])
+                return  # "end"
+    finally:
+        if said_end:
+            process.join(JOIN_S)
+        if process.is_alive():  # closed early (a cap, a stop), or stuck: it has nothing more to give
+            process.kill()
+            process.join()
+        # A decoder that exits normally unlinks its ring; one killed or crashed cannot. A ring it announced that
+        # was never attached (killed between the two) is still named in the pipe.
+        with contextlib.suppress(EOFError, OSError):
+            while conn.poll():
+                message = conn.recv()
+                if message[0] == "ring":
+                    reader.attach(message[1], message[2])
+        reader.detach(unlink=not said_end or process.exitcode != 0)
+        conn.close()

@@ -1,0 +1,69 @@
+"""rsdetect.serve.decoder: frames decoded in a process per camera; a decoder that dies costs its camera only."""
+from __future__ import annotations
+
+import glob
+
+import cv2
+import numpy as np
+import pytest
+
+from crashing_source import AbortingSource
+from rsdetect.serve.decoder import ReadRequest, decoded_frames
+from rsdetect.serve.sources import SourceError, resolve_source
+
+
+def write_video(path, n=12, size=(64, 48)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, size)
+    for i in range(n):
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        cv2.rectangle(frame, (2 * i, 10), (2 * i + 10, 30), (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def leaked_rings() -> list[str]:
+    return glob.glob("/dev/shm/psm_*")
+
+
+def test_isolated_frames_equal_in_process_frames(tmp_path):
+    source = resolve_source("cam", str(write_video(tmp_path / "a.avi")))
+    request = ReadRequest(every=2, max_frames=5)
+    here = list(decoded_frames(source, pytest.fail, request, isolate=False))
+    there = list(decoded_frames(source, pytest.fail, request, isolate=True))
+    assert [(i, ts) for i, ts, _ in there] == [(i, ts) for i, ts, _ in here] == [(i, i / 25) for i in (0, 2, 4, 6, 8)]
+    for (_, _, a), (_, _, b) in zip(here, there):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_decoder_that_aborts_is_one_line_after_its_good_frames(tmp_path):
+    before = set(leaked_rings())
+    got = []
+    with pytest.raises(SourceError) as err:
+        for item in decoded_frames(AbortingSource("bad", "bad.avi", good=3), pytest.fail, isolate=True):
+            got.append(item[0])
+    assert got == [0, 1, 2]
+    assert str(err.value) == ("bad.avi: the decoder process was killed by SIGABRT (a crash in native decoding code); "
+                              "this camera stops")
+    assert set(leaked_rings()) <= before  # the dead decoder's shared memory is unlinked by the reader
+
+
+def test_frame_errors_and_source_failures_cross_the_process(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    (folder / "b.png").write_bytes(b"not an image")
+    errors = []
+    frames = list(decoded_frames(resolve_source("cam", str(folder)), errors.append, isolate=True))
+    assert [i for i, _, _ in frames] == [0] and len(errors) == 1 and "b.png" in errors[0]
+    with pytest.raises(SourceError, match="no such file, folder or matching glob"):
+        list(decoded_frames(resolve_source("cam", str(tmp_path / "nope.avi")), pytest.fail, isolate=True))
+
+
+def test_closing_early_stops_the_decoder_and_frees_its_ring(tmp_path):
+    before = set(leaked_rings())
+    source = resolve_source("cam", str(write_video(tmp_path / "a.avi", n=40)))
+    frames = decoded_frames(source, pytest.fail, isolate=True)
+    assert next(frames)[0] == 0
+    frames.close()
+    assert set(leaked_rings()) <= before
