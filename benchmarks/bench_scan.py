@@ -27,7 +27,8 @@ from rsdetect.serve.export import export_model
 from rsdetect.serve.loaders import LoadedModel, load_model, tflite_scorer
 from rsdetect.preprocess import score_frames, to_tiles
 from rsdetect.serve.reports import FrameLog
-from rsdetect.serve.scan import CameraState, ScanOptions, run_scan
+from rsdetect.serve.scan import ScanOptions, run_scan
+from rsdetect.serve.scoring import CameraState
 from rsdetect.serve.sources import Source, parse_sources
 
 ROOT = Path(__file__).resolve().parents[1]

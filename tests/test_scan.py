@@ -22,7 +22,9 @@ from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.serve.reports import FIELDS  # noqa: E402
-from rsdetect.serve.scan import Interrupted, ScanOptions, StopSignals, longest_run, run_scan, smooth, uninterrupted  # noqa: E402
+from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.serve.scoring import longest_run, smooth  # noqa: E402
+from rsdetect.serve.signals import Interrupted, StopSignals, uninterrupted  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
@@ -408,7 +410,7 @@ def test_a_second_scan_into_the_same_folder_is_refused(tmp_path, model_path, cap
     assert json.loads((out / "summary.json").read_text())["every"] == 2
 
 
-def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypatch, capsys) -> None:
+def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypatch, capfd) -> None:
     """The second Ctrl-C lands while the reports are written: they still describe one scan, the new one."""
     import os
     import signal
@@ -428,7 +430,7 @@ def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypat
     monkeypatch.setattr(scan, "flagged_rate_chart", chart_then_ctrl_c)
     stopping = LoadedModel(Interrupting(model.scorer, 4), model.image_size, None, "keras", "second")
     result = run_scan(parse_sources([str(video)]), stopping, tmp_path / "out", ScanOptions(batch=4, **QUIET))
-    assert result.exit_code == 130 and "finishing the reports" in capsys.readouterr().err
+    assert result.exit_code == 130 and "scan: SIGINT: already stopping; finishing the reports first" in capfd.readouterr().err
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["model"] == "second" and s["interrupted"] and set(s["cameras"]) == {"cam"}
     assert s["cameras"]["cam"]["frames_scored"] == len(rows(tmp_path / "out")) == 8
@@ -440,7 +442,7 @@ def test_a_signal_in_a_held_block_interrupts_when_the_block_ends() -> None:
     """A frame is counted in its camera's state and its row written, or neither: SIGTERM inside the block that
     does both is kept until the block ends, then interrupts; outside any StopSignals nothing is held."""
     finished = []
-    with StopSignals() as signals:
+    with StopSignals("scan") as signals:
         with pytest.raises(Interrupted) as info:
             with uninterrupted():
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -71,7 +71,8 @@ def scan_shear_params(params_path: str | None):
 def _scan(args: argparse.Namespace) -> None:
     from rsdetect.serve.explain import Explainer
     from rsdetect.serve.loaders import load_model
-    from rsdetect.serve.scan import ScanOptions, StopSignals, claim, interrupt_exit_code, run_scan
+    from rsdetect.serve.scan import ScanOptions, claim, run_scan
+    from rsdetect.serve.signals import StopSignals, interrupt_exit_code
     from rsdetect.serve.sources import parse_sources
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
@@ -86,7 +87,7 @@ def _scan(args: argparse.Namespace) -> None:
         check_workers(args.workers, args.scheduler)
     try:
         # SIGTERM while the model loads ends the run like Ctrl-C: lock released, nothing written yet.
-        with StopSignals(), claim(args.out) as lock:
+        with StopSignals("scan"), claim(args.out) as lock:
             if not sharded:
                 model = load_model(args.model)
                 result = run_scan(sources, model, lock.out, options, lock=lock,
@@ -114,7 +115,7 @@ def _scan(args: argparse.Namespace) -> None:
 def _watch(args: argparse.Namespace) -> None:
     from rsdetect.serve.explain import Explainer
     from rsdetect.serve.loaders import load_model
-    from rsdetect.serve.scan import StopSignals
+    from rsdetect.serve.signals import StopSignals
     from rsdetect.serve.sources import parse_sources
     from rsdetect.serve.watch.loop import WatchOptions, run_watch, watch_claim
     from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
@@ -137,7 +138,7 @@ def _watch(args: argparse.Namespace) -> None:
     metrics = WatchMetrics()
     try:
         # SIGTERM while the model loads stops the watch before it starts: lock released, nothing written.
-        with StopSignals(), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
+        with StopSignals("watch"), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
             print(f"watch: metrics on {server.url}", file=sys.stderr, flush=True)
             if not sharded:
                 model = load_model(args.model)

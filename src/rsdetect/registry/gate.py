@@ -16,6 +16,7 @@ from rsdetect.io import file_md5
 from rsdetect.registry.pyfunc import RsDetector
 from rsdetect.registry.tracking import (git_commit, local_process_alive, project_root, run_tags, setup_mlflow,
                                        tracking_server, tracking_uri)
+from rsdetect.threshold import resolve_threshold
 
 
 
@@ -45,7 +46,7 @@ def champion_score(name: str, alias: str, metric: str, test_paths: list[str], te
     except MlflowException:
         return None, None
     champion = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-    threshold = float(current.tags.get("threshold", 0.5))
+    threshold = resolve_threshold(current.tags.get("threshold"))
     return current.version, test_set_score(champion.predict, threshold, metric, test_paths, test_labels)
 
 

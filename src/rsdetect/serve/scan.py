@@ -8,136 +8,36 @@ Ctrl-C or SIGTERM stops scoring and still writes the reports of what was scored.
 """
 from __future__ import annotations
 
-import os
-
 import contextlib
-import heapq
 import math
-import signal
+import os
 import sys
-import threading
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from rsdetect.errors import RsdetectError
+from rsdetect.io import staged_dir
+from rsdetect.preprocess import Box, to_tiles
 from rsdetect.serve.decoder import ReadRequest, decoded_frames
 from rsdetect.serve.explain import Explainer
-from rsdetect.io import staged_dir
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
-from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
-from rsdetect.serve.reports import (FrameLog, Score, annotate_video, file_stems, flagged_rate_chart, is_report_file,
-                              save_worst, shear_columns, write_summary)
-from rsdetect.serve.sources import FrameItem, Source, SourceError, read_ahead, redact
+from rsdetect.serve.reports import (FrameLog, annotate_video, file_stems, flagged_rate_chart, is_report_file, save_worst,
+                                    write_summary)
+from rsdetect.serve.scoring import CameraState, Row, score_items
+from rsdetect.serve.signals import StopSignals, interrupt_exit_code, uninterrupted
+from rsdetect.serve.sources import Source, SourceError, read_ahead, redact
+from rsdetect.threshold import resolve_threshold
 
 DEFAULT_MODEL = "models:/rs-detector@champion"
-DEFAULT_THRESHOLD = 0.5
-WORST_PER_CAMERA = 5
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-Row = dict[str, Any]
 
 
-def report_failure(camera: str, message: str) -> None:
-    """A camera's failure as one line on stderr (above any progress bar)."""
-    tqdm.write(f"scan: {camera}: {message}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- scores
-
-class RollingMean:
-    """The mean of the last k values pushed (of all of them while fewer than k): the per-camera smoothing."""
-
-    def __init__(self, k: int) -> None:
-        if k < 1:
-            raise RsdetectError(f"--smooth must be >= 1, got {k}")
-        self._window: deque[float] = deque(maxlen=k)
-
-    def push(self, value: float) -> float:
-        """Add a value; the mean of the window now."""
-        self._window.append(value)
-        return float(np.mean(self._window))
-
-
-def smooth(probs: np.ndarray | list[float], k: int) -> np.ndarray:
-    """A whole series smoothed as a scan smooths it frame by frame: smoothed[i] = mean(probs[max(0, i-k+1): i+1])."""
-    window = RollingMean(k)
-    return np.array([window.push(float(p)) for p in probs], np.float64)
-
-
-def longest_run(flags: list[bool] | np.ndarray) -> int:
-    """Length of the longest run of consecutive True values."""
-    best = run = 0
-    for f in flags:
-        run = run + 1 if f else 0
-        best = max(best, run)
-    return best
-
-
-def camera_summary(flags: list[bool] | np.ndarray, errors: list[str]) -> dict[str, Any]:
-    """frames_scored, flagged, flagged_rate (None if nothing scored), longest_flagged_run and failures."""
-    flags = np.asarray(flags, bool)
-    n = int(flags.size)
-    return {"frames_scored": n, "flagged": int(flags.sum()), "flagged_rate": float(flags.mean()) if n else None,
-            "longest_flagged_run": longest_run(flags), "failures": len(errors), "errors": list(errors)}
-
-
-@dataclass
-class CameraState:
-    """Running per-camera state: smoothing window, flags, worst frames and failures."""
-
-    source: Source
-    k: int
-    threshold: float
-    keep_scores: bool = False
-    explain: Explainer | None = None  # shear columns of flagged frames
-    echo: bool = True  # print failures as they happen; a Dask worker leaves that to the main process (shard.py)
-    flags: list[bool] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    scores: list[Score] = field(default_factory=list)  # for annotation only
-    _window: RollingMean = field(init=False)
-    _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb)
-
-    def __post_init__(self) -> None:
-        self._window = RollingMean(self.k)
-
-    def fail(self, message: str) -> None:
-        """Count a failure and report it as one line on stderr (unless echo is off)."""
-        self.errors.append(message)
-        if self.echo:
-            report_failure(self.source.camera, message)
-
-    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box) -> Row:
-        """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
-        smoothed = self._window.push(prob)
-        flag = smoothed >= self.threshold
-        # Measured before the frame is counted: a Ctrl-C during the estimate must not count a frame without a row.
-        shear = shear_columns(self.explain, rgb, flag)
-        self.flags.append(flag)
-        if self.keep_scores:
-            self.scores.append((frame_index, prob, smoothed, flag))
-        item = (prob, -frame_index, frame_index, rgb)  # ties: the earlier frame ranks worse
-        if len(self._worst) < WORST_PER_CAMERA:
-            heapq.heappush(self._worst, item)
-        elif item[:2] > self._worst[0][:2]:
-            heapq.heapreplace(self._worst, item)
-        return {"camera": self.source.camera, "frame_index": frame_index,
-                "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
-                "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
-                "tile": box_text(tile), "source": self.source.frame_source(frame_index), **shear}
-
-    def worst(self) -> list[tuple[float, int, np.ndarray]]:
-        """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
-        return [(p, i, rgb) for p, _, i, rgb in sorted(self._worst, key=lambda t: t[:2], reverse=True)]
-
-
-# ---------------------------------------------------------------- options, results, stopping
+# ---------------------------------------------------------------- options, results
 
 @dataclass(frozen=True)
 class ScanOptions:
@@ -179,80 +79,6 @@ class ScanResult:
     interrupted: bool
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM while scanning; a KeyboardInterrupt, so Ctrl-C handling covers both."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
-    """128 + the signal number, as a shell reports a process its signal ended: 130 Ctrl-C, 143 SIGTERM."""
-    return 128 + int(getattr(exc, "signum", signal.SIGINT))
-
-
-class StopSignals:
-    """While active, the first SIGINT or SIGTERM raises Interrupted; later ones are deferred (only announced),
-    as are any after `defer()`, so the reports of what was scored are written whole however often the user
-    presses Ctrl-C. Outside the main thread, where handlers cannot be set, it does nothing."""
-
-    active: Optional[StopSignals] = None  # the innermost one whose handlers are set (signals are process-wide)
-
-    def __init__(self) -> None:
-        self.deferring = False
-        self._saved: dict[int, Any] = {}
-        self._outer: Optional[StopSignals] = None
-        self._holding = False
-        self._pending: Optional[int] = None
-
-    def defer(self) -> None:
-        """From now on, signals no longer interrupt."""
-        self.deferring = True
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """A block a signal must not cut in two: a signal that arrives in it interrupts when the block ends."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-        if self._pending is not None and not self.deferring:
-            self.deferring = True
-            raise Interrupted(self._pending)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.deferring:
-            tqdm.write(f"scan: {signal.Signals(signum).name}: finishing the reports first", file=sys.stderr)
-            return
-        if self._holding:
-            if self._pending is None:
-                self._pending = signum
-            return
-        self.deferring = True
-        raise Interrupted(signum)
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            self._saved = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-            self._outer, StopSignals.active = StopSignals.active, self
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        if self._saved:
-            StopSignals.active = self._outer
-        self._saved = {}
-
-
-def uninterrupted() -> contextlib.AbstractContextManager[None]:
-    """The active StopSignals' held() block; nothing to hold where none is active (a worker process, a thread)."""
-    return StopSignals.active.held() if StopSignals.active is not None else contextlib.nullcontext()
-
-
 def claim(out_dir: str | os.PathLike) -> OutputLock:
     """The report folder checked (a folder of earlier reports or nothing; writable) and locked against a
     second scan; done before the model loads, so a wrong --out fails in a moment, not after it."""
@@ -262,22 +88,6 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 # ---------------------------------------------------------------- scanning
 
 TiledItem = tuple[int, Optional[float], np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
-
-
-def score_items(items: list[tuple[CameraState, FrameItem]], model: LoadedModel, tiles_per_call: int,
-                tiled: Optional[list[tuple[np.ndarray, list[Box]]]] = None) -> list[Row]:
-    """Score frames, of one camera or several, together: each frame whole (S x S tiles at the training scale, the
-    max over them; preprocess.score_tiled), added to its camera's state; one row per frame, in order.
-    `tiled`: the frames' to_tiles where already cut (scan cuts them in its reader thread); else cut here.
-    (`watch` batches across cameras through this, so both commands score and record frames the same way.)"""
-    if tiled is None:
-        tiled = [to_tiles(rgb, model.image_size) for _, (_, _, rgb) in items]
-    probs, boxes = score_tiled(model.scorer, tiled, tiles_per_call)
-    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
-        state, (index, _, _) = items[0]
-        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {index}+")
-    return [state.add(index, ts, float(p), rgb, box)
-            for (state, (index, ts, rgb)), p, box in zip(items, probs, boxes, strict=True)]
 
 
 def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
@@ -330,7 +140,7 @@ def scan_in_order(model: LoadedModel, options: ScanOptions) -> CameraRunner:
 def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_frames: int | None,
               explain: Explainer | None = None) -> bool:
     """Write a camera's annotated video into the staging folder; False if its file vanished since scoring."""
-    hit_cap = max_frames is not None and len(state.flags) >= max_frames
+    hit_cap = max_frames is not None and state.stats.scored >= max_frames
     try:
         annotate_video(state.source.spec, state.scores, threshold, stage / rel, state.scores[-1][0] if hit_cap else None,
                        explain)
@@ -348,8 +158,7 @@ def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLi
     `explain`: shear estimates of flagged frames, heatmaps and de-skewed previews of the worst (rsdetect.serve.explain).
     `cameras`: who scores the cameras (default: this process, in order; rsdetect.serve.shard: Dask workers)."""
     out = check_report_dir(out_dir, is_report_file)
-    threshold = options.threshold if options.threshold is not None else (
-        model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
+    threshold = resolve_threshold(options.threshold, model.threshold)
     states = {s.camera: CameraState(s, options.smooth, threshold, keep_scores=options.annotate and s.annotatable,
                                     explain=explain) for s in sources}
     stems = file_stems(states)
@@ -358,7 +167,7 @@ def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLi
             stack.enter_context(OutputLock(out))
         elif not (lock.held and lock.out == out):
             raise ValueError(f"lock is not a held claim on {out}")
-        signals = stack.enter_context(StopSignals())
+        signals = stack.enter_context(StopSignals("scan"))
         stage = stack.enter_context(staged_dir(out))  # exits first: the swap happens under deferred signals
         exit_code = 0
         annotated: dict[str, str] = {}
@@ -392,7 +201,7 @@ def _write_reports(stage: Path, states: dict[str, CameraState], stems: dict[str,
     cameras: dict[str, dict[str, Any]] = {}
     for name, state in states.items():
         cameras[name] = {"source": redact(state.source.spec), "kind": state.source.kind,
-                         **camera_summary(state.flags, state.errors),
+                         **state.summary(),
                          "worst_frames": save_worst(stage, stems[name], state.worst(), explain)}
         if name in annotated:
             cameras[name]["annotated_video"] = annotated[name]

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from rsdetect.errors import RsdetectError
 from rsdetect.serve.loaders import LoadedModel, load_model
-from rsdetect.serve.scan import CameraRunner, CameraState, Row, ScanOptions, report_failure, scan_source
+from rsdetect.serve.scan import CameraRunner, ScanOptions, scan_source
+from rsdetect.serve.scoring import CameraState, Row, report_failure
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -2,7 +2,7 @@
 
 Each camera has a reader thread (rsdetect.serve.watch.readers: reconnects with backoff, health); the main thread
 takes the frames queued by all cameras, round robin, in batches across cameras, and scores them exactly as
-`scan` does (scan.score_items: same tiles, smoothing, flags, worst frames and rows). Rows go to the rolling
+`scan` does (scoring.score_items: same tiles, smoothing, flags, worst frames and rows). Rows go to the rolling
 frames log, counts to the metrics (rsdetect.serve.watch.metrics), and summary.json is rewritten every
 `summary_interval` s (rsdetect.serve.watch.reports). SIGTERM or Ctrl-C sets a stop flag (no exception is raised
 into the middle of a write): readers stop, frames already queued are scored, the reports are completed, and
@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import queue
-import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -34,11 +31,14 @@ from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
 from rsdetect.preprocess import score_frames
 from rsdetect.serve.reports import file_stems
-from rsdetect.serve.scan import DEFAULT_THRESHOLD, STOP_SIGNALS, CameraState, Row, ScanOptions, score_items
+from rsdetect.serve.scan import ScanOptions
+from rsdetect.serve.scoring import CameraState, FlagStats, Row, score_items
+from rsdetect.serve.signals import StopSignals
 from rsdetect.serve.sources import Source, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
 from rsdetect.serve.watch.readers import CameraReader, ReadOptions
 from rsdetect.serve.watch.reports import WatchReports, is_watch_report_file
+from rsdetect.threshold import resolve_threshold
 
 # A part-filled batch waits this long for more frames: fewer, fuller model calls (LiteRT reallocates its tensors
 # whenever the batch size changes). Interleaved A/B, 4 cameras x 64 frames of 640x480, batch 16, TFLite, on 2
@@ -112,55 +112,10 @@ class WatchResult:
     stopped_by: str
 
 
-class FlagStats:
-    """A camera's running flag counts: what scan.camera_summary computes from the whole flag list, kept in
-    constant memory (a camera at 5 frames/s scores 432,000 frames a day), and when it was last flagged."""
-
-    def __init__(self) -> None:
-        self.scored = self.flagged = self.run = self.longest = 0
-        self.last_flagged_time: float | None = None
-
-    def add(self, flag: bool, now: float) -> None:
-        self.scored += 1
-        self.flagged += flag
-        self.run = self.run + 1 if flag else 0
-        self.longest = max(self.longest, self.run)
-        if flag:
-            self.last_flagged_time = now
-
-    def summary(self) -> dict[str, Any]:
-        return {"frames_scored": self.scored, "flagged": self.flagged,
-                "flagged_rate": self.flagged / self.scored if self.scored else None, "longest_flagged_run": self.longest,
-                "last_flagged_time": self.last_flagged_time}
-
-
 def watch_claim(out_dir: str) -> OutputLock:
     """The report folder checked (nothing, or earlier scan/watch reports; writable) and locked against a
     second watcher or scan, before the metrics port and the model."""
     return OutputLock(check_report_dir(out_dir, is_watch_report_file)).acquire()
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, said: list[str]) -> Iterator[None]:
-    """While active (main thread only), SIGINT/SIGTERM set `stop` and record the signal's name in `said`."""
-    def handle(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call".
-        if stop.is_set():
-            os.write(2, f"watch: {name}: already stopping; finishing the reports\n".encode())
-            return
-        os.write(2, f"watch: {name}: stopping; scoring what was read, completing the reports\n".encode())
-        said.append(name)
-        stop.set()
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 class WatchRecord:
@@ -171,8 +126,7 @@ class WatchRecord:
                  metrics: WatchMetrics, explain: Explainer | None = None) -> None:
         self.sources = {s.camera: s for s in sources}
         self.model, self.reports, self.options, self.metrics, self.explain = model, reports, options, metrics, explain
-        self.threshold = options.threshold if options.threshold is not None else (
-            model.threshold if model.threshold is not None else DEFAULT_THRESHOLD)
+        self.threshold = resolve_threshold(options.threshold, model.threshold)
         self.started, self.started_unix = time.monotonic(), time.time()
         self.next_summary = self.started + options.summary_interval
         self.stats = {s.camera: FlagStats() for s in sources}
@@ -216,7 +170,9 @@ class WatchRecord:
         CameraHealth.snapshot) and its worst frames, as the caller knows them now."""
         cameras: dict[str, dict[str, Any]] = {}
         for cam, source in self.sources.items():
-            cameras[cam] = {"source": redact(source.spec), "kind": source.kind, **self.stats[cam].summary(),
+            stats = self.stats[cam]
+            cameras[cam] = {"source": redact(source.spec), "kind": source.kind, **stats.summary(),
+                            "last_flagged_time": stats.last_flagged_time,
                             "failures": health[cam]["read_errors"], **health[cam],
                             "worst_frames": self.reports.worst.update(self.stems[cam], worst[cam], self.explain)}
         scored = sum(c["frames_scored"] for c in cameras.values())
@@ -280,10 +236,7 @@ class CameraLoop:
     def score(self, items: list[tuple[CameraState, Any]]) -> None:
         """Score a batch (as scan does) and hand its rows on."""
         frames = [(state, (index, ts, rgb)) for state, (index, ts, rgb, _) in items]
-        rows: list[Row] = score_items(frames, self.model, self.options.batch, [tiled for _, (*_, tiled) in items])
-        for state, _ in items:
-            state.flags.clear()  # FlagStats holds the counts; the list would grow for ever
-        self.on_rows(rows)
+        self.on_rows(score_items(frames, self.model, self.options.batch, [tiled for _, (*_, tiled) in items]))
 
     def start(self) -> None:
         """Trace the model, then start the readers."""
@@ -339,16 +292,15 @@ def watch_session(out_dir: str | Path, options: WatchOptions, lock: OutputLock |
     """The report folder checked and locked (or the caller's held `lock` on it), SIGINT/SIGTERM caught into a
     stop event (the signal's name in the list), and the open reports: what both kinds of watch run inside."""
     out = check_report_dir(out_dir, is_watch_report_file)
-    said: list[str] = []
-    stop = threading.Event()
     with contextlib.ExitStack() as stack:
         if lock is None:
             stack.enter_context(OutputLock(out))
         elif not (lock.held and lock.out == out):
             raise ValueError(f"lock is not a held claim on {out}")
-        stack.enter_context(stop_on_signals(stop, said))
+        # No exception into the middle of a write: a signal sets `stop`; readers end, queued frames are scored.
+        signals = stack.enter_context(StopSignals("watch", interrupt=False))
         yield stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated)), \
-            stop, said
+            signals.stop, signals.said
 
 
 def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,

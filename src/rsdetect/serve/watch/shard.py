@@ -29,7 +29,7 @@ from distributed import Event, KilledWorker, Queue
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock
-from rsdetect.serve.scan import Row
+from rsdetect.serve.scoring import Row
 from rsdetect.serve.shard import StopFlag, worker_model
 from rsdetect.serve.sources import Source, StreamSource
 from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, WatchRecord, WatchResult, watch_session
