@@ -9,7 +9,7 @@ import numpy as np
 from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.synth.twins import read_manifest
+from rsdetect.synth.manifest import read_manifest
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import write_json
 from rsdetect.evaluation.lines import line_features_of_paths

@@ -11,7 +11,7 @@ from pathlib import Path
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
+from rsdetect.synth.manifest import read_manifest
 from rsdetect.evaluation.metrics import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
                                recall_breakdown, shear_breakdown, threshold_sweep, write_plots)
 from rsdetect.io import atomic_write_text, write_json

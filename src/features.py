@@ -12,7 +12,7 @@ import numpy as np
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
+from rsdetect.synth.manifest import read_manifest
 from rsdetect.io import atomic_write_bytes
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
+from rsdetect.synth.manifest import read_manifest
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import save_keras, write_json
 

@@ -14,7 +14,8 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.synth.twins import read_manifest, synthesize
+from rsdetect.synth.manifest import read_manifest
+from rsdetect.synth.twins import synthesize
 from rsdetect.evaluation.metrics import read_predictions
 from rsdetect.io import read_yaml
 from rsdetect.datasets.drawn import make_sample_dataset

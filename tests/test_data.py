@@ -9,7 +9,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest, split_images, synthesize
+from rsdetect.synth.manifest import read_manifest, split_images
+from rsdetect.synth.twins import synthesize
 
 from conftest import tree_digest, params_group, with_params
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import tree_digest, ROOT, params_group, params_raw, with_params
 from rsdetect.config import ConfigError, load_params, parse_params
-from rsdetect.synth.twins import read_manifest, split_images
+from rsdetect.synth.manifest import read_manifest, split_images
 from rsdetect.datasets.instances import load_instances
 from rsdetect.synth.rengarajan import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
                                rengarajan_pair, render_pair, row_displacements)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import split_images
+from rsdetect.synth.manifest import split_images
 from rsdetect.datasets.instances import load_instances
 from rsdetect.synth.pairs import PairStream, augment_pair, fixed_pairs, load_photos
 

@@ -222,7 +222,7 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
     import json
 
     from rsdetect.config import load_params
-    from rsdetect.synth.twins import read_manifest
+    from rsdetect.synth.manifest import read_manifest
     from rsdetect.io import write_json
 
     params = load_params(params_path)

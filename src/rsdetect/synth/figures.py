@@ -5,7 +5,7 @@ from pathlib import Path
 
 import cv2
 
-from rsdetect.synth.twins import read_manifest
+from rsdetect.synth.manifest import read_manifest
 
 
 def pairs_figure(synth_dir: str | Path, out_path: str | Path, n_pairs: int = 6) -> None:

@@ -1,4 +1,4 @@
-"""Synthesis of rolling-shutter / global-shutter twin pairs from COCO-format photos, and the split by photo.
+"""Synthesis of rolling-shutter / global-shutter twin pairs from COCO-format photos (split by photo: synth.manifest).
 
 Each usable photo gives synthesize.pairs_per_photo pairs (a person and a motion drawn for each). The RS image
 and its control twin go through the same cut, inpaint, paste, crop, resize and JPEG steps; only the row
@@ -28,12 +28,11 @@ from rsdetect.config import KINDS, SynthParams
 from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
 from rsdetect.io import staged_dir, write_json
+from rsdetect.synth.manifest import MANIFEST_FIELDS, split_images
 from rsdetect.preprocess import shrink_square  # one resize for synthesis and inference: same scale, same filter
 from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
                               shear_extent, warp_rows)
 
-MANIFEST_FIELDS = ["path", "label", "split", "source", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
-                   "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
 MAX_TRIES = 12
 
 
@@ -43,20 +42,6 @@ class Task:
     file: str
     split: str
     anns: list
-
-
-def split_images(images: list[dict], seed: int, val_fraction: float, test_fraction: float) -> dict[int, str]:
-    """Assign each photo to exactly one split. COCO val2017 photos go to test; the rest are shuffled by the seed."""
-    test = sorted(im["id"] for im in images if im.get("coco_split") == "val2017")
-    rest = np.array(sorted(im["id"] for im in images if im.get("coco_split") != "val2017"), dtype=np.int64)
-    rest = rest[np.random.default_rng([seed, 7]).permutation(len(rest))]
-    n_val = int(round(len(rest) * val_fraction))
-    n_test = 0 if test else int(round(len(rest) * test_fraction))
-    split = {int(i): "test" for i in test}
-    split.update({int(i): "test" for i in rest[:n_test]})
-    split.update({int(i): "val" for i in rest[n_test:n_test + n_val]})
-    split.update({int(i): "train" for i in rest[n_test + n_val:]})
-    return split
 
 
 def person_rle(polygons: list[list[float]], height: int, width: int) -> dict | None:
@@ -321,14 +306,3 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
         }
         write_json(stage / "report.json", report)
     return report
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of manifest.csv with numeric fields parsed."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["label"] = int(r["label"])
-        r["image_id"] = int(r["image_id"])
-        r["max_disp_px"] = float(r["max_disp_px"])
-    return rows
