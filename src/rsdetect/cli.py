@@ -73,12 +73,11 @@ def _scan(args: argparse.Namespace) -> None:
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.scan import ScanOptions, claim, run_scan
     from rsdetect.serve.signals import StopSignals, interrupt_exit_code
-    from rsdetect.serve.sources import parse_sources
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
                           threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
-    sources = parse_sources(args.sources, args.cameras)
+    sources = sources_of(args)
     shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
@@ -116,7 +115,6 @@ def _watch(args: argparse.Namespace) -> None:
     from rsdetect.serve.explain import Explainer
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.signals import StopSignals
-    from rsdetect.serve.sources import parse_sources
     from rsdetect.serve.watch.loop import WatchOptions, run_watch, watch_claim
     from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
 
@@ -127,7 +125,7 @@ def _watch(args: argparse.Namespace) -> None:
                            reconnect_initial=args.reconnect_initial, reconnect_max=args.reconnect_max,
                            rotate_rows=args.rotate_rows, rotate_seconds=args.rotate_seconds,
                            keep_rotated=args.keep_rotated, summary_interval=args.summary_interval)
-    sources = parse_sources(args.sources, args.cameras)
+    sources = sources_of(args)
     shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
@@ -166,6 +164,22 @@ def _export(args: argparse.Namespace) -> None:
     r = export_model(args.model, args.format, args.out)
     print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "
           f"max |p - p_keras| = {r['max_abs_diff']:.2g}")
+
+
+def _sensor_args(p: argparse.ArgumentParser) -> None:
+    """--readout-ms / --shutter: what is known of the sensors of the cameras given on the command line (a camera in
+    --cameras YAML says its own: {source: ..., readout_ms: 18} or {source: ..., shutter: global})."""
+    p.add_argument("--readout-ms", type=float, default=None, metavar="MS",
+                   help="the cameras' sensor readout time in ms (default: estimated from the footage where it can be)")
+    p.add_argument("--shutter", default=None, choices=("rolling", "global"),
+                   help="the cameras' shutter; global: never rolling-shutter distorted")
+
+
+def sources_of(args: argparse.Namespace) -> list:
+    """The Sources of a scan/watch/check-footage command line, sensors checked (one line each when wrong)."""
+    from rsdetect.serve.sources import check_sensor, parse_sources
+
+    return parse_sources(args.sources, args.cameras, check_sensor(args.readout_ms, args.shutter, "--readout-ms/--shutter"))
 
 
 def _explain_and_shard_args(p: argparse.ArgumentParser, verb: str) -> None:
@@ -227,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
     sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
+    _sensor_args(sc)
     _explain_and_shard_args(sc, "scan")
     sc.set_defaults(func=_scan)
     w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
@@ -258,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
+    _sensor_args(w)
     _explain_and_shard_args(w, "watch")
     w.set_defaults(func=_watch)
     ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import dataclasses
 import glob
 import math
 import re
@@ -75,12 +76,21 @@ class Sampler:
 
 # ---------------------------------------------------------------- kinds
 
+SHUTTERS = ("rolling", "global")
+# A sensor that takes longer than this to read one frame is not a video sensor (Gyroflow's 971 measured cameras:
+# 6.4-33.4 ms from the 10th to the 90th percentile; a frame at 10 fps lasts 100 ms).
+MAX_READOUT_MS = 200.0
+
+
 @dataclass(frozen=True)
 class Source:
-    """One camera's input. Subclasses are the kinds; `kind` is the name reports use."""
+    """One camera's input. Subclasses are the kinds; `kind` is the name reports use. `readout_ms` and `shutter` are
+    what the user knows of the camera's sensor (None: not told; the video evidence estimates the readout)."""
 
     camera: str
     spec: str
+    readout_ms: float | None = None
+    shutter: str | None = None
     kind: ClassVar[str] = ""
     annotatable: ClassVar[bool] = False  # can be re-read frame by frame to draw scores on (--annotate)
 
@@ -355,39 +365,75 @@ def _split_named(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-def read_cameras_yaml(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(name, source) pairs from a YAML file {cameras: {name: source}}."""
+@dataclass(frozen=True)
+class Sensor:
+    """What is known of a camera's sensor: its readout time in ms and its shutter, each None when not told."""
+
+    readout_ms: float | None = None
+    shutter: str | None = None
+
+
+def check_sensor(readout_ms: object, shutter: object, where: str) -> Sensor:
+    """A Sensor from user input, or a one-line RsdetectError naming `where` and the bad value."""
+    if shutter is not None and shutter not in SHUTTERS:
+        raise RsdetectError(f"{where}: shutter must be 'rolling' or 'global', got {shutter!r}")
+    if readout_ms is not None:
+        if isinstance(readout_ms, bool) or not isinstance(readout_ms, (int, float)) \
+                or not (math.isfinite(readout_ms) and 0 < readout_ms <= MAX_READOUT_MS):
+            raise RsdetectError(f"{where}: readout_ms must be a number of milliseconds in (0, {MAX_READOUT_MS:g}], "
+                                f"got {readout_ms!r}")
+        if shutter == "global":
+            raise RsdetectError(f"{where}: a global shutter has no readout time; give readout_ms or shutter: global, "
+                                "not both")
+    return Sensor(None if readout_ms is None else float(readout_ms), shutter)
+
+
+CAMERA_KEYS = ("source", "readout_ms", "shutter")
+
+
+def read_cameras_yaml(path: str | os.PathLike) -> list[tuple[str, str, Sensor]]:
+    """(name, source, sensor) from a YAML file {cameras: {name: source}}, where a camera may also be a mapping
+    {source: ..., readout_ms: 18} or {source: ..., shutter: global}."""
     path = Path(path)
     raw = read_yaml(path, "cameras file", RsdetectError)
     cams = raw.get("cameras") if isinstance(raw, dict) else None
     if not isinstance(cams, dict) or not cams:
         raise RsdetectError(f"{path}: expected a mapping 'cameras: {{name: source}}'")
     base = path.resolve().parent
-    pairs = []
-    for name, spec in cams.items():
+    entries = []
+    for name, entry in cams.items():
+        where = f"{path}: camera {name!r}"
+        if isinstance(entry, dict):
+            unknown = sorted(map(str, set(entry) - set(CAMERA_KEYS)))
+            if unknown:
+                raise RsdetectError(f"{where}: unknown key {unknown[0]!r} (a camera has {', '.join(CAMERA_KEYS)})")
+            spec, sensor = entry.get("source"), check_sensor(entry.get("readout_ms"), entry.get("shutter"), where)
+        else:
+            spec, sensor = entry, Sensor()
         if not isinstance(spec, str) or not spec:
-            raise RsdetectError(f"{path}: camera {name!r} needs a source string")
+            raise RsdetectError(f"{where} needs a source string")
         # Relative paths are relative to the YAML file, so a cameras file can travel with its footage.
         if not is_url(spec) and not Path(spec).is_absolute():
             spec = str(base / spec)
-        pairs.append((str(name), spec))
-    return pairs
+        entries.append((str(name), spec, sensor))
+    return entries
 
 
-def parse_sources(args: list[str], cameras_yaml: str | None = None) -> list[Source]:
-    """Sources from CLI args (optionally name=source) and a cameras YAML; unnamed ones get unique stem names."""
-    named: list[tuple[str | None, str]] = [_split_named(a) for a in args]
+def parse_sources(args: list[str], cameras_yaml: str | None = None, sensor: Sensor = Sensor()) -> list[Source]:
+    """Sources from CLI args (optionally name=source; `sensor`, from --readout-ms / --shutter, applies to them) and
+    a cameras YAML (each camera's own); unnamed ones get unique stem names."""
+    named: list[tuple[str | None, str, Sensor]] = [(*_split_named(a), sensor) for a in args]
     if cameras_yaml:
         named += read_cameras_yaml(cameras_yaml)
     if not named:
         raise RsdetectError("no sources: give image/video paths, folders, globs, stream URLs or --cameras FILE")
-    explicit = [n for n, _ in named if n is not None]
+    explicit = [n for n, _, _ in named if n is not None]
     dupes = sorted({n for n in explicit if explicit.count(n) > 1})
     if dupes:
         raise RsdetectError(f"camera name {dupes[0]!r} is used twice")
     taken = set(explicit)
     sources = []
-    for name, spec in named:
+    for name, spec, known in named:
         if name is None:
             stem, n = default_camera_name(spec), 1
             name = stem
@@ -395,5 +441,6 @@ def parse_sources(args: list[str], cameras_yaml: str | None = None) -> list[Sour
                 n += 1
                 name = f"{stem}-{n}"
             taken.add(name)
-        sources.append(resolve_source(name, spec))
+        sources.append(dataclasses.replace(resolve_source(name, spec), readout_ms=known.readout_ms,
+                                           shutter=known.shutter))
     return sources
