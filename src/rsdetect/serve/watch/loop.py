@@ -138,13 +138,8 @@ class WatchRecord:
         """Count scored rows (flag stats, metrics) and append them to the frames log."""
         now = time.time()
         for row in rows:
-            cam = row["camera"]
-            self.stats[cam].add(row["flag"], now)
-            self.metrics.scanned.labels(cam).inc()
-            self.metrics.score.labels(cam).observe(row["probability"])
-            if row["flag"]:
-                self.metrics.flagged.labels(cam).inc()
-                self.metrics.last_flagged.labels(cam).set(now)
+            self.stats[row["camera"]].add(row["flag"], now)
+            self.metrics.observe(row, now)
         self.reports.log.write(rows)
 
     def expired(self) -> bool:

@@ -16,6 +16,10 @@ from rsdetect.errors import RsdetectError
 
 # Probability buckets: fine near both ends, where clean frames and flagged frames sit.
 SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Rolling-shutter shear in native px: realistic surveillance shear is 1-7 px (a runner at 10 m in 1080p: 2-7 px;
+# a shaking mount: 1-4 px); sub-pixel buckets show the noise floor, the top ones fast pans.
+SHEAR_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
+READOUT_SOURCES = ("configured", "estimated", "unknown")
 
 
 class WatchMetrics:
@@ -42,13 +46,47 @@ class WatchMetrics:
                                 "frame read (0: none yet)", cam, registry=reg)
         self.last_flagged = Gauge("rsdetect_last_flagged_timestamp_seconds", "Unix time of the camera's last "
                                   "flagged frame (0: none yet)", cam, registry=reg)
+        self.static = Counter("rsdetect_frames_static", "Video frames in which nothing moved: they cannot show "
+                              "rolling-shutter distortion and are not flagged", cam, registry=reg)
+        self.shear = Histogram("rsdetect_rs_shear_px", "Per-frame rolling-shutter shear at native resolution (px "
+                               "between the top and bottom rows of what moves; frames where it is known)", cam,
+                               buckets=SHEAR_BUCKETS, registry=reg)
+        self.readout = Gauge("rsdetect_readout_seconds", "The camera's sensor readout time: as configured, as "
+                             "estimated from its footage, or NaN while unknown (label source)", ["camera", "source"],
+                             registry=reg)
+        self._readout_source: dict[str, str] = {}
 
     def add_camera(self, camera: str) -> None:
         """Make every series of a camera exist from the start (at 0), so a camera that never delivers a frame
         still shows up, down, in a scrape and in `rsdetect_camera_up == 0` alerts."""
         for metric in (self.scanned, self.flagged, self.dropped, self.reconnects, self.read_errors, self.score,
-                       self.up, self.last_frame, self.last_flagged):
+                       self.up, self.last_frame, self.last_flagged, self.static, self.shear):
             metric.labels(camera)
+        self.set_readout(camera, None)
+
+    def observe(self, row: dict[str, Any], now: float) -> None:
+        """Count one scored frame's row."""
+        cam = row["camera"]
+        self.scanned.labels(cam).inc()
+        self.score.labels(cam).observe(row["probability"])
+        if row["flag"]:
+            self.flagged.labels(cam).inc()
+            self.last_flagged.labels(cam).set(now)
+        if row.get("evidence") == "static":
+            self.static.labels(cam).inc()
+        if row.get("rs_shear_px") is not None:
+            self.shear.labels(cam).observe(row["rs_shear_px"])
+
+    def set_readout(self, camera: str, readout: dict[str, Any] | None) -> None:
+        """The camera's readout ({ms, source, ...} as summary.json gives it, None: unknown): one series per camera,
+        labelled with where the value comes from (the old label's series is removed when it changes)."""
+        source = readout["source"] if readout else "unknown"
+        value = readout["ms"] / 1000 if readout and readout.get("ms") is not None else float("nan")
+        old = self._readout_source.get(camera)
+        if old is not None and old != source:
+            self.readout.remove(camera, old)
+        self._readout_source[camera] = source
+        self.readout.labels(camera, source).set(value)
 
     def follow(self, camera: str, health: dict[str, Any], before: dict[str, Any]) -> None:
         """Set a camera's reader metrics from its health snapshots (CameraHealth.snapshot) where the reader runs
