@@ -131,15 +131,48 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping that names one key twice (the message names the key and its line)."""
+
+
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last value silently, so
+    `seed` written twice in params.yaml ran a stage on whichever came last (DVC itself rejects such a file)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: construct_mapping reports it below
+                    continue
+                if duplicate:
+                    raise DuplicateKeyError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> Any:
-    """Parse a YAML file; a missing or malformed file raises `error` with one line naming it."""
+    """Parse a YAML file; a missing, unreadable or malformed file, or one with a key written twice in a mapping,
+    raises `error` with one line naming it."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as exc:
+        raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
