@@ -57,3 +57,65 @@ def test_ctrl_c_in_a_stage_is_one_line_and_exit_130():
         run_stage(main)
     """)
     assert (r.returncode, r.stderr) == (130, "interrupted\n")
+
+
+# ---------------------------------------------------------------- 9: what a killed run leaves
+
+def test_a_killed_runs_temp_file_is_removed_by_the_next_write_and_ignored_by_git(tmp_path):
+    from rsdetect.io import atomic_write_text
+
+    dead_tmp = tmp_path / ".annotations.zip.k3j2.tmp"  # a SIGKILLed download
+    dead_tmp.write_bytes(b"half")
+    os.utime(dead_tmp, (0, 0))
+    other = tmp_path / ".other.zip.k3j2.tmp"
+    other.write_bytes(b"not ours")
+    os.utime(other, (0, 0))
+    atomic_write_text(tmp_path / "annotations.zip", "whole")
+    assert not dead_tmp.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.zip.k3j2.tmp", "annotations.zip"]
+
+    # a SIGKILLed synthesize, run for real: its staging folder is left, then removed by the next run
+    r = run_python(f"""
+        import os, signal
+        from rsdetect.io import staged_dir
+        with staged_dir({str(tmp_path / 'synth')!r}) as stage:
+            (stage / "a.jpg").write_bytes(b"x")
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert r.returncode == -9
+    left = list(tmp_path.glob(".synth.partial.*"))
+    assert len(left) == 1
+    r = run_python(f"""
+        from rsdetect.io import staged_dir
+        with staged_dir({str(tmp_path / 'synth')!r}) as stage:
+            (stage / "b.jpg").write_bytes(b"y")
+    """)  # the next run: a new process, started after the killed one
+    assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.glob(".synth.*")) and [p.name for p in (tmp_path / "synth").iterdir()] == ["b.jpg"]
+
+
+@pytest.mark.parametrize("leftover", ["data/.synth.partial.ab12/images/x.jpg", "data/.synth.old.ab12/m.csv",
+                                      "metrics/.evaluate.json.x1y2.tmp", "watch-out/.staging.q1/summary.json"])
+def test_git_ignores_staging_leftovers(leftover):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    r = subprocess.run(["git", "check-ignore", "--no-index", "-q", leftover], cwd=ROOT)
+    assert r.returncode == 0, f"{leftover} is not ignored"
+    kept = subprocess.run(["git", "check-ignore", "--no-index", "-q", "data/synth.dvc"], cwd=ROOT)
+    assert kept.returncode == 1
+
+
+# ---------------------------------------------------------------- 7: the Dask dashboard
+
+def test_local_dask_cluster_listens_on_loopback_only():
+    psutil = pytest.importorskip("psutil")
+    from rsdetect.serve.shard import open_client
+
+    with open_client(1) as client:
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        listening = {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        dashboard = client.dashboard_link
+    assert listening, "the cluster listens somewhere"
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    assert "127.0.0.1" in dashboard
