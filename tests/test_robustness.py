@@ -119,3 +119,78 @@ def test_local_dask_cluster_listens_on_loopback_only():
     assert listening, "the cluster listens somewhere"
     assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
     assert "127.0.0.1" in dashboard
+
+
+# ---------------------------------------------------------------- scan: long names, unreadable folders, short AVIs
+
+def write_avi(path: Path, n: int, claim: int | None = None, red: bool = True) -> Path:
+    """An MJPG .avi of n 64x48 frames; with `claim`, its headers (avih dwTotalFrames, strh dwLength) say `claim`
+    frames, as an AVI whose index over-counts does."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(np.full((48, 64, 3), (50, 90, 200) if red else (200, 90, 50), np.uint8))
+    writer.release()
+    if claim is not None:
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<I", data, data.find(b"avih") + 8 + 16, claim)
+        struct.pack_into("<I", data, data.find(b"strh") + 8 + 32, claim)
+        path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_video_a_few_frames_short_of_its_claim_is_whole_and_the_shortfall_noted(tmp_path):
+    from rsdetect.serve.sources import SourceError, video_frames
+
+    notes: list[str] = []
+    short = write_avi(tmp_path / "short.avi", 200, claim=202)
+    assert len(list(video_frames(str(short), on_note=notes.append))) == 200
+    assert notes == [f"{short}: 200 frames decoded of the 202 its container claims (2 short; counted, not a failure)"]
+    cut = write_avi(tmp_path / "cut.avi", 200, claim=260)  # 23% missing: a cut copy, still a failure
+    with pytest.raises(SourceError, match="ended early after 200 of 260 frames"):
+        list(video_frames(str(cut), on_note=notes.append))
+    whole = write_avi(tmp_path / "whole.avi", 20)
+    assert len(list(video_frames(str(whole), on_note=notes.append))) == 20 and len(notes) == 1
+
+
+def test_scan_survives_a_long_camera_name_an_unreadable_folder_and_a_short_avi(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("keras")
+    import json
+
+    from conftest import colour_model
+    from rsdetect import cli
+
+    model = tmp_path / "colour.keras"
+    colour_model(32).save(model)
+    long_name = "c" * 250
+    good = write_avi(tmp_path / "good.avi", 6)
+    short = write_avi(tmp_path / "short.avi", 200, claim=202)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "a.png").write_bytes(b"")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):  # the tests run as root, for whom chmod 000 changes nothing: refuse as the kernel would
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", f"{long_name}={good}", str(locked), str(short), "--model", str(model), "--out", str(out)])
+    assert exc.value.code == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"scan: locked: {locked}: cannot list folder (Permission denied)" in err
+    assert "note: " in err and "(2 short; counted, not a failure)" in err
+    cams = json.loads((out / "summary.json").read_text())["cameras"]
+    assert {n: (c["frames_scored"], c["failures"]) for n, c in cams.items()} == \
+        {long_name: (6, 0), "locked": (0, 1), "short": (200, 0)}
+    worst = cams[long_name]["worst_frames"]
+    assert worst and all((out / w["path"]).is_file() and len(Path(w["path"]).name) < 255 for w in worst)
