@@ -194,3 +194,104 @@ def test_scan_survives_a_long_camera_name_an_unreadable_folder_and_a_short_avi(t
         {long_name: (6, 0), "locked": (0, 1), "short": (200, 0)}
     worst = cams[long_name]["worst_frames"]
     assert worst and all((out / w["path"]).is_file() and len(Path(w["path"]).name) < 255 for w in worst)
+
+
+# ---------------------------------------------------------------- 5, 17: pixel limits of every image read
+
+def jpeg(width: int, height: int) -> bytes:
+    import cv2
+    import numpy as np
+
+    ok, buf = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture
+def limit_400(monkeypatch):
+    """images.max_pixels of 20x20 (as load_params would set it from params.yaml)."""
+    from rsdetect.limits import ENV
+
+    monkeypatch.setenv(ENV, "400")
+
+
+def test_load_params_sets_the_decode_limit(tmp_path, monkeypatch):
+    from conftest import params_raw
+
+    import yaml
+    from rsdetect import limits
+    from rsdetect.config import load_params
+
+    monkeypatch.setenv(limits.ENV, "1")  # recorded, so the value load_params sets below is undone after the test
+    monkeypatch.delenv(limits.ENV)
+    assert limits.max_pixels() == limits.FALLBACK_MAX_PIXELS == yaml.safe_load((ROOT / "params.yaml").read_text())["images"]["max_pixels"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw({"images": {"max_pixels": 1234}})))
+    load_params(tmp_path / "params.yaml")
+    assert limits.max_pixels() == 1234
+
+
+def test_every_decoder_refuses_an_image_over_the_limit_before_decoding(tmp_path, limit_400, monkeypatch):
+    import cv2
+
+    from rsdetect.datasets.instances import SkipImage, decode_image
+    from rsdetect.preprocess import decode
+
+    big = tmp_path / "big.jpg"
+    big.write_bytes(jpeg(21, 20))
+    decodes = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decodes.append(1) or real(*a))
+    with pytest.raises(RsdetectError, match=rf"^{big}: image too large: 21x20 px is over the limit of 400 pixels"):
+        decode(big)
+    with pytest.raises(SkipImage, match="too large: 21x20 px"):
+        decode_image(big.read_bytes())
+    assert decodes == []  # refused from the header: nothing was decoded
+    ok = tmp_path / "ok.jpg"
+    ok.write_bytes(jpeg(20, 20))
+    assert decode(ok).shape == (20, 20, 3) and decode_image(ok.read_bytes()).shape == (20, 20, 3)
+
+
+def test_images_under_16_px_are_refused_by_every_decoder(tmp_path):
+    from rsdetect.datasets.instances import SkipImage, decode_image
+    from rsdetect.preprocess import decode
+
+    tiny = tmp_path / "tiny.jpg"
+    tiny.write_bytes(jpeg(1, 1))
+    with pytest.raises(RsdetectError, match=rf"^{tiny}: image too small: 1x1 px \(a side under 16 px\)$"):
+        decode(tiny)
+    with pytest.raises(SkipImage, match="too small: 1x1 px"):
+        decode_image(tiny.read_bytes())
+    thin = tmp_path / "thin.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(thin), np.zeros((15, 300, 3), np.uint8))
+    with pytest.raises(RsdetectError, match="too small: 300x15 px"):
+        decode(thin)
+
+
+def test_scan_counts_images_outside_the_limits_and_scores_the_rest(tmp_path, limit_400):
+    from rsdetect.serve.sources import SourceError, parse_sources
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for name, (w, h) in {"a.jpg": (20, 20), "b.jpg": (1, 1), "c.jpg": (40, 40), "d.jpg": (16, 18)}.items():
+        (folder / name).write_bytes(jpeg(w, h))
+    errors: list[str] = []
+    (source,) = parse_sources([str(folder)])
+    assert [i for i, _, _ in source.frames(errors.append)] == [0, 3]  # b and c never reach the model
+    assert [e.split(": ", 1)[1] for e in errors] == ["image too small: 1x1 px (a side under 16 px)",
+                                                     "image too large: 40x40 px is over the limit of 400 pixels (images.max_pixels)"]
+    video = write_avi(tmp_path / "v.avi", 3)  # 64x48 frames: 3072 px
+    with pytest.raises(SourceError, match=r"v\.avi: frames too large: 64x48 px"):
+        list(parse_sources([str(video)])[0].frames(errors.append))
+
+
+def test_synthesis_skips_and_counts_a_photo_outside_the_limits(tmp_path, limit_400):
+    from rsdetect.synth.twins import SkipImage, read_photo
+
+    (tmp_path / "huge.jpg").write_bytes(jpeg(30, 30))
+    (tmp_path / "dot.jpg").write_bytes(jpeg(1, 1))
+    for name, why in [("huge.jpg", "too large"), ("dot.jpg", "too small")]:
+        with pytest.raises(SkipImage, match=why):
+            read_photo(tmp_path, name)

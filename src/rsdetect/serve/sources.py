@@ -26,6 +26,7 @@ import numpy as np
 
 from rsdetect.errors import RsdetectError
 from rsdetect.io import read_yaml
+from rsdetect.limits import ImageSizeError, check_size
 from rsdetect.preprocess import decode
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -270,6 +271,13 @@ def open_capture(spec: str, timeout_ms: int = STREAM_TIMEOUT_MS) -> cv2.VideoCap
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"{redact(spec)}: cannot open (unreachable stream, not a video, or unsupported codec)")
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        if width > 0 and height > 0:  # 0 where a stream does not say before its first frame
+            check_size(width, height)
+    except ImageSizeError as exc:
+        cap.release()
+        raise SourceError(f"{redact(spec)}: frames {exc}") from None
     return cap
 
 
