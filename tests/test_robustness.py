@@ -295,3 +295,41 @@ def test_synthesis_skips_and_counts_a_photo_outside_the_limits(tmp_path, limit_4
     for name, why in [("huge.jpg", "too large"), ("dot.jpg", "too small")]:
         with pytest.raises(SkipImage, match=why):
             read_photo(tmp_path, name)
+
+
+# ---------------------------------------------------------------- 13: an output that is a symbolic link
+
+def test_an_out_folder_that_is_a_link_is_written_into_its_target(tmp_path):
+    from rsdetect.io import staged_dir
+
+    target = tmp_path / "disk" / "reports"
+    target.mkdir(parents=True)
+    (target / "old.txt").write_text("earlier")
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with staged_dir(link) as stage:
+        (stage / "summary.json").write_text("{}")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert sorted(p.name for p in target.iterdir()) == ["summary.json"]
+    assert sorted(p.name for p in (tmp_path / "disk").iterdir()) == ["reports"]  # no staging leftovers
+
+
+def test_an_out_file_that_is_a_link_is_written_into_its_target(tmp_path):
+    from rsdetect.io import atomic_write_text
+
+    target = tmp_path / "models" / "m.tflite"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "latest.tflite"
+    link.symlink_to(target)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_scan_out_linked_to_the_working_folder_is_refused(tmp_path, monkeypatch):
+    from rsdetect.serve.report_dir import check_report_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").symlink_to(tmp_path)
+    with pytest.raises(RsdetectError, match="is the current folder or above it"):
+        check_report_dir(tmp_path / "here", lambda name: True)

@@ -39,6 +39,13 @@ def file_md5(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def through_links(path: str | os.PathLike) -> Path:
+    """`path`, or where it points if it is a symbolic link: an output that is a link is written into its target
+    (staged and renamed beside the target), never by replacing the link with a real file or folder."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file to write (and check, through its `.name`) that takes `path`'s name only when the block
@@ -47,7 +54,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
     For outputs streamed in chunks (a 250 MB download) or checked before they are kept (an exported model).
     `suffix` is the temp file's ending, for readers that go by it.
     """
-    path = Path(path)
+    path = through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A SIGKILLed run's temp file (a half download); one writer per output, as for staged_dir.
     _remove_stale(path.parent, [f".{glob.escape(path.name)}.*{glob.escape(suffix)}"])
@@ -70,7 +77,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 @contextmanager
 def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A fresh folder beside `path` to fill; it replaces `path` only when the block completes.
+    """A fresh folder beside `path` to fill; it replaces `path` only when the block completes (`path` a link:
+    its target, beside the target; the link stays).
 
     For outputs of many files: plain writes inside (no per-file temp and rename), and an interrupted
     run (an exception, Ctrl-C) leaves the previous folder untouched and no partial one behind.
@@ -80,7 +88,7 @@ def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
     process id of the run that made them, and that process is gone, or they are older than this process.
     This assumes one writer per output on this host (the pipeline runs a stage once at a time).
     """
-    path = Path(path)
+    path = through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(path)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial.{_owner_tag()}"))
