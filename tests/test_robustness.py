@@ -333,3 +333,51 @@ def test_scan_out_linked_to_the_working_folder_is_refused(tmp_path, monkeypatch)
     (tmp_path / "here").symlink_to(tmp_path)
     with pytest.raises(RsdetectError, match="is the current folder or above it"):
         check_report_dir(tmp_path / "here", lambda name: True)
+
+
+# ---------------------------------------------------------------- 11, 12: malformed instances files
+
+def test_fetch_merge_skips_and_counts_malformed_image_entries(tmp_path):
+    import json
+    import shutil
+
+    from rsdetect.datasets.drawn import make_sample_dataset
+
+    drawn, real = tmp_path / "sample", tmp_path / "real"
+    make_sample_dataset(drawn, seed=1, n_images=4, width=80, height=60)
+    shutil.copytree(drawn, real)
+    coco = json.loads((real / "instances.json").read_text())
+    first, second, third = coco["images"][:3]
+    bad_ids = {first["id"], second["id"], third["id"]}
+    orphaned = sum(a["image_id"] in bad_ids for a in coco["annotations"])  # annotations of the three bad entries
+    del first["file_name"]                       # KeyError in the merge before
+    second["id"] = "abc"                         # TypeError in the merge before
+    third["file_name"] = "a\0b.png"              # ValueError (embedded null byte) in synthesize before
+    coco["annotations"].append({"id": "x", "image_id": first["id"], "category_id": 1})
+    (real / "instances.json").write_text(json.dumps(coco))
+    out = tmp_path / "raw"
+    r = subprocess.run([sys.executable, str(ROOT / "src/fetch.py"), str(drawn), str(real), str(out)], cwd=ROOT,
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert sorted((s["part"], s["reason"]) for s in report["skipped_images"]) == [
+        ("real", "file_name contains a NUL byte"), ("real", "image entry has no file_name"),
+        ("real", "image entry has no integer id")]
+    merged = json.loads((out / "instances.json").read_text())
+    assert report["images"] == len(merged["images"]) == 4 + 1
+    n_anns = len(json.loads((drawn / "instances.json").read_text())["annotations"])
+    assert report["skipped_annotations"] == orphaned + 1  # ... and the one with id "x"
+    assert len(merged["annotations"]) == 2 * n_anns - orphaned
+    assert all("\0" not in im["file_name"] for im in merged["images"])
+
+
+def test_synthesis_counts_a_nul_byte_file_name_as_a_skipped_image(tmp_path):
+    import json
+
+    from rsdetect.datasets.instances import checked_instances
+
+    (tmp_path / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "ok.jpg"}, {"id": 2, "file_name": "bad\0.jpg"}], "annotations": []}))
+    checked = checked_instances(tmp_path / "instances.json")
+    assert [im["id"] for im in checked.images] == [1]
+    assert checked.skipped_images == [{"image_id": 2, "file": "bad\0.jpg", "reason": "file_name contains a NUL byte"}]

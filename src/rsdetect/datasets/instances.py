@@ -104,6 +104,8 @@ def file_name_problem(name: object) -> str | None:
     """Why an image entry's file_name cannot be read safely under the dataset's images/ folder, or None."""
     if not isinstance(name, str) or not name.strip():
         return "image entry has no file_name"
+    if "\0" in name:  # no file system takes it: open() raised ValueError and killed synthesize
+        return "file_name contains a NUL byte"
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "file_name points outside the dataset's images folder"
     return None
