@@ -381,3 +381,74 @@ def test_synthesis_counts_a_nul_byte_file_name_as_a_skipped_image(tmp_path):
     checked = checked_instances(tmp_path / "instances.json")
     assert [im["id"] for im in checked.images] == [1]
     assert checked.skipped_images == [{"image_id": 2, "file": "bad\0.jpg", "reason": "file_name contains a NUL byte"}]
+
+
+# ---------------------------------------------------------------- 15: check-photos' --exclude
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    import json
+
+    from rsdetect.datasets.drawn import make_sample_dataset
+
+    src = tmp_path / "src"
+    make_sample_dataset(src, seed=2, n_images=6, width=80, height=60)
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    for p in (src / "images").iterdir():
+        (folder / "images" / p.name).write_bytes(p.read_bytes())
+    coco = json.loads((src / "instances.json").read_text())
+    del coco["images"][0]["file_name"]  # refused by the instances checks: counted, not silently dropped
+    (folder / "instances_x.json").write_text(json.dumps(coco))
+    return folder, coco
+
+
+def test_check_photos_counts_what_it_leaves_out_and_finds_the_default_exclude_from_anywhere(photo_folder, tmp_path,
+                                                                                            monkeypatch):
+    import json
+
+    from rsdetect.evaluation.photos import held_out_photos
+
+    folder, coco = photo_folder
+    project = tmp_path / "project"
+    (project / "data" / "coco-licensed").mkdir(parents=True)
+    (project / "data" / "coco-licensed" / "instances.json").write_text(json.dumps({"images": coco["images"][1:3]}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    default = ["data/coco-licensed/instances.json"]
+    with pytest.raises(RsdetectError, match=r"^--exclude data/coco-licensed/instances\.json: no such instances file;"):
+        held_out_photos([folder], default)  # no project folder to look in: one line, not a traceback
+    photos = held_out_photos([folder], default, base=project)
+    assert sorted(im["id"] for _, im, _ in photos) == sorted(im["id"] for im in coco["images"][3:])
+    assert photos.excluded == 2
+    assert [(e["image_id"], e["reason"]) for e in photos.skipped_entries] == [(coco["images"][0]["id"],
+                                                                              "image entry has no file_name")]
+
+
+@pytest.mark.parametrize("content, why", [('{"annotations": []}', "not an instances file \\(needs an 'images' list\\)"),
+                                          ("[1, 2]", "not an instances file"), ("{oops", "cannot read it as JSON")])
+def test_a_malformed_exclude_file_is_one_line(photo_folder, tmp_path, content, why):
+    from rsdetect.evaluation.photos import held_out_photos
+
+    bad = tmp_path / "seen.json"
+    bad.write_text(content)
+    with pytest.raises(RsdetectError, match=rf"^--exclude {bad}: {why}"):
+        held_out_photos([photo_folder[0]], [bad])
+
+
+def test_check_photos_cli_with_a_malformed_exclude_is_one_line(photo_folder, tmp_path, capsys):
+    pytest.importorskip("keras")
+    from conftest import colour_model
+    from rsdetect import cli
+
+    model, evaluation = tmp_path / "m.keras", tmp_path / "evaluate.json"
+    colour_model(32).save(model)
+    evaluation.write_text('{"models": {"cnn": {"threshold": 0.5}}}')
+    (tmp_path / "seen.json").write_text('{"annotations": []}')
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["check-photos", str(photo_folder[0]), "--exclude", str(tmp_path / "seen.json"), "--model", str(model),
+                  "--evaluation", str(evaluation), "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "r.json")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"error: --exclude {tmp_path / 'seen.json'}: not an instances file (needs an 'images' list)\n"
+    assert not (tmp_path / "r.json").exists()
