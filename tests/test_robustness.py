@@ -452,3 +452,41 @@ def test_check_photos_cli_with_a_malformed_exclude_is_one_line(photo_folder, tmp
     assert exc.value.code == 2
     assert capsys.readouterr().err == f"error: --exclude {tmp_path / 'seen.json'}: not an instances file (needs an 'images' list)\n"
     assert not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------- 6: a hostile model folder
+
+class _Hostile:
+    """Unpickling this runs code: it writes a marker file, then raises (a hostile python_model.pkl)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        code = f"open({self.marker!r}, 'w').write('ran'); raise RuntimeError('hostile payload')"
+        return (exec, (code,))
+
+
+def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, capsys):
+    """Why docs/security.md says model folders must be trusted: loading one runs its code. The error is one line."""
+    mlflow = pytest.importorskip("mlflow")
+    import pickle
+
+    from rsdetect import cli
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    folder = tmp_path / "model"
+    mlflow.pyfunc.save_model(folder, python_model=Echo())
+    marker = tmp_path / "pwned"
+    (folder / "python_model.pkl").write_bytes(pickle.dumps(_Hostile(str(marker))))
+    video = write_avi(tmp_path / "v.avi", 2)
+    capsys.readouterr()  # MLflow's own notes while saving the folder above
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["scan", str(video), "--model", str(folder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and marker.read_text() == "ran"
+    assert err.startswith(f"error: {folder}: cannot load model (RuntimeError: hostile payload); ") and err.count("\n") == 1
+    assert "docs/security.md" in err and not (tmp_path / "out").exists()
