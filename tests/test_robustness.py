@@ -467,6 +467,7 @@ class _Hostile:
         return (exec, (code,))
 
 
+@pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")  # MLflow's advice on saving the stand-in model
 def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, capsys):
     """Why docs/security.md says model folders must be trusted: loading one runs its code. The error is one line."""
     mlflow = pytest.importorskip("mlflow")
@@ -490,3 +491,38 @@ def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, ca
     assert exc.value.code == 2 and marker.read_text() == "ran"
     assert err.startswith(f"error: {folder}: cannot load model (RuntimeError: hostile payload); ") and err.count("\n") == 1
     assert "docs/security.md" in err and not (tmp_path / "out").exists()
+
+
+def test_file_stems_are_bounded_and_stay_unique():
+    from rsdetect.serve.reports import MAX_STEM, file_stems
+
+    a, b = "x" * 250, "x" * 249 + "y"  # alike for their first MAX_STEM characters
+    stems = file_stems([a, b, "door", "door!"])
+    assert all(len(s) <= MAX_STEM for s in stems.values())
+    assert len(set(stems.values())) == 4
+    assert stems["door"] != stems["door!"] and stems["door"].startswith("door")
+    assert stems[a].startswith("x" * (MAX_STEM - 9)) and stems[a] != stems[b]
+    assert file_stems(["door"]) == {"door": "door"}  # short, unique names are kept as they are
+
+
+def test_watch_keeps_the_reports_of_a_long_named_camera_and_a_short_avi(tmp_path, capsys):
+    pytest.importorskip("keras")
+    from conftest import colour_model
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.sources import parse_sources
+    from rsdetect.serve.watch.loop import WatchOptions, run_watch
+    from rsdetect.serve.watch.metrics import WatchMetrics
+
+    path = tmp_path / "colour.keras"
+    colour_model(32).save(path)
+    long_name = "w" * 250
+    sources = parse_sources([f"{long_name}={write_avi(tmp_path / 'good.avi', 6)}",
+                             str(write_avi(tmp_path / "short.avi", 200, claim=202))])
+    result = run_watch(sources, load_model(str(path)), tmp_path / "w",
+                       WatchOptions(batch=4, reconnect_initial=0.2, reconnect_max=0.4, stall_timeout=2.0,
+                                    summary_interval=0.3, queue_frames=256), WatchMetrics())
+    assert result.stopped_by == "sources ended"
+    cams = result.summary["cameras"]
+    assert cams[long_name]["frames_scored"] == 6 and cams["short"]["frames_scored"] == 200
+    assert all((result.out_dir / w["path"]).is_file() for w in cams[long_name]["worst_frames"])
+    assert "(2 short; counted, not a failure)" in capsys.readouterr().err

@@ -108,8 +108,10 @@ class Source:
         return n
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
-        """Sampled frames in order; SourceError (raised on first use at the latest) ends the source."""
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        """Sampled frames in order; SourceError (raised on first use at the latest) ends the source. `on_error`
+        counts a failure and the source goes on; `on_note` (default: a line on stderr) counts what is not one,
+        such as a video a few frames short of its container's claim."""
         raise NotImplementedError
 
     def frame_source(self, frame_index: int) -> str:
@@ -128,8 +130,8 @@ class StreamSource(Source):
         return cls(camera, spec) if is_url(spec) else None
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
-        return video_frames(self.spec, every, fps, max_frames)
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        return video_frames(self.spec, every, fps, max_frames, on_note=on_note)
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ class ImageSource(Source):
         return math.ceil(len(self.paths) / every)
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
         if not self.paths:
             raise SourceError(f"{self.spec}: no image files found")
         yield from image_frames(self.paths, on_error, every, max_frames)
@@ -207,7 +209,7 @@ class UnreadableSource(Source):
         return None
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
         raise SourceError(f"{self.spec}: {self.reason}")
         yield  # pragma: no cover  (a generator: the error comes on first use, inside the scan)
 
@@ -223,7 +225,7 @@ class MissingSource(Source):
         return cls(camera, spec)
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
         raise SourceError(f"{self.spec}: no such file, folder or matching glob")
         yield  # pragma: no cover  (makes this a generator: the error comes on first use, inside the scan)
 
