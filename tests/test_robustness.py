@@ -467,7 +467,6 @@ class _Hostile:
         return (exec, (code,))
 
 
-@pytest.mark.filterwarnings("ignore:Add type hints:UserWarning")  # MLflow's advice on saving the stand-in model
 def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, capsys):
     """Why docs/security.md says model folders must be trusted: loading one runs its code. The error is one line."""
     mlflow = pytest.importorskip("mlflow")
@@ -475,12 +474,17 @@ def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, ca
 
     from rsdetect import cli
 
-    class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input):
-            return model_input
+    import warnings
 
     folder = tmp_path / "model"
-    mlflow.pyfunc.save_model(folder, python_model=Echo())
+    with warnings.catch_warnings():  # MLflow's advice on type hints, for the stand-in model
+        warnings.simplefilter("ignore")
+
+        class Echo(mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input):
+                return model_input
+
+        mlflow.pyfunc.save_model(folder, python_model=Echo())
     marker = tmp_path / "pwned"
     (folder / "python_model.pkl").write_bytes(pickle.dumps(_Hostile(str(marker))))
     video = write_avi(tmp_path / "v.avi", 2)
