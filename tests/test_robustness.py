@@ -530,3 +530,25 @@ def test_watch_keeps_the_reports_of_a_long_named_camera_and_a_short_avi(tmp_path
     assert cams[long_name]["frames_scored"] == 6 and cams["short"]["frames_scored"] == 200
     assert all((result.out_dir / w["path"]).is_file() for w in cams[long_name]["worst_frames"])
     assert "(2 short; counted, not a failure)" in capsys.readouterr().err
+
+
+def test_a_small_jpeg_declaring_20000x20000_pixels_is_refused_without_allocating_them():
+    """715 bytes whose header says 20000 x 20000: OpenCV alone decodes it into 1.2 GB (peak RSS +2.3 GB measured);
+    decode refuses it from the header. Run in a fresh process so the peak RSS is this decode's."""
+    r = run_python("""
+        import resource, struct
+        import cv2, numpy as np
+        from rsdetect.errors import RsdetectError
+        from rsdetect.preprocess import decode
+        data = bytearray(cv2.imencode(".jpg", np.full((64, 64, 3), 120, np.uint8))[1].tobytes())
+        struct.pack_into(">HH", data, data.find(b"\\xff\\xc0") + 5, 20000, 20000)  # SOF0 height, width
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            decode(bytes(data), "huge.jpg")
+        except RsdetectError as exc:
+            print(exc)
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+    """)
+    message, grown_mb = r.stdout.splitlines()
+    assert message.startswith("huge.jpg: image too large: its header declares over ")
+    assert int(grown_mb) < 100  # a decode would need 1200 MB for the pixels alone
