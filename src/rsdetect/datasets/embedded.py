@@ -91,7 +91,9 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
     """
     from rsdetect.datasets.instances import checked_instances, load_instances
 
-    images, annotations, categories = [], [], {}
+    images: list[dict] = []
+    annotations: list[dict] = []
+    categories: dict[int, dict] = {}
     skipped_images: list[dict] = []
     skipped_annotations = 0
     for folder, prefix, offset in parts:
