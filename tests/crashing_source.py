@@ -20,7 +20,7 @@ class AbortingSource(Source):
     def count(self, every, fps):
         return None
 
-    def frames(self, on_error, every=1, fps=None, max_frames=None):
+    def frames(self, on_error, every=1, fps=None, max_frames=None, on_note=None):
         rng = np.random.default_rng(0)
         for i in range(self.good):
             yield i, i / 25, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)

@@ -66,6 +66,8 @@ def _without(path: str) -> dict:
     (params_raw({"register": {"metric": "auc"}}), "register.metric"),
     (params_raw({"register": {"model_name": None}}), "register.model_name"),
     (params_raw({"register": {"alias": "  "}}), "register.alias"),
+    (params_raw({"images": {"max_pixels": 10}}), "images.max_pixels"),
+    (params_raw({"images": {"max_pixels": 10**9}}), "images.max_pixels"),
     (params_raw({"baselines": {"lines": {"max_tilt_deg": 60}}}), "baselines.lines.max_tilt_deg"),
     (params_raw({"baselines": {"lines": {"bands": 2}}}), "baselines.lines.bands"),
     (params_raw({"baselines": {"lines": {"min_length_frac": 0}}}), "baselines.lines.min_length_frac"),
@@ -123,7 +125,7 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
 def test_schema_has_no_defaults():
     """Every field of every group is required: a value can only come from params.yaml."""
     models = _models(Params)
-    assert len(models) == 15  # Params, its 11 groups, fetch.sample, fetch.coco2017, baselines.lines
+    assert len(models) == 16  # Params, its 12 groups, fetch.sample, fetch.coco2017, baselines.lines
     optional = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items() if not f.is_required()]
     assert optional == []
 

@@ -213,9 +213,9 @@ def test_score_frames_is_the_max_over_each_frames_tiles_whatever_the_batch():
 # ---------------------------------------------------------------- decoding
 
 def test_decode_formats_and_channel_order(tmp_path):
-    rgb = np.zeros((6, 8, 3), np.uint8)
-    rgb[:, :4] = (250, 10, 10)
-    rgb[:, 4:] = (10, 20, 240)
+    rgb = np.zeros((16, 24, 3), np.uint8)  # 16 px: the smallest side decode takes (rsdetect.limits)
+    rgb[:, :12] = (250, 10, 10)
+    rgb[:, 12:] = (10, 20, 240)
     png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
     np.testing.assert_array_equal(decode(png), rgb)  # RGB, not OpenCV's BGR
     path = tmp_path / "f.png"
@@ -224,8 +224,8 @@ def test_decode_formats_and_channel_order(tmp_path):
     np.testing.assert_array_equal(decode(str(path)), rgb)
     gray = rgb[..., 1].copy()
     g = decode(cv2.imencode(".png", gray)[1].tobytes())
-    assert g.shape == (6, 8, 3) and all(np.array_equal(g[..., c], gray) for c in range(3))
-    bgra = np.dstack([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), np.full((6, 8), 128, np.uint8)])
+    assert g.shape == (16, 24, 3) and all(np.array_equal(g[..., c], gray) for c in range(3))
+    bgra = np.dstack([cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), np.full((16, 24), 128, np.uint8)])
     np.testing.assert_array_equal(decode(cv2.imencode(".png", bgra)[1].tobytes()), rgb)  # alpha dropped
     deep = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257  # 16-bit: 255 -> 65535
     np.testing.assert_array_equal(decode(cv2.imencode(".png", deep)[1].tobytes()), rgb)

@@ -16,6 +16,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 from pydantic_core import PydanticCustomError
 
 from rsdetect.errors import RsdetectError
+from rsdetect.limits import MIN_SIDE, set_max_pixels
+
+PILLOW_HEADER_CEILING = 2 * 89_478_485  # 2 x PIL.Image.MAX_IMAGE_PIXELS: above it Pillow refuses without a size
 
 
 class ConfigError(RsdetectError):
@@ -274,6 +277,13 @@ class ShearParams(_Group):
     gradient_quantile: Float(ge=0, lt=1)    # ... and only the strongest (gradient magnitude above this quantile)
 
 
+class ImageParams(_Group):
+    """Limits of every image decoded (rsdetect.limits): pipeline photos, scanned images, video frames."""
+    # An image is decoded only after its header's width x height passes this. The floor is the smallest image
+    # kept (limits.MIN_SIDE squared); the ceiling is where Pillow, which reads the headers, stops reporting sizes.
+    max_pixels: Int(ge=MIN_SIDE * MIN_SIDE, le=PILLOW_HEADER_CEILING)
+
+
 class EvaluateParams(_Group):
     target_precision: Float(gt=0, le=1)
     n_thresholds: Int(ge=2)
@@ -304,6 +314,7 @@ class Params(_Group):
     baselines: BaselineParams
     shear: ShearParams
     evaluate: EvaluateParams
+    images: ImageParams
     register: RegisterParams = Field()  # an explicit Field: a bare annotation would take ABCMeta.register as its default
 
     @model_validator(mode="after")
@@ -346,7 +357,10 @@ def parse_params(raw: Any) -> Params:
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+    """Read and validate params.yaml; its images.max_pixels becomes this process's decode limit (rsdetect.limits),
+    so every image read after loading the params is bounded by it without each caller passing it on."""
     from rsdetect.io import read_yaml
 
-    return parse_params(read_yaml(path, "params file", ConfigError))
+    params = parse_params(read_yaml(path, "params file", ConfigError))
+    set_max_pixels(params.images.max_pixels)
+    return params

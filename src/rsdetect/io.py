@@ -5,6 +5,7 @@ writes an output or fingerprints a file uses these.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -38,6 +39,13 @@ def file_md5(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def through_links(path: str | os.PathLike) -> Path:
+    """`path`, or where it points if it is a symbolic link: an output that is a link is written into its target
+    (staged and renamed beside the target), never by replacing the link with a real file or folder."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[BinaryIO]:
     """A binary file to write (and check, through its `.name`) that takes `path`'s name only when the block
@@ -46,9 +54,11 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Binar
     For outputs streamed in chunks (a 250 MB download) or checked before they are kept (an exported model).
     `suffix` is the temp file's ending, for readers that go by it.
     """
-    path = Path(path)
+    path = through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    # A SIGKILLed run's temp file (a half download); one writer per output, as for staged_dir.
+    _remove_stale(path.parent, [f".{glob.escape(path.name)}.*{glob.escape(suffix)}"])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}", suffix=suffix)
     try:
         os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; outputs should be as readable as any file
         os.close(fd)
@@ -67,20 +77,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 @contextmanager
 def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A fresh folder beside `path` to fill; it replaces `path` only when the block completes.
+    """A fresh folder beside `path` to fill; it replaces `path` only when the block completes (`path` a link:
+    its target, beside the target; the link stays).
 
     For outputs of many files: plain writes inside (no per-file temp and rename), and an interrupted
     run (an exception, Ctrl-C) leaves the previous folder untouched and no partial one behind.
 
     A run killed outright (SIGKILL, power loss) cannot clean up, so each run first removes the
-    `.NAME.partial.*` and `.NAME.old.*` siblings of `path` that are older than this process: they can only
-    be a dead run's. This assumes one writer per output (the pipeline runs a stage once at a time);
-    siblings made after this process started are left alone in case another run is alive.
+    `.NAME.partial.*` and `.NAME.old.*` siblings of `path` that are a dead run's: their name carries the
+    process id of the run that made them, and that process is gone, or they are older than this process.
+    This assumes one writer per output on this host (the pipeline runs a stage once at a time).
     """
-    path = Path(path)
+    path = through_links(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(path)
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial."))
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.partial.{_owner_tag()}"))
     try:
         yield stage
     except BaseException:
@@ -108,12 +119,42 @@ def _process_start() -> float:
 def remove_stale_siblings(path: Path) -> list[Path]:
     """Remove `.NAME.partial.*` / `.NAME.old.*` folders beside `path` left by a run that died before this one
     started (modified before this process began); returns what was removed."""
+    name = glob.escape(path.name)
+    return _remove_stale(path.parent, [f".{name}.partial.*", f".{name}.old.*"])
+
+
+_OWNER = re.compile(r"\.p(\d+)\.")  # the process id _owner_tag writes into a temp name
+
+
+def _owner_tag() -> str:
+    """The part of a temp name that says which process made it, so a later run can tell a dead run's leftovers
+    from a live one's even when the two started within the same second."""
+    return f"p{os.getpid()}."
+
+
+def _owner_dead(name: str) -> bool:
+    """True if `name` carries the process id of a process that no longer runs on this host."""
+    match = _OWNER.search(name)
+    if match is None or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
+
+
+def _remove_stale(folder: Path, patterns: list[str]) -> list[Path]:
+    """Remove what matches `patterns` in `folder` and is a dead run's: its maker's process id (in the name) is
+    gone, or it was last modified before this process started."""
     started = _process_start() - 1.0  # /proc's start time is to the clock tick; btime to the second
     removed = []
-    for prefix in (f".{path.name}.partial.", f".{path.name}.old."):
-        for stale in path.parent.glob(f"{prefix}*"):
+    for pattern in patterns:
+        for stale in folder.glob(pattern):
             try:
-                if stale.lstat().st_mtime < started:
+                if _owner_dead(stale.name) or stale.lstat().st_mtime < started:
                     shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
                     removed.append(stale)
             except FileNotFoundError:  # another cleanup got there first
@@ -131,15 +172,48 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping that names one key twice (the message names the key and its line)."""
+
+
+def _unique_key_loader() -> type:
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last value silently, so
+    `seed` written twice in params.yaml ran a stage on whichever came last (DVC itself rejects such a file)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: construct_mapping reports it below
+                    continue
+                if duplicate:
+                    raise DuplicateKeyError(f"key {key!r} appears twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> Any:
-    """Parse a YAML file; a missing or malformed file raises `error` with one line naming it."""
+    """Parse a YAML file; a missing, unreadable or malformed file, or one with a key written twice in a mapping,
+    raises `error` with one line naming it."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as exc:
+        raise error(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 

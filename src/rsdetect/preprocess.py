@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from rsdetect.errors import RsdetectError
+from rsdetect.limits import ImageSizeError, check_encoded, check_size
 
 # Tiles along the long side start at most TILE_STRIDE * S apart. At one half, any detail up to S/2 wide that a
 # tile border cuts lies whole inside the neighbouring tile; a 16:9 frame takes 3 tiles.
@@ -33,8 +34,9 @@ ScoreFn = Callable[[np.ndarray], object]  # (n, S, S, 3) float32 RGB 0-255 -> n 
 def decode(data: bytes | bytearray | memoryview | str | os.PathLike, name: str | None = None) -> np.ndarray:
     """Encoded image bytes, or the path of an image file, as RGB uint8 (H, W, 3).
 
-    Grayscale is repeated to three channels, alpha dropped, 16-bit scaled to 8-bit. Anything unreadable or
-    undecodable raises RsdetectError naming `name` (default: the path, or "input image").
+    Grayscale is repeated to three channels, alpha dropped, 16-bit scaled to 8-bit. Anything unreadable,
+    undecodable, or outside the pixel limits (rsdetect.limits: over images.max_pixels, or a side under 16 px)
+    raises RsdetectError naming `name` (default: the path, or "input image").
     """
     if isinstance(data, (str, os.PathLike)):
         name = name or str(data)
@@ -44,11 +46,19 @@ def decode(data: bytes | bytearray | memoryview | str | os.PathLike, name: str |
             raise RsdetectError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
     name = name or "input image"
     buf = np.frombuffer(data, np.uint8)
+    try:
+        check_encoded(buf)  # before decoding: a 6 MB JPEG can declare 400 M pixels (2.4 GB decoded)
+    except ImageSizeError as exc:
+        raise RsdetectError(f"{name}: image {exc}") from None
     # IMREAD_UNCHANGED, not IMREAD_COLOR: no EXIF rotation, so rows stay sensor rows (rolling shutter acts along
     # them) as in synthesis (data.decode_image); 16-bit and alpha are converted below rather than by OpenCV.
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
     if img is None:
         raise RsdetectError(f"{name}: cannot decode image (corrupt, truncated or not an image)")
+    try:
+        check_size(img.shape[1], img.shape[0])  # again, for formats whose header Pillow cannot read
+    except ImageSizeError as exc:
+        raise RsdetectError(f"{name}: image {exc}") from None
     if img.dtype == np.uint16:
         img = (img / 257.0 + 0.5).astype(np.uint8)  # 65535 -> 255, rounded
     elif img.dtype != np.uint8:

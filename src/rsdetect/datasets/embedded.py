@@ -84,19 +84,34 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
     """Merge COCO-format folders into `out` (images/<prefix>/..., instances.json), as `fetch` does for the default.
 
     Each part is (folder, prefix, id_offset): its files go under images/<prefix>/ and its image and annotation
-    ids are shifted by id_offset, so ids stay unique. Categories keep their COCO ids.
+    ids are shifted by id_offset, so ids stay unique. Categories keep their COCO ids. Each part goes through the
+    checks every other reader uses (instances.checked_instances): an image entry without a usable id or
+    file_name, and an annotation without integer ids or on such an image, is left out and counted in the report
+    (`skipped_images`, `skipped_annotations`) instead of stopping the merge with a traceback.
     """
-    from rsdetect.datasets.instances import load_instances
+    from rsdetect.datasets.instances import checked_instances, load_instances
 
-    images, annotations, categories = [], [], {}
+    images: list[dict] = []
+    annotations: list[dict] = []
+    categories: dict[int, dict] = {}
+    skipped_images: list[dict] = []
+    skipped_annotations = 0
     for folder, prefix, offset in parts:
         folder = Path(folder)
         coco = load_instances(folder / "instances.json")
-        for c in coco.get("categories", []):  # COCO's own ids (person = 1 in both parts)
+        for c in coco.get("categories") or []:  # COCO's own ids (person = 1 in both parts)
+            if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
+                raise RsdetectError(f"{folder / 'instances.json'}: a category needs an integer id and a name, got {c!r:.80}")
             if categories.setdefault(c["id"], c)["name"] != c["name"]:
                 raise RsdetectError(f"{folder}: category id {c['id']} is {c['name']!r} here but {categories[c['id']]['name']!r} elsewhere")
-        images += [{**im, "id": im["id"] + offset, "file_name": f"{prefix}/{im['file_name']}"} for im in coco["images"]]
-        annotations += [{**a, "id": a["id"] + offset, "image_id": a["image_id"] + offset} for a in coco["annotations"]]
+        checked = checked_instances(folder / "instances.json")
+        skipped_images += [{**s, "part": prefix} for s in checked.skipped_images]
+        valid = {im["id"] for im in checked.images}
+        kept = [a for a in coco["annotations"] if isinstance(a, dict) and type(a.get("id")) is int
+                and type(a.get("image_id")) is int and a["image_id"] in valid]
+        skipped_annotations += len(coco["annotations"]) - len(kept)
+        images += [{**im, "id": im["id"] + offset, "file_name": f"{prefix}/{im['file_name']}"} for im in checked.images]
+        annotations += [{**a, "id": a["id"] + offset, "image_id": a["image_id"] + offset} for a in kept]
     ids = [im["id"] for im in images]
     if len(set(ids)) != len(ids):
         raise RsdetectError(f"{out}: image ids collide when merging {', '.join(str(p[0]) for p in parts)}")
@@ -107,4 +122,5 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
         for folder, prefix, _ in parts:
             if (Path(folder) / "ATTRIBUTION.md").is_file():
                 shutil.copyfile(Path(folder) / "ATTRIBUTION.md", stage / f"ATTRIBUTION-{prefix}.md")
-    return {"images": len(images), "annotations": len(annotations), "parts": [p[1] for p in parts]}
+    return {"images": len(images), "annotations": len(annotations), "parts": [p[1] for p in parts],
+            "skipped_images": skipped_images, "skipped_annotations": skipped_annotations}

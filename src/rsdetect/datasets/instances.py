@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from rsdetect.errors import RsdetectError
+from rsdetect.limits import ImageSizeError, check_encoded, check_size
 
 COCO_PERSON_ID = 1  # COCO's own id for "person": the fallback for a file that lists no categories at all
 
@@ -103,6 +104,8 @@ def file_name_problem(name: object) -> str | None:
     """Why an image entry's file_name cannot be read safely under the dataset's images/ folder, or None."""
     if not isinstance(name, str) or not name.strip():
         return "image entry has no file_name"
+    if "\0" in name:  # no file system takes it: open() raised ValueError and killed synthesize
+        return "file_name contains a NUL byte"
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in PurePosixPath(name.replace("\\", "/")).parts:
         return "file_name points outside the dataset's images folder"
     return None
@@ -166,12 +169,21 @@ def is_truncated_jpeg(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, name: str = "") -> np.ndarray:
-    """Decode image bytes to 8-bit BGR; grayscale and 16-bit are converted, anything undecodable is SkipImage."""
+    """Decode image bytes to 8-bit BGR; grayscale and 16-bit are converted, anything undecodable or outside the
+    pixel limits (rsdetect.limits) is SkipImage."""
     if not data:
         raise SkipImage("empty file")
+    try:
+        check_encoded(data)  # before decoding: a 6 MB JPEG can declare 400 M pixels (2.4 GB decoded)
+    except ImageSizeError as exc:
+        raise SkipImage(f"image {exc}") from None
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise SkipImage("image cannot be decoded (corrupt or truncated)")
+    try:
+        check_size(img.shape[1], img.shape[0])  # again, for formats whose header Pillow cannot read
+    except ImageSizeError as exc:
+        raise SkipImage(f"image {exc}") from None
     if img.dtype == np.uint16:
         img = (img / 257.0 + 0.5).astype(np.uint8)
     elif img.dtype != np.uint8:

@@ -26,19 +26,56 @@ from rsdetect.datasets.instances import checked_instances
 CHECK_TAG = 0xC0C0  # keeps these draws apart from the fixed sets' and the training stream's
 
 
-def held_out_photos(folders: list[str | Path], exclude: list[str | Path]) -> list[tuple[Path, dict, list[dict]]]:
+class HeldOutPhotos(list):
+    """held_out_photos' list of (image path, image entry, person annotations), with what was left out and why:
+    `excluded` (photos listed by an --exclude file) and `skipped_entries` (entries the instances checks refused,
+    {"image_id", "file", "reason"}); check_photos counts both in its report."""
+
+    def __init__(self, photos: list, excluded: int, skipped_entries: list[dict]) -> None:
+        super().__init__(photos)
+        self.excluded, self.skipped_entries = excluded, skipped_entries
+
+
+def _exclude_file(path: str | Path, base: Path | None) -> Path:
+    """An --exclude file: as given, or (relative and absent from the working folder) under `base`, the project
+    folder the default --exclude is relative to; one line naming it if it is in neither."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and base is not None and (base / path).is_file():
+        return base / path
+    if not path.is_file():
+        where = f" (nor under {base})" if base is not None and not path.is_absolute() else ""
+        raise RsdetectError(f"--exclude {path}: no such instances file{where}; give the instances file of the photos "
+                            f"the model may have trained on, or --exclude with no file to exclude none")
+    return path
+
+
+def excluded_ids(path: Path) -> set:
+    """The image ids an --exclude instances file lists (it may list images only, no annotations); one line
+    naming it if it is not JSON with an 'images' list."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RsdetectError(f"--exclude {path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise RsdetectError(f"--exclude {path}: not an instances file (needs an 'images' list)")
+    return {im.get("id") for im in data["images"] if isinstance(im, dict)}
+
+
+def held_out_photos(folders: list[str | Path], exclude: list[str | Path], base: str | Path | None = None) -> HeldOutPhotos:
     """(image path, image entry, person annotations) of every photo in `folders` whose COCO id is in no
-    `exclude` instances file."""
-    excluded = set()
+    `exclude` instances file; relative `exclude` paths missing from the working folder are looked up under `base`
+    (the project folder: the default --exclude is relative to it). Entries left out are counted on the result."""
+    excluded: set = set()
     for path in exclude:
-        # an exclude file may list images only (no annotations): read its ids, not a whole instances file
-        excluded |= {im.get("id") for im in json.loads(Path(path).read_text())["images"] if isinstance(im, dict)}
-    out = []
+        excluded |= excluded_ids(_exclude_file(path, Path(base) if base is not None else None))
+    out, skipped, n_excluded = [], [], 0
     for folder in map(Path, folders):
         inst = checked_instances(instances_file(folder))  # the entry checks and person rule synthesis uses
-        out += [(folder / "images" / im["file_name"], im, inst.people.get(im["id"], []))
-                for im in inst.images if im["id"] not in excluded]
-    return out
+        skipped += [{**entry, "folder": str(folder)} for entry in inst.skipped_images]
+        kept = [im for im in inst.images if im["id"] not in excluded]
+        n_excluded += len(inst.images) - len(kept)
+        out += [(folder / "images" / im["file_name"], im, inst.people.get(im["id"], [])) for im in kept]
+    return HeldOutPhotos(out, n_excluded, skipped)
 
 
 def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple[Path, dict, list[dict]]],
@@ -70,6 +107,7 @@ def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple
     whole, _ = score_frames(score_fn, originals, image_size)
     y = np.array([r["label"] for r in rows])
     return {"photos": len(originals), "skipped": skipped, "pairs": len(rows) // 2, "threshold": threshold,
+            "excluded": getattr(photos, "excluded", 0), "skipped_entries": getattr(photos, "skipped_entries", []),
             "pairs_metrics": binary_metrics(y, prob, threshold), "breakdown": recall_breakdown(rows, prob, threshold),
             "ordinary_photos_flagged": float(np.mean(whole >= threshold)), "ordinary_photos": len(whole),
             "twins_flagged": float(np.mean(prob[y == 0] >= threshold))}

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from rsdetect.serve.sources import FrameItem, OnError, Source, SourceError, StreamSource, redact, video_frames
+from rsdetect.serve.sources import (FrameItem, OnError, OnNote, Source, SourceError, StreamSource, note_to_stderr,
+                                    redact, video_frames)
 
 CONTEXT = "forkserver"
 PRELOAD = ["rsdetect.serve.sources"]  # imported once by the forkserver: OpenCV and numpy, not TensorFlow
@@ -48,12 +49,14 @@ class ReadRequest:
     timeout_ms: int | None = None
 
 
-def source_frames(source: Source, on_error: OnError, request: ReadRequest) -> Iterator[FrameItem]:
+def source_frames(source: Source, on_error: OnError, request: ReadRequest,
+                  on_note: OnNote | None = None) -> Iterator[FrameItem]:
     """The frames of `source` as this process reads them: Source.frames, or for a stream with a stall timeout,
     video_frames with that timeout."""
     if isinstance(source, StreamSource) and request.timeout_ms is not None:
-        return video_frames(source.spec, request.every, request.fps, request.max_frames, timeout_ms=request.timeout_ms)
-    return source.frames(on_error, request.every, request.fps, request.max_frames)
+        return video_frames(source.spec, request.every, request.fps, request.max_frames, timeout_ms=request.timeout_ms,
+                            on_note=on_note)
+    return source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
 
 
 class _Ring:
@@ -102,7 +105,8 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
     ring = _Ring(conn)
     with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
         try:
-            for index, ts, rgb in source_frames(source, lambda message: conn.send(("error", message)), request):
+            for index, ts, rgb in source_frames(source, lambda message: conn.send(("error", message)), request,
+                                                lambda message: conn.send(("note", message))):
                 ring.put(index, ts, rgb)
             conn.send(("end",))
         except SourceError as exc:
@@ -168,13 +172,13 @@ def _ctx() -> Any:
 
 
 def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = ReadRequest(),
-                   isolate: bool | None = None) -> Iterator[FrameItem]:
+                   isolate: bool | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
     """The frames of `source`, decoded in a process of its own (unless `isolate` is False, or not `isolating()`).
 
     A SourceError ends the frames as an in-process read would (after the frames read before it); a decoder process
     that dies is one too (death_message). Closing the iterator kills the decoder process."""
     if not (isolating() if isolate is None else isolate):
-        yield from source_frames(source, on_error, request)
+        yield from source_frames(source, on_error, request, on_note)
         return
     ctx = _ctx()
     conn, child_conn = ctx.Pipe()
@@ -196,6 +200,8 @@ def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = Rea
                 reader.attach(message[1], message[2])
             elif message[0] == "error":
                 on_error(message[1])
+            elif message[0] == "note":
+                (on_note or note_to_stderr)(message[1])
             else:
                 said_end = True
                 if message[0] == "fail":

@@ -138,7 +138,10 @@ def _ensure_registry(uri: str) -> None:
 
 
 def load_pyfunc(uri: str) -> tuple[Any, Any]:
-    """Load an MLflow pyfunc (models:/, runs:/ or a local model folder); returns (pyfunc, python_model or None)."""
+    """Load an MLflow pyfunc (models:/, runs:/ or a local model folder); returns (pyfunc, python_model or None).
+
+    Loading unpickles the folder's python_model.pkl, which runs whatever code it holds: model folders and
+    registries must be trusted (docs/security.md). What their code raises is still one line."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -154,6 +157,10 @@ def load_pyfunc(uri: str) -> tuple[Any, Any]:
         raise RsdetectError(f"{uri}: cannot load model ({str(exc).splitlines()[0][:200]})") from None
     except OSError as exc:
         raise RsdetectError(f"{uri}: cannot load model ({exc.strerror or type(exc).__name__})") from None
+    except Exception as exc:  # noqa: BLE001  unpickling runs the folder's own code: any error can come out of it
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise RsdetectError(f"{uri}: cannot load model ({type(exc).__name__}: {first}); a model folder or registry "
+                            f"runs its own code when loaded: use only trusted ones (docs/security.md)") from None
     try:
         inner = loaded.unwrap_python_model()
     except MlflowException:  # not a PythonModel flavour (e.g. a plain keras pyfunc): no unwrapping

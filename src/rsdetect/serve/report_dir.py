@@ -56,7 +56,8 @@ def check_report_dir(path: str | os.PathLike, is_report: Callable[[str], bool], 
     path = check_writable_parent(path, flag)
     if path.exists() and not path.is_dir():
         raise RsdetectError(f"{flag} {path}: is a file, not a folder")
-    if path == Path.cwd() or path in Path.cwd().parents:
+    real = Path(os.path.realpath(path))  # a link to '.' is '.' (the reports go to a link's target)
+    if real == Path.cwd().resolve() or real in Path.cwd().resolve().parents:
         raise RsdetectError(f"{flag} {path}: is the current folder or above it; give a folder for the reports")
     if path.is_dir():
         if not os.access(path, os.R_OK | os.X_OK):

@@ -28,6 +28,7 @@ FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "fl
 REPORT_NAMES = frozenset({"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"})
 # Temp files earlier versions could leave behind when killed: still part of a report folder, not user data.
 _OLD_TEMP = re.compile(r"\.(frames\.jsonl|frames\.csv|summary\.json|flagged_rate\.png)\..+\.tmp")
+CHART_LABEL = 24  # characters of a camera name under its bar: a 250-character name squeezed the plot to nothing
 ANNOTATE_MAX_WIDTH = 960  # annotated videos are for review; full 4K copies would be huge
 Score = tuple[int, float, float, bool]  # (frame_index, probability, smoothed, flag)
 
@@ -42,15 +43,28 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip(".") or "camera"
 
 
+# Longest file-name stem taken from a camera name. File systems cap a name at 255 bytes (NAME_MAX), and a stem
+# becomes worst/<stem>_<frame>_deskew.jpg: a 250-character camera name scored every frame, then failed with
+# "File name too long" and lost every report. 100 leaves room for the frame number and suffixes.
+MAX_STEM = 100
+_HASH_CHARS = 8  # of a sha1 hex digest: tells apart stems that are otherwise equal
+
+
+def _name_hash(camera: str) -> str:
+    return hashlib.sha1(camera.encode()).hexdigest()[:_HASH_CHARS]
+
+
 def file_stems(cameras: Iterable[str]) -> dict[str, str]:
-    """A file-name stem per camera, unique: safe_name, plus a short hash of the real name where two cameras
-    would otherwise share one ("a b" and "a_b"; "Cam" and "cam" on a case-insensitive disk)."""
+    """A file-name stem per camera, unique and at most MAX_STEM characters: safe_name, plus a short hash of the
+    real name where two cameras would otherwise share one ("a b" and "a_b"; "Cam" and "cam" on a case-insensitive
+    disk) or where the name had to be cut short."""
     cameras = list(cameras)
     safe = {c: safe_name(c) for c in cameras}
+    safe = {c: s if len(s) <= MAX_STEM else f"{s[:MAX_STEM - _HASH_CHARS - 1]}-{_name_hash(c)}" for c, s in safe.items()}
     counts: dict[str, int] = {}
     for s in safe.values():
         counts[s.lower()] = counts.get(s.lower(), 0) + 1
-    return {c: s if counts[s.lower()] == 1 else f"{s}-{hashlib.sha1(c.encode()).hexdigest()[:8]}"
+    return {c: s if counts[s.lower()] == 1 else f"{s[:MAX_STEM - _HASH_CHARS - 1]}-{_name_hash(c)}"
             for c, s in safe.items()}
 
 
@@ -184,7 +198,9 @@ def flagged_rate_chart(cameras: dict[str, dict[str, Any]], threshold: float, k: 
     names = list(cameras)
     rates = [cameras[n]["flagged_rate"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(names) + 2), 3.5))
-    bars = ax.bar(names, rates, color=["#d62728" if r > 0 else "#2ca02c" for r in rates])
+    bars = ax.bar(range(len(names)), rates, color=["#d62728" if r > 0 else "#2ca02c" for r in rates])
+    # By position, not by name: cut labels of two long names may read alike, and must stay two bars.
+    ax.set_xticks(range(len(names)), [n if len(n) <= CHART_LABEL else n[:CHART_LABEL - 1] + "…" for n in names])
     for bar, n in zip(bars, names, strict=True):
         c = cameras[n]
         if c["failures"]:

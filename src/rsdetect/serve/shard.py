@@ -63,8 +63,8 @@ def check_workers(workers: int, scheduler: str | None) -> None:
 @contextlib.contextmanager
 def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
     """A distributed.Client: on an existing scheduler, or on a local cluster of `workers` single-threaded processes
-    on 127.0.0.1 (its HTTP endpoints on a free port: dashboard_address=None still took 8787, so two scans would
-    clash; Dask's own logging only for errors), closed with the block."""
+    on 127.0.0.1 (its HTTP endpoints on a free port of 127.0.0.1: dashboard_address=None still took 8787, so two
+    scans would clash, and ":0" bound every interface; Dask's own logging only for errors), closed with the block."""
     check_workers(workers, scheduler)
     if scheduler is not None:
         try:
@@ -75,7 +75,7 @@ def open_client(workers: int, scheduler: str | None = None) -> Iterator[Any]:
             yield client
         return
     with dask.config.set(LOCAL_CONFIG), \
-            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.register_plugin(_IgnoreCtrlC())
         yield client

@@ -13,6 +13,7 @@ import dataclasses
 import glob
 import math
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ import numpy as np
 
 from rsdetect.errors import RsdetectError
 from rsdetect.io import read_yaml
+from rsdetect.limits import ImageSizeError, check_size
 from rsdetect.preprocess import decode
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -34,9 +36,14 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp
 STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"})
 STREAM_TIMEOUT_MS = 10_000  # a dead or stalled stream must end, not hang the scan
 FRAME_COUNT_SLACK = 1  # containers may over-report their frame count by one
+# ... and by more: an AVI's header counts frames its index never held (a real 50 fps AVI claims 750 frames and
+# decodes 748, 0.3% short). A video file up to this fraction short of its claim is whole: the shortfall is counted
+# and noted, not a failure. Beyond it (a copy cut off mid-way loses its index and most frames) it ended early.
+FRAME_COUNT_SHORT_FRACTION = 0.01
 
 FrameItem = tuple[int, Optional[float], np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
 OnError = Callable[[str], None]  # reports a frame-level failure; the source goes on
+OnNote = Callable[[str], None]  # reports something counted that is not a failure (a video a few frames short)
 T = TypeVar("T")
 
 
@@ -89,8 +96,9 @@ class Source:
 
     camera: str
     spec: str
-    readout_ms: float | None = None
-    shutter: str | None = None
+    # Keyword-only: the kinds' own fields (ImageSource.paths) keep their place after camera and spec.
+    readout_ms: float | None = dataclasses.field(default=None, kw_only=True)
+    shutter: str | None = dataclasses.field(default=None, kw_only=True)
     kind: ClassVar[str] = ""
     annotatable: ClassVar[bool] = False  # can be re-read frame by frame to draw scores on (--annotate)
 
@@ -111,8 +119,10 @@ class Source:
         return n
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
-        """Sampled frames in order; SourceError (raised on first use at the latest) ends the source."""
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        """Sampled frames in order; SourceError (raised on first use at the latest) ends the source. `on_error`
+        counts a failure and the source goes on; `on_note` (default: a line on stderr) counts what is not one,
+        such as a video a few frames short of its container's claim."""
         raise NotImplementedError
 
     def frame_source(self, frame_index: int) -> str:
@@ -131,8 +141,8 @@ class StreamSource(Source):
         return cls(camera, spec) if is_url(spec) else None
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
-        return video_frames(self.spec, every, fps, max_frames)
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        return video_frames(self.spec, every, fps, max_frames, on_note=on_note)
 
 
 @dataclass(frozen=True)
@@ -146,7 +156,10 @@ class ImageSource(Source):
     def claim(cls, camera: str, spec: str) -> Source | None:
         path = Path(spec)
         if path.is_dir():
-            files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            try:
+                files = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+            except OSError as exc:  # an unreadable folder fails its camera when scanned, not the whole command
+                return UnreadableSource(camera, spec, f"cannot list folder ({exc.strerror or type(exc).__name__})")
             return cls(camera, spec, tuple(files))
         if path.is_file():
             return cls(camera, spec, (spec,)) if path.suffix.lower() in IMAGE_EXTS else None
@@ -159,7 +172,7 @@ class ImageSource(Source):
         return math.ceil(len(self.paths) / every)
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
         if not self.paths:
             raise SourceError(f"{self.spec}: no image files found")
         yield from image_frames(self.paths, on_error, every, max_frames)
@@ -190,8 +203,26 @@ class VideoSource(Source):
         return math.ceil(total / every)
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
-        return video_frames(self.spec, every, fps, max_frames)
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        return video_frames(self.spec, every, fps, max_frames, on_note=on_note)
+
+
+@dataclass(frozen=True)
+class UnreadableSource(Source):
+    """A folder that exists but cannot be listed (no permission): a failure of that camera when scanned. Never
+    claims a spec itself: ImageSource hands it out when listing fails."""
+
+    reason: str = ""
+    kind: ClassVar[str] = "unreadable"
+
+    @classmethod
+    def claim(cls, camera: str, spec: str) -> Source | None:
+        return None
+
+    def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
+        raise SourceError(f"{self.spec}: {self.reason}")
+        yield  # pragma: no cover  (a generator: the error comes on first use, inside the scan)
 
 
 @dataclass(frozen=True)
@@ -205,7 +236,7 @@ class MissingSource(Source):
         return cls(camera, spec)
 
     def frames(self, on_error: OnError, every: int = 1, fps: float | None = None,
-               max_frames: int | None = None) -> Iterator[FrameItem]:
+               max_frames: int | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
         raise SourceError(f"{self.spec}: no such file, folder or matching glob")
         yield  # pragma: no cover  (makes this a generator: the error comes on first use, inside the scan)
 
@@ -253,6 +284,13 @@ def open_capture(spec: str, timeout_ms: int = STREAM_TIMEOUT_MS) -> cv2.VideoCap
     if not cap.isOpened():
         cap.release()
         raise SourceError(f"{redact(spec)}: cannot open (unreachable stream, not a video, or unsupported codec)")
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        if width > 0 and height > 0:  # 0 where a stream does not say before its first frame
+            check_size(width, height)
+    except ImageSizeError as exc:
+        cap.release()
+        raise SourceError(f"{redact(spec)}: frames {exc}") from None
     return cap
 
 
@@ -264,9 +302,11 @@ def video_meta(cap: cv2.VideoCapture) -> tuple[float, int | None]:
 
 
 def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames: int | None = None,
-                 timeout_ms: int = STREAM_TIMEOUT_MS) -> Iterator[FrameItem]:
+                 timeout_ms: int = STREAM_TIMEOUT_MS, on_note: OnNote | None = None) -> Iterator[FrameItem]:
     """Sampled frames of a video file or stream; SourceError if it does not open, yields nothing, or ends early.
-    A stream silent for `timeout_ms` ends like one that closed."""
+    A stream silent for `timeout_ms` ends like one that closed. A file a few frames short of its container's
+    claim (within FRAME_COUNT_SHORT_FRACTION) is whole: the shortfall goes to `on_note` as one line (default:
+    stderr), not a failure."""
     cap = open_capture(spec, timeout_ms)
     try:
         native, total = video_meta(cap)
@@ -293,11 +333,20 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames
         if index < 0:
             raise SourceError(f"{redact(spec)}: no frames could be read")
         if total is not None and index + 1 < total - FRAME_COUNT_SLACK:
-            raise SourceError(f"{redact(spec)}: ended early after {index + 1} of {total} frames")
+            short = total - (index + 1)
+            if is_url(spec) or short > total * FRAME_COUNT_SHORT_FRACTION:
+                raise SourceError(f"{redact(spec)}: ended early after {index + 1} of {total} frames")
+            (on_note or note_to_stderr)(f"{redact(spec)}: {index + 1} frames decoded of the {total} its container "
+                                         f"claims ({short} short; counted, not a failure)")
         if total is None and is_url(spec) and max_frames is not None and kept < max_frames:
             raise SourceError(f"{redact(spec)}: stream ended after {kept} of --max-frames {max_frames} scored frames")
     finally:
         cap.release()
+
+
+def note_to_stderr(message: str) -> None:
+    """Where a note goes when the caller keeps no count: one line on stderr."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def read_ahead(frames: Iterable[T], batch: int) -> Iterator[list[T]]:

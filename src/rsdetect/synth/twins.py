@@ -162,10 +162,7 @@ def read_photo(root: str | Path, file: str) -> np.ndarray:
         data = (Path(root) / file).read_bytes()
     except OSError as exc:
         raise SkipImage(f"image cannot be read ({exc.strerror})") from None
-    image = decode_image(data, file)
-    if min(image.shape[:2]) < 16:
-        raise SkipImage(f"image too small ({image.shape[1]}x{image.shape[0]})")
-    return image
+    return decode_image(data, file)  # SkipImage too for an image outside the pixel limits (rsdetect.limits)
 
 
 def draw_pair(image: np.ndarray, usable: list[tuple], rng: np.random.Generator, p: SynthParams,
