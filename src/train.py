@@ -62,7 +62,7 @@ def main() -> None:
         with strategy.scope():  # every model and its optimizer on every replica; fit and fit_pairs use it
             head = hd.build_head(x.shape[1], t.dropout)
             log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
-            hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, scaled_lr(t.head_lr, replicas), batch, t.patience * 4, [log_epoch])
+            hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, scaled_lr(t.head_lr, replicas), batch, t.head_patience, [log_epoch])
             history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
             backbone = m.build_backbone(f.image_size, "none", f.backbone)
             backbone.load_weights(feats_dir / "backbone.weights.h5")  # the very weights (and BatchNorm statistics) features used

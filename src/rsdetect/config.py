@@ -128,6 +128,7 @@ class SynthParams(_Group):
     object_speed: Range(ge=0)
     object_turn: Range()
     pan_speed: Range(ge=0)
+    pan_direction_jitter: Float(ge=0, le=1)  # radians; up to ~57 degrees keeps a pan a sideways motion
     vibration_amplitude: Range(ge=0)
     vibration_cycles: Range(ge=0)
     min_visible_px: Float(ge=0)
@@ -229,6 +230,7 @@ class TrainParams(_Group):
     devices: Devices
     head_epochs: Int(gt=0)
     head_lr: Float(gt=0)
+    head_patience: Int(gt=0)
     dropout: Float(ge=0, lt=1)
     finetune_blocks: Int(ge=0)
     finetune_epochs: Int(ge=0)

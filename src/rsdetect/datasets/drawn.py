@@ -15,8 +15,12 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rsdetect.io import atomic_write_bytes, atomic_write_text
+from rsdetect.preprocess import encode_jpeg
 
 PERSON_CATEGORY = {"id": 1, "name": "person", "supercategory": "person"}
+# The drawn scenes are stored like COCO photos (JPEG, quality 90 as Flickr-sourced images roughly are); the
+# committed data.dvc snapshot was made with it, and a test regenerates the sample byte for byte.
+JPEG_QUALITY = 90
 
 
 def _color(rng: np.random.Generator, lo: int = 20, hi: int = 235) -> tuple[int, int, int]:
@@ -174,7 +178,7 @@ def make_sample_dataset(out_dir: str | Path, seed: int, n_images: int, width: in
         image, anns = make_scene(seed, image_id, width, height)
         gray = bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
         file_name = f"{image_id:012d}.jpg"
-        ok, buf = cv2.imencode(".jpg", image[..., 0] if gray else image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        buf = encode_jpeg(image[..., 0] if gray else image, JPEG_QUALITY, f"make-sample: {file_name}")
         atomic_write_bytes(out_dir / "images" / file_name, buf.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                        "coco_split": "train2017", "coco_url": "", "license": 0})

@@ -44,7 +44,7 @@ def held_out_photos(folders: list[str | Path], exclude: list[str | Path]) -> lis
 def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple[Path, dict, list[dict]]],
                  seed: int, synth: SynthParams, pairs_per_photo: int) -> dict:
     """Detection on twin pairs and false alarms on the whole photos; see the module docstring."""
-    from rsdetect.preprocess import decode, score_frames
+    from rsdetect.preprocess import decode, encode_jpeg, score_frames
 
     rows, images, originals, skipped = [], [], [], 0
     for path, im, anns in photos:
@@ -61,7 +61,7 @@ def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple
             except SkipImage:
                 continue
             for label, img in ((1, rs), (0, gs)):  # JPEG-coded like the fixed sets
-                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(synth.jpeg_quality)])
+                buf = encode_jpeg(img, synth.jpeg_quality, f"check-photos: pair of photo {im['id']}")
                 images.append(decode(buf.tobytes()))
                 rows.append({**fields, "label": label, "image_id": im["id"], "source": "photos"})
     if not rows:

@@ -17,6 +17,7 @@ import numpy as np
 from rsdetect.config import AugmentParams, SynthParams
 
 from rsdetect.errors import RsdetectError
+from rsdetect.preprocess import encode_jpeg
 from rsdetect.synth.twins import SkipImage, draw_pair, photo_tasks, read_photo, usable_people
 
 STREAM_TAG = 0x5EED  # keeps the stream's random numbers apart from the fixed sets' (seed, image id, index)
@@ -59,7 +60,7 @@ def augment_pair(rs: np.ndarray, gs: np.ndarray, rng: np.random.Generator, a: Au
         if blur > 0:
             x = cv2.GaussianBlur(x, (0, 0), blur)
         x = np.clip(x + noise, 0, 255).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        buf = encode_jpeg(x, quality, "augment: a training image")
         out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
     return out[0], out[1]
 

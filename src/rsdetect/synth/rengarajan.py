@@ -47,6 +47,7 @@ from rsdetect.config import ExternalParams
 from rsdetect.errors import RsdetectError
 from rsdetect.synth.twins import SkipImage, photo_tasks, read_photo, shrink_square
 from rsdetect.io import staged_dir, write_json
+from rsdetect.preprocess import encode_jpeg
 from rsdetect.shutter import shear_extent
 
 KIND = "rengarajan"
@@ -141,9 +142,7 @@ def _photo_rows(image_id: int, photo: np.ndarray, stage: Path, seed: int, p: Ext
                 "max_disp_px": round(shear, 3), **{k: round(v, 4) for k, v in asdict(motion).items()}}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{pair_id}_{tag}.jpg"
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
-            if not ok:
-                raise RsdetectError(f"external: cannot encode {rel} as JPEG")
+            buf = encode_jpeg(img, p.jpeg_quality, f"external: {rel}")
             buf.tofile(stage / rel)  # plain write: the stage folder replaces out_dir only when complete
             rows.append({**base, "path": rel, "label": label})
     return rows

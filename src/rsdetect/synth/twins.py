@@ -28,12 +28,14 @@ from rsdetect.config import KINDS, SynthParams
 from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
 from rsdetect.io import staged_dir, write_json
-from rsdetect.preprocess import shrink_square  # one resize for synthesis and inference: same scale, same filter
+from rsdetect.preprocess import encode_jpeg, shrink_square  # one resize for synthesis and inference: same scale, same filter
 from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
                               shear_extent, warp_rows)
 
 MANIFEST_FIELDS = ["path", "label", "split", "source", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
                    "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
+# Motion redraws before a photo is a counted skip: a draw falls under min_visible_px only for slow motions, so
+# a dozen misses in a row means the photo (a tiny person, a short readout range) cannot give a visible shear.
 MAX_TRIES = 12
 
 
@@ -84,7 +86,7 @@ def draw_motion(rng: np.random.Generator, p: SynthParams, with_person: bool = Tr
         return Motion(kind, speed=scale * float(rng.uniform(*p.object_speed)), direction=direction,
                       turn=scale * float(rng.uniform(*p.object_turn))), readout
     if kind == "pan":  # cameras pan mostly sideways
-        return Motion(kind, speed=scale * float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, 0.2))), readout
+        return Motion(kind, speed=scale * float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, p.pan_direction_jitter))), readout
     return Motion(kind, amplitude=scale * float(rng.uniform(*p.vibration_amplitude)), direction=direction,
                   cycles=float(rng.uniform(*p.vibration_cycles)), phase=float(rng.uniform(0, 2 * np.pi))), readout
 
@@ -228,7 +230,7 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
         base = {"split": task.split, "source": photo_source(task.file), "pair_id": pair_id, "image_id": task.image_id, **fields}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
+            buf = encode_jpeg(img, p.jpeg_quality, f"synthesize: {rel}")
             buf.tofile(Path(out_dir) / rel)  # plain write: out_dir is a staging folder renamed into place when complete
             rows.append({**base, "path": rel, "label": label})
     return rows
