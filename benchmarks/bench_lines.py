@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.config import load_params
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.evaluation.lines import line_features
 from rsdetect.shutter import Motion, displacement, global_rows, shear_extent, warp_rows
 

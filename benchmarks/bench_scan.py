@@ -23,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
+from rsdetect.preprocess import score_frames, to_tiles
 from rsdetect.serve.export import export_model
 from rsdetect.serve.loaders import LoadedModel, load_model, tflite_scorer
-from rsdetect.preprocess import score_frames, to_tiles
 from rsdetect.serve.reports import FrameLog
 from rsdetect.serve.scan import CameraState, ScanOptions, run_scan
 from rsdetect.serve.sources import Source, parse_sources

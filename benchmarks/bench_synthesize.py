@@ -24,10 +24,9 @@ import cv2
 import numpy as np
 
 from rsdetect.config import SynthParams, load_params, updated
-from rsdetect.synth.twins import synthesize
 from rsdetect.datasets.drawn import make_sample_dataset
 from rsdetect.shutter import Motion, rolling_rows
-
+from rsdetect.synth.twins import synthesize
 
 SHARED_COCO = Path(__file__).resolve().parents[2] / "shared/data/coco-person-sample/instances_person_train2017_sample.json"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rsdetect.config import FeatureParams, load_params
-from rsdetect.synth.pairs import PairStream, load_photos
 from rsdetect.datasets.drawn import make_sample_dataset
+from rsdetect.synth.pairs import PairStream, load_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 

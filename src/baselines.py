@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.synth.twins import read_manifest
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
+from rsdetect.evaluation.lines import line_features_of_paths
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import write_json
-from rsdetect.evaluation.lines import line_features_of_paths
+from rsdetect.stage import run_stage
+from rsdetect.synth.twins import read_manifest
 
 
 def main() -> None:

@@ -7,15 +7,23 @@ adds recall by shear bin."""
 import sys
 from pathlib import Path
 
-
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
-from rsdetect.evaluation.metrics import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
-                               recall_breakdown, shear_breakdown, threshold_sweep, write_plots)
+from rsdetect.evaluation.metrics import (
+    binary_metrics,
+    external_metrics,
+    markdown_report,
+    operating_threshold,
+    read_predictions,
+    recall_breakdown,
+    shear_breakdown,
+    threshold_sweep,
+    write_plots,
+)
 from rsdetect.io import atomic_write_text, write_json
 from rsdetect.serve.shear import estimate_paths
+from rsdetect.stage import run_stage
+from rsdetect.synth.twins import read_manifest
 
 
 def main() -> None:

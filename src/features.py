@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
 from rsdetect.io import atomic_write_bytes
+from rsdetect.stage import run_stage
+from rsdetect.synth.twins import read_manifest
 
 
 def save_features(path: Path, features: np.ndarray, rows: list[dict]) -> None:

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.io import write_json
+from rsdetect.stage import run_stage
 
 VAL_TAG = 999_999  # the epoch index of the fixed validation pairs: beyond any real epoch, so never drawn in training
 
@@ -22,8 +22,8 @@ def main() -> None:
     s, pt, f = params.synthesize, params.pretrain, params.features
     from rsdetect.model import backbone as m
     from rsdetect.model.distribute import scaled_lr, strategy_for
-    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.model.training import build_classifier, fit_pairs
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
 
     strategy = strategy_for(pt.devices, "pretrain.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync

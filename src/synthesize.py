@@ -2,11 +2,11 @@
 import sys
 from pathlib import Path
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.synth.twins import synthesize
-from rsdetect.synth.figures import pairs_figure
 from rsdetect.io import write_json
+from rsdetect.stage import run_stage
+from rsdetect.synth.figures import pairs_figure
+from rsdetect.synth.twins import synthesize
 
 
 def main() -> None:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import read_manifest
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import save_keras, write_json
-
+from rsdetect.stage import run_stage
+from rsdetect.synth.twins import read_manifest
 
 TIMING = ("train_images_per_s", "epoch_s")
 
@@ -30,12 +29,11 @@ def main() -> None:
     import mlflow
 
     from rsdetect.model import backbone as m
-
     from rsdetect.model import head as hd
     from rsdetect.model.distribute import scaled_lr, strategy_for
-    from rsdetect.synth.pairs import PairStream, load_photos
-    from rsdetect.registry.gate import file_md5, setup_mlflow
     from rsdetect.model.training import fit_pairs
+    from rsdetect.registry.gate import file_md5, setup_mlflow
+    from rsdetect.synth.pairs import PairStream, load_photos
 
     strategy = strategy_for(t.devices, "train.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync

@@ -3,8 +3,8 @@ baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
 
 import json
-import shutil
 import runpy
+import shutil
 import sys
 
 import cv2
@@ -13,11 +13,11 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from rsdetect.datasets.drawn import make_sample_dataset
 from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.synth.twins import read_manifest, synthesize
 from rsdetect.evaluation.metrics import read_predictions
 from rsdetect.io import read_yaml
-from rsdetect.datasets.drawn import make_sample_dataset
+from rsdetect.synth.twins import read_manifest, synthesize
 
 from conftest import ROOT, params_group
 

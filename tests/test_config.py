@@ -6,7 +6,6 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from rsdetect.config import ConfigError, Params, load_params, parse_params
-
 from rsdetect.errors import RsdetectError
 
 from conftest import ROOT, params_group, params_raw

@@ -11,7 +11,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from rsdetect.errors import RsdetectError
 from rsdetect.synth.twins import read_manifest, split_images, synthesize
 
-from conftest import tree_digest, params_group, with_params
+from conftest import params_group, tree_digest, with_params
 
 P = params_group("synthesize", size=96, min_person_area=150, workers=2, pairs_per_photo=1)
 
@@ -217,8 +217,8 @@ def test_malformed_entries_skip_only_what_is_bad_each_counted_with_its_reason(tm
 
 def test_every_reader_of_the_dataset_gets_the_same_checks(tmp_path):
     """Training pairs and the external set go through photo_tasks too: no traceback, the same skips."""
-    from rsdetect.synth.rengarajan import make_external
     from rsdetect.synth.pairs import load_photos
+    from rsdetect.synth.rengarajan import make_external
 
     root = tmp_path / "raw"
     _malformed_dataset(root)

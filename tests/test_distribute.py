@@ -31,12 +31,13 @@ def _run(sample_dir: str, out: str) -> None:
     sys.path.insert(0, str(HERE))
     import keras
 
-    from conftest import params_group
-    from rsdetect.model import backbone as m
     from rsdetect.errors import RsdetectError
+    from rsdetect.model import backbone as m
     from rsdetect.model.distribute import split_batch, strategy_for
-    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.model.training import build_classifier, fit_pairs, predict_arrays
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
+
+    from conftest import params_group
 
     res: dict = {}
     cpu_only = strategy_for("cpu", "train.devices")
@@ -121,8 +122,9 @@ def test_two_replicas_train_like_one_device_on_the_same_global_batch(result):
 
 
 def test_devices_param_is_validated():
-    from conftest import params_raw
     from rsdetect.config import ConfigError, parse_params
+
+    from conftest import params_raw
 
     for bad in (0, "gpu", True, 1.5):
         with pytest.raises(ConfigError, match=r"^train\.devices: must be auto, cpu, multiworker or a device count"):

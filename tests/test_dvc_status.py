@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_dvc_deps import STAGES, code_deps
 
 from conftest import ROOT, copy_tracked_files
-from test_dvc_deps import STAGES, code_deps
 
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:

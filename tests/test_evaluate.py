@@ -15,13 +15,24 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from conftest import ROOT
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import MANIFEST_FIELDS
-from rsdetect.evaluation.metrics import (EXTERNAL_TITLE, MAGNITUDE_BINS, binary_metrics, external_metrics, markdown_report,
-                               operating_threshold, read_predictions, recall_breakdown, threshold_sweep, write_plots,
-                               write_predictions)
+from rsdetect.evaluation.metrics import (
+    EXTERNAL_TITLE,
+    MAGNITUDE_BINS,
+    binary_metrics,
+    external_metrics,
+    markdown_report,
+    operating_threshold,
+    read_predictions,
+    recall_breakdown,
+    threshold_sweep,
+    write_plots,
+    write_predictions,
+)
 from rsdetect.synth.rengarajan import EXTERNAL_FIELDS
+from rsdetect.synth.twins import MANIFEST_FIELDS
+
+from conftest import ROOT
 
 
 def sk_reference(y, prob, t):

@@ -19,10 +19,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.export import check_inputs, export_model, sidecar_path  # noqa: E402
+
+from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 
 SIZE = 32
 GAIN = COLOUR_GAIN

@@ -12,13 +12,22 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import tree_digest, ROOT, params_group, params_raw, with_params
 from rsdetect.config import ConfigError, load_params, parse_params
-from rsdetect.synth.twins import read_manifest, split_images
 from rsdetect.datasets.instances import load_instances
-from rsdetect.synth.rengarajan import (EXTERNAL_FIELDS, CameraMotion, centre_window, draw_motion, make_external,
-                               rengarajan_pair, render_pair, row_displacements)
 from rsdetect.shutter import shear_extent
+from rsdetect.synth.rengarajan import (
+    EXTERNAL_FIELDS,
+    CameraMotion,
+    centre_window,
+    draw_motion,
+    make_external,
+    render_pair,
+    rengarajan_pair,
+    row_displacements,
+)
+from rsdetect.synth.twins import read_manifest, split_images
+
+from conftest import ROOT, params_group, params_raw, tree_digest, with_params
 
 P = params_group("external", pairs_per_photo=2)
 FRACTIONS = (0.15, 0.15)

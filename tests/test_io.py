@@ -47,9 +47,8 @@ def test_file_md5_and_default_mode_have_one_home(tmp_path):
     import hashlib
 
     from rsdetect.datasets import coco
-
-    from rsdetect.registry import gate as registry
     from rsdetect.io import default_file_mode, file_md5
+    from rsdetect.registry import gate as registry
 
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 << 20))  # several read chunks

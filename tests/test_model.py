@@ -14,8 +14,9 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from rsdetect.model import backbone as m, head as hd  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
+from rsdetect.model import backbone as m  # noqa: E402
+from rsdetect.model import head as hd  # noqa: E402
 
 S = 64
 N_FEATURES = 960

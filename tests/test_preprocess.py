@@ -13,14 +13,24 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import colour_model  # noqa: E402
-from rsdetect.model import backbone as m, head as hd  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
-from rsdetect.preprocess import (TILE_STRIDE, box_text, decode, load_square, resize_short_side, score_frames,  # noqa: E402
-                                 tile_starts, to_tiles)
+from rsdetect.model import backbone as m  # noqa: E402
+from rsdetect.model import head as hd  # noqa: E402
+from rsdetect.preprocess import (  # noqa: E402
+    TILE_STRIDE,
+    box_text,
+    decode,
+    load_square,
+    resize_short_side,
+    score_frames,
+    tile_starts,
+    to_tiles,
+)
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
+
+from conftest import colour_model  # noqa: E402
 
 S = 32
 QUIET = dict(progress=False)

@@ -1,9 +1,8 @@
 """rsdetect.registry.gate: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
 from __future__ import annotations
 
-import os
-
 import base64
+import os
 from pathlib import Path
 
 import cv2
@@ -11,12 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import colour_model as shared_colour_model
 from rsdetect import ENVIRONMENT
 from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import to_tiles
-from rsdetect.registry.gate import (decode_frame, file_md5, frames_from_input, project_root, register_candidate,
-                               register_summary, tracking_uri)
+from rsdetect.registry.gate import (
+    decode_frame,
+    file_md5,
+    frames_from_input,
+    project_root,
+    register_candidate,
+    register_summary,
+    tracking_uri,
+)
+
+from conftest import colour_model as shared_colour_model
 
 HTTP_DEFAULTS = {k: v for k, v in ENVIRONMENT.items() if k.startswith("MLFLOW_HTTP_")}
 

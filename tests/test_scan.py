@@ -17,13 +17,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.serve.reports import FIELDS  # noqa: E402
 from rsdetect.serve.scan import Interrupted, ScanOptions, StopSignals, longest_run, run_scan, smooth, uninterrupted  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
+
+from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN

@@ -18,6 +18,7 @@ pytest.importorskip("keras")
 pytest.importorskip("distributed")
 
 from test_scan import rows, scan_lines, write_images, write_video  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402

@@ -6,11 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import params_group
 from rsdetect.errors import RsdetectError
 from rsdetect.evaluation.metrics import shear_breakdown
 from rsdetect.serve.shear import deskew, estimate_paths, estimate_shear, shear_direction
 from rsdetect.shutter import warp_rows
+
+from conftest import params_group
 
 P = params_group("shear")
 

@@ -5,8 +5,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from rsdetect.model import backbone as m  # noqa: E402
-from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 from rsdetect.model.training import build_classifier, epoch_lr, fit_pairs, predict_arrays, scores  # noqa: E402
+from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 
 from conftest import params_group  # noqa: E402
 

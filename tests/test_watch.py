@@ -21,9 +21,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import colour_model  # noqa: E402
-from mjpeg_server import MjpegCamera, solid  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.explain import Explainer  # noqa: E402
@@ -34,6 +33,9 @@ from rsdetect.serve.sources import parse_sources  # noqa: E402
 from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
 from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.serve.watch.reports import RollingLog  # noqa: E402
+
+from conftest import colour_model  # noqa: E402
+from mjpeg_server import MjpegCamera, solid  # noqa: E402
 
 SIZE = 32
 RED, BLUE = (50, 90, 200), (200, 90, 50)  # BGR: p ~0.9995 and ~0.0005 under the colour model

@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("distributed")
 
-from mjpeg_server import MjpegCamera  # noqa: E402
 from test_scan import write_video  # noqa: E402
 from test_watch import FAST, every_third_red, one_line_error, rows, scrape  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.shard import describe_model  # noqa: E402
@@ -28,6 +28,8 @@ from rsdetect.serve.sources import parse_sources  # noqa: E402
 from rsdetect.serve.watch.loop import WatchOptions, run_watch  # noqa: E402
 from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.serve.watch.shard import run_sharded_watch  # noqa: E402
+
+from mjpeg_server import MjpegCamera  # noqa: E402
 
 
 def by_camera(out: Path) -> dict[str, list[dict]]:

@@ -14,18 +14,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from rsdetect.config import CocoParams
-
-from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import image_problem, person_category_ids, usable_person
+from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_file, atomic_write_bytes, atomic_write_text, file_md5, write_json
 
 SPLITS = {"train2017": "annotations/instances_train2017.json", "val2017": "annotations/instances_val2017.json"}

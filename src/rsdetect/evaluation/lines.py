@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 from rsdetect.config import LineParams
-
 from rsdetect.errors import RsdetectError
 
 MIN_FIT_ROWS = 5  # a quadratic through fewer edge rows is not a measurement (3 would fit exactly)

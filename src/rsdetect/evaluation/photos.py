@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 
 from rsdetect.config import SynthParams
-
-from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import SkipImage, decode_image, draw_pair, usable_people
-from rsdetect.evaluation.metrics import binary_metrics, recall_breakdown
 from rsdetect.datasets.embedded import instances_file
 from rsdetect.datasets.instances import checked_instances
+from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.metrics import binary_metrics, recall_breakdown
+from rsdetect.synth.twins import SkipImage, decode_image, draw_pair, usable_people
 
 CHECK_TAG = 0xC0C0  # keeps these draws apart from the fixed sets' and the training stream's
 

@@ -4,7 +4,6 @@ RGB 0-255; the network does its own preprocessing. The head lives in rsdetect.mo
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path

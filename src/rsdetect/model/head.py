@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+
 def build_head(n_features: int, dropout: float) -> keras.Model:
     """The classifier on pooled features: dropout then one sigmoid unit."""
     inputs = keras.Input((n_features,), name="features")

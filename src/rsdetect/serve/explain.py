@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 
 from rsdetect.config import ShearParams
-
 from rsdetect.errors import RsdetectError
 from rsdetect.serve.gradcam import FrameCam, GradCam, overlay
 from rsdetect.serve.shear import deskew, estimate_shear, shear_direction

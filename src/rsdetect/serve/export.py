@@ -7,14 +7,15 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from rsdetect.serve import loaders
 from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_file, write_json
+from rsdetect.serve import loaders
 from rsdetect.serve.loaders import sidecar_path
 from rsdetect.serve.report_dir import check_output_file
 

@@ -12,7 +12,6 @@ gradient, and its map is flat (peak None).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 

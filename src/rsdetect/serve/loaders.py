@@ -10,10 +10,11 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,13 @@ def onnx_scorer(path: str | os.PathLike, threads: int | None = None) -> tuple[Sc
         import onnxruntime as ort
     except ImportError:
         raise RsdetectError("scanning an .onnx model needs onnxruntime (pip install onnxruntime)") from None
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+    from onnxruntime.capi.onnxruntime_pybind11_state import (
+        Fail,
+        InvalidArgument,
+        InvalidGraph,
+        InvalidProtobuf,
+        NoSuchFile,
+    )
 
     try:
         opts = ort.SessionOptions()

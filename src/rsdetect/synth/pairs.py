@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from rsdetect.config import AugmentParams, SynthParams
-
 from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import encode_jpeg
 from rsdetect.synth.twins import SkipImage, draw_pair, photo_tasks, read_photo, usable_people

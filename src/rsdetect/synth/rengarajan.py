@@ -43,12 +43,11 @@ import cv2
 import numpy as np
 
 from rsdetect.config import ExternalParams
-
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import SkipImage, photo_tasks, read_photo, shrink_square
 from rsdetect.io import staged_dir, write_json
 from rsdetect.preprocess import encode_jpeg
 from rsdetect.shutter import shear_extent
+from rsdetect.synth.twins import SkipImage, photo_tasks, read_photo, shrink_square
 
 KIND = "rengarajan"
 SPLIT = "external"

@@ -24,13 +24,23 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rsdetect.config import KINDS, SynthParams
-
-from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
+from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir, write_json
-from rsdetect.preprocess import encode_jpeg, shrink_square  # one resize for synthesis and inference: same scale, same filter
-from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
-                              shear_extent, warp_rows)
+from rsdetect.preprocess import (  # one resize for synthesis and inference: same scale, same filter
+    encode_jpeg,
+    shrink_square,
+)
+from rsdetect.shutter import (
+    Motion,
+    displacement,
+    fill_person_hole,
+    global_rows,
+    move_person,
+    rolling_rows,
+    shear_extent,
+    warp_rows,
+)
 
 MANIFEST_FIELDS = ["path", "label", "split", "source", "pair_id", "image_id", "ann_id", "kind", "readout", "speed",
                    "direction", "turn", "amplitude", "cycles", "phase", "t_star", "max_disp_px", "rigid_px"]
