@@ -95,7 +95,8 @@ def main() -> None:
     stream = PairStream(train, params.seed + 1, s, params.augment, pt.batch_size, 0, 1.0)
 
     def log(row: dict) -> None:
-        print(f"{args.set}: epoch {row['epoch']:3d} train acc {row['accuracy']:.3f} | B ROC AUC {row['val_roc_auc']:.3f}"
+        print(f"{args.set}: epoch {row['epoch']:3d} train acc {row['accuracy']:.3f} | "
+              f"B ROC AUC {row['val_roc_auc']:.3f}"
               f" | {row['train_images_per_s']:.1f} img/s", flush=True)
 
     start = time.perf_counter()

@@ -32,7 +32,8 @@ def main() -> None:
     # Each input (ours, external) with the models run on it. Lines: LR only, the simplest reading of a few
     # physical features. Pixels are downsampled from any size, lines are measured relative to the height.
     inputs = {"pixels": (pixel_features(paths, b.pixel_size), pixel_features(ext_paths, b.pixel_size), ("lr", "rf")),
-              "features": (np.load(feats_dir / "features.npz")["features"], np.load(feats_dir / "external.npz")["features"], ("lr", "rf")),
+              "features": (np.load(feats_dir / "features.npz")["features"],
+                           np.load(feats_dir / "external.npz")["features"], ("lr", "rf")),
               "lines": (line_features_of_paths(paths, b.lines), line_features_of_paths(ext_paths, b.lines), ("lr",))}
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}
@@ -45,7 +46,8 @@ def main() -> None:
             prob, ext_prob = prob[:len(rows)], prob[len(rows):]
             metrics[name] = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("val", "test")}
             metrics[name]["external"] = binary_metrics(y_ext, ext_prob)
-            print(f"baselines: {name} test ROC AUC {metrics[name]['test']['roc_auc']:.3f}, external {metrics[name]['external']['roc_auc']:.3f}")
+            print(f"baselines: {name} test ROC AUC {metrics[name]['test']['roc_auc']:.3f}, "
+                  f"external {metrics[name]['external']['roc_auc']:.3f}")
     write_json(metrics_path, metrics)
 
 

@@ -61,12 +61,14 @@ def main() -> None:
     summary["shear"] = {"method": "median slope of near-vertical gradients", **shear_breakdown(test_rows, estimates)}
     val = read_predictions(sources["cnn"])["val"]
     fig_dir.mkdir(parents=True, exist_ok=True)
-    write_plots(plot_dir, fig_dir, tests, tests["cnn"], cnn["threshold"], threshold_sweep(val["label"], val["prob"], e.n_thresholds))
+    sweep = threshold_sweep(val["label"], val["prob"], e.n_thresholds)
+    write_plots(plot_dir, fig_dir, tests, tests["cnn"], cnn["threshold"], sweep)
     write_json(metrics_path, summary)
     atomic_write_text(report_path, markdown_report(summary))
     for name, m in summary["models"].items():
         t = m["test"]
-        print(f"evaluate: {name:12s} threshold {m['threshold']:.3f} test ROC AUC {t['roc_auc']:.3f} precision {t['precision']:.3f} recall {t['recall']:.3f}")
+        print(f"evaluate: {name:12s} threshold {m['threshold']:.3f} test ROC AUC {t['roc_auc']:.3f} "
+              f"precision {t['precision']:.3f} recall {t['recall']:.3f}")
         if "external" in m:
             x = m["external"]
             print(f"evaluate: {name:12s} external (Rengarajan et al. 2017) ROC AUC {x['roc_auc']:.3f} "

@@ -1,4 +1,5 @@
-"""Stage register: the checkpoint becomes a version of rs-detector in MLflow; the champion alias moves only if it is better."""
+"""Stage register: the checkpoint becomes a version of rs-detector in MLflow; the champion alias moves only if it is
+better."""
 import sys
 
 from rsdetect.registry.gate import register_from_outputs

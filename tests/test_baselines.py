@@ -1,4 +1,5 @@
-"""rsdetect.evaluation.baseline_models: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at chance, and the
+"""rsdetect.evaluation.baseline_models: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at
+chance, and the
 baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def separable(seed, n=200, d=20):
     return x, y
 
 
-@pytest.mark.parametrize("make", [lambda: logistic_regression(1.0, 0), lambda: random_forest(50, 6, 0)], ids=["lr", "rf"])
+@pytest.mark.parametrize("make", [lambda: logistic_regression(1.0, 0), lambda: random_forest(50, 6, 0)],
+                         ids=["lr", "rf"])
 def test_fit_predict_separable_data(make):
     x, y = separable(1)
     tr = np.arange(len(y)) < 140
@@ -77,7 +79,8 @@ def test_random_forest_is_deterministic_for_a_seed():
 def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_synth")
     make_sample_dataset(root / "sample", seed=3, n_images=200, width=160, height=120)
-    synthesize(root / "sample" / "instances.json", root / "s", 5, params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
+    synthesize(root / "sample" / "instances.json", root / "s", 5,
+               params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
     return root / "s"
 
 

@@ -81,9 +81,11 @@ def _run(sample_dir: str, out: str) -> None:
     for name, net in (("one", one), ("two", model)):
         stream = PairStream(train, 5, p, params_group("augment"), BATCH)
         history = fit_pairs(net, stream, 1, STEPS, 1e-2, 5, val)
-        res[name] = {"history": {k: history[0][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc")},
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc")
+        res[name] = {"history": {k: history[0][k] for k in keys},
                      "prob": predict_arrays(net, val[0]).tolist(),
-                     "synchronized": any(getattr(layer, "synchronized", False) for layer in net.get_layer("backbone").layers)}
+                     "synchronized": any(getattr(layer, "synchronized", False)
+                                          for layer in net.get_layer("backbone").layers)}
     Path(out).write_text(json.dumps(res))
 
 

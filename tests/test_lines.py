@@ -1,4 +1,5 @@
-"""rsdetect.evaluation.lines: tilt of near-vertical segments measures a rolling-shutter shear, on bar images made here."""
+"""rsdetect.evaluation.lines: tilt of near-vertical segments measures a rolling-shutter shear, on bar images made
+here."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""rsdetect.evaluation.photos: held-out selection, twin pairs and whole-photo false alarms, on a COCO folder the test makes."""
+"""rsdetect.evaluation.photos: held-out selection, twin pairs and whole-photo false alarms, on a COCO folder the test
+makes."""
 import json
 import shutil
 

@@ -124,7 +124,8 @@ def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
             raise MlflowException("API request to nowhere failed with exception boom")
     with pytest.raises(RsdetectError, match="https://example.invalid cannot be reached"):
         with tracking_server("https://example.invalid"):
-            raise MlflowException("API request to https://example.invalid failed with exception [Errno -2] Name or service not known")
+            raise MlflowException("API request to https://example.invalid failed with exception "
+                                  "[Errno -2] Name or service not known")
 
 
 # --- inputs the pyfunc accepts ---------------------------------------------------------------------------------
@@ -291,10 +292,12 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
 
     # 4. force moves it (and registers nothing new)
     r4 = register(bad, 0.4, force=True)
-    assert r4["version"] == "2" and r4["promoted"] and str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
+    assert r4["version"] == "2" and r4["promoted"]
+    assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
     flipped = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}").predict(np.stack(frames))
-    np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames), atol=1e-5)
+    np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames),
+                               atol=1e-5)
 
     # 5. a better candidate (0.9 > the forced champion's re-scored 0.0) moves it
     r5 = register(better, 0.9, threshold=0.6)

@@ -1,5 +1,6 @@
 """The shear estimate (rsdetect.serve.shear): known pans of an image of vertical edges are measured back to within a
-pixel or two (within 15% on these hard-edged bars), in frame pixels at any frame size; de-skewing undoes them; the evaluation breakdown's arithmetic."""
+pixel or two (within 15% on these hard-edged bars), in frame pixels at any frame size; de-skewing undoes them; the
+evaluation breakdown's arithmetic."""
 from __future__ import annotations
 
 import cv2

@@ -37,7 +37,7 @@ Kind = Literal["object", "pan", "vibration"]
 Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"]
 SOURCES: tuple[str, ...] = get_args(Source)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
-KINDS: tuple[str, ...] = get_args(Kind)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 METRICS: tuple[str, ...] = get_args(Metric)
 WEIGHTS_CHOICES = ("imagenet", "none", "pretrained")
 
@@ -177,7 +177,8 @@ DEVICE_CHOICES = ("auto", "cpu", "multiworker")
 
 
 def _devices(value: Any) -> str | int:
-    """Which devices train (rsdetect.model.distribute.strategy_for): a named choice or a count >= 1 (a bool is not one)."""
+    """Which devices train (rsdetect.model.distribute.strategy_for): a named choice or a count >= 1 (a bool is not
+    one)."""
     if (isinstance(value, str) and value in DEVICE_CHOICES) or (type(value) is int and value >= 1):
         return value
     raise PydanticCustomError("devices", "must be auto, cpu, multiworker or a device count >= 1, got {value!r}",
@@ -202,7 +203,8 @@ class PretrainParams(_Group):
 
 
 class ExternalParams(_Group):
-    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.synth.rengarajan."""
+    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see
+    rsdetect.synth.rengarajan."""
     pairs_per_photo: Int(gt=0)
     jpeg_quality: Int(ge=1, le=100)
     window: Int(ge=32)                      # centre square the photo is resized to (short side)
@@ -221,7 +223,8 @@ class ExternalParams(_Group):
             raise _param_error("window", f"window - size must be even, got {self.window} - {self.size}")
         for key in ("translation_linear", "translation_quadratic"):
             if max(abs(v) for v in getattr(self, key)) > self.window:
-                raise _param_error(key, f"must stay within +-external.window ({self.window}) px, got {list(getattr(self, key))}")
+                raise _param_error(key, f"must stay within +-external.window ({self.window}) px, "
+                                        f"got {list(getattr(self, key))}")
         return self
 
 
@@ -314,7 +317,8 @@ class Params(_Group):
     baselines: BaselineParams
     shear: ShearParams
     evaluate: EvaluateParams
-    register: RegisterParams = Field()  # an explicit Field: a bare annotation would take ABCMeta.register as its default
+    # an explicit Field: a bare annotation would take ABCMeta.register as its default
+    register: RegisterParams = Field()
 
     @model_validator(mode="after")
     def _same_image_size(self) -> Params:

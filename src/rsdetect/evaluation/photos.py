@@ -53,7 +53,8 @@ def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple
             skipped += 1
             continue
         originals.append(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))
-        usable = usable_people(anns, *photo.shape[:2], synth)
+        height, width = photo.shape[:2]
+        usable = usable_people(anns, height, width, synth)
         for k in range(pairs_per_photo):
             try:
                 rs, gs, fields = draw_pair(photo, usable, np.random.default_rng([seed, CHECK_TAG, im["id"], k]), synth)

@@ -171,7 +171,8 @@ def make_external(instances_path: str | Path, out_dir: str | Path, seed: int,
         if not rows:
             reasons = "; ".join(f"{n} x {r}" for r, n in Counter(s["reason"] for s in skipped).most_common(3))
             raise RsdetectError(f"{instances_path}: no test-split photo gave an external pair "
-                                f"({len(photos)} test photos, {len(skipped)} skipped{': ' + reasons if reasons else ''})")
+                                f"({len(photos)} test photos, {len(skipped)} skipped"
+                                f"{': ' + reasons if reasons else ''})")
         rows.sort(key=lambda r: (r["pair_id"], r["label"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EXTERNAL_FIELDS, extrasaction="ignore", lineterminator="\n")
