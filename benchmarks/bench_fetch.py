@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rsdetect.datasets.coco import ImageJob, download_images
 from rsdetect.config import CocoParams, load_params, updated
+from rsdetect.datasets.coco import ImageJob, download_images
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.config import load_params
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.evaluation.lines import line_features
 from rsdetect.shutter import Motion, displacement, global_rows, shear_extent, warp_rows
 
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMAGES = ROOT.parent / "shared/data/coco-scenes-sample/images"
 
 
-def pair(photo: np.ndarray, rng: np.random.Generator, size: int, kind: str, synth) -> tuple[np.ndarray, np.ndarray, float]:
+def pair(photo: np.ndarray, rng: np.random.Generator, size: int, kind: str,
+         synth) -> tuple[np.ndarray, np.ndarray, float]:
     """RS image, its GS twin (both size x size grayscale, JPEG round trip) and the effective shear in px."""
     readout = float(rng.uniform(*synth.readout))
     if kind == "pan":  # as data.draw_motion: cameras pan mostly sideways
@@ -97,10 +98,11 @@ def main() -> None:
     print(f"{len(files)} photos, {len(y)} images ({args.kind}, {args.size} px), {args.folds} folds grouped by photo")
     print(f"lr_lines ROC AUC (out of fold): {roc_auc_score(y, prob):.3f}")
     edges = [0, 8, 16, 24, np.inf]
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=False):
         sel = (y == 0) | ((shears >= lo) & (shears < hi))
         if (y[sel] == 1).sum() >= 10:
-            print(f"  RS shear {lo:>4}-{hi:<4} px: AUC {roc_auc_score(y[sel], prob[sel]):.3f} ({(y[sel] == 1).sum()} RS)")
+            auc = roc_auc_score(y[sel], prob[sel])
+            print(f"  RS shear {lo:>4}-{hi:<4} px: AUC {auc:.3f} ({(y[sel] == 1).sum()} RS)")
     count = x[:, 0]
     print(f"segments kept per image: median {np.median(count):.0f}, none in {np.mean(count == 0):.1%} of images")
     print(f"line_features: {1000 * best / len(images):.2f} ms per image (one thread, best of {args.repeats})")

@@ -101,7 +101,8 @@ def main() -> None:
             cold = work / "cold"
             clone(origin, commit, cold, env)
             results["cold"] = timed_repro(cold, env)
-            print(f"cold: {results['cold'][0]:.1f} s, ran {len(results['cold'][1])} stages: {' '.join(results['cold'][1])}")
+            cold_s, cold_ran = results["cold"]
+            print(f"cold: {cold_s:.1f} s, ran {len(cold_ran)} stages: {' '.join(cold_ran)}")
             if not args.warm_remote:
                 start = time.perf_counter()
                 sh(f"dvc remote add --local warm {remote} && dvc push -r warm", cold, env)

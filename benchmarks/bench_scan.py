@@ -23,9 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2
 import numpy as np
 
+from rsdetect.preprocess import score_frames, to_tiles
 from rsdetect.serve.export import export_model
 from rsdetect.serve.loaders import LoadedModel, load_model, tflite_scorer
-from rsdetect.preprocess import score_frames, to_tiles
 from rsdetect.serve.reports import FrameLog
 from rsdetect.serve.scan import ScanOptions, run_scan
 from rsdetect.serve.scoring import CameraState
@@ -183,7 +183,8 @@ def main() -> None:
     print(f"\n{'cameras':>7} {'frames':>7} {'decode-only f/s':>16} {'scan f/s':>9} {'scan/decode':>12} "
           f"{'CPU ms/frame: decode':>21} {'scan':>5} {'load':>5}")
     for n, scored, dec, e2e, dec_cpu, e2e_cpu, ld in rows:
-        print(f"{n:>7} {scored:>7} {dec:>16.0f} {e2e:>9.0f} {e2e / dec:>12.2f} {dec_cpu:>21.2f} {e2e_cpu:>5.2f} {ld:>5}")
+        print(f"{n:>7} {scored:>7} {dec:>16.0f} {e2e:>9.0f} {e2e / dec:>12.2f} {dec_cpu:>21.2f} {e2e_cpu:>5.2f} "
+              f"{ld:>5}")
     scan_cpu = max(r[5] for r in rows)
     print(f"CPU-bound ceiling of scan on {cores()} idle cores: {cores()} x 1000 / {scan_cpu:.2f} ms = "
           f"{cores() * 1000 / scan_cpu:.0f} frames/s (a shared, loaded machine inflates CPU ms too)")
@@ -193,7 +194,8 @@ def main() -> None:
     for name in ("decode", "preprocess", "model", "write"):
         print(f"  {name:<11} {st[name]:6.2f} ms ({st[name] / serial:4.0%})  alone: {1000 / st[name]:7.0f} frames/s")
     print(f"  one after another: {serial:.2f} ms/frame = {1000 / serial:.0f} frames/s; model per tile "
-          f"{st['model'] / st['tiles_per_frame']:.2f} ms at batch {ScanOptions().batch} ({cores()} one-thread interpreters)")
+          f"{st['model'] / st['tiles_per_frame']:.2f} ms at batch {ScanOptions().batch} "
+          f"({cores()} one-thread interpreters)")
     print(f"  model as one {cores()}-thread interpreter (before): {st['model_one']:.2f} ms/frame "
           f"(now {st['model'] / st['model_one']:.2f}x of that); max |dp| between them {st['split_diff']:.1e}")
     print(f"max |probability - one-tile-per-call reference|: {diff:.1e} (rows round to 6 decimals)")

@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 
 from rsdetect.config import SynthParams, load_params, updated
-from rsdetect.synth.twins import synthesize
 from rsdetect.datasets.drawn import make_sample_dataset
 from rsdetect.shutter import Motion, rolling_rows
+from rsdetect.synth.twins import synthesize
 
-
-SHARED_COCO = Path(__file__).resolve().parents[2] / "shared/data/coco-person-sample/instances_person_train2017_sample.json"
+SHARED_COCO = (Path(__file__).resolve().parents[2]
+               / "shared/data/coco-person-sample/instances_person_train2017_sample.json")
 
 
 def per_pixel_rolling_shutter(img: np.ndarray, dx_rows: np.ndarray) -> np.ndarray:
@@ -46,7 +46,8 @@ def per_pixel_rolling_shutter(img: np.ndarray, dx_rows: np.ndarray) -> np.ndarra
     return out
 
 
-def decode_encode_limit(files: list[Path], size: int, quality: int, per_photo: int = 2, out: Path | None = None) -> float:
+def decode_encode_limit(files: list[Path], size: int, quality: int, per_photo: int = 2,
+                        out: Path | None = None) -> float:
     """Images/s of decoding each photo and encoding `per_photo` size x size JPEGs (and writing them, given `out`)."""
     if out is not None:
         out.mkdir()

@@ -24,8 +24,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rsdetect.config import FeatureParams, load_params
-from rsdetect.synth.pairs import PairStream, load_photos
 from rsdetect.datasets.drawn import make_sample_dataset
+from rsdetect.synth.pairs import PairStream, load_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def replicas_rate(devices: list[str | int], f: FeatureParams, per_replica: int, 
             if n > 1:
                 model.test_on_batch(x[:2], y[:2])  # builds what train_on_batch cannot from per-replica values
             batch = split_batch(strategy, x, y)
-            speed = rate(lambda: model.train_on_batch(*batch), len(x), steps)
+            speed = rate(lambda: model.train_on_batch(*batch), len(x), steps)  # noqa: B023 (called in this iteration)
         base = base or speed
         names = ", ".join(strategy.extended.worker_devices) if n > 1 else "the default device"
         print(f"{m.ARCHITECTURES[f.backbone]} {f.image_size}px whole network, devices {choice}: {n} replica(s) x "
@@ -89,7 +89,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6, help="timed batches per measurement")
     ap.add_argument("--photos", type=int, default=60, help="generated photos when data/raw is absent")
-    ap.add_argument("--devices", type=device_list, help="compare replicas instead, e.g. 1,2 or 1,auto (as train.devices)")
+    ap.add_argument("--devices", type=device_list,
+                    help="compare replicas instead, e.g. 1,2 or 1,auto (as train.devices)")
     args = ap.parse_args()
     if args.devices:
         logical_cpus(max((d for d in args.devices if isinstance(d, int)), default=1))
@@ -118,9 +119,9 @@ def main() -> None:
             m.unfreeze_top_blocks(backbone, 10**6, train_batchnorm=True)
             model = build_classifier(backbone, 0.2)
             model.compile(keras.optimizers.Adam(1e-4), "binary_crossentropy")
-            base = rate(lambda: model.train_on_batch(*fixed), t.batch_size, args.steps)
+            base = rate(lambda: model.train_on_batch(*fixed), t.batch_size, args.steps)  # noqa: B023 (called here)
             it = iter(stream.epoch(1, args.steps + 1))
-            streamed = rate(lambda: model.train_on_batch(*next(it)), t.batch_size, args.steps)
+            streamed = rate(lambda: model.train_on_batch(*next(it)), t.batch_size, args.steps)  # noqa: B023 (called here)
             print(f"{m.ARCHITECTURES[arch]} {f.image_size}px whole network: {base:.1f} images/s on fixed arrays, "
                   f"{streamed:.1f} fed by fresh pairs (ratio {streamed / base:.2f})")
             if arch == f.backbone:

@@ -149,7 +149,8 @@ def main() -> None:
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.reports import flagged_rate_chart
 
-    flagged_rate_chart({"a": {"flagged_rate": 0.0, "flagged": 0, "frames_scored": 0, "failures": 0}}, 0.5, 1)  # import matplotlib once
+    # import matplotlib once, before any timing
+    flagged_rate_chart({"a": {"flagged_rate": 0.0, "flagged": 0, "frames_scored": 0, "failures": 0}}, 0.5, 1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         r = export_model(args.model, "tflite", tmp / "model.tflite")
@@ -167,14 +168,16 @@ def main() -> None:
               f"{'score-only f/s':>15} {'steady/score-only':>18}")
         for n in args.cameras:
             decode = decode_only(video, n, args.frames)
-            limit = score_only(model, video, max(args.frames, 4 * args.batch), args.batch)  # beside each row: load drifts
+            # beside each row: load drifts
+            limit = score_only(model, video, max(args.frames, 4 * args.batch), args.batch)
             start = time.perf_counter()
             watch_rate(model, video, n, 1, args.batch, tmp / f"one{n}")
             fixed = time.perf_counter() - start
             rate, totals = watch_rate(model, video, n, args.frames, args.batch, tmp / f"out{n}")
             assert totals["frames_scored"] == n * args.frames and totals["frames_dropped"] == 0, totals
             steady = n * (args.frames - 1) / (n * args.frames / rate - fixed)
-            print(f"{n:>7} {rate:>10.1f} {steady:>11.1f} {decode:>11.1f} {steady / decode:>14.3f} {limit:>15.1f} {steady / limit:>18.3f}"
+            print(f"{n:>7} {rate:>10.1f} {steady:>11.1f} {decode:>11.1f} {steady / decode:>14.3f} {limit:>15.1f} "
+                  f"{steady / limit:>18.3f}"
                   f"   (start+stop {fixed:.2f} s)")
 
 

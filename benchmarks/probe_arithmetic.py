@@ -24,7 +24,13 @@ SIZE = 160  # features.image_size: the pipeline's input size
 
 def features(out: Path, images: Path) -> None:
     """Child process: the features of `images`' files into `out` (.npy)."""
-    from rsdetect.model.backbone import build_backbone, extract_features, load_images, recalibrate_batchnorm, set_determinism
+    from rsdetect.model.backbone import (
+        build_backbone,
+        extract_features,
+        load_images,
+        recalibrate_batchnorm,
+        set_determinism,
+    )
 
     paths = sorted(str(p) for p in (images / "images").rglob("*.*"))[:IMAGES]
     set_determinism(7, True)

@@ -32,8 +32,8 @@ B_TAG = 7  # keeps the held-out pairs' draws apart from the training stream's
 def outside_photos(folders: list[Path], synth, split_seed: int) -> tuple[list[tuple], list[tuple]]:
     """The outside photos (in `folders`, not embedded) decoded as pair-stream photos, split in two seeded halves;
     an unreadable photo is left out and counted, as check-photos does."""
-    from rsdetect.synth.twins import SkipImage, decode_image, usable_people
     from rsdetect.evaluation.photos import held_out_photos
+    from rsdetect.synth.twins import SkipImage, decode_image, usable_people
 
     held = held_out_photos(folders, [ROOT / "data" / "coco-licensed" / "instances.json"])
     photos = []
@@ -70,11 +70,11 @@ def main() -> None:
         if not needed.exists():
             sys.exit(f"more_real_photos: {needed} not found (outside photos in --shared; `dvc pull` for the backbone)")
 
-    from rsdetect.model import backbone as m
     from rsdetect.config import load_params
     from rsdetect.datasets.embedded import DRAWN_ID_OFFSET
-    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
+    from rsdetect.model import backbone as m
     from rsdetect.model.training import build_classifier, fit_pairs
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
 
     os.chdir(ROOT)  # params.yaml and data/ are read relative to the repository
     params = load_params()
@@ -95,7 +95,8 @@ def main() -> None:
     stream = PairStream(train, params.seed + 1, s, params.augment, pt.batch_size, 0, 1.0)
 
     def log(row: dict) -> None:
-        print(f"{args.set}: epoch {row['epoch']:3d} train acc {row['accuracy']:.3f} | B ROC AUC {row['val_roc_auc']:.3f}"
+        print(f"{args.set}: epoch {row['epoch']:3d} train acc {row['accuracy']:.3f} | "
+              f"B ROC AUC {row['val_roc_auc']:.3f}"
               f" | {row['train_images_per_s']:.1f} img/s", flush=True)
 
     start = time.perf_counter()

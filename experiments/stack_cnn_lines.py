@@ -54,7 +54,7 @@ def main() -> None:
             continue
         scores = [cnn["prob"].to_numpy()[rows], lines["prob"].to_numpy()[rows], stacked[rows], x[rows].sum(1)]
         print(f"{name:<12} {rows.sum():>5} " + " ".join(f"{roc_auc_score(y[rows], s):>{w}.3f}"
-                                                     for s, w in zip(scores, (6, 9, 8, 6))))
+                                                     for s, w in zip(scores, (6, 9, 8, 6), strict=False)))
     print("stacked: logistic regression on the two logits, fitted on val; sum: the logits added, nothing fitted")
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
-from rsdetect.synth.manifest import read_manifest
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
+from rsdetect.evaluation.lines import line_features_of_paths
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import write_json
-from rsdetect.evaluation.lines import line_features_of_paths
+from rsdetect.stage import run_stage
+from rsdetect.synth.manifest import read_manifest
 
 
 def main() -> None:
@@ -32,7 +32,8 @@ def main() -> None:
     # Each input (ours, external) with the models run on it. Lines: LR only, the simplest reading of a few
     # physical features. Pixels are downsampled from any size, lines are measured relative to the height.
     inputs = {"pixels": (pixel_features(paths, b.pixel_size), pixel_features(ext_paths, b.pixel_size), ("lr", "rf")),
-              "features": (np.load(feats_dir / "features.npz")["features"], np.load(feats_dir / "external.npz")["features"], ("lr", "rf")),
+              "features": (np.load(feats_dir / "features.npz")["features"],
+                           np.load(feats_dir / "external.npz")["features"], ("lr", "rf")),
               "lines": (line_features_of_paths(paths, b.lines), line_features_of_paths(ext_paths, b.lines), ("lr",))}
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}
@@ -45,7 +46,8 @@ def main() -> None:
             prob, ext_prob = prob[:len(rows)], prob[len(rows):]
             metrics[name] = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("val", "test")}
             metrics[name]["external"] = binary_metrics(y_ext, ext_prob)
-            print(f"baselines: {name} test ROC AUC {metrics[name]['test']['roc_auc']:.3f}, external {metrics[name]['external']['roc_auc']:.3f}")
+            print(f"baselines: {name} test ROC AUC {metrics[name]['test']['roc_auc']:.3f}, "
+                  f"external {metrics[name]['external']['roc_auc']:.3f}")
     write_json(metrics_path, metrics)
 
 

@@ -7,15 +7,23 @@ adds recall by shear bin."""
 import sys
 from pathlib import Path
 
-
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.manifest import read_manifest
-from rsdetect.evaluation.metrics import (binary_metrics, external_metrics, markdown_report, operating_threshold, read_predictions,
-                               recall_breakdown, shear_breakdown, threshold_sweep, write_plots)
+from rsdetect.evaluation.metrics import (
+    binary_metrics,
+    external_metrics,
+    markdown_report,
+    operating_threshold,
+    read_predictions,
+    recall_breakdown,
+    shear_breakdown,
+    threshold_sweep,
+    write_plots,
+)
 from rsdetect.io import atomic_write_text, write_json
 from rsdetect.serve.shear import estimate_paths
+from rsdetect.stage import run_stage
+from rsdetect.synth.manifest import read_manifest
 
 
 def main() -> None:
@@ -53,12 +61,14 @@ def main() -> None:
     summary["shear"] = {"method": "median slope of near-vertical gradients", **shear_breakdown(test_rows, estimates)}
     val = read_predictions(sources["cnn"])["val"]
     fig_dir.mkdir(parents=True, exist_ok=True)
-    write_plots(plot_dir, fig_dir, tests, tests["cnn"], cnn["threshold"], threshold_sweep(val["label"], val["prob"], e.n_thresholds))
+    sweep = threshold_sweep(val["label"], val["prob"], e.n_thresholds)
+    write_plots(plot_dir, fig_dir, tests, tests["cnn"], cnn["threshold"], sweep)
     write_json(metrics_path, summary)
     atomic_write_text(report_path, markdown_report(summary))
     for name, m in summary["models"].items():
         t = m["test"]
-        print(f"evaluate: {name:12s} threshold {m['threshold']:.3f} test ROC AUC {t['roc_auc']:.3f} precision {t['precision']:.3f} recall {t['recall']:.3f}")
+        print(f"evaluate: {name:12s} threshold {m['threshold']:.3f} test ROC AUC {t['roc_auc']:.3f} "
+              f"precision {t['precision']:.3f} recall {t['recall']:.3f}")
         if "external" in m:
             x = m["external"]
             print(f"evaluate: {name:12s} external (Rengarajan et al. 2017) ROC AUC {x['roc_auc']:.3f} "

@@ -2,8 +2,8 @@
 import sys
 from pathlib import Path
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
+from rsdetect.stage import run_stage
 from rsdetect.synth.rengarajan import make_external
 
 

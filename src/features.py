@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.manifest import read_manifest
 from rsdetect.io import atomic_write_bytes
+from rsdetect.stage import run_stage
+from rsdetect.synth.manifest import read_manifest
 
 
 def save_features(path: Path, features: np.ndarray, rows: list[dict]) -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     paths = [str(synth / r["path"]) for r in rows]
     backbone = m.build_backbone(f.image_size, f.weights, f.backbone, weights_file)
     if f.weights == "none":  # random init: BatchNorm statistics must come from data, or outputs are constant
-        calib = [p for p, r in zip(paths, rows) if r["split"] == "train"][: f.calibration_images]
+        calib = [p for p, r in zip(paths, rows, strict=False) if r["split"] == "train"][: f.calibration_images]
         m.recalibrate_batchnorm(backbone, m.load_images(calib, f.image_size))
     batch = m.gpu_batch_size(backbone, f.image_size, f.batch_size, f.gpu_max_batch)
     features = m.extract_features(backbone, paths, f.image_size, batch)

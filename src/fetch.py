@@ -7,10 +7,10 @@ source coco2017: COCO 2017 annotations plus only the person images needed, downl
 import sys
 from pathlib import Path
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
 from rsdetect.io import write_json
+from rsdetect.stage import run_stage
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.io import write_json
+from rsdetect.stage import run_stage
 
 VAL_TAG = 999_999  # the epoch index of the fixed validation pairs: beyond any real epoch, so never drawn in training
 
@@ -22,8 +22,8 @@ def main() -> None:
     s, pt, f = params.synthesize, params.pretrain, params.features
     from rsdetect.model import backbone as m
     from rsdetect.model.distribute import scaled_lr, strategy_for
-    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.model.training import build_classifier, fit_pairs
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
 
     strategy = strategy_for(pt.devices, "pretrain.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync
@@ -36,14 +36,16 @@ def main() -> None:
         backbone = m.build_backbone(f.image_size, "none", f.backbone)
         m.unfreeze_top_blocks(backbone, 10**6, train_batchnorm=True)  # everything, BatchNorm at scratch momentum
         model = build_classifier(backbone, pt.dropout)
-    stream = PairStream(train_photos, params.seed, s, params.augment, pt.batch_size * replicas, pt.curriculum_epochs, pt.curriculum_scale)
+    stream = PairStream(train_photos, params.seed, s, params.augment, pt.batch_size * replicas, pt.curriculum_epochs,
+                        pt.curriculum_scale)
     print(f"pretrain: {len(train_photos)} train photos ({skipped_train} unreadable), {len(val_photos)} val photos, "
           f"{pt.epochs} epochs x {pt.steps_per_epoch} steps x {replicas} replicas x {pt.batch_size} images, "
           f"{m.ARCHITECTURES[f.backbone]} at {f.image_size}px")
 
     def log(row: dict) -> None:
         print(f"pretrain: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss "
-              f"{row['val_loss']:.3f} acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | shear x{row['shear_scale']:.2f} "
+              f"{row['val_loss']:.3f} acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} "
+              f"| shear x{row['shear_scale']:.2f} "
               f"| lr {row['lr']:.2e} | {row['train_images_per_s']:.1f} img/s, {row['epoch_s']:.0f} s", flush=True)
 
     start = time.perf_counter()
@@ -55,11 +57,12 @@ def main() -> None:
     write_json(out / "history.json", history)
     best = max(history, key=lambda r: r["val_roc_auc"])
     images = sum(pt.steps_per_epoch * stream.batch_size for _ in history)
-    write_json(metrics_path, {"best_epoch": best["epoch"], "epochs_run": len(history), "val_roc_auc": best["val_roc_auc"],
-                              "val_accuracy": best["val_accuracy"], "train_accuracy": best["accuracy"],
+    write_json(metrics_path, {"best_epoch": best["epoch"], "epochs_run": len(history),
+                              "val_roc_auc": best["val_roc_auc"], "val_accuracy": best["val_accuracy"],
+                              "train_accuracy": best["accuracy"],
                               "images_seen": images, "wall_s": round(wall, 1), "images_per_s": round(images / wall, 1)})
-    print(f"pretrain: best epoch {best['epoch']} val AUC {best['val_roc_auc']:.3f}; {images} images in {wall / 60:.1f} min "
-          f"({images / wall:.1f} img/s)")
+    print(f"pretrain: best epoch {best['epoch']} val AUC {best['val_roc_auc']:.3f}; {images} images in "
+          f"{wall / 60:.1f} min ({images / wall:.1f} img/s)")
 
 
 if __name__ == "__main__":

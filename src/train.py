@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdetect.stage import run_stage
 from rsdetect.config import load_params
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.manifest import read_manifest
 from rsdetect.evaluation.metrics import binary_metrics, write_predictions
 from rsdetect.io import save_keras, write_json
-
+from rsdetect.stage import run_stage
+from rsdetect.synth.manifest import read_manifest
 
 TIMING = ("train_images_per_s", "epoch_s")
 
@@ -29,14 +28,13 @@ def main() -> None:
     import keras
     import mlflow
 
+    from rsdetect.io import file_md5
     from rsdetect.model import backbone as m
-
     from rsdetect.model import head as hd
     from rsdetect.model.distribute import scaled_lr, strategy_for
-    from rsdetect.synth.pairs import PairStream, load_photos
-    from rsdetect.io import file_md5
-    from rsdetect.registry.tracking import run_tags, setup_mlflow
     from rsdetect.model.training import fit_pairs
+    from rsdetect.registry.tracking import run_tags, setup_mlflow
+    from rsdetect.synth.pairs import PairStream, load_photos
 
     strategy = strategy_for(t.devices, "train.devices")  # before TF initialises its devices
     replicas = strategy.num_replicas_in_sync
@@ -47,7 +45,8 @@ def main() -> None:
     rows = read_manifest(synth / "manifest.csv")
     cached = np.load(feats_dir / "features.npz")
     if list(cached["paths"]) != [r["path"] for r in rows]:
-        raise RsdetectError(f"{feats_dir / 'features.npz'}: features do not match {synth / 'manifest.csv'}; run `dvc repro features`")
+        raise RsdetectError(f"{feats_dir / 'features.npz'}: features do not match {synth / 'manifest.csv'}; "
+                            "run `dvc repro features`")
     x, y = cached["features"], np.array([r["label"] for r in rows], np.float32)
     split = np.array([r["split"] for r in rows])
     tr, va = split == "train", split == "val"
@@ -56,42 +55,53 @@ def main() -> None:
     paths = [str(synth / r["path"]) for r in rows]
 
     setup_mlflow()
-    with mlflow.start_run(run_name=f"train-{f.backbone}-{f.weights if f.weights in ('none', 'imagenet', 'pretrained') else 'localweights'}-{f.image_size}px",
-                          tags=run_tags()):
+    weights = f.weights if f.weights in ("none", "imagenet", "pretrained") else "localweights"
+    with mlflow.start_run(run_name=f"train-{f.backbone}-{weights}-{f.image_size}px", tags=run_tags()):
         mlflow.log_params({"seed": params.seed, **{f"features.{k}": v for k, v in f.model_dump().items()},
                            **{f"train.{k}": v for k, v in t.model_dump().items()}})
         mlflow.set_tag("data_md5", file_md5(synth / "manifest.csv"))
         with strategy.scope():  # every model and its optimizer on every replica; fit and fit_pairs use it
             head = hd.build_head(x.shape[1], t.dropout)
-            log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()}, step=e))
-            hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, scaled_lr(t.head_lr, replicas), batch, t.patience * 4, [log_epoch])
-            history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
+            log_epoch = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda e, logs: mlflow.log_metrics({f"head_{k}": float(v) for k, v in logs.items()},
+                                                                step=e))
+            hist = hd.fit_head(head, xn[tr], y[tr], xn[va], y[va], t.head_epochs, scaled_lr(t.head_lr, replicas), batch,
+                               t.head_patience, [log_epoch])
+            history = [{"epoch": i, "phase": "head", **{k: float(v[i]) for k, v in hist.history.items()}}
+                       for i in range(len(hist.history["loss"]))]
             backbone = m.build_backbone(f.image_size, "none", f.backbone)
-            backbone.load_weights(feats_dir / "backbone.weights.h5")  # the very weights (and BatchNorm statistics) features used
+            # the very weights (and BatchNorm statistics) features used
+            backbone.load_weights(feats_dir / "backbone.weights.h5")
             model = hd.assemble(backbone, head, mean, std)
         if t.finetune_blocks > 0 and t.finetune_epochs > 0:
             # Our own pretrained or random weights: BatchNorm statistics are ours to move. ImageNet's stay frozen.
             unfrozen = m.unfreeze_top_blocks(backbone, t.finetune_blocks, train_batchnorm=f.weights != "imagenet")
             photos, skipped = load_photos(raw / "instances.json", params.seed, params.synthesize, "train")
-            stream = PairStream(photos, seed, params.synthesize, params.augment, batch, t.curriculum_epochs, t.curriculum_scale)
-            print(f"train: {len(unfrozen)} layers learn on fresh pairs of {len(photos)} train photos ({skipped} unreadable), "
-                  f"{t.finetune_epochs} epochs x {t.steps_per_epoch} steps x {replicas} replicas x {t.batch_size} images")
-            val = (m.load_images([p for p, s in zip(paths, split) if s == "val"], f.image_size), y[va])
+            stream = PairStream(photos, seed, params.synthesize, params.augment, batch, t.curriculum_epochs,
+                                t.curriculum_scale)
+            print(f"train: {len(unfrozen)} layers learn on fresh pairs of {len(photos)} train photos "
+                  f"({skipped} unreadable), {t.finetune_epochs} epochs x {t.steps_per_epoch} steps x {replicas} "
+                  f"replicas x {t.batch_size} images")
+            val = (m.load_images([p for p, s in zip(paths, split, strict=False) if s == "val"], f.image_size), y[va])
 
             def log(row: dict) -> None:
-                mlflow.log_metrics({f"finetune_{k}": float(v) for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-                print(f"train: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | val loss {row['val_loss']:.3f} "
-                      f"acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | {row['train_images_per_s']:.1f} img/s", flush=True)
+                mlflow.log_metrics({f"finetune_{k}": float(v) for k, v in row.items() if k != "epoch"},
+                                   step=row["epoch"])
+                print(f"train: epoch {row['epoch']:3d} loss {row['loss']:.3f} acc {row['accuracy']:.3f} | "
+                      f"val loss {row['val_loss']:.3f} acc {row['val_accuracy']:.3f} AUC {row['val_roc_auc']:.3f} | "
+                      f"{row['train_images_per_s']:.1f} img/s", flush=True)
 
-            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, scaled_lr(t.finetune_lr, replicas), t.patience, val, log,
-                           lr_end=t.finetune_lr_end)
+            ft = fit_pairs(model, stream, t.finetune_epochs, t.steps_per_epoch, scaled_lr(t.finetune_lr, replicas),
+                           t.patience, val, log, lr_end=t.finetune_lr_end)
             history += [{**r, "epoch": len(history) + i, "phase": "finetune"} for i, r in enumerate(ft)]
         model_dir.mkdir(parents=True, exist_ok=True)
         save_keras(model, model_dir / "model.keras")
         ext_rows = read_manifest(external / "manifest.csv")
-        prob = hd.predict_paths(model, paths + [str(external / r["path"]) for r in ext_rows], f.image_size, f.batch_size)
+        prob = hd.predict_paths(model, paths + [str(external / r["path"]) for r in ext_rows], f.image_size,
+                                f.batch_size)
         if prob.std() < 1e-6:
-            raise RsdetectError("train: the model gives the same probability for every image; refusing to report metrics")
+            raise RsdetectError("train: the model gives the same probability for every image; "
+                                "refusing to report metrics")
         write_predictions(model_dir / "predictions.csv", rows + ext_rows, prob)
         prob, ext_prob = prob[:len(rows)], prob[len(rows):]
         metrics = {s: binary_metrics(y[split == s], prob[split == s]) for s in ("train", "val", "test")}
@@ -105,7 +115,8 @@ def main() -> None:
         import mlflow.keras
         mlflow.keras.log_model(model, name="model")
     for s in ("val", "test", "external"):
-        print(f"train: {s} ROC AUC {metrics[s]['roc_auc']:.3f} accuracy {metrics[s]['accuracy']:.3f} (n={metrics[s]['n']})")
+        m_s = metrics[s]
+        print(f"train: {s} ROC AUC {m_s['roc_auc']:.3f} accuracy {m_s['accuracy']:.3f} (n={m_s['n']})")
     print(f"train: train/val accuracy gap {metrics['train_val_accuracy_gap']:+.3f}")
 
 

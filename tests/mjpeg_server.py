@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -27,7 +27,8 @@ class MjpegCamera:
                  after: str = "drop", down_s: float = 0.0) -> None:
         if after not in ("drop", "stall"):
             raise ValueError(f"after must be 'drop' or 'stall', got {after!r}")
-        self.frame, self.fps, self.per_connection, self.after, self.down_s = frame, fps, frames_per_connection, after, down_s
+        self.frame, self.fps, self.per_connection = frame, fps, frames_per_connection
+        self.after, self.down_s = after, down_s
         self.connections = 0  # accepted stream connections
         self.refused = 0  # connections answered 503 while down
         self.sent = 0  # frames sent in all

@@ -1,10 +1,11 @@
-"""rsdetect.evaluation.baseline_models: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at chance, and the
+"""rsdetect.evaluation.baseline_models: downsampled-pixel features, LR / RF fit-predict, a shuffled-label run at
+chance, and the
 baselines stage script (lr_lines among its outputs)."""
 from __future__ import annotations
 
 import json
-import shutil
 import runpy
+import shutil
 import sys
 
 import cv2
@@ -13,12 +14,12 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from rsdetect.datasets.drawn import make_sample_dataset
 from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression, pixel_features, random_forest
-from rsdetect.synth.manifest import read_manifest
-from rsdetect.synth.twins import synthesize
 from rsdetect.evaluation.metrics import read_predictions
 from rsdetect.io import read_yaml
-from rsdetect.datasets.drawn import make_sample_dataset
+from rsdetect.synth.manifest import read_manifest
+from rsdetect.synth.twins import synthesize
 
 from conftest import ROOT, params_group
 
@@ -55,7 +56,8 @@ def separable(seed, n=200, d=20):
     return x, y
 
 
-@pytest.mark.parametrize("make", [lambda: logistic_regression(1.0, 0), lambda: random_forest(50, 6, 0)], ids=["lr", "rf"])
+@pytest.mark.parametrize("make", [lambda: logistic_regression(1.0, 0), lambda: random_forest(50, 6, 0)],
+                         ids=["lr", "rf"])
 def test_fit_predict_separable_data(make):
     x, y = separable(1)
     tr = np.arange(len(y)) < 140
@@ -78,7 +80,8 @@ def test_random_forest_is_deterministic_for_a_seed():
 def synth_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline_synth")
     make_sample_dataset(root / "sample", seed=3, n_images=200, width=160, height=120)
-    synthesize(root / "sample" / "instances.json", root / "s", 5, params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
+    synthesize(root / "sample" / "instances.json", root / "s", 5,
+               params_group("synthesize", size=64, min_person_area=50, workers=1, pairs_per_photo=1))
     return root / "s"
 
 

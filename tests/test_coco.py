@@ -263,7 +263,8 @@ def test_local_annotations_and_mirror(tmp_path, server, coco):
 
 
 def set_faults(server) -> None:
-    """404, truncated JPEG (complete HTTP body), slower than the timeout, connection dropped mid-file; 101 fails once then works."""
+    """404, truncated JPEG (complete HTTP body), slower than the timeout, connection dropped mid-file; 101 fails once
+    then works."""
     for image_id, mode in ((1, "404"), (3, "slow"), (4, "drop"), (101, "flaky1")):
         server.routes[image_path(image_id)] = (mode, server.routes[image_path(image_id)][1])
     body = server.routes[image_path(2)][1]
@@ -366,13 +367,15 @@ def test_real_sample_through_synthesis(tmp_path):
     routes = {"/ann.zip": ("ok", blob.getvalue())}
     routes.update({f"/img/{f.name}": ("ok", f.read_bytes()) for f in (SAMPLE_DIR / "images").iterdir()})
     with serve(routes) as srv:
-        p = params_group("fetch.coco2017", annotations_url=f"{srv.base}/ann.zip", annotations_md5="", annotations_size=0,
+        p = params_group("fetch.coco2017", annotations_url=f"{srv.base}/ann.zip", annotations_md5="",
+                         annotations_size=0,
                        image_base_url=f"{srv.base}/img", train_images=20, test_images=0, workers=4,
                        timeout_s=10, retries=1)
         report = fetch_coco2017(p, tmp_path / "coco", seed=3)
     assert (report["selected"], report["downloaded"], report["failed"]) == (20, 20, 0)
     inst = json.loads((tmp_path / "coco" / "instances.json").read_text())
     assert {im["coco_split"] for im in inst["images"]} == {"train2017"}
-    synth = synthesize(tmp_path / "coco" / "instances.json", tmp_path / "synth", 3, params_group("synthesize", workers=1, pairs_per_photo=1))
+    synth = synthesize(tmp_path / "coco" / "instances.json", tmp_path / "synth", 3,
+                       params_group("synthesize", workers=1, pairs_per_photo=1))
     assert synth["pairs"] > 0
     assert (tmp_path / "synth" / "manifest.csv").is_file()

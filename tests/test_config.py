@@ -3,10 +3,9 @@ defaults (params.yaml is the only place numbers live)."""
 import math
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rsdetect.config import ConfigError, Params, load_params, parse_params
-
 from rsdetect.errors import RsdetectError
 
 from conftest import ROOT, params_group, params_raw
@@ -132,14 +131,14 @@ def test_schema_has_no_defaults():
 
 def test_groups_are_frozen_and_reject_unknown_keys():
     s = params_group("synthesize")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.size = 64
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         type(s).model_validate({**s.model_dump(), "colour": 1})
 
 
 def test_params_group_overrides_are_validated():
     assert params_group("synthesize", size=96).size == 96
     assert params_group("baselines.lines", bands=4).bands == 4
-    with pytest.raises(Exception, match="size"):
+    with pytest.raises(ValidationError, match="size"):
         params_group("synthesize", size=-1)

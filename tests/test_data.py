@@ -12,14 +12,14 @@ from rsdetect.errors import RsdetectError
 from rsdetect.synth.manifest import read_manifest, split_images
 from rsdetect.synth.twins import synthesize
 
-from conftest import tree_digest, params_group, with_params
+from conftest import params_group, tree_digest, with_params
 
 P = params_group("synthesize", size=96, min_person_area=150, workers=2, pairs_per_photo=1)
 
 
 def test_pairs_are_balanced_split_by_photo_and_deterministic(sample_dir, tmp_path):
     r1 = synthesize(sample_dir / "instances.json", tmp_path / "a", 5, P)
-    r2 = synthesize(sample_dir / "instances.json", tmp_path / "b", 5, with_params(P, workers=1))
+    synthesize(sample_dir / "instances.json", tmp_path / "b", 5, with_params(P, workers=1))
     assert tree_digest(tmp_path / "a") == tree_digest(tmp_path / "b")  # byte-identical, whatever the worker count
     rows = read_manifest(tmp_path / "a" / "manifest.csv")
     assert r1["pairs"] * 2 == len(rows) > 0
@@ -27,7 +27,7 @@ def test_pairs_are_balanced_split_by_photo_and_deterministic(sample_dir, tmp_pat
     for r in rows:
         splits_of_photo.setdefault(r["image_id"], set()).add(r["split"])
     assert all(len(s) == 1 for s in splits_of_photo.values())  # no photo in two splits
-    for split, counts in r1["samples"].items():
+    for counts in r1["samples"].values():
         assert counts["rs"] == counts["gs"]
     rs = [r for r in rows if r["label"] == 1]
     assert all(r["max_disp_px"] >= P.min_visible_px for r in rs)
@@ -120,14 +120,16 @@ def test_artefact_features_cannot_tell_the_classes_apart(tmp_path):
     x = np.stack([shortcut_features(tmp_path / "synth" / r["path"]) for r in rows])
     y = np.array([r["label"] for r in rows])
     groups = np.array([r["pair_id"] for r in rows])
-    prob = cross_val_predict(LogisticRegression(max_iter=2000), x, y, groups=groups, cv=GroupKFold(5), method="predict_proba")[:, 1]
+    prob = cross_val_predict(LogisticRegression(max_iter=2000), x, y, groups=groups, cv=GroupKFold(5),
+                             method="predict_proba")[:, 1]
     auc = roc_auc_score(y, prob)
     assert 0.38 < auc < 0.62, f"shortcut features separate the classes (AUC {auc:.3f})"
 
 
 def test_several_pairs_per_photo_stay_in_its_split_and_repeat_exactly(sample_dir, tmp_path):
     one = synthesize(sample_dir / "instances.json", tmp_path / "one", 5, with_params(P, workers=1))
-    three = synthesize(sample_dir / "instances.json", tmp_path / "three", 5, with_params(P, workers=1, pairs_per_photo=3))
+    three = synthesize(sample_dir / "instances.json", tmp_path / "three", 5,
+                       with_params(P, workers=1, pairs_per_photo=3))
     assert three["pairs"] == 3 * one["pairs"]
     rows = read_manifest(tmp_path / "three" / "manifest.csv")
     assert len({r["path"] for r in rows}) == len(rows)
@@ -142,7 +144,8 @@ def test_several_pairs_per_photo_stay_in_its_split_and_repeat_exactly(sample_dir
     assert all(len(m) == 3 for m in motions.values())  # each pair draws its own motion
     for r in read_manifest(tmp_path / "one" / "manifest.csv"):  # pair 0 is the pair of a one-pair run, byte for byte
         assert (tmp_path / "three" / r["path"]).read_bytes() == (tmp_path / "one" / r["path"]).read_bytes()
-    again = synthesize(sample_dir / "instances.json", tmp_path / "again", 5, with_params(P, workers=2, pairs_per_photo=3))
+    again = synthesize(sample_dir / "instances.json", tmp_path / "again", 5,
+                       with_params(P, workers=2, pairs_per_photo=3))
     assert again == three and tree_digest(tmp_path / "again") == tree_digest(tmp_path / "three")
 
 
@@ -151,7 +154,8 @@ def test_a_worker_that_cannot_start_is_one_line_error_not_a_hang(sample_dir, tmp
     import subprocess
     import sys
 
-    script = (f"from pathlib import Path; from rsdetect.config import SynthParams; from rsdetect.synth.twins import synthesize; "
+    script = (f"from pathlib import Path; from rsdetect.config import SynthParams; "
+              f"from rsdetect.synth.twins import synthesize; "
               f"synthesize(Path({str(sample_dir / 'instances.json')!r}), Path({str(tmp_path / 'out')!r}), 1, "
               f"SynthParams.model_validate({with_params(P, size=64, workers=2).model_dump()!r}))")
     res = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
@@ -164,10 +168,11 @@ def _malformed_dataset(root: Path) -> dict[str, int]:
     """Good photos plus one of each malformed entry a user has met; returns image ids by role."""
     rng = np.random.default_rng(1)
     person = [40, 20, 90, 20, 95, 110, 60, 115, 35, 110]
-    images, anns, ids = [], [], {}
+    images, anns = [], []
 
     def photo(name: str) -> None:
-        _write(root / "images" / name, cv2.imencode(".jpg", (rng.random((120, 160, 3)) * 255).astype(np.uint8))[1].tobytes())
+        noise = (rng.random((120, 160, 3)) * 255).astype(np.uint8)
+        _write(root / "images" / name, cv2.imencode(".jpg", noise)[1].tobytes())
 
     def ann(image_id, seg, **extra):
         anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0, "segmentation": seg,
@@ -218,8 +223,8 @@ def test_malformed_entries_skip_only_what_is_bad_each_counted_with_its_reason(tm
 
 def test_every_reader_of_the_dataset_gets_the_same_checks(tmp_path):
     """Training pairs and the external set go through photo_tasks too: no traceback, the same skips."""
-    from rsdetect.synth.rengarajan import make_external
     from rsdetect.synth.pairs import load_photos
+    from rsdetect.synth.rengarajan import make_external
 
     root = tmp_path / "raw"
     _malformed_dataset(root)
@@ -234,7 +239,8 @@ def test_every_reader_of_the_dataset_gets_the_same_checks(tmp_path):
 
 
 def test_null_annotations_is_one_line_error_naming_the_file(tmp_path):
-    (tmp_path / "instances.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": None}))
+    (tmp_path / "instances.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
+                                                         "annotations": None}))
     with pytest.raises(RsdetectError) as err:
         synthesize(tmp_path / "instances.json", tmp_path / "out", 1, P)
     assert str(err.value).startswith(f"{tmp_path / 'instances.json'}: 'annotations' must be a list")

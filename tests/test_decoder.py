@@ -6,8 +6,8 @@ import glob
 import cv2
 import numpy as np
 import pytest
-
 from crashing_source import AbortingSource
+
 from rsdetect.serve.decoder import ReadRequest, decoded_frames
 from rsdetect.serve.sources import SourceError, resolve_source
 

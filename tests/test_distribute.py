@@ -31,12 +31,13 @@ def _run(sample_dir: str, out: str) -> None:
     sys.path.insert(0, str(HERE))
     import keras
 
-    from conftest import params_group
-    from rsdetect.model import backbone as m
     from rsdetect.errors import RsdetectError
+    from rsdetect.model import backbone as m
     from rsdetect.model.distribute import split_batch, strategy_for
-    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
     from rsdetect.model.training import build_classifier, fit_pairs, predict_arrays
+    from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos
+
+    from conftest import params_group
 
     res: dict = {}
     cpu_only = strategy_for("cpu", "train.devices")
@@ -80,9 +81,11 @@ def _run(sample_dir: str, out: str) -> None:
     for name, net in (("one", one), ("two", model)):
         stream = PairStream(train, 5, p, params_group("augment"), BATCH)
         history = fit_pairs(net, stream, 1, STEPS, 1e-2, 5, val)
-        res[name] = {"history": {k: history[0][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc")},
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy", "val_roc_auc")
+        res[name] = {"history": {k: history[0][k] for k in keys},
                      "prob": predict_arrays(net, val[0]).tolist(),
-                     "synchronized": any(getattr(layer, "synchronized", False) for layer in net.get_layer("backbone").layers)}
+                     "synchronized": any(getattr(layer, "synchronized", False)
+                                          for layer in net.get_layer("backbone").layers)}
     Path(out).write_text(json.dumps(res))
 
 
@@ -121,8 +124,9 @@ def test_two_replicas_train_like_one_device_on_the_same_global_batch(result):
 
 
 def test_devices_param_is_validated():
-    from conftest import params_raw
     from rsdetect.config import ConfigError, parse_params
+
+    from conftest import params_raw
 
     for bad in (0, "gpu", True, 1.5):
         with pytest.raises(ConfigError, match=r"^train\.devices: must be auto, cpu, multiworker or a device count"):

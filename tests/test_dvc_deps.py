@@ -65,7 +65,8 @@ def test_stage_code_deps_match_its_imports(name):
     script = ROOT / "src" / f"{name}.py"  # stage name = script name
     assert f"src/{name}.py" in STAGES[name]["cmd"]
     declared, derived = declared_code_deps(STAGES[name]), code_deps(script)
-    assert declared == derived, f"{name}: missing {sorted(derived - declared)}, not imported {sorted(declared - derived)}"
+    assert declared == derived, (f"{name}: missing {sorted(derived - declared)}, "
+                                 f"not imported {sorted(declared - derived)}")
 
 
 def test_a_missing_dep_is_caught(tmp_path):
@@ -115,7 +116,7 @@ def params_read(code: ast.AST) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             pairs = [(node.targets[0], node.value)]
             if isinstance(node.targets[0], ast.Tuple) and isinstance(node.value, ast.Tuple):
-                pairs = list(zip(node.targets[0].elts, node.value.elts))
+                pairs = list(zip(node.targets[0].elts, node.value.elts, strict=False))
             for target, value in pairs:
                 if isinstance(target, ast.Name) and isinstance(value, ast.Attribute) \
                         and isinstance(value.value, ast.Name) and value.value.id == "params":

@@ -26,7 +26,8 @@ from test_dvc_deps import STAGES, code_deps
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:
     res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+    assert res.returncode == 0, (f"{' '.join(args)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n"
+                                 f"{res.stderr[-2000:]}")
     return res.stdout
 
 
@@ -82,7 +83,8 @@ MODULES = ["datasets/embedded.py", "synth/figures.py", "synth/rengarajan.py", "s
 
 
 def test_every_stage_imports_one_of_the_edited_modules():
-    covered = {name for name in STAGES for m in MODULES if f"src/rsdetect/{m}" in code_deps(ROOT / "src" / f"{name}.py")}
+    covered = {name for name in STAGES for m in MODULES
+               if f"src/rsdetect/{m}" in code_deps(ROOT / "src" / f"{name}.py")}
     assert covered == set(STAGES)
 
 

@@ -15,13 +15,24 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from conftest import ROOT
 from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.metrics import (
+    EXTERNAL_TITLE,
+    MAGNITUDE_BINS,
+    binary_metrics,
+    external_metrics,
+    markdown_report,
+    operating_threshold,
+    read_predictions,
+    recall_breakdown,
+    threshold_sweep,
+    write_plots,
+    write_predictions,
+)
 from rsdetect.synth.manifest import MANIFEST_FIELDS
-from rsdetect.evaluation.metrics import (EXTERNAL_TITLE, MAGNITUDE_BINS, binary_metrics, external_metrics, markdown_report,
-                               operating_threshold, read_predictions, recall_breakdown, threshold_sweep, write_plots,
-                               write_predictions)
 from rsdetect.synth.rengarajan import EXTERNAL_FIELDS
+
+from conftest import ROOT
 
 
 def sk_reference(y, prob, t):
@@ -157,7 +168,8 @@ def test_evaluate_stage_chooses_threshold_on_val_and_reports_test_at_it(tmp_path
     p_test = [0.1, 0.2, 0.3, 0.4, 0.65, 0.7, 0.75, 0.8, 0.85, 0.95]
     rows = [{"path": f"images/{s}{i}.jpg", "split": s, "label": lab, "kind": "object" if lab else "none",
              "max_disp_px": 5.0 if lab else 0.0, "image_id": 100 * j + i // 2}
-            for j, (s, ys) in enumerate((("train", [0, 1]), ("val", y_val), ("test", y_test))) for i, lab in enumerate(ys)]
+            for j, (s, ys) in enumerate((("train", [0, 1]), ("val", y_val), ("test", y_test)))
+            for i, lab in enumerate(ys)]
     with open(synth / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -207,7 +219,7 @@ def test_threshold_sweep_shapes_and_monotonic_recall():
     assert [r["threshold"] for r in sweep] == pytest.approx(np.linspace(0, 1, 21))
     assert all(set(r) == {"threshold", "precision", "recall", "f1"} for r in sweep)
     recall = [r["recall"] for r in sweep]
-    assert all(a >= b for a, b in zip(recall, recall[1:]))
+    assert all(a >= b for a, b in zip(recall, recall[1:], strict=False))
     assert recall[0] == 1.0
     mid = sweep[10]
     assert mid["precision"] == pytest.approx(skm.precision_score(y, prob >= 0.5))
@@ -235,7 +247,8 @@ def test_recall_breakdown_by_kind_and_magnitude():
 
 
 def test_predictions_round_trip(tmp_path):
-    rows = [{"path": f"images/{i}.jpg", "split": s, "label": i % 2} for i, s in enumerate(["train", "val", "test", "test", "val", "train", "test"])]
+    splits = ["train", "val", "test", "test", "val", "train", "test"]
+    rows = [{"path": f"images/{i}.jpg", "split": s, "label": i % 2} for i, s in enumerate(splits)]
     prob = np.array([0.1234567, 0.5, 0.99, 0.0, 1.0, 0.333333, 0.75])
     path = tmp_path / "sub" / "pred.csv"
     write_predictions(path, rows, prob)
@@ -278,7 +291,8 @@ def test_markdown_report_has_a_row_per_model():
     test = {"roc_auc": 0.91, "pr_auc": 0.88, "precision": 0.95, "recall": 0.6, "f1": 0.73}
     summary = {"target_precision": 0.95, "models": {
         "cnn": {"threshold": 0.62, "target_reached": True, "test": test,
-                "breakdown": {"by_kind": {"pan": {"recall": 0.75, "n": 4}}, "by_magnitude": {"4-8px": {"recall": 0.5, "n": 2}}}},
+                "breakdown": {"by_kind": {"pan": {"recall": 0.75, "n": 4}},
+                              "by_magnitude": {"4-8px": {"recall": 0.5, "n": 2}}}},
         "lr_pixels": {"threshold": 0.4, "target_reached": False, "test": {**test, "roc_auc": 0.51}},
         "rf_features": {"threshold": 0.55, "target_reached": True, "test": test},
     }}
@@ -291,7 +305,8 @@ def test_markdown_report_has_a_row_per_model():
 
 
 def test_read_predictions_keeps_external_rows_apart_and_rejects_unknown_splits(tmp_path):
-    rows = [{"path": f"images/{i}.jpg", "split": s, "label": i % 2} for i, s in enumerate(["val", "external", "test", "external"])]
+    rows = [{"path": f"images/{i}.jpg", "split": s, "label": i % 2}
+            for i, s in enumerate(["val", "external", "test", "external"])]
     write_predictions(tmp_path / "p.csv", rows, np.array([0.1, 0.8, 0.3, 0.4]))
     back = read_predictions(tmp_path / "p.csv")
     assert back["external"]["path"] == ["images/1.jpg", "images/3.jpg"] and back["external"]["label"].tolist() == [1, 1]
@@ -360,11 +375,12 @@ def test_evaluate_stage_reports_external_block_at_the_validation_threshold(tmp_p
         assert x["roc_auc"] == pytest.approx(skm.roc_auc_score(y_ext, np.round(prob, 6))) and x["n"] == 80
     # recall by shear bin, matched by path although the predictions are in another order than the manifest
     threshold = summary["models"]["cnn"]["threshold"]
-    rs = [(r, p) for r, p in zip(ext_rows, data["p_ext"]) if r["label"] == 1]
+    rs = [(r, p) for r, p in zip(ext_rows, data["p_ext"], strict=False) if r["label"] == 1]
     for lo, hi in ((0, 4), (4, 8), (8, 16), (16, 32), (32, float("inf"))):
         hits = [np.round(p, 6) >= threshold for r, p in rs if lo <= r["max_disp_px"] < hi]
         if hits:
-            assert summary["models"]["cnn"]["external"]["breakdown"][f"{lo:g}-{hi:g}px"] == {"recall": pytest.approx(np.mean(hits)), "n": len(hits)}
+            assert summary["models"]["cnn"]["external"]["breakdown"][f"{lo:g}-{hi:g}px"] == {
+                "recall": pytest.approx(np.mean(hits)), "n": len(hits)}
     assert sum(v["n"] for v in summary["models"]["cnn"]["external"]["breakdown"].values()) == 40
     # external rows change nothing on the internal test set
     assert summary["models"]["cnn"]["test"]["n"] == 60

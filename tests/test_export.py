@@ -19,10 +19,11 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.export import check_inputs, export_model, sidecar_path  # noqa: E402
+
+from conftest import COLOUR_GAIN, colour_model  # noqa: E402
 
 SIZE = 32
 GAIN = COLOUR_GAIN
@@ -186,7 +187,8 @@ def pyfunc_dir(tmp_path_factory, models_dir) -> Path:
     from rsdetect.registry.pyfunc import RsDetector
 
     path = tmp_path_factory.mktemp("pyfunc") / "rs-detector"
-    mlflow.pyfunc.save_model(str(path), python_model=RsDetector(), artifacts={"keras_model": str(models_dir / "colour.keras")},
+    mlflow.pyfunc.save_model(str(path), python_model=RsDetector(),
+                             artifacts={"keras_model": str(models_dir / "colour.keras")},
                              model_config={"threshold": 0.9, "image_size": SIZE}, pip_requirements=["rsdetect"])
     return path
 
@@ -242,7 +244,8 @@ def test_mlflow_models_serve_answers(tmp_path, pyfunc_dir) -> None:
         blue = red[..., ::-1].copy()
         images = [base64.b64encode(cv2.imencode(".jpg", im)[1].tobytes()).decode() for im in (red, blue)]
         status, reply = http_json(f"http://127.0.0.1:{port}/invocations",
-                                  {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}}, timeout=60)
+                                  {"dataframe_split": {"columns": ["image"], "data": [[b] for b in images]}},
+                                  timeout=60)
         assert status == 200
         preds = reply["predictions"]
         assert [sorted(p) for p in preds] == [["flag", "probability", "tile"]] * 2
@@ -280,7 +283,8 @@ def test_unwritable_out_fails_before_conversion(tmp_path, models_dir, capsys, mo
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     (tmp_path / "dir.tflite").mkdir()
-    for out, needle in ((blocker / "m.tflite", f"{blocker} is a file"), ("/proc/rsdetect-nope/m.tflite", "cannot write in /proc"),
+    for out, needle in ((blocker / "m.tflite", f"{blocker} is a file"),
+                        ("/proc/rsdetect-nope/m.tflite", "cannot write in /proc"),
                         (tmp_path / "dir.tflite", "is a folder")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["export", "--model", str(models_dir / "colour.keras"), "--format", "tflite", "--out", str(out)])

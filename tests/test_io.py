@@ -47,9 +47,8 @@ def test_file_md5_and_default_mode_have_one_home(tmp_path):
     import hashlib
 
     from rsdetect.datasets import coco
-
-    from rsdetect.registry import gate
     from rsdetect.io import default_file_mode, file_md5
+    from rsdetect.registry import gate
 
     f = tmp_path / "blob"
     f.write_bytes(b"x" * (3 << 20))  # several read chunks
@@ -82,7 +81,8 @@ def test_dvc_checkout_restores_what_a_failed_repro_removed(tmp_path):
     # the stage writes out.txt = v, and dies (as an interrupted run does) when v is 2
     script = ("import sys, yaml; v = yaml.safe_load(open('params.yaml'))['v']; "
               "sys.exit(3) if v == 2 else open('out.txt', 'w').write(str(v))")
-    assert run("stage", "add", "-q", "-n", "make", "-p", "v", "-o", "out.txt", f'{sys.executable} -c "{script}"').returncode == 0
+    added = run("stage", "add", "-q", "-n", "make", "-p", "v", "-o", "out.txt", f'{sys.executable} -c "{script}"')
+    assert added.returncode == 0
     assert run("repro", "-q").returncode == 0 and (tmp_path / "out.txt").read_text() == "1"
     (tmp_path / "params.yaml").write_text("v: 2\n")
     assert run("repro", "-q").returncode != 0

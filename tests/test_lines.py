@@ -1,4 +1,5 @@
-"""rsdetect.evaluation.lines: tilt of near-vertical segments measures a rolling-shutter shear, on bar images made here."""
+"""rsdetect.evaluation.lines: tilt of near-vertical segments measures a rolling-shutter shear, on bar images made
+here."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.baseline_models import fit_predict, logistic_regression
 from rsdetect.evaluation.lines import feature_names, line_features, line_features_of_paths
 from rsdetect.shutter import Motion, rolling_rows, warp_rows
 

@@ -1,4 +1,5 @@
-"""rsdetect.model.backbone and rsdetect.model.head on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached features, the head,
+"""rsdetect.model.backbone and rsdetect.model.head on CPU at 64 px: the BatchNorm pitfall of a random backbone, cached
+features, the head,
 assembly, fine-tuning, weight loading errors and determinism."""
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from rsdetect.model import backbone as m, head as hd  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
+from rsdetect.model import backbone as m  # noqa: E402
+from rsdetect.model import head as hd  # noqa: E402
 
 S = 64
 N_FEATURES = 960
@@ -144,12 +146,14 @@ def test_fit_head_learns_separable_features():
 def test_unfreeze_top_blocks(images):
     backbone = m.build_backbone(S, "none")
     names = m.unfreeze_top_blocks(backbone, 2)
-    blocks = sorted({int(n.split("_")[2]) for n in (l.name for l in backbone.layers) if n.startswith("expanded_conv_") and n.split("_")[2].isdigit()})
+    blocks = sorted({int(n.split("_")[2]) for n in (layer.name for layer in backbone.layers)
+                     if n.startswith("expanded_conv_") and n.split("_")[2].isdigit()})
     top = blocks[-2:]
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and not any(bn.trainable for bn in bns)
-    convs = [l for l in backbone.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
-    trainable_convs = [l.name for l in convs if l.trainable]
+    convs = [layer for layer in backbone.layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    trainable_convs = [layer.name for layer in convs if layer.trainable]
     assert trainable_convs and len(trainable_convs) < len(convs)
     assert all(any(n.startswith(f"expanded_conv_{b}_") for b in top) or n == "conv_1" for n in trainable_convs)
     assert "conv_1" in trainable_convs and any(n.startswith(f"expanded_conv_{top[0]}_") for n in trainable_convs)
@@ -241,9 +245,9 @@ def _train_head(seed: int) -> list[np.ndarray]:
 
 def test_set_determinism_repeats_head_training():
     a, b, c = _train_head(11), _train_head(11), _train_head(12)
-    for wa, wb in zip(a, b):
+    for wa, wb in zip(a, b, strict=False):
         np.testing.assert_array_equal(wa, wb)
-    assert any(not np.array_equal(wa, wc) for wa, wc in zip(a, c))
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(a, c, strict=False))
 
 
 def test_largest_batch_doubles_until_memory_runs_out():
@@ -271,17 +275,17 @@ def test_gpu_batch_probe_runs_forward_without_changing_weights(calibrated, monke
     monkeypatch.setattr(tf.config, "get_visible_devices", lambda kind=None: ["a GPU"])
     before = [w.numpy().copy() for w in calibrated.weights]
     assert m.gpu_batch_size(calibrated, S, 2, 8) == 8  # this machine's memory holds all of them
-    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, calibrated.weights))
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, calibrated.weights, strict=False))
 
 
 def test_whole_backbone_from_scratch_trains_batchnorm_too(images):
     backbone = m.build_backbone(S, "none")
     names = m.unfreeze_top_blocks(backbone, 15, train_batchnorm=True)
     assert backbone.get_layer("conv").trainable  # the stem too
-    assert all(l.trainable for l in backbone.layers if l.weights)
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert all(layer.trainable for layer in backbone.layers if layer.weights)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert all(bn.momentum == m.BN_MOMENTUM_SCRATCH for bn in bns)
-    assert len(names) == sum(1 for l in backbone.layers if l.weights)
+    assert len(names) == sum(1 for layer in backbone.layers if layer.weights)
     # a training-mode call through the assembled model moves the BatchNorm statistics...
     model = hd.assemble(backbone, hd.build_head(N_FEATURES, 0.0), np.zeros(N_FEATURES), np.ones(N_FEATURES))
     before = backbone.get_layer("conv_bn").moving_mean.numpy().copy()

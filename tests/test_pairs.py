@@ -3,9 +3,9 @@ augmentation, the curriculum eases in, and only the asked split's photos are dra
 import numpy as np
 import pytest
 
+from rsdetect.datasets.instances import load_instances
 from rsdetect.errors import RsdetectError
 from rsdetect.synth.manifest import split_images
-from rsdetect.datasets.instances import load_instances
 from rsdetect.synth.pairs import PairStream, augment_pair, fixed_pairs, load_photos
 
 from conftest import params_group, with_params

@@ -13,14 +13,24 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import colour_model  # noqa: E402
-from rsdetect.model import backbone as m, head as hd  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
-from rsdetect.preprocess import (TILE_STRIDE, box_text, decode, load_square, resize_short_side, score_frames,  # noqa: E402
-                                 tile_starts, to_tiles)
+from rsdetect.model import backbone as m  # noqa: E402
+from rsdetect.model import head as hd  # noqa: E402
+from rsdetect.preprocess import (  # noqa: E402
+    TILE_STRIDE,
+    box_text,
+    decode,
+    load_square,
+    resize_short_side,
+    score_frames,
+    tile_starts,
+    to_tiles,
+)
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
+
+from conftest import colour_model  # noqa: E402
 
 S = 32
 QUIET = dict(progress=False)
@@ -78,7 +88,8 @@ def test_train_pyfunc_and_scan_give_the_same_probability(tmp_path):
     model = conv_model()
     keras_path = tmp_path / "conv.keras"
     model.save(keras_path)
-    files = [write_rgb(tmp_path / "square.jpg", textured(S, S, 1)), write_rgb(tmp_path / "wide.jpg", textured(45, 80, 2))]
+    files = [write_rgb(tmp_path / "square.jpg", textured(S, S, 1)),
+             write_rgb(tmp_path / "wide.jpg", textured(45, 80, 2))]
 
     train = hd.predict_paths(model, [str(f) for f in files], S, 4)  # train/evaluate's path
     pyfunc = save_pyfunc(keras_path, tmp_path / "pyfunc", 0.5, S)
@@ -103,7 +114,8 @@ def test_train_pyfunc_and_scan_give_the_same_probability(tmp_path):
 
 def test_training_inputs_are_the_scanned_tile(tmp_path):
     """load_images and image_dataset (training's inputs) give exactly the pixels scan scores for a square image."""
-    paths = [str(write_rgb(tmp_path / f"{i}.jpg", textured(*shape, i))) for i, shape in enumerate([(S, S), (2 * S, 2 * S)])]
+    paths = [str(write_rgb(tmp_path / f"{i}.jpg", textured(*shape, i)))
+             for i, shape in enumerate([(S, S), (2 * S, 2 * S)])]
     loaded = m.load_images(paths, S)
     batches = list(m.image_dataset(paths, np.array([0, 1]), S, 2))
     assert len(batches) == 1
@@ -146,7 +158,8 @@ def test_distortion_in_the_left_fifth_of_a_wide_frame_is_flagged(tmp_path):
 
 # ---------------------------------------------------------------- tiles
 
-@pytest.mark.parametrize("h,w", [(S, S), (S, 2 * S), (360, 640), (640, 360), (48, 64), (20, 25), (S + 1, 3 * S), (500, 499)])
+@pytest.mark.parametrize("h,w", [(S, S), (S, 2 * S), (360, 640), (640, 360), (48, 64), (20, 25), (S + 1, 3 * S),
+                                 (500, 499)])
 def test_tiles_cover_the_whole_frame(h, w):
     frame = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8)
     tiles, boxes = to_tiles(frame, S)
@@ -161,7 +174,7 @@ def test_tiles_cover_the_whole_frame(h, w):
     # neighbours start at most TILE_STRIDE * S apart (in the resized frame), first flush left, last flush right
     starts = tile_starts(resized_long, S)
     assert starts[0] == 0 and starts[-1] == resized_long - S and len(starts) == len(boxes)
-    assert all(0 < b - a <= TILE_STRIDE * S for a, b in zip(starts, starts[1:]))
+    assert all(0 < b - a <= TILE_STRIDE * S for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_square_frame_is_one_unresampled_tile_and_two_to_one_is_three():
@@ -185,7 +198,8 @@ def test_square_frame_is_one_unresampled_tile_and_two_to_one_is_three():
 
 def test_score_frames_is_the_max_over_each_frames_tiles_whatever_the_batch():
     rng = np.random.default_rng(5)
-    frames = [rng.integers(0, 256, shape + (3,), np.uint8) for shape in [(S, S), (S, 3 * S), (50, 40), (S, S), (40, 90)]]
+    frames = [rng.integers(0, 256, shape + (3,), np.uint8)
+              for shape in [(S, S), (S, 3 * S), (50, 40), (S, S), (40, 90)]]
     calls = []
 
     def score_fn(x):  # a score per tile: its mean red level

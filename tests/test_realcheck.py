@@ -1,4 +1,5 @@
-"""rsdetect.evaluation.photos: held-out selection, twin pairs and whole-photo false alarms, on a COCO folder the test makes."""
+"""rsdetect.evaluation.photos: held-out selection, twin pairs and whole-photo false alarms, on a COCO folder the test
+makes."""
 import json
 import shutil
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 
 from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.photos import check_photos, held_out_photos
 
 from conftest import params_group
-from rsdetect.evaluation.photos import check_photos, held_out_photos
 
 P = params_group("synthesize", size=64, min_person_area=60, pairs_per_photo=1)
 

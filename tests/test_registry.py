@@ -1,9 +1,8 @@
 """rsdetect.registry: where MLflow writes, the pyfunc's input handling, and champion-alias registration."""
 from __future__ import annotations
 
-import os
-
 import base64
+import os
 from pathlib import Path
 
 import cv2
@@ -11,14 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import colour_model as shared_colour_model
 from rsdetect import ENVIRONMENT
 from rsdetect.errors import RsdetectError
-from rsdetect.preprocess import to_tiles
 from rsdetect.io import file_md5
+from rsdetect.preprocess import to_tiles
 from rsdetect.registry.gate import register_candidate, register_summary
 from rsdetect.registry.pyfunc import decode_frame, frames_from_input
 from rsdetect.registry.tracking import project_root, tracking_uri
+
+from conftest import colour_model as shared_colour_model
 
 HTTP_DEFAULTS = {k: v for k, v in ENVIRONMENT.items() if k.startswith("MLFLOW_HTTP_")}
 
@@ -119,7 +119,8 @@ def test_setup_mlflow_leaves_other_mlflow_errors_alone(tmp_path, monkeypatch):
             raise MlflowException("API request to nowhere failed with exception boom")
     with pytest.raises(RsdetectError, match="https://example.invalid cannot be reached"):
         with tracking_server("https://example.invalid"):
-            raise MlflowException("API request to https://example.invalid failed with exception [Errno -2] Name or service not known")
+            raise MlflowException("API request to https://example.invalid failed with exception "
+                                  "[Errno -2] Name or service not known")
 
 
 # --- inputs the pyfunc accepts ---------------------------------------------------------------------------------
@@ -297,10 +298,12 @@ def test_register_candidate_end_to_end(tmp_path, mlflow_env):
 
     # 4. force moves it (and registers nothing new)
     r4 = register(bad, force=True)
-    assert r4["version"] == "2" and r4["promoted"] and str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
+    assert r4["version"] == "2" and r4["promoted"]
+    assert str(client.get_model_version_by_alias(NAME, ALIAS).version) == "2"
     assert len(client.search_model_versions(f"name='{NAME}'")) == 2
     flipped = mlflow.pyfunc.load_model(f"models:/{NAME}@{ALIAS}").predict(np.stack(frames))
-    np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames), atol=1e-5)
+    np.testing.assert_allclose(flipped["probability"].to_numpy(), whole_frame_scores(colour_model(-0.08), frames),
+                               atol=1e-5)
 
     # 5. a better candidate (re-scored above the forced champion's 0.0) moves it
     r5 = register(better, threshold=0.6)

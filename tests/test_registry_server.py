@@ -85,12 +85,14 @@ def test_register_stage_on_a_server_and_the_champion_scores_in_another_process(s
     """The register stage script (as `dvc repro` runs it) registers through the server; a second process that
     knows only MLFLOW_TRACKING_URI loads models:/rs-detector@champion and scores images with it."""
     uri, server_root = server
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw({"features": {"image_size": S}, "synthesize": {"size": S}})))
+    params = params_raw({"features": {"image_size": S}, "synthesize": {"size": S}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "models").mkdir()
     colour_model(S, GAIN).save(tmp_path / "models" / "model.keras")
     paths, labels = write_test_set(tmp_path / "data" / "synth" / "images")
     rows = ["path,label,split,image_id,max_disp_px"] + [
-        f"{Path(p).relative_to(tmp_path / 'data' / 'synth')},{lab},test,{i},0" for i, (p, lab) in enumerate(zip(paths, labels))]
+        f"{Path(p).relative_to(tmp_path / 'data' / 'synth')},{lab},test,{i},0"
+        for i, (p, lab) in enumerate(zip(paths, labels, strict=False))]
     (tmp_path / "data" / "synth" / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(
@@ -114,7 +116,8 @@ def test_register_stage_on_a_server_and_the_champion_scores_in_another_process(s
     other.mkdir()
     scored = json.loads(run([sys.executable, "-c", SCORE, *images], uri, other).strip().splitlines()[-1])
     assert scored["flag"] == [True, False]
-    np.testing.assert_allclose(scored["probability"], [expected_probability(red, GAIN), expected_probability(blue, GAIN)],
+    np.testing.assert_allclose(scored["probability"],
+                               [expected_probability(red, GAIN), expected_probability(blue, GAIN)],
                                atol=1e-4)
 
 
@@ -176,7 +179,8 @@ def test_two_registrations_racing_leave_the_better_one_champion_and_both_version
     uri, _ = server
     name = "rs-race"
     paths, labels = write_test_set(tmp_path / "test")
-    mark = {f"{what}-{who}": str(tmp_path / f"{what}-{who}") for what in ("ready", "read", "done") for who in ("better", "worse")}
+    mark = {f"{what}-{who}": str(tmp_path / f"{what}-{who}")
+            for what in ("ready", "read", "done") for who in ("better", "worse")}
     # gain 0: p = 0.5 everywhere, ROC AUC 0.5; the worse one starts 1 s later, so it usually meets the lock second
     racers = {"better": (GAIN, 1.0, 0.0, mark["read-worse"]), "worse": (0.0, 0.5, 1.0, mark["done-better"])}
     go = tmp_path / "go"
@@ -194,7 +198,8 @@ def test_two_registrations_racing_leave_the_better_one_champion_and_both_version
         while not all(Path(mark[f"ready-{who}"]).exists() for who in racers):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
                 pytest.fail("a racer did not reach the start line: " +
-                            " | ".join(p.stderr.read()[-500:] for p in procs.values() if p.poll() is not None), pytrace=False)
+                            " | ".join(p.stderr.read()[-500:] for p in procs.values() if p.poll() is not None),
+                            pytrace=False)
             time.sleep(0.1)
         go.touch()
         results = {}
@@ -212,5 +217,6 @@ def test_two_registrations_racing_leave_the_better_one_champion_and_both_version
     versions = {v.tags["git_commit"]: v.version for v in client.search_model_versions(f"name='{name}'")}
     assert sorted(versions) == ["better", "worse"]  # no lost version
     assert {r["version"] for r in results.values()} == set(versions.values())
-    assert {k: str(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": versions["better"]}  # one champion, the better
+    aliases = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+    assert aliases == {"champion": versions["better"]}  # one champion, the better
     assert not client.search_registered_models(f"name='{name}.gate-lock'")  # the lock was released

@@ -162,8 +162,9 @@ def test_scan_survives_a_long_camera_name_an_unreadable_folder_and_a_short_avi(t
     pytest.importorskip("keras")
     import json
 
-    from conftest import colour_model
     from rsdetect import cli
+
+    from conftest import colour_model
 
     model = tmp_path / "colour.keras"
     colour_model(32).save(model)
@@ -216,11 +217,12 @@ def limit_400(monkeypatch):
 
 
 def test_load_params_sets_the_decode_limit(tmp_path, monkeypatch):
-    from conftest import params_raw
-
     import yaml
+
     from rsdetect import limits
     from rsdetect.config import load_params
+
+    from conftest import params_raw
 
     monkeypatch.setenv(limits.ENV, "1")  # recorded, so the value load_params sets below is undone after the test
     monkeypatch.delenv(limits.ENV)
@@ -439,8 +441,9 @@ def test_a_malformed_exclude_file_is_one_line(photo_folder, tmp_path, content, w
 
 def test_check_photos_cli_with_a_malformed_exclude_is_one_line(photo_folder, tmp_path, capsys):
     pytest.importorskip("keras")
-    from conftest import colour_model
     from rsdetect import cli
+
+    from conftest import colour_model
 
     model, evaluation = tmp_path / "m.keras", tmp_path / "evaluate.json"
     colour_model(32).save(model)
@@ -471,10 +474,9 @@ def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, ca
     """Why docs/security.md says model folders must be trusted: loading one runs its code. The error is one line."""
     mlflow = pytest.importorskip("mlflow")
     import pickle
+    import warnings
 
     from rsdetect import cli
-
-    import warnings
 
     folder = tmp_path / "model"
     with warnings.catch_warnings():  # MLflow's advice on type hints, for the stand-in model
@@ -511,11 +513,12 @@ def test_file_stems_are_bounded_and_stay_unique():
 
 def test_watch_keeps_the_reports_of_a_long_named_camera_and_a_short_avi(tmp_path, capsys):
     pytest.importorskip("keras")
-    from conftest import colour_model
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.sources import parse_sources
     from rsdetect.serve.watch.loop import WatchOptions, run_watch
     from rsdetect.serve.watch.metrics import WatchMetrics
+
+    from conftest import colour_model
 
     path = tmp_path / "colour.keras"
     colour_model(32).save(path)

@@ -41,5 +41,6 @@ def test_embedded_scenes_have_real_coco_quirks(sample_dir):
         m = coco.annToMask(a)
         assert m.shape == (img["height"], img["width"]) and m.sum() > 0
     assert nonconvex > len(polys) // 2
-    touching = [a for a in polys if a["bbox"][0] <= 1 or a["bbox"][0] + a["bbox"][2] >= coco.imgs[a["image_id"]]["width"] - 1]
+    touching = [a for a in polys
+                if a["bbox"][0] <= 1 or a["bbox"][0] + a["bbox"][2] >= coco.imgs[a["image_id"]]["width"] - 1]
     assert touching  # people cut by the image border

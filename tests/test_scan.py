@@ -17,7 +17,6 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
@@ -26,6 +25,8 @@ from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.scoring import longest_run, smooth  # noqa: E402
 from rsdetect.serve.signals import Interrupted, StopSignals, uninterrupted  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
+
+from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 
 SIZE = 32  # model input; 64x48 frames are resized to 43x32 and scored as 2 tiles of 32x32
 GAIN = COLOUR_GAIN
@@ -106,7 +107,8 @@ def test_parse_sources_names(tmp_path) -> None:
     (tmp_path / "b").mkdir()
     va = write_video(tmp_path / "a" / "lobby.avi", set(), 2)
     vb = write_video(tmp_path / "b" / "lobby.avi", set(), 2)
-    srcs = parse_sources([str(va), str(vb), f"door={va}", "http://127.0.0.1:9/live.mjpg?user=x", str(tmp_path / "*.png")])
+    srcs = parse_sources([str(va), str(vb), f"door={va}", "http://127.0.0.1:9/live.mjpg?user=x",
+                         str(tmp_path / "*.png")])
     assert [s.camera for s in srcs] == ["lobby", "lobby-2", "door", "live", tmp_path.name]
     assert [s.kind for s in srcs] == ["video", "video", "video", "stream", "images"]
     with pytest.raises(RsdetectError, match="used twice"):
@@ -357,7 +359,8 @@ def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monk
     base = ["scan", str(video), "--model", str(model_path), "--out"]
     assert "is a file, not a folder" in one_line_error(capsys, [*base, str(blocker)])
     assert f"{blocker} is a file" in one_line_error(capsys, [*base, str(blocker / "sub")])
-    assert "cannot write in /proc" in one_line_error(capsys, [*base, "/proc/rsdetect-nope/out"])  # read-only even for root
+    # read-only even for root
+    assert "cannot write in /proc" in one_line_error(capsys, [*base, "/proc/rsdetect-nope/out"])
     # A folder with other things in it is not replaced by reports (the swap would delete them).
     assert "not rsdetect reports (blocker.txt, ...)" in one_line_error(capsys, [*base, str(tmp_path)])
     assert blocker.read_text() == "a file, not a folder" and video.is_file()
@@ -471,7 +474,8 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     (out / "worst").mkdir(parents=True)  # an earlier scan's reports, to be replaced whole
     (out / "summary.json").write_text('{"old": true}\n')
     (out / "worst" / "old_1.jpg").write_bytes(b"old")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", str(video), "--model", str(model_path),
                              "--out", str(out), "--batch", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
@@ -498,7 +502,8 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     with open(out / "frames.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == scored
     assert s["cameras"]["cam"]["flagged"] == len(flagged(out, "cam")) == len([i for i in range(scored) if i % 7 == 0])
-    assert {p.name for p in out.iterdir()} == {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst"}
+    assert {p.name for p in out.iterdir()} == {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png",
+                                               "worst"}
     assert all((out / w["path"]).is_file() for w in s["cameras"]["cam"]["worst_frames"])
     assert not (out / "worst" / "old_1.jpg").exists()
     assert not [p for p in tmp_path.rglob(".*")]  # no .tmp, staging folder or lock left
@@ -513,7 +518,8 @@ def striped(red: bool, shear: float, w: int = 96, h: int = 64) -> np.ndarray:
 
     r, b = RED if red else BLUE
     dark = (np.arange(w) // 16 % 2 == 0)[None, :, None]
-    upright = np.broadcast_to(np.where(dark, np.array([b, 90, r]) // 3, np.array([b, 90, r])), (h, w, 3)).astype(np.uint8)
+    colour = np.array([b, 90, r])
+    upright = np.broadcast_to(np.where(dark, colour // 3, colour), (h, w, 3)).astype(np.uint8)
     return warp_rows(np.ascontiguousarray(upright), shear * np.arange(h) / (h - 1), np.zeros(h))
 
 
@@ -523,7 +529,8 @@ def test_worst_frames_get_heatmaps_shear_and_a_deskewed_preview(tmp_path, model_
     for i, (red, shear) in enumerate([(True, 12.0), (False, 0.0), (True, -12.0)]):
         cv2.imwrite(str(folder / f"img_{i}.png"), striped(red, shear))
     out = tmp_path / "out"
-    cli.main(["scan", str(folder), "--model", str(model_path), "--out", str(out), "--params", str(ROOT / "params.yaml")])
+    cli.main(["scan", str(folder), "--model", str(model_path), "--out", str(out),
+              "--params", str(ROOT / "params.yaml")])
     capsys.readouterr()
     by_index = {r["frame_index"]: r for r in rows(out)}
     assert [by_index[i]["flag"] for i in range(3)] == [True, False, True]
@@ -579,7 +586,8 @@ def test_annotated_video_shows_the_heatmap_of_flagged_frames(tmp_path, model) ->
     originals = [plain.read()[1] for _ in range(10)]
     plain.release()
     body = slice(20, None)  # below the score banner
-    changed = [float(np.abs(a[body].astype(int) - b[body].astype(int)).mean()) for a, b in zip(frames, originals)]
+    changed = [float(np.abs(a[body].astype(int) - b[body].astype(int)).mean())
+               for a, b in zip(frames, originals, strict=False)]
     assert min(changed[i] for i in (2, 3, 7)) > 5 * max(changed[i] for i in (0, 1, 5, 9))
 
 

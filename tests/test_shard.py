@@ -18,6 +18,7 @@ pytest.importorskip("keras")
 pytest.importorskip("distributed")
 
 from test_scan import rows, scan_lines, write_images, write_video  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
@@ -28,7 +29,8 @@ QUIET = dict(progress=False)
 
 
 def sharded_scan(dask_client, sources, spec: str, out: Path, options: ScanOptions):
-    return run_scan(sources, describe_model(dask_client, spec), out, options, cameras=sharded_cameras(dask_client, spec, options))
+    return run_scan(sources, describe_model(dask_client, spec), out, options,
+                    cameras=sharded_cameras(dask_client, spec, options))
 
 
 def cameras(tmp_path: Path) -> list[str]:
@@ -105,17 +107,20 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, dask_client
 def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, dask_client, colour_tflite, capsys) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
     address = dask_client.scheduler.address
-    cli.main(["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--scheduler", address])
+    cli.main(["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"),
+              "--scheduler", address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
     base = ["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x")]
     for extra, needle in ((["--workers", "0"], "--workers must be >= 1"),
                           (["--workers", "2", "--scheduler", address], "not both"),
-                          (["--scheduler", address, "--model", str(tmp_path / "nope.tflite")], "nope.tflite: model file not found")):
+                          (["--scheduler", address, "--model", str(tmp_path / "nope.tflite")],
+                           "nope.tflite: model file not found")):
         with pytest.raises(SystemExit) as exc:
             cli.main([*base, *extra])
         err = capsys.readouterr().err
-        assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, (extra, err)
+        assert exc.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (extra, err)
+        assert needle in err, (extra, err)
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
 
 
@@ -135,7 +140,10 @@ def test_sharded_shear_columns_and_counts_equal_the_single_process_ones(tmp_path
                    explain=Explainer(None, model.image_size, model.kind, shear),
                    cameras=sharded_cameras(dask_client, str(colour_tflite), options))
     a, b = rows(one.out_dir), rows(two.out_dir)
-    assert [(r["frame_index"], r["flag"], r["shear_px"]) for r in a] == [(r["frame_index"], r["flag"], r["shear_px"]) for r in b]
+    def key(r: dict) -> tuple:
+        return r["frame_index"], r["flag"], r["shear_px"]
+
+    assert [key(r) for r in a] == [key(r) for r in b]
     assert sum(r["flag"] for r in a) == 7
     assert one.summary["explain"] == two.summary["explain"]
     e = two.summary["explain"]

@@ -5,8 +5,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from rsdetect.model import backbone as m  # noqa: E402
-from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 from rsdetect.model.training import build_classifier, epoch_lr, fit_pairs, predict_arrays, scores  # noqa: E402
+from rsdetect.synth.pairs import PairStream, fixed_pairs, load_photos  # noqa: E402
 
 from conftest import params_group  # noqa: E402
 
@@ -33,7 +33,8 @@ def test_fit_pairs_keeps_the_best_epoch_and_frozen_layers(streams):
     np.testing.assert_array_equal(backbone.get_layer("conv").get_weights()[0], stem)  # frozen stem unchanged
     assert np.abs(backbone.get_layer("conv_1").get_weights()[0] - top).max() > 0  # unfrozen layer moved
     # the model ends with the weights of the best validation AUC, not the last epoch's
-    assert scores(val[1], predict_arrays(model, val[0]))["roc_auc"] == pytest.approx(max(r["val_roc_auc"] for r in history))
+    best = max(r["val_roc_auc"] for r in history)
+    assert scores(val[1], predict_arrays(model, val[0]))["roc_auc"] == pytest.approx(best)
 
 
 def test_patience_and_should_stop_end_training(streams):
@@ -47,7 +48,7 @@ def test_cosine_decay_runs_from_lr_to_its_end_fraction():
     rates = [epoch_lr(1e-3, 0.02, e, 5) for e in range(5)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(2e-5)
     assert rates[2] == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # half way: half way between the two
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
 def test_fit_pairs_sets_the_decayed_rate_on_the_optimizer(streams):

@@ -21,9 +21,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import colour_model  # noqa: E402
-from mjpeg_server import MjpegCamera, solid  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.explain import Explainer  # noqa: E402
@@ -35,10 +34,14 @@ from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, run_watch, watch
 from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.serve.watch.reports import RollingLog  # noqa: E402
 
+from conftest import colour_model  # noqa: E402
+from mjpeg_server import MjpegCamera, solid  # noqa: E402
+
 SIZE = 32
 RED, BLUE = (50, 90, 200), (200, 90, 50)  # BGR: p ~0.9995 and ~0.0005 under the colour model
 # Quick reconnects for tests; a queue larger than any test's frames, so no frame is dropped and counts are exact.
-FAST = dict(batch=4, reconnect_initial=0.2, reconnect_max=0.4, stall_timeout=2.0, summary_interval=0.3, queue_frames=256)
+FAST = dict(batch=4, reconnect_initial=0.2, reconnect_max=0.4, stall_timeout=2.0, summary_interval=0.3,
+            queue_frames=256)
 
 
 def every_third_red(i: int):
@@ -241,7 +244,8 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
     assert "--reconnect-max (0.5) must be >=" in one_line_error(capsys, [*base, *out, "--reconnect-initial", "2",
                                                                          "--reconnect-max", "0.5"])
     for port in ("-1", "70000"):
-        assert "--metrics-port must be within [0, 65535]" in one_line_error(capsys, [*base, *out, "--metrics-port", port])
+        err = one_line_error(capsys, [*base, *out, "--metrics-port", port])
+        assert "--metrics-port must be within [0, 65535]" in err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -251,7 +255,8 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
     (tmp_path / "mine.txt").write_text("not a report")
     assert "not rsdetect reports" in one_line_error(capsys, [*base, "--out", str(tmp_path)])
     with watch_claim(str(tmp_path / "out")):  # a watcher already writing there
-        assert "another scan or watch is writing there now" in one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
+        err = one_line_error(capsys, [*base, *out, "--metrics-port", "0"])
+        assert "another scan or watch is writing there now" in err
     assert not [p for p in tmp_path.rglob(".*")]  # no lock or temp file left
 
 
@@ -285,7 +290,8 @@ def test_a_stop_that_ends_the_readers_is_the_reason_not_the_sources(model) -> No
 def test_sigterm_stops_the_command_cleanly(tmp_path, model_path) -> None:
     """`rsdetect watch` as a real process: metrics port 0 announced, frames scored, SIGTERM -> exit 0, reports whole."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
     with MjpegCamera(every_third_red) as cam:
         proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "watch", f"gate={cam.url}", "--model",
                                  str(model_path), "--out", str(out), "--metrics-port", "0", "--summary-interval", "0.5",
@@ -324,7 +330,6 @@ def test_a_camera_whose_decoder_aborts_goes_down_alone(tmp_path, model, capfd) -
     """Three cameras, one whose decoder dies in native code (SIGABRT): the watch goes on, the other two are scored
     whole, the dead one is down with one read error naming the signal (a stream would reconnect with backoff)."""
     import cv2
-
     from crashing_source import AbortingSource
 
     paths = {}

@@ -1,4 +1,5 @@
-"""rsdetect watch with cameras on a local Dask cluster of 2 worker processes (rsdetect.serve.watch.shard): the same rows,
+"""rsdetect watch with cameras on a local Dask cluster of 2 worker processes (rsdetect.serve.watch.shard): the same
+rows,
 flags and metrics as the single-process watch over video files and a real MJPEG stream; SIGTERM stops the tasks
 and completes the reports; usage errors before the model loads; the CLI on an existing scheduler. One cluster for
 the module; the model is the colour model as TFLite, so workers do not import TensorFlow.
@@ -18,9 +19,9 @@ import pytest
 pytest.importorskip("keras")
 pytest.importorskip("distributed")
 
-from mjpeg_server import MjpegCamera  # noqa: E402
 from test_scan import write_video  # noqa: E402
 from test_watch import FAST, every_third_red, one_line_error, rows, scrape  # noqa: E402
+
 from rsdetect import cli  # noqa: E402
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.shard import describe_model  # noqa: E402
@@ -28,6 +29,8 @@ from rsdetect.serve.sources import parse_sources  # noqa: E402
 from rsdetect.serve.watch.loop import WatchOptions, run_watch  # noqa: E402
 from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
 from rsdetect.serve.watch.shard import run_sharded_watch  # noqa: E402
+
+from mjpeg_server import MjpegCamera  # noqa: E402
 
 
 def by_camera(out: Path) -> dict[str, list[dict]]:
@@ -48,9 +51,11 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, dask_
         with MjpegCamera(every_third_red) as cam, MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
             sources = parse_sources([*videos, f"gate={cam.url}"])
             if mode == "one":
-                results[mode] = run_watch(sources, load_model(str(colour_tflite)), tmp_path / mode, options, server.metrics)
+                results[mode] = run_watch(sources, load_model(str(colour_tflite)), tmp_path / mode, options,
+                                          server.metrics)
             else:
-                results[mode] = run_sharded_watch(dask_client, str(colour_tflite), sources, describe_model(dask_client, str(colour_tflite)),
+                results[mode] = run_sharded_watch(dask_client, str(colour_tflite), sources,
+                                                  describe_model(dask_client, str(colour_tflite)),
                                                   tmp_path / mode, options, server.metrics)
             scrapes[mode] = scrape(server.url)
     one, two = results["one"], results["two"]
@@ -65,17 +70,21 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, dask_
         c1, c2 = one.summary["cameras"][cam], two.summary["cameras"][cam]
         assert (c2["frames_scored"], c2["flagged"], c2["longest_flagged_run"]) == \
                (c1["frames_scored"], c1["flagged"], c1["longest_flagged_run"])
-        assert (c2["reconnects"], c2["read_errors"], c2["frames_dropped"], c2["up"], c2["finished"]) == (0, 0, 0, False, True)
+        health = (c2["reconnects"], c2["read_errors"], c2["frames_dropped"], c2["up"], c2["finished"])
+        assert health == (0, 0, 0, False, True)
         # The metrics served by this process agree with the rows it wrote, frame for frame.
         m = scrapes["two"]
         assert m[("rsdetect_frames_scanned_total", cam)] == len(b[cam])
         assert m[("rsdetect_frames_flagged_total", cam)] == sum(r["flag"] for r in b[cam]) == c2["flagged"]
         assert m[("rsdetect_frame_probability_count", cam)] == len(b[cam])
-        assert m[("rsdetect_frame_probability_sum", cam)] == pytest.approx(sum(r["probability"] for r in b[cam]), abs=1e-4)
+        expected_sum = sum(r["probability"] for r in b[cam])
+        assert m[("rsdetect_frame_probability_sum", cam)] == pytest.approx(expected_sum, abs=1e-4)
         assert m[("rsdetect_camera_up", cam)] == 0 and m[("rsdetect_frames_dropped_total", cam)] == 0
         assert m[("rsdetect_last_frame_timestamp_seconds", cam)] == pytest.approx(time.time(), abs=60)
-        def series(scraped: dict) -> dict:  # times and float sums aside, every series equals the single process's
-            return {k: v for k, v in scraped.items() if k[1] == cam and not k[0].endswith(("_seconds", "_sum", "_created"))}
+        # times and float sums aside, every series equals the single process's
+        def series(scraped: dict, cam=cam) -> dict:
+            return {k: v for k, v in scraped.items()
+                    if k[1] == cam and not k[0].endswith(("_seconds", "_sum", "_created"))}
         assert series(m) == series(scrapes["one"]) and len(series(m)) == 7
         # The worst frames are the same frames, written here (heatmaps skipped: the model is on the workers).
         assert [(w["frame_index"], w["path"]) for w in c2["worst_frames"]] == \
@@ -143,7 +152,8 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colou
     assert not (tmp_path / "x").exists()
 
 
-def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, dask_client, colour_tflite, capsys) -> None:
+def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, dask_client, colour_tflite,
+                                                                   capsys) -> None:
     """The worker watching one stream exits outright; Dask reruns its task on the restarted worker: the camera is
     watched again (one read error, said once; frame numbers go on), the other camera is not touched. Last in the
     module: it kills a worker of the shared cluster."""
@@ -165,7 +175,8 @@ def test_a_worker_that_dies_is_replaced_and_the_other_cameras_go_on(tmp_path, da
 
         killer = threading.Thread(target=kill_the_gate_worker_then_stop, daemon=True)
         killer.start()
-        result = run_sharded_watch(dask_client, str(colour_tflite), parse_sources([f"gate={gate.url}", f"door={door.url}"]),
+        result = run_sharded_watch(dask_client, str(colour_tflite),
+                                   parse_sources([f"gate={gate.url}", f"door={door.url}"]),
                                    describe_model(dask_client, str(colour_tflite)), tmp_path / "out",
                                    WatchOptions(**FAST), server.metrics)
         killer.join(5)

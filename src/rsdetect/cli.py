@@ -29,10 +29,9 @@ def _check_photos(args: argparse.Namespace) -> None:
     import keras
 
     from rsdetect.config import load_params
-
     from rsdetect.errors import RsdetectError
-    from rsdetect.io import write_json
     from rsdetect.evaluation.photos import check_photos, held_out_photos
+    from rsdetect.io import write_json
 
     params = load_params(args.params)
     for path in (args.model, args.evaluation):

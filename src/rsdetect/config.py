@@ -12,7 +12,16 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from rsdetect.errors import RsdetectError
@@ -31,7 +40,7 @@ Kind = Literal["object", "pan", "vibration"]
 Metric = Literal["accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"]
 SOURCES: tuple[str, ...] = get_args(Source)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
-KINDS: tuple[str, ...] = get_args(Kind)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 METRICS: tuple[str, ...] = get_args(Metric)
 WEIGHTS_CHOICES = ("imagenet", "none", "pretrained")
 
@@ -131,6 +140,7 @@ class SynthParams(_Group):
     object_speed: Range(ge=0)
     object_turn: Range()
     pan_speed: Range(ge=0)
+    pan_direction_jitter: Float(ge=0, le=1)  # radians; up to ~57 degrees keeps a pan a sideways motion
     vibration_amplitude: Range(ge=0)
     vibration_cycles: Range(ge=0)
     min_visible_px: Float(ge=0)
@@ -170,7 +180,8 @@ DEVICE_CHOICES = ("auto", "cpu", "multiworker")
 
 
 def _devices(value: Any) -> str | int:
-    """Which devices train (rsdetect.model.distribute.strategy_for): a named choice or a count >= 1 (a bool is not one)."""
+    """Which devices train (rsdetect.model.distribute.strategy_for): a named choice or a count >= 1 (a bool is not
+    one)."""
     if (isinstance(value, str) and value in DEVICE_CHOICES) or (type(value) is int and value >= 1):
         return value
     raise PydanticCustomError("devices", "must be auto, cpu, multiworker or a device count >= 1, got {value!r}",
@@ -195,7 +206,8 @@ class PretrainParams(_Group):
 
 
 class ExternalParams(_Group):
-    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see rsdetect.synth.rengarajan."""
+    """The independent-recipe test set (Rengarajan et al. 2017); ranges are uniform draws, see
+    rsdetect.synth.rengarajan."""
     pairs_per_photo: Int(gt=0)
     jpeg_quality: Int(ge=1, le=100)
     window: Int(ge=32)                      # centre square the photo is resized to (short side)
@@ -214,7 +226,8 @@ class ExternalParams(_Group):
             raise _param_error("window", f"window - size must be even, got {self.window} - {self.size}")
         for key in ("translation_linear", "translation_quadratic"):
             if max(abs(v) for v in getattr(self, key)) > self.window:
-                raise _param_error(key, f"must stay within +-external.window ({self.window}) px, got {list(getattr(self, key))}")
+                raise _param_error(key, f"must stay within +-external.window ({self.window}) px, "
+                                        f"got {list(getattr(self, key))}")
         return self
 
 
@@ -232,6 +245,7 @@ class TrainParams(_Group):
     devices: Devices
     head_epochs: Int(gt=0)
     head_lr: Float(gt=0)
+    head_patience: Int(gt=0)
     dropout: Float(ge=0, lt=1)
     finetune_blocks: Int(ge=0)
     finetune_epochs: Int(ge=0)
@@ -315,7 +329,8 @@ class Params(_Group):
     shear: ShearParams
     evaluate: EvaluateParams
     images: ImageParams
-    register: RegisterParams = Field()  # an explicit Field: a bare annotation would take ABCMeta.register as its default
+    # an explicit Field: a bare annotation would take ABCMeta.register as its default
+    register: RegisterParams = Field()
 
     @model_validator(mode="after")
     def _same_image_size(self) -> Params:

@@ -221,6 +221,13 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception]) -> Any
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 
 
+def _renumber_shared_objects(config: bytes) -> bytes:
+    """Keras' shared_object_id values renumbered 1, 2, ... in order of appearance: the same model, the same bytes."""
+    ids: dict[bytes, bytes] = {}
+    return re.sub(rb'"shared_object_id": (\d+)',
+                  lambda m: b'"shared_object_id": ' + ids.setdefault(m.group(1), str(len(ids) + 1).encode()), config)
+
+
 def save_keras(model: Any, path: str | os.PathLike) -> None:
     """model.save(path), byte-reproducible and atomic. Keras stamps the save date into metadata.json, the time
     into every zip entry and Python object ids (memory addresses) as config.json's shared_object_ids, so the same
@@ -240,8 +247,7 @@ def save_keras(model: Any, path: str | os.PathLike) -> None:
                     meta.pop("date_saved", None)
                     data = json.dumps(meta, sort_keys=True).encode()
                 elif info.filename == "config.json":
-                    ids: dict[bytes, bytes] = {}
-                    data = re.sub(rb'"shared_object_id": (\d+)',
-                                  lambda m: b'"shared_object_id": ' + ids.setdefault(m.group(1), str(len(ids) + 1).encode()), data)
-                dst.writestr(zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH), data, compress_type=info.compress_type)
+                    data = _renumber_shared_objects(data)
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH), data,
+                             compress_type=info.compress_type)
         atomic_write_bytes(path, buf.getvalue())

@@ -68,6 +68,14 @@ def decode(data: bytes | bytearray | memoryview | str | os.PathLike, name: str |
     return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
+def encode_jpeg(image: np.ndarray, quality: int, what: str) -> np.ndarray:
+    """A BGR (or gray) uint8 image as JPEG bytes (cv2's buffer); a failed encode raises RsdetectError naming `what`."""
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RsdetectError(f"{what}: cannot encode as JPEG")
+    return buf
+
+
 def decode_paths(paths: Iterable[str | os.PathLike], workers: int | None = None) -> Iterator[np.ndarray]:
     """decode() of each path, in order; a few threads decode ahead (cv2.imdecode releases the GIL)."""
     paths = list(paths)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from rsdetect.errors import RsdetectError
 
 
-
 def run_stage(main: Callable[[], object]) -> None:
     """Run an entry point; an RsdetectError becomes one line on stderr and exit code 2. Ctrl-C (KeyboardInterrupt)
     becomes the line `interrupted` and exit code 128 + the signal, as a shell reports a process its signal ended

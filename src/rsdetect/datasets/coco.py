@@ -14,18 +14,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
 
 from rsdetect.config import CocoParams
-
-from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import image_problem, person_category_ids, usable_person
+from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_file, atomic_write_bytes, atomic_write_text, file_md5, write_json
 
 SPLITS = {"train2017": "annotations/instances_train2017.json", "val2017": "annotations/instances_val2017.json"}
@@ -340,8 +340,9 @@ def fetch_coco2017(p: CocoParams, out_dir: str | Path, seed: int, cache_dir: str
     header, images, anns, cats = _select_all(zip_path, p, seed)
     if not images:
         members = " or ".join(SPLITS[s] for s, n in (("train2017", p.train_images), ("val2017", p.test_images)) if n)
-        raise RsdetectError(f"{p.annotations_url}: no image with a usable person in {members or 'no split (0 images asked)'}"
-                            f" (fetch.coco2017.min_person_area={p.min_person_area})")
+        raise RsdetectError(f"{p.annotations_url}: no image with a usable person in "
+                            f"{members or 'no split (0 images asked)'} "
+                            f"(fetch.coco2017.min_person_area={p.min_person_area})")
     if p.image_base_url:
         _as_url(p.image_base_url)  # a bad scheme is one error up front, not one failure per image
     images.sort(key=lambda im: int(im["id"]))

@@ -15,12 +15,17 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rsdetect.io import atomic_write_bytes, atomic_write_text
+from rsdetect.preprocess import encode_jpeg
 
 PERSON_CATEGORY = {"id": 1, "name": "person", "supercategory": "person"}
+# The drawn scenes are stored like COCO photos (JPEG, quality 90 as Flickr-sourced images roughly are); the
+# committed data.dvc snapshot was made with it, and a test regenerates the sample byte for byte.
+JPEG_QUALITY = 90
 
 
 def _color(rng: np.random.Generator, lo: int = 20, hi: int = 235) -> tuple[int, int, int]:
-    return tuple(int(c) for c in rng.integers(lo, hi, 3))
+    b, g, r = (int(c) for c in rng.integers(lo, hi, 3))
+    return b, g, r
 
 
 def draw_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -41,19 +46,21 @@ def draw_background(rng: np.random.Generator, width: int, height: int) -> np.nda
     for _ in range(rng.integers(3, 9)):  # floor tiles / perspective lines
         x = int(rng.integers(-width, 2 * width))
         cv2.line(img, (width // 2, horizon), (x, height), _color(rng, 0, 120), 1, cv2.LINE_AA)
-    img = cv2.GaussianBlur(img, (3, 3), 0)
+    img = np.asarray(cv2.GaussianBlur(img, (3, 3), 0), np.float32)
     img += rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
     return img
 
 
-def figure_mask(rng: np.random.Generator, width: int, height: int, cx: float, feet_y: float, h: float) -> tuple[np.ndarray, dict]:
+def figure_mask(rng: np.random.Generator, width: int, height: int, cx: float, feet_y: float,
+                h: float) -> tuple[np.ndarray, dict]:
     """Rasterise a person figure (head, torso, two arms, two legs in a random pose) as a uint8 mask."""
     m = np.zeros((height, width), np.uint8)
     parts = {"torso": np.zeros_like(m), "legs": np.zeros_like(m), "head": np.zeros_like(m)}
     top = feet_y - h
     shoulder_y, hip_y = top + 0.2 * h, top + 0.55 * h
     half_w = 0.13 * h * rng.uniform(0.85, 1.2)
-    torso = np.array([[cx - half_w, shoulder_y], [cx + half_w, shoulder_y], [cx + 0.9 * half_w, hip_y], [cx - 0.9 * half_w, hip_y]])
+    torso = np.array([[cx - half_w, shoulder_y], [cx + half_w, shoulder_y],
+                      [cx + 0.9 * half_w, hip_y], [cx - 0.9 * half_w, hip_y]])
     cv2.fillPoly(parts["torso"], [np.round(torso).astype(np.int32)], 255)
     for side in (-1, 1):
         stride = rng.uniform(-0.35, 0.35)
@@ -155,7 +162,8 @@ def make_scene(seed: int, image_id: int, width: int, height: int) -> tuple[np.nd
         crowd = np.zeros((height, width), np.uint8)
         base_y = rng.uniform(0.35, 0.6) * height
         for _ in range(int(rng.integers(5, 10))):
-            m, parts = figure_mask(rng, width, height, rng.uniform(0.2, 0.8) * width, base_y + rng.uniform(-4, 4), rng.uniform(10, 18))
+            m, parts = figure_mask(rng, width, height, rng.uniform(0.2, 0.8) * width, base_y + rng.uniform(-4, 4),
+                                   rng.uniform(10, 18))
             paint_figure(img, rng, parts, m & ~occupied)
             crowd |= m & ~occupied
         anns.append({"segmentation": uncompressed_rle(crowd), "iscrowd": 1})
@@ -169,12 +177,13 @@ def make_sample_dataset(out_dir: str | Path, seed: int, n_images: int, width: in
     """Write `n_images` scenes as images/*.jpg plus instances.json (COCO format) under out_dir."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id in range(1, n_images + 1):
         image, anns = make_scene(seed, image_id, width, height)
         gray = bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
         file_name = f"{image_id:012d}.jpg"
-        ok, buf = cv2.imencode(".jpg", image[..., 0] if gray else image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        buf = encode_jpeg(image[..., 0] if gray else image, JPEG_QUALITY, f"make-sample: {file_name}")
         atomic_write_bytes(out_dir / "images" / file_name, buf.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height,
                        "coco_split": "train2017", "coco_url": "", "license": 0})

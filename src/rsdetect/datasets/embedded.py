@@ -17,7 +17,8 @@ from rsdetect.io import atomic_write_text, staged_dir, write_json
 # COCO licence ids that allow redistribution with attribution: CC BY 2.0, CC BY-SA 2.0, no known copyright
 # restrictions, US Government work. The others (non-commercial and/or no-derivatives) never enter the repository.
 REDISTRIBUTABLE = frozenset({4, 5, 7, 8})
-ANNOTATION_LICENCE = "COCO annotations: Creative Commons Attribution 4.0 (https://creativecommons.org/licenses/by/4.0/), COCO Consortium"
+ANNOTATION_LICENCE = ("COCO annotations: Creative Commons Attribution 4.0 "
+                      "(https://creativecommons.org/licenses/by/4.0/), COCO Consortium")
 
 
 def instances_file(folder: Path) -> Path:
@@ -50,11 +51,13 @@ def embed_licensed_photos(sources: list[str | Path], out: str | Path) -> dict:
         images += [{**im, "_src": str(folder / "images" / im["file_name"])} for im in keep]
         annotations += [a for a in coco["annotations"] if a["image_id"] in ids]
     if not images:
-        raise RsdetectError(f"no photo with a redistributable licence ({sorted(REDISTRIBUTABLE)}) in {', '.join(map(str, sources))}")
+        raise RsdetectError(f"no photo with a redistributable licence ({sorted(REDISTRIBUTABLE)}) in "
+                            f"{', '.join(map(str, sources))}")
     images.sort(key=lambda im: im["id"])
     annotations.sort(key=lambda a: a["id"])
     lines = ["# Attribution", "", ANNOTATION_LICENCE + ".", "",
-             "Each photo is a Flickr photo from COCO 2017 (train2017), copied unmodified, under the licence named here.", "",
+             "Each photo is a Flickr photo from COCO 2017 (train2017), copied unmodified, under the licence named "
+             "here.", "",
              "| COCO id | file | Flickr URL | licence |", "|---|---|---|---|"]
     with staged_dir(out) as stage:
         (stage / "images").mkdir()
@@ -64,7 +67,8 @@ def embed_licensed_photos(sources: list[str | Path], out: str | Path) -> dict:
                 raise RsdetectError(f"{src}: listed in the instances file but missing")
             shutil.copyfile(src, stage / "images" / im["file_name"])
             lic = licences.get(int(im["license"]), {"name": f"licence {im['license']}", "url": ""})
-            lines.append(f"| {im['id']} | {im['file_name']} | {im.get('flickr_url', '')} | [{lic['name']}]({lic['url']}) |")
+            lines.append(f"| {im['id']} | {im['file_name']} | {im.get('flickr_url', '')} | "
+                         f"[{lic['name']}]({lic['url']}) |")
         write_json(stage / "instances.json", {
             "info": {"description": "COCO 2017 photos whose licence allows redistribution (ids 4, 5, 7, 8); "
                                     "original annotations", "url": "http://cocodataset.org", "year": 2017},
@@ -73,7 +77,8 @@ def embed_licensed_photos(sources: list[str | Path], out: str | Path) -> dict:
             "images": images, "annotations": annotations})
         atomic_write_text(stage / "ATTRIBUTION.md", "\n".join(lines) + "\n")
     return {"images": len(images), "annotations": len(annotations),
-            "with_person": len({a["image_id"] for a in annotations if categories.get(a["category_id"], {}).get("name") == "person"})}
+            "with_person": len({a["image_id"] for a in annotations
+                                if categories.get(a["category_id"], {}).get("name") == "person"})}
 
 
 # Drawn scenes are numbered 1..n like COCO photos; moved past every COCO id (< 600,000) so both can be merged.
@@ -118,7 +123,8 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
     with staged_dir(out) as stage:
         for folder, prefix, _ in parts:
             shutil.copytree(Path(folder) / "images", stage / "images" / prefix)
-        write_json(stage / "instances.json", {"categories": [categories[k] for k in sorted(categories)], "images": images, "annotations": annotations})
+        write_json(stage / "instances.json", {"categories": [categories[k] for k in sorted(categories)],
+                                              "images": images, "annotations": annotations})
         for folder, prefix, _ in parts:
             if (Path(folder) / "ATTRIBUTION.md").is_file():
                 shutil.copyfile(Path(folder) / "ATTRIBUTION.md", stage / f"ATTRIBUTION-{prefix}.md")

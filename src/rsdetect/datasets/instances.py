@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 import cv2
 import numpy as np
@@ -106,7 +107,8 @@ def file_name_problem(name: object) -> str | None:
         return "image entry has no file_name"
     if "\0" in name:  # no file system takes it: open() raised ValueError and killed synthesize
         return "file_name contains a NUL byte"
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in PurePosixPath(name.replace("\\", "/")).parts:
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in posix.parts:
         return "file_name points outside the dataset's images folder"
     return None
 
@@ -131,7 +133,7 @@ def checked_instances(path: str | Path) -> Instances:
     images: dict[int, dict] = {}
     skipped_images = []
     for im in coco["images"]:
-        image_id = im.get("id") if isinstance(im, dict) else None
+        image_id: Any = im.get("id") if isinstance(im, dict) else None  # anything a file holds, checked below
         name = im.get("file_name") if isinstance(im, dict) else None
         problem = ("image entry is not an object" if not isinstance(im, dict) else
                    "image entry has no integer id" if not _is_int(image_id) else

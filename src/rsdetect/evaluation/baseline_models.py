@@ -12,12 +12,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from rsdetect.errors import RsdetectError
+
 
 def pixel_features(paths: list[str | Path], side: int) -> np.ndarray:
     """Each image as its grayscale, downsampled to side x side, flattened to [0, 1]."""
     out = np.empty((len(paths), side * side), np.float32)
     for i, p in enumerate(paths):
         img = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise RsdetectError(f"{p}: cannot read as an image")
         out[i] = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA).reshape(-1) / 255.0
     return out
 

@@ -7,7 +7,8 @@ on the segments found by OpenCV's line segment detector; a logistic regression o
 `lr_lines`) answers whether a CNN beats a detector built from straight lines.
 
 Detector: the installed OpenCV 5.0 has a working `cv2.createLineSegmentDetector` (some 3.4 / 4.x releases
-shipped it as a stub that raised for licence reasons; a test checks it runs here). LSD is preferred over HoughLinesP on Canny edges because it needs no edge or vote thresholds,
+shipped it as a stub that raised for licence reasons; a test checks it runs here). LSD is preferred over HoughLinesP
+on Canny edges because it needs no edge or vote thresholds,
 gives sub-pixel end points (a 2 px shear over 160 rows is under 1 degree; Hough's integer lattice and angle
 quantisation blur that) and, with standard refinement, splits a bent edge into straighter pieces whose tilts
 then differ by row band. It is deterministic and takes about a millisecond on a 160 px image.
@@ -24,7 +25,6 @@ import cv2
 import numpy as np
 
 from rsdetect.config import LineParams
-
 from rsdetect.errors import RsdetectError
 
 MIN_FIT_ROWS = 5  # a quadratic through fewer edge rows is not a measurement (3 would fit exactly)
@@ -34,7 +34,7 @@ def feature_names(p: LineParams) -> list[str]:
     """Names of line_features' entries, in order (the vector's layout)."""
     names = ["count", "length", "mean_tilt", "abs_mean_tilt", "std_tilt", "mean_abs_tilt", "tilted_frac"]
     edges = np.linspace(-p.max_tilt_deg, p.max_tilt_deg, p.tilt_bins + 1)
-    names += [f"hist[{lo:+.1f},{hi:+.1f})" for lo, hi in zip(edges[:-1], edges[1:])]
+    names += [f"hist[{lo:+.1f},{hi:+.1f})" for lo, hi in zip(edges[:-1], edges[1:], strict=False)]
     for b in range(p.bands):
         names += [f"band{b}_mean_tilt", f"band{b}_mean_abs_tilt", f"band{b}_length"]
     names += [f"band_diff{b}{b + 1}" for b in range(p.bands - 1)]
@@ -126,7 +126,8 @@ def line_features(gray: np.ndarray, p: LineParams) -> np.ndarray:
               for b in range(1, p.bands - 1)]
 
     long_seg = seg[length >= p.curve_min_length_frac * h]
-    curv = _curvatures(np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)), long_seg, p) if len(long_seg) else np.zeros(0)
+    gradient_x = np.abs(cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3))
+    curv = _curvatures(gradient_x, long_seg, p) if len(long_seg) else np.zeros(0)
     feats += [curv.size, float(curv.mean()) if curv.size else 0.0, float(curv.max()) if curv.size else 0.0]
     return np.asarray(feats, np.float64)
 

@@ -13,6 +13,9 @@ from sklearn import metrics as skm
 from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_write_text, write_json
 
+# Effective-shear bins (px) of the recall and shear-error breakdowns: doublings, because what a shear looks like
+# depends on its size relative to the image (4 px is barely visible at 160 px, 32 px is plain); fixed, so
+# reports of different runs compare bin by bin.
 MAGNITUDE_BINS = (0, 4, 8, 16, 32, float("inf"))
 SPLITS = ("train", "val", "test", "external")  # external: the independent-recipe test set (rsdetect.synth.rengarajan)
 EXTERNAL_TITLE = "Independent-recipe test set (Rengarajan et al. 2017)"
@@ -40,7 +43,8 @@ def threshold_sweep(y_true: np.ndarray, prob: np.ndarray, n: int) -> list[dict[s
     rows = []
     for t in np.linspace(0.0, 1.0, n):
         m = binary_metrics(y_true, prob, float(t))
-        rows.append({"threshold": round(float(t), 6), "precision": m["precision"], "recall": m["recall"], "f1": m["f1"]})
+        rows.append({"threshold": round(float(t), 6), "precision": m["precision"], "recall": m["recall"],
+                     "f1": m["f1"]})
     return rows
 
 
@@ -63,18 +67,19 @@ def recall_breakdown(rows: list[dict], prob: np.ndarray, threshold: float) -> di
     """Recall of the RS class by distortion kind and by effective displacement (px) bins; ROC AUC and recall by
     photo source (drawn scenes vs real photos of the embedded default: a shear is plain where a photo has
     verticals, so the two must be told apart)."""
-    rs = [(r, p) for r, p in zip(rows, prob) if r["label"] == 1]
+    rs = [(r, p) for r, p in zip(rows, prob, strict=False) if r["label"] == 1]
     by_kind, by_mag, by_source = {}, {}, {}
     for source in sorted({r.get("source", "") for r in rows}):
         sel = np.array([r.get("source", "") == source for r in rows])
         labels = np.array([r["label"] for r in rows])[sel]
         if len(np.unique(labels)) == 2:
             m = binary_metrics(labels, np.asarray(prob)[sel], threshold)
-            by_source[source or "all"] = {"roc_auc": m["roc_auc"], "recall": m["recall"], "precision": m["precision"], "n": m["n"]}
+            by_source[source or "all"] = {"roc_auc": m["roc_auc"], "recall": m["recall"], "precision": m["precision"],
+                                          "n": m["n"]}
     for kind in sorted({r["kind"] for r, _ in rs}):
         hits = [p >= threshold for r, p in rs if r["kind"] == kind]
         by_kind[kind] = {"recall": float(np.mean(hits)), "n": len(hits)}
-    for lo, hi in zip(MAGNITUDE_BINS[:-1], MAGNITUDE_BINS[1:]):
+    for lo, hi in zip(MAGNITUDE_BINS[:-1], MAGNITUDE_BINS[1:], strict=False):
         hits = [p >= threshold for r, p in rs if lo <= r["max_disp_px"] < hi]
         if hits:
             by_mag[f"{lo:g}-{hi:g}px"] = {"recall": float(np.mean(hits)), "n": len(hits)}
@@ -82,8 +87,8 @@ def recall_breakdown(rows: list[dict], prob: np.ndarray, threshold: float) -> di
 
 
 def shear_breakdown(rows: list[dict], estimates: np.ndarray) -> dict:
-    """Error of the shear estimate (rsdetect.serve.shear) in px: |estimate| against max_disp_px on RS samples (overall, by
-    kind, by shear bin), and the mean |estimate| on their global-shutter twins (true shear 0). An image without
+    """Error of the shear estimate (rsdetect.serve.shear) in px: |estimate| against max_disp_px on RS samples (overall,
+    by kind, by shear bin), and the mean |estimate| on their global-shutter twins (true shear 0). An image without
     near-vertical edges (NaN) counts as an estimate of 0 and is counted as unmeasured. For pans, whose shear is
     sideways (direction near 0 or pi), also the share whose sign (which way the lower rows moved) is right."""
     est = np.abs(np.nan_to_num(np.asarray(estimates, np.float64), nan=0.0))
@@ -98,9 +103,10 @@ def shear_breakdown(rows: list[dict], estimates: np.ndarray) -> dict:
     out = {"rs": {**mae(rs), "unmeasured": int(np.isnan(estimates)[rs].sum())} if rs.any() else {"n": 0},
            "by_kind": {k: mae(rs & (kinds == k)) for k in sorted(set(kinds[rs]))},
            "by_magnitude": {f"{lo:g}-{hi:g}px": mae(rs & (truth >= lo) & (truth < hi))
-                            for lo, hi in zip(MAGNITUDE_BINS[:-1], MAGNITUDE_BINS[1:]) if (rs & (truth >= lo) & (truth < hi)).any()},
+                            for lo, hi in zip(MAGNITUDE_BINS[:-1], MAGNITUDE_BINS[1:], strict=False)
+                            if (rs & (truth >= lo) & (truth < hi)).any()},
            "twins": {"mean_abs_px": float(est[~rs].mean()), "n": int((~rs).sum())} if (~rs).any() else {"n": 0}}
-    pans = [(np.cos(float(r["direction"])), e) for r, e in zip(rows, estimates)
+    pans = [(np.cos(float(r["direction"])), e) for r, e in zip(rows, estimates, strict=False)
             if r["label"] == 1 and r["kind"] == "pan" and str(r.get("direction", "")) != ""]
     if pans:
         out["pan_direction_accuracy"] = {"accuracy": float(np.mean([np.sign(c) == np.sign(e) for c, e in pans])),
@@ -113,7 +119,7 @@ def write_predictions(path: str | Path, rows: list[dict], prob: np.ndarray) -> N
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "split", "label", "prob"])
-    for r, p in zip(rows, prob):
+    for r, p in zip(rows, prob, strict=False):
         w.writerow([r["path"], r["split"], r["label"], f"{float(p):.6f}"])
     atomic_write_text(path, buf.getvalue())
 
@@ -128,10 +134,11 @@ def read_predictions(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     unknown = sorted({r["split"] for r in rows} - set(SPLITS))
     if unknown:
         raise RsdetectError(f"{path}: unknown split {unknown[0]!r} (known: {', '.join(SPLITS)})")
-    out = {}
+    out: dict[str, dict] = {}
     for split in SPLITS:
         sel = [r for r in rows if r["split"] == split]
-        out[split] = {"label": np.array([int(r["label"]) for r in sel]), "prob": np.array([float(r["prob"]) for r in sel]),
+        out[split] = {"label": np.array([int(r["label"]) for r in sel]),
+                      "prob": np.array([float(r["prob"]) for r in sel]),
                       "path": [r["path"] for r in sel]}
     return out
 
@@ -146,7 +153,8 @@ def external_metrics(preds: dict[str, np.ndarray], threshold: float, manifest: l
         if missing:
             raise RsdetectError(f"external prediction {missing[0]!r} is not in the external manifest "
                                 f"({len(missing)} missing; stale predictions? re-run train and baselines)")
-        out["breakdown"] = recall_breakdown([by_path[p] for p in preds["path"]], preds["prob"], threshold)["by_magnitude"]
+        breakdown = recall_breakdown([by_path[p] for p in preds["path"]], preds["prob"], threshold)
+        out["breakdown"] = breakdown["by_magnitude"]
     return out
 
 
@@ -154,8 +162,9 @@ def curve_rows(y_true: np.ndarray, prob: np.ndarray) -> tuple[list[dict], list[d
     """ROC and precision-recall curves as lists of points (DVC linear-plot schema)."""
     fpr, tpr, _ = skm.roc_curve(y_true, prob)
     precision, recall, _ = skm.precision_recall_curve(y_true, prob)
-    roc = [{"fpr": round(float(a), 6), "tpr": round(float(b), 6)} for a, b in zip(fpr, tpr)]
-    pr = [{"recall": round(float(a), 6), "precision": round(float(b), 6)} for a, b in zip(recall, precision)]
+    roc = [{"fpr": round(float(a), 6), "tpr": round(float(b), 6)} for a, b in zip(fpr, tpr, strict=False)]
+    pr = [{"recall": round(float(a), 6), "precision": round(float(b), 6)}
+          for a, b in zip(recall, precision, strict=False)]
     return roc, pr
 
 
@@ -187,7 +196,8 @@ def write_plots(plot_dir: str | Path, fig_dir: str | Path, models: dict[str, dic
 
     pred = (cnn_test["prob"] >= threshold).astype(int)
     names = {0: "normal", 1: "rolling_shutter"}
-    write_json(plot_dir / "confusion.json", [{"actual": names[int(a)], "predicted": names[int(p)]} for a, p in zip(cnn_test["label"], pred)])
+    write_json(plot_dir / "confusion.json", [{"actual": names[int(a)], "predicted": names[int(p)]}
+                                             for a, p in zip(cnn_test["label"], pred, strict=False)])
     cm = skm.confusion_matrix(cnn_test["label"], pred, labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(cm, cmap="Blues")
@@ -216,12 +226,14 @@ def markdown_report(summary: dict) -> str:
     lines = ["# rsdetect evaluation", "",
              f"Operating threshold: lowest with validation precision >= {summary['target_precision']} "
              "(chosen on validation only; test untouched).", "",
-             "| model | threshold | reached target on val | test ROC AUC | test PR AUC | test precision | test recall | test F1 |",
+             "| model | threshold | reached target on val | test ROC AUC | test PR AUC | test precision | test recall "
+             "| test F1 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, m in summary["models"].items():
         t = m["test"]
-        lines.append(f"| {name} | {m['threshold']:.3f} | {'yes' if m['target_reached'] else 'no'} | {t['roc_auc']:.3f} | "
-                     f"{t['pr_auc']:.3f} | {t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} |")
+        lines.append(f"| {name} | {m['threshold']:.3f} | {'yes' if m['target_reached'] else 'no'} | "
+                     f"{t['roc_auc']:.3f} | {t['pr_auc']:.3f} | {t['precision']:.3f} | {t['recall']:.3f} | "
+                     f"{t['f1']:.3f} |")
     cnn = summary["models"].get("cnn")
     if cnn:
         lines += ["", "CNN test recall by distortion kind: " +
@@ -246,11 +258,12 @@ def markdown_report(summary: dict) -> str:
         lines += ["", f"## {EXTERNAL_TITLE}", "",
                   "Pairs from our test photos only, made with an independent published recipe (row-quadratic camera "
                   "translation and rotation); each model at its validation-chosen threshold.", "",
-                  "| model | external ROC AUC | external PR AUC | external precision | external recall | external F1 | n |",
+                  "| model | external ROC AUC | external PR AUC | external precision | external recall "
+                  "| external F1 | n |",
                   "|---|---|---|---|---|---|---|"]
         for name, x in external.items():
-            lines.append(f"| {name} | {x['roc_auc']:.3f} | {x['pr_auc']:.3f} | {x['precision']:.3f} | {x['recall']:.3f} | "
-                         f"{x['f1']:.3f} | {x['n']} |")
+            lines.append(f"| {name} | {x['roc_auc']:.3f} | {x['pr_auc']:.3f} | {x['precision']:.3f} | "
+                         f"{x['recall']:.3f} | {x['f1']:.3f} | {x['n']} |")
         if "breakdown" in external.get("cnn", {}):
             lines += ["", "CNN external recall by shear: " +
                       ", ".join(f"{k} {v['recall']:.2f} (n={v['n']})" for k, v in external["cnn"]["breakdown"].items())]

@@ -16,12 +16,11 @@ import cv2
 import numpy as np
 
 from rsdetect.config import SynthParams
-
-from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import SkipImage, decode_image, draw_pair, usable_people
-from rsdetect.evaluation.metrics import binary_metrics, recall_breakdown
 from rsdetect.datasets.embedded import instances_file
 from rsdetect.datasets.instances import checked_instances
+from rsdetect.errors import RsdetectError
+from rsdetect.evaluation.metrics import binary_metrics, recall_breakdown
+from rsdetect.synth.twins import SkipImage, decode_image, draw_pair, usable_people
 
 CHECK_TAG = 0xC0C0  # keeps these draws apart from the fixed sets' and the training stream's
 
@@ -81,7 +80,7 @@ def held_out_photos(folders: list[str | Path], exclude: list[str | Path], base: 
 def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple[Path, dict, list[dict]]],
                  seed: int, synth: SynthParams, pairs_per_photo: int) -> dict:
     """Detection on twin pairs and false alarms on the whole photos; see the module docstring."""
-    from rsdetect.preprocess import decode, score_frames
+    from rsdetect.preprocess import decode, encode_jpeg, score_frames
 
     rows, images, originals, skipped = [], [], [], 0
     for path, im, anns in photos:
@@ -91,14 +90,15 @@ def check_photos(score_fn, image_size: int, threshold: float, photos: list[tuple
             skipped += 1
             continue
         originals.append(cv2.cvtColor(photo, cv2.COLOR_BGR2RGB))
-        usable = usable_people(anns, *photo.shape[:2], synth)
+        height, width = photo.shape[:2]
+        usable = usable_people(anns, height, width, synth)
         for k in range(pairs_per_photo):
             try:
                 rs, gs, fields = draw_pair(photo, usable, np.random.default_rng([seed, CHECK_TAG, im["id"], k]), synth)
             except SkipImage:
                 continue
             for label, img in ((1, rs), (0, gs)):  # JPEG-coded like the fixed sets
-                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(synth.jpeg_quality)])
+                buf = encode_jpeg(img, synth.jpeg_quality, f"check-photos: pair of photo {im['id']}")
                 images.append(decode(buf.tobytes()))
                 rows.append({**fields, "label": label, "image_id": im["id"], "source": "photos"})
     if not rows:

@@ -53,13 +53,18 @@ def gpu_batch_size(model: keras.Model, image_size: int, start: int, cap: int) ->
     """On a GPU, the largest batch that fits one forward pass; else `start`."""
     if not tf.config.get_visible_devices("GPU"):
         return start
-    return largest_batch(lambda batch: model(tf.random.uniform((batch, image_size, image_size, 3), 0, 255), training=False), start, cap)
+
+    def forward(batch: int) -> object:
+        return model(tf.random.uniform((batch, image_size, image_size, 3), 0, 255), training=False)
+
+    return largest_batch(forward, start, cap)
 
 
 ARCHITECTURES = {"small": "MobileNetV3Small", "large": "MobileNetV3Large"}
 
 
-def build_backbone(image_size: int, weights: str, arch: str = "large", weights_file: str | Path | None = None) -> keras.Model:
+def build_backbone(image_size: int, weights: str, arch: str = "large",
+                   weights_file: str | Path | None = None) -> keras.Model:
     """MobileNetV3 (arch small | large) without top, average-pooled.
 
     weights: 'imagenet' (download), 'none' (random), 'pretrained' (`weights_file`, made by the pretrain stage)
@@ -75,14 +80,15 @@ def build_backbone(image_size: int, weights: str, arch: str = "large", weights_f
                                 "set features.weights to pretrained, a local .weights.h5 file or none") from None
     backbone = make(weights=None, **kwargs)
     if weights != "none":
-        path = Path(weights_file if weights == "pretrained" else weights)
+        path = Path((weights_file or "") if weights == "pretrained" else weights)
         if not path.is_file():
             raise RsdetectError(f"features.weights: weights file {path} not found"
                                 + (" (run `dvc repro pretrain` or `dvc pull`)" if weights == "pretrained" else ""))
         try:
             backbone.load_weights(path, skip_mismatch=False)
         except (OSError, ValueError) as exc:
-            raise RsdetectError(f"features.weights: {path} does not match {ARCHITECTURES[arch]} at {image_size}px ({str(exc).splitlines()[0][:160]})") from None
+            raise RsdetectError(f"features.weights: {path} does not match {ARCHITECTURES[arch]} at {image_size}px "
+                                f"({str(exc).splitlines()[0][:160]})") from None
     return backbone
 
 
@@ -117,7 +123,8 @@ def image_dataset(paths: list[str], labels: np.ndarray | None, image_size: int, 
         img = tf.ensure_shape(img, (image_size, image_size, 3))
         return (img, *label) if label else img
 
-    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    decoded = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return decoded.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def recalibrate_batchnorm(backbone: keras.Model, images: np.ndarray) -> None:
@@ -131,7 +138,7 @@ def recalibrate_batchnorm(backbone: keras.Model, images: np.ndarray) -> None:
     for bn in bns:
         bn.momentum = 0.0
     backbone(tf.convert_to_tensor(images), training=True)
-    for bn, m in zip(bns, saved):
+    for bn, m in zip(bns, saved, strict=False):
         bn.momentum = m
 
 
@@ -155,7 +162,8 @@ def unfreeze_top_blocks(backbone: keras.Model, n_blocks: int, train_batchnorm: b
     blocks = sorted({b for b in block_of.values() if b is not None})
     whole = n_blocks >= len(blocks)
     top = set(blocks[-n_blocks:]) if n_blocks > 0 else set()
-    last_block_layer = max((i for i, l in enumerate(backbone.layers) if block_of[l.name] is not None), default=-1)
+    last_block_layer = max((i for i, layer in enumerate(backbone.layers) if block_of[layer.name] is not None),
+                           default=-1)
     unfrozen = []
     for i, layer in enumerate(backbone.layers):
         train_it = whole or (n_blocks > 0 and (block_of[layer.name] in top or i > last_block_layer))

@@ -37,10 +37,12 @@ def strategy_for(devices: str | int, param: str) -> tf.distribute.Strategy:
     if devices == "auto":
         names = gpus
     else:
+        count = int(devices)  # the schema's other choices (auto, cpu, multiworker) are handled above
         pool = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
-        if devices > len(pool):
-            raise RsdetectError(f"{param}: {devices} devices asked, {len(pool)} {'GPU' if gpus else 'CPU'} device(s) visible")
-        names = pool[:devices]
+        if count > len(pool):
+            raise RsdetectError(f"{param}: {count} devices asked, {len(pool)} {'GPU' if gpus else 'CPU'} "
+                                "device(s) visible")
+        names = pool[:count]
     return tf.distribute.MirroredStrategy(names) if len(names) > 1 else tf.distribute.get_strategy()
 
 
@@ -94,12 +96,13 @@ def synced_batchnorm(model: keras.Model, replicas: int) -> Iterator[None]:
     all-reduces of per-channel sums per BatchNorm layer and step. The flag is put back afterwards, so the saved
     model's config is the same whatever trained it.
     """
-    bns = [layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)] if replicas > 1 else []
+    bns = ([layer for layer in _layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+           if replicas > 1 else [])
     saved = [bn.synchronized for bn in bns]
     for bn in bns:
         bn.synchronized = True
     try:
         yield
     finally:
-        for bn, flag in zip(bns, saved):
+        for bn, flag in zip(bns, saved, strict=False):
             bn.synchronized = flag

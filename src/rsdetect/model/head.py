@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+
 def build_head(n_features: int, dropout: float) -> keras.Model:
     """The classifier on pooled features: dropout then one sigmoid unit."""
     inputs = keras.Input((n_features,), name="features")
@@ -16,7 +17,8 @@ def build_head(n_features: int, dropout: float) -> keras.Model:
 
 
 def fit_head(head: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-             epochs: int, lr: float, batch_size: int, patience: int, callbacks: list | None = None) -> keras.callbacks.History:
+             epochs: int, lr: float, batch_size: int, patience: int,
+             callbacks: list | None = None) -> keras.callbacks.History:
     """Train the head on cached features with early stopping on validation loss (best weights restored)."""
     head.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True)

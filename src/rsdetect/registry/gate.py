@@ -14,11 +14,16 @@ import numpy as np
 from rsdetect.errors import RsdetectError
 from rsdetect.io import file_md5
 from rsdetect.registry.pyfunc import RsDetector
-from rsdetect.registry.tracking import (git_commit, local_process_alive, project_root, run_tags, setup_mlflow,
-                                       tracking_server, tracking_uri)
+from rsdetect.registry.tracking import (
+    git_commit,
+    local_process_alive,
+    project_root,
+    run_tags,
+    setup_mlflow,
+    tracking_server,
+    tracking_uri,
+)
 from rsdetect.threshold import resolve_threshold
-
-
 
 SCORE_TIE = 1e-9  # scores closer than this are a tie: the champion stays
 
@@ -222,8 +227,8 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
     import json
 
     from rsdetect.config import load_params
-    from rsdetect.synth.manifest import read_manifest
     from rsdetect.io import write_json
+    from rsdetect.synth.manifest import read_manifest
 
     params = load_params(params_path)
     for path in (model_path, evaluation_path, manifest_path):

@@ -27,8 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from rsdetect.serve.sources import (FrameItem, OnError, OnNote, Source, SourceError, StreamSource, note_to_stderr,
-                                    redact, video_frames)
+from rsdetect.serve.sources import (
+    FrameItem,
+    OnError,
+    OnNote,
+    Source,
+    SourceError,
+    StreamSource,
+    note_to_stderr,
+    redact,
+    video_frames,
+)
 
 CONTEXT = "forkserver"
 PRELOAD = ["rsdetect.serve.sources"]  # imported once by the forkserver: OpenCV and numpy, not TensorFlow

@@ -17,7 +17,6 @@ import cv2
 import numpy as np
 
 from rsdetect.config import ShearParams
-
 from rsdetect.errors import RsdetectError
 from rsdetect.serve.gradcam import FrameCam, GradCam, overlay
 from rsdetect.serve.shear import deskew, estimate_shear, shear_direction
@@ -45,7 +44,8 @@ class Explainer:
     def __init__(self, model: Any, size: int, kind: str, shear: ShearParams | None, shear_note: str | None = None,
                  cam_note: str | None = None) -> None:
         self.size, self.shear = size, shear
-        self._model, self._cam = model, None
+        self._model = model
+        self._cam: GradCam | None = None
         self.cam_note = None if model is not None else (cam_note or f"model kind {kind}: Grad-CAM needs a Keras model")
         self.shear_note = None if shear is not None else (shear_note or "no shear params")
         self.counts = {"heatmaps": 0, "heatmaps_skipped": 0, "video_heatmaps": 0, "shear_measured": 0,

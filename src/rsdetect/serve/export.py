@@ -7,14 +7,15 @@ import contextlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from rsdetect.serve import loaders
 from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_file, write_json
+from rsdetect.serve import loaders
 from rsdetect.serve.loaders import sidecar_path
 from rsdetect.serve.report_dir import check_output_file
 
@@ -69,7 +70,8 @@ def check_inputs(image_size: int, n: int = 4, seed: int = 0) -> np.ndarray:
     noise = rng.uniform(0, 255, (n - n // 2, image_size, image_size, 3))
     smooth = [cv2.resize(rng.uniform(0, 255, (4, 4, 3)), (image_size, image_size), interpolation=cv2.INTER_CUBIC)
               for _ in range(n // 2)]
-    return np.clip(np.concatenate([noise, np.array(smooth).reshape(-1, image_size, image_size, 3)]), 0, 255).astype(np.float32)
+    images = np.concatenate([noise, np.array(smooth).reshape(-1, image_size, image_size, 3)])
+    return np.clip(images, 0, 255).astype(np.float32)
 
 
 def max_abs_diff(keras_model: Any, exported_path: str | os.PathLike, fmt: str, image_size: int, n: int = 4) -> float:
@@ -101,7 +103,8 @@ def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float =
         f.flush()
         diff = max_abs_diff(model, f.name, fmt, size)
         if not diff < tolerance:
-            raise RsdetectError(f"exported {fmt} model disagrees with Keras: max |diff| {diff:.3g} >= {tolerance:g}; not written")
+            raise RsdetectError(f"exported {fmt} model disagrees with Keras: max |diff| {diff:.3g} >= {tolerance:g}; "
+                                "not written")
     result = {"source": spec, "format": fmt, "path": str(out), "bytes": len(data), "image_size": size,
               "threshold": threshold, "max_abs_diff": diff}
     # The registered threshold does not survive conversion; a sidecar keeps it so `scan` flags as the registry would.

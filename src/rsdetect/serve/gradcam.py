@@ -117,7 +117,8 @@ class GradCam:
 def overlay(rgb: np.ndarray, cam: FrameCam, strength: float = 0.5) -> np.ndarray:
     """The frame with the map blended in (JET colours, weight `strength` * heat, so cold parts keep the frame),
     the firing tile outlined and the peak ringed; RGB uint8."""
-    colours = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.round(255 * cam.heat)), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    jet = cv2.applyColorMap(np.round(255 * cam.heat).astype(np.uint8), cv2.COLORMAP_JET)
+    colours = cv2.cvtColor(jet, cv2.COLOR_BGR2RGB)
     a = (strength * cam.heat)[..., None]
     out = np.clip(rgb * (1 - a) + colours * a + 0.5, 0, 255).astype(np.uint8)
     x, y, w, h = cam.tile

@@ -10,10 +10,11 @@ import json
 import os
 import threading
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def tflite_scorer(path: str | os.PathLike, workers: int | None = None, threads: 
         raise RsdetectError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:160]})") from None
     inp, out = interps[0].get_input_details()[0], interps[0].get_output_details()[0]
     if inp["dtype"] != np.float32 or len(inp["shape"]) != 4:
-        raise RsdetectError(f"{path}: expected a float32 (N, S, S, 3) input, got {inp['dtype'].__name__} {list(inp['shape'])}")
+        raise RsdetectError(f"{path}: expected a float32 (N, S, S, 3) input, got {inp['dtype'].__name__} "
+                            f"{list(inp['shape'])}")
     size, current = int(inp["shape"][1]), [-1] * workers
     pool = ThreadPoolExecutor(workers, thread_name_prefix="tflite") if workers > 1 else None
     lock = threading.Lock()
@@ -96,19 +98,27 @@ def onnx_scorer(path: str | os.PathLike, threads: int | None = None) -> tuple[Sc
         import onnxruntime as ort
     except ImportError:
         raise RsdetectError("scanning an .onnx model needs onnxruntime (pip install onnxruntime)") from None
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+    from onnxruntime.capi.onnxruntime_pybind11_state import (
+        Fail,
+        InvalidArgument,
+        InvalidGraph,
+        InvalidProtobuf,
+        NoSuchFile,
+    )
 
     try:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:  # plain Exceptions, not RuntimeError
+    # onnxruntime raises plain Exceptions of its own, not RuntimeError
+    except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile) as exc:
         raise RsdetectError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:160]})") from None
     inp = sess.get_inputs()[0]
     size = inp.shape[1] if len(inp.shape) == 4 and isinstance(inp.shape[1], int) else 224
 
     def score(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(None, {inp.name: np.ascontiguousarray(batch, np.float32)})[0], np.float64).reshape(-1)
+        out = sess.run(None, {inp.name: np.ascontiguousarray(batch, np.float32)})[0]
+        return np.asarray(out, np.float64).reshape(-1)
     return score, size
 
 
@@ -134,7 +144,8 @@ def _ensure_registry(uri: str) -> None:
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():
-            raise RsdetectError(f"no MLflow registry at {uri}; set MLFLOW_TRACKING_URI or give a .keras/.tflite/.onnx path")
+            raise RsdetectError(f"no MLflow registry at {uri}; set MLFLOW_TRACKING_URI or give a .keras/.tflite/.onnx "
+                                "path")
 
 
 def load_pyfunc(uri: str) -> tuple[Any, Any]:
@@ -221,7 +232,8 @@ def resolve_keras(spec: str) -> tuple[Any, int, float | None]:
 
 def load_model(spec: str, threads: int | None = None) -> LoadedModel:
     """A scorer for a models:/ or runs:/ URI, a pyfunc folder, or a .keras / .tflite / .onnx file. `threads`: the
-    .tflite / .onnx runtime's threads (default: all cores), for processes that share a machine (rsdetect.serve.shard)."""
+    .tflite / .onnx runtime's threads (default: all cores), for processes that share a machine
+    (rsdetect.serve.shard)."""
     suffix = Path(spec).suffix.lower() if not spec.startswith(REGISTRY_PREFIXES) else ""
     if suffix in (".tflite", ".onnx"):
         if not Path(spec).is_file():
@@ -232,7 +244,8 @@ def load_model(spec: str, threads: int | None = None) -> LoadedModel:
         model, size, thr = resolve_keras(spec)
         return LoadedModel(keras_scorer(model), size, thr, "keras", spec, model)
     if not spec.startswith(REGISTRY_PREFIXES) and not (Path(spec) / "MLmodel").is_file():
-        raise RsdetectError(f"{spec}: not a model (give models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file)")
+        raise RsdetectError(f"{spec}: not a model (give models:/NAME@ALIAS, a pyfunc folder, or a "
+                            ".keras/.tflite/.onnx file)")
     loaded, inner = load_pyfunc(spec)
     if inner is not None and getattr(inner, "model", None) is not None:
         size = int(getattr(inner, "image_size", 0) or _keras_size(inner.model))

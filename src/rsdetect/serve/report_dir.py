@@ -7,9 +7,9 @@ import errno
 import fcntl
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
 
 from rsdetect.errors import RsdetectError
 from rsdetect.io import default_file_mode

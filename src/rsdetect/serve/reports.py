@@ -11,16 +11,17 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any
 
 import cv2
 import numpy as np
 
 from rsdetect.errors import RsdetectError
-from rsdetect.serve.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.io import default_file_mode
+from rsdetect.serve.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.serve.sources import open_capture, video_meta
 
 FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source", "shear_px",

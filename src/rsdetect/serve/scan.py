@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -27,8 +27,15 @@ from rsdetect.serve.decoder import ReadRequest, decoded_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
-from rsdetect.serve.reports import (FrameLog, annotate_video, file_stems, flagged_rate_chart, is_report_file, save_worst,
-                                    write_summary)
+from rsdetect.serve.reports import (
+    FrameLog,
+    annotate_video,
+    file_stems,
+    flagged_rate_chart,
+    is_report_file,
+    save_worst,
+    write_summary,
+)
 from rsdetect.serve.scoring import CameraState, Row, score_items
 from rsdetect.serve.signals import StopSignals, interrupt_exit_code, uninterrupted
 from rsdetect.serve.sources import Source, SourceError, read_ahead, redact
@@ -87,7 +94,7 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 
 # ---------------------------------------------------------------- scanning
 
-TiledItem = tuple[int, Optional[float], np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
+TiledItem = tuple[int, float | None, np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
 
 
 def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],

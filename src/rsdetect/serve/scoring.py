@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -140,7 +140,7 @@ class CameraState:
 
 
 def score_items(items: list[tuple[CameraState, FrameItem]], model: LoadedModel, tiles_per_call: int,
-                tiled: Optional[list[tuple[np.ndarray, list[Box]]]] = None) -> list[Row]:
+                tiled: list[tuple[np.ndarray, list[Box]]] | None = None) -> list[Row]:
     """Score frames, of one camera or several, together: each frame whole (S x S tiles at the training scale, the
     max over them; preprocess.score_tiled), added to its camera's state; one row per frame, in order.
     `tiled`: the frames' to_tiles where already cut (scan cuts them in its reader thread); else cut here.

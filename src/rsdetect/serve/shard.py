@@ -23,7 +23,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import dask
 import numpy as np

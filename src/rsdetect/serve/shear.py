@@ -8,9 +8,9 @@ estimate is the median vote weighted by squared gradient magnitude, and shear = 
 
 Chosen on data/synth's val split, measured on its test split (576 images, 160 px; `evaluate` reports it each
 run): this dense vote (with a 3x3 Sobel) against the length-weighted median tilt of LSD segments
-(rsdetect.evaluation.lines.detect_segments, baselines.lines params) gave RS-sample MAE 6.99 vs 7.82 px (pan 3.25 vs 3.70,
-vibration 4.34 vs 6.80, object 11.34 vs 11.43), mean |estimate| on the global-shutter twins 1.39 vs 3.13 px, pan
-sign right 92% vs 90%, at 0.9 vs 2.1 ms per image; with Scharr gradients (below) MAE 6.73 (pan 2.59). A person's
+(rsdetect.evaluation.lines.detect_segments, baselines.lines params) gave RS-sample MAE 6.99 vs 7.82 px (pan 3.25
+vs 3.70, vibration 4.34 vs 6.80, object 11.34 vs 11.43), mean |estimate| on the global-shutter twins 1.39 vs 3.13 px,
+pan sign right 92% vs 90%, at 0.9 vs 2.1 ms per image; with Scharr gradients (below) MAE 6.73 (pan 2.59). A person's
 shear is local, so a whole-frame estimate underrates it: the object MAE (11.3) is near the objects' mean shear
 (13.4 px); pans are what the estimate is good for. (Always guessing the median shear, 12 px, would score MAE 4.7 on
 RS samples overall, but says nothing about a given frame; pan MAE is the number that matters for correction.)

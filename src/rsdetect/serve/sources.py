@@ -7,19 +7,19 @@ of source is one new class added there.
 """
 from __future__ import annotations
 
-import os
-
 import dataclasses
 import glob
 import math
+import os
 import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Iterator, Optional, TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
 import cv2
@@ -41,7 +41,7 @@ FRAME_COUNT_SLACK = 1  # containers may over-report their frame count by one
 # and noted, not a failure. Beyond it (a copy cut off mid-way loses its index and most frames) it ended early.
 FRAME_COUNT_SHORT_FRACTION = 0.01
 
-FrameItem = tuple[int, Optional[float], np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
+FrameItem = tuple[int, float | None, np.ndarray]  # (frame_index, timestamp_s or None, RGB uint8 frame)
 OnError = Callable[[str], None]  # reports a frame-level failure; the source goes on
 OnNote = Callable[[str], None]  # reports something counted that is not a failure (a video a few frames short)
 T = TypeVar("T")

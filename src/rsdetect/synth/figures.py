@@ -5,6 +5,7 @@ from pathlib import Path
 
 import cv2
 
+from rsdetect.errors import RsdetectError
 from rsdetect.synth.manifest import read_manifest
 
 
@@ -27,13 +28,17 @@ def pairs_figure(synth_dir: str | Path, out_path: str | Path, n_pairs: int = 6) 
     chosen += [pid for pid in pairs if pid not in chosen][: max(0, n_pairs - len(chosen))]
     chosen = chosen[:n_pairs]
     fig, axes = plt.subplots(len(chosen), 2, figsize=(6, 3 * len(chosen)), squeeze=False)
-    for ax_row, pid in zip(axes, chosen):
-        for ax, label in zip(ax_row, (1, 0)):
+    for ax_row, pid in zip(axes, chosen, strict=False):
+        for ax, label in zip(ax_row, (1, 0), strict=False):
             r = pairs[pid][label]
-            ax.imshow(cv2.cvtColor(cv2.imread(str(synth_dir / r["path"])), cv2.COLOR_BGR2RGB))
+            bgr = cv2.imread(str(synth_dir / r["path"]))
+            if bgr is None:
+                raise RsdetectError(f"{synth_dir / r['path']}: cannot read as an image")
+            ax.imshow(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             ax.set_axis_off()
             if label == 1:
-                ax.set_title(f"RS {r['kind']}: shear {r['max_disp_px']:.1f}px, readout {float(r['readout']):.2f}", fontsize=8)
+                ax.set_title(f"RS {r['kind']}: shear {r['max_disp_px']:.1f}px, readout {float(r['readout']):.2f}",
+                             fontsize=8)
             else:
                 ax.set_title(f"normal twin: rigid shift {float(r['rigid_px']):.1f}px", fontsize=8)
     fig.suptitle("rolling-shutter (left) vs global-shutter twin (right)", fontsize=9)

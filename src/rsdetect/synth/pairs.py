@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 
 from rsdetect.config import AugmentParams, SynthParams
-
 from rsdetect.errors import RsdetectError
+from rsdetect.preprocess import encode_jpeg
 from rsdetect.synth.twins import SkipImage, draw_pair, photo_tasks, read_photo, usable_people
 
 STREAM_TAG = 0x5EED  # keeps the stream's random numbers apart from the fixed sets' (seed, image id, index)
@@ -36,13 +36,15 @@ def load_photos(instances_path: str | Path, seed: int, p: SynthParams, split: st
         except SkipImage:
             skipped += 1
             continue
-        photos.append((task.image_id, image, usable_people(task.anns, *image.shape[:2], p)))
+        height, width = image.shape[:2]
+        photos.append((task.image_id, image, usable_people(task.anns, height, width, p)))
     if not photos:
         raise RsdetectError(f"{instances_path}: no readable {split} photo to draw training pairs from")
     return photos, skipped
 
 
-def augment_pair(rs: np.ndarray, gs: np.ndarray, rng: np.random.Generator, a: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
+def augment_pair(rs: np.ndarray, gs: np.ndarray, rng: np.random.Generator,
+                 a: AugmentParams) -> tuple[np.ndarray, np.ndarray]:
     """The same photometric and mirror changes on both twins (BGR uint8): the label stays true and the twins
     still differ only in the row dependence. A horizontal flip mirrors a shear into the opposite shear."""
     flip = a.flip and rng.random() < 0.5
@@ -59,8 +61,11 @@ def augment_pair(rs: np.ndarray, gs: np.ndarray, rng: np.random.Generator, a: Au
         if blur > 0:
             x = cv2.GaussianBlur(x, (0, 0), blur)
         x = np.clip(x + noise, 0, 255).astype(np.uint8)
-        ok, buf = cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR))
+        buf = encode_jpeg(x, quality, "augment: a training image")
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise RsdetectError("augment: a training image's own JPEG does not decode")
+        out.append(decoded)
     return out[0], out[1]
 
 
@@ -99,7 +104,8 @@ class PairStream:
                 except SkipImage:
                     continue
             else:
-                raise RsdetectError(f"no training photo gave a pair in {MAX_REDRAWS} draws; check synthesize.min_visible_px")
+                raise RsdetectError(f"no training photo gave a pair in {MAX_REDRAWS} draws; "
+                                    "check synthesize.min_visible_px")
             rs, gs = augment_pair(rs, gs, rng, self.augment)
             x[2 * j] = cv2.cvtColor(rs, cv2.COLOR_BGR2RGB)
             x[2 * j + 1] = cv2.cvtColor(gs, cv2.COLOR_BGR2RGB)
@@ -127,7 +133,8 @@ def no_augmentation(jpeg_quality: int) -> AugmentParams:
                          noise_sigma=(0.0, 0.0), jpeg_quality=(quality, quality))
 
 
-def fixed_pairs(photos: list[tuple], seed: int, synth: SynthParams, n_pairs: int, tag: int) -> tuple[np.ndarray, np.ndarray]:
+def fixed_pairs(photos: list[tuple], seed: int, synth: SynthParams, n_pairs: int,
+                tag: int) -> tuple[np.ndarray, np.ndarray]:
     """n_pairs pairs drawn once (no augmentation; JPEG at synthesize.jpeg_quality, as the fixed sets are written):
     a validation set made from photos held out of training, the same every epoch."""
     stream = PairStream(photos, seed, synth, no_augmentation(synth.jpeg_quality), 2)

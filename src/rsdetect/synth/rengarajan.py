@@ -43,11 +43,11 @@ import cv2
 import numpy as np
 
 from rsdetect.config import ExternalParams
-
 from rsdetect.errors import RsdetectError
-from rsdetect.synth.twins import SkipImage, photo_tasks, read_photo, shrink_square
 from rsdetect.io import staged_dir, write_json
+from rsdetect.preprocess import encode_jpeg
 from rsdetect.shutter import shear_extent
+from rsdetect.synth.twins import SkipImage, photo_tasks, read_photo, shrink_square
 
 KIND = "rengarajan"
 SPLIT = "external"
@@ -141,9 +141,7 @@ def _photo_rows(image_id: int, photo: np.ndarray, stage: Path, seed: int, p: Ext
                 "max_disp_px": round(shear, 3), **{k: round(v, 4) for k, v in asdict(motion).items()}}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{pair_id}_{tag}.jpg"
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
-            if not ok:
-                raise RsdetectError(f"external: cannot encode {rel} as JPEG")
+            buf = encode_jpeg(img, p.jpeg_quality, f"external: {rel}")
             buf.tofile(stage / rel)  # plain write: the stage folder replaces out_dir only when complete
             rows.append({**base, "path": rel, "label": label})
     return rows
@@ -173,7 +171,8 @@ def make_external(instances_path: str | Path, out_dir: str | Path, seed: int,
         if not rows:
             reasons = "; ".join(f"{n} x {r}" for r, n in Counter(s["reason"] for s in skipped).most_common(3))
             raise RsdetectError(f"{instances_path}: no test-split photo gave an external pair "
-                                f"({len(photos)} test photos, {len(skipped)} skipped{': ' + reasons if reasons else ''})")
+                                f"({len(photos)} test photos, {len(skipped)} skipped"
+                                f"{': ' + reasons if reasons else ''})")
         rows.sort(key=lambda r: (r["pair_id"], r["label"]))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=EXTERNAL_FIELDS, extrasaction="ignore", lineterminator="\n")

@@ -24,15 +24,27 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from rsdetect.config import KINDS, SynthParams
-
-from rsdetect.errors import RsdetectError
 from rsdetect.datasets.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
+from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir, write_json
+from rsdetect.preprocess import (  # one resize for synthesis and inference: same scale, same filter
+    encode_jpeg,
+    shrink_square,
+)
+from rsdetect.shutter import (
+    Motion,
+    displacement,
+    fill_person_hole,
+    global_rows,
+    move_person,
+    rolling_rows,
+    shear_extent,
+    warp_rows,
+)
 from rsdetect.synth.manifest import MANIFEST_FIELDS, split_images
-from rsdetect.preprocess import shrink_square  # one resize for synthesis and inference: same scale, same filter
-from rsdetect.shutter import (Motion, displacement, fill_person_hole, global_rows, move_person, rolling_rows,
-                              shear_extent, warp_rows)
 
+# Motion redraws before a photo is a counted skip: a draw falls under min_visible_px only for slow motions, so
+# a dozen misses in a row means the photo (a tiny person, a short readout range) cannot give a visible shear.
 MAX_TRIES = 12
 
 
@@ -55,7 +67,8 @@ def person_rle(polygons: list[list[float]], height: int, width: int) -> dict | N
 FRAME_KINDS = ("pan", "vibration")  # distortions of the whole frame: they need no person
 
 
-def draw_motion(rng: np.random.Generator, p: SynthParams, with_person: bool = True, scale: float = 1.0) -> tuple[Motion, float]:
+def draw_motion(rng: np.random.Generator, p: SynthParams, with_person: bool = True,
+                scale: float = 1.0) -> tuple[Motion, float]:
     """Draw a motion (kind from the params' mix; camera motion only for a photo without a usable person) and a
     readout time. `scale` multiplies every magnitude (speed, turn, amplitude): > 1 is the easy start of a curriculum."""
     names = [k for k in KINDS if p.kinds.get(k, 0) > 0 and (with_person or k in FRAME_KINDS)]
@@ -69,7 +82,9 @@ def draw_motion(rng: np.random.Generator, p: SynthParams, with_person: bool = Tr
         return Motion(kind, speed=scale * float(rng.uniform(*p.object_speed)), direction=direction,
                       turn=scale * float(rng.uniform(*p.object_turn))), readout
     if kind == "pan":  # cameras pan mostly sideways
-        return Motion(kind, speed=scale * float(rng.uniform(*p.pan_speed)), direction=float(rng.choice([0, np.pi]) + rng.normal(0, 0.2))), readout
+        speed = scale * float(rng.uniform(*p.pan_speed))  # drawn before the direction: the draws keep their order
+        return Motion(kind, speed=speed,
+                      direction=float(rng.choice([0, np.pi]) + rng.normal(0, p.pan_direction_jitter))), readout
     return Motion(kind, amplitude=scale * float(rng.uniform(*p.vibration_amplitude)), direction=direction,
                   cycles=float(rng.uniform(*p.vibration_cycles)), phase=float(rng.uniform(0, 2 * np.pi))), readout
 
@@ -187,7 +202,8 @@ def draw_pair(image: np.ndarray, usable: list[tuple], rng: np.random.Generator, 
                       "max_disp_px": round(extent, 3), "rigid_px": round(rigid, 3),
                       **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(motion).items()}}
             return rs, gs, fields
-    raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) after {MAX_TRIES} draws")
+    raise SkipImage(f"effective displacement stays below synthesize.min_visible_px ({p.min_visible_px}) "
+                    f"after {MAX_TRIES} draws")
 
 
 def photo_source(file: str) -> str:
@@ -202,15 +218,17 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     Raises SkipImage with a reason (a photo that cannot give every pair is skipped whole).
     """
     image = read_photo(root, task.file)
-    usable = usable_people(task.anns, *image.shape[:2], p)
+    height, width = image.shape[:2]
+    usable = usable_people(task.anns, height, width, p)
     rows = []
     for index in range(p.pairs_per_photo):
         rs, gs, fields = draw_pair(image, usable, np.random.default_rng([seed, task.image_id, index]), p)
         pair_id = f"{task.image_id:012d}_{index}"
-        base = {"split": task.split, "source": photo_source(task.file), "pair_id": pair_id, "image_id": task.image_id, **fields}
+        base = {"split": task.split, "source": photo_source(task.file), "pair_id": pair_id, "image_id": task.image_id,
+                **fields}
         for label, img, tag in ((1, rs, "rs"), (0, gs, "gs")):
             rel = f"images/{task.split}/{pair_id}_{tag}.jpg"
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, p.jpeg_quality])
+            buf = encode_jpeg(img, p.jpeg_quality, f"synthesize: {rel}")
             buf.tofile(Path(out_dir) / rel)  # plain write: out_dir is a staging folder renamed into place when complete
             rows.append({**base, "path": rel, "label": label})
     return rows
@@ -248,8 +266,8 @@ def photo_tasks(instances_path: str | Path, seed: int, fractions: tuple[float, f
     by id; and the checked instances, whose skipped_images / skipped_annotations say what was left out and why.
 
     The one entry point of every reader of the dataset (synthesis, training pairs, the external set), so each
-    gets the same checks (rsdetect.datasets.instances.checked_instances) and the same split. fractions: (synthesize.val_fraction,
-    synthesize.test_fraction), the only params the split reads.
+    gets the same checks (rsdetect.datasets.instances.checked_instances) and the same split. fractions:
+    (synthesize.val_fraction, synthesize.test_fraction), the only params the split reads.
     """
     inst = checked_instances(instances_path)
     split = split_images(inst.images, seed, *fractions)

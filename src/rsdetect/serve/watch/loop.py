@@ -19,17 +19,18 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from rsdetect.errors import RsdetectError
+from rsdetect.preprocess import score_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
-from rsdetect.preprocess import score_frames
 from rsdetect.serve.reports import file_stems
 from rsdetect.serve.scan import ScanOptions
 from rsdetect.serve.scoring import CameraState, FlagStats, Row, score_items

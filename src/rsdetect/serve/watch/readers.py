@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from rsdetect.serve.watch.metrics import WatchMetrics
 
 RECENT_ERRORS = 20  # the messages summary.json keeps per camera; the counts are kept in full
 # A queued frame: a FrameItem and its to_tiles, or None where the scorer cuts them.
-TiledItem = tuple[int, Optional[float], np.ndarray, Optional[tuple[np.ndarray, list[Box]]]]
+TiledItem = tuple[int, float | None, np.ndarray, tuple[np.ndarray, list[Box]] | None]
 
 
 def say(camera: str, message: str) -> None:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from rsdetect.serve.explain import Explainer
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
+from rsdetect.serve.explain import Explainer
 from rsdetect.serve.reports import FIELDS, flagged_rate_chart, is_report_file, save_worst
 
 ROTATED = re.compile(r"frames\.\d+\.(jsonl|csv)")
