@@ -310,6 +310,7 @@ class VideoAnalysisParams(_Group):
     bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion
     static_level: Float(gt=0)               # grey levels: a pixel changed by more than this moved ...
     static_fraction: Float(ge=0, lt=1)      # ... and a frame with at most this fraction of such pixels is static
+    texture_level: Float(ge=0)              # grey range of a 3x3 neighbourhood below which flow is not trusted
     mover_px: Float(gt=0)                   # native px/frame off the band's background motion: a moving pixel
     min_region_fraction: Float(gt=0, lt=1)  # a moving region covers at least this fraction of the frame
     camera_px: Float(ge=0)                  # native px/frame of background motion: the camera itself moves
@@ -321,6 +322,7 @@ class VideoAnalysisParams(_Group):
     max_ci_frames: Float(gt=0)              # a 95% interval wider than this (frame intervals): readout unknown
     flag_shear_px: Float(gt=0)              # rs_shear_px at which a frame is flagged (probability 0.5)
     shear_scale_px: Float(gt=0)             # logistic width of the probability around flag_shear_px
+    row_z_flag: Float(gt=0)                 # readout unknown: row-dependence z at which a frame is flagged
     lag_frames: Int(ge=1)                   # streaming: a frame's result waits for this many later frames
     window_frames: Int(ge=8)                # streaming: frames of band evidence kept for the readout estimate
 
