@@ -142,7 +142,7 @@ def figure(rows: list[dict], clips: list[dict], path: Path) -> None:
     b.set(xlabel="true readout (ms)", ylabel="estimated (ms, 95% CI)",
           title=f"readout, not told ({len(rs) - len(est)} of {len(rs)} unknown)")
     fig.tight_layout()
-    ok, buf = cv2.imencode(".png", figure_pixels(fig))
+    _, buf = cv2.imencode(".png", figure_pixels(fig))
     plt.close(fig)
     atomic_write_bytes(path, buf.tobytes())
 

@@ -90,7 +90,7 @@ def speed_at(trajectory: Trajectory, t: float) -> float:
 def degrade(frame: np.ndarray, rng: np.random.Generator, noise_sigma: float, jpeg_quality: int) -> np.ndarray:
     """Sensor noise and a JPEG round trip: real footage is never noiseless."""
     noisy = np.clip(frame + rng.normal(0, noise_sigma, frame.shape), 0, 255).astype(np.uint8)
-    ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    _, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
@@ -103,7 +103,7 @@ def crop_box(image: np.ndarray, fraction: float) -> tuple[int, int, int, int]:
 def render_camera(image: np.ndarray, trajectory: Trajectory, n: int, r: float, shutter: str,
                   box: tuple[int, int, int, int]) -> tuple[list[np.ndarray], list[dict]]:
     """Frames of a moving camera: each output row is the photo's row displaced by the trajectory at its time."""
-    x0, y0, w, h = box
+    _, y0, _, h = box
     frames, truth = [], []
     for k in range(n):
         dx, dy = trajectory(frame_times(k, h, r, shutter))
