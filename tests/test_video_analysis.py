@@ -2,6 +2,8 @@
 scene and global-shutter twins; readout told and not told; the configuration's one-line errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -162,3 +164,45 @@ def test_configured_readouts():
                                                      "evidence_frames": 0}
     assert configured_readout(None, "global").ms == 0.0
     assert configured_readout(None, "rolling") is None and configured_readout(None, None) is None
+
+
+def write_video(path, frames, fps=FPS):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_check_video_streams_a_file_and_reports(scene, analysis, tmp_path):
+    from rsdetect.video.footage import check_video
+
+    frames, _ = camera_clip(scene, still, 20.0, "rolling")
+    summary, rows = check_video(write_video(tmp_path / "still.avi", frames), analysis)
+    assert summary["frames"] == FRAMES == len(rows) and summary["flag_rate"] == 0.0
+    assert summary["flagged_without_motion"] == 0 and summary["readout"]["source"] == "unknown"
+    assert summary["fps"] == pytest.approx(FPS)
+
+
+def test_check_video_bad_file_is_one_line(analysis, tmp_path):
+    from rsdetect.video.footage import check_video
+
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(RsdetectError, match="broken.avi") as err:
+        check_video(bad, analysis)
+    assert "\n" not in str(err.value)
+
+
+ROAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage" / "road_320x240.avi"
+
+
+@pytest.mark.skipif(not ROAD.is_file(), reason="../shared/data/footage is absent")
+def test_real_fixed_camera_flags_no_frame_without_motion(analysis):
+    from rsdetect.video.footage import check_video
+
+    summary, rows = check_video(ROAD, analysis, max_frames=120)
+    assert summary["frames"] == 120
+    assert not any(r["flag"] for r in rows if r["motion_px"] == 0)
+    assert summary["readout"]["source"] in ("unknown", "estimated")

@@ -307,13 +307,14 @@ class VideoClipParams(_Group):
 class VideoAnalysisParams(_Group):
     """video.analysis: per-frame motion, readout estimate and rolling-shutter evidence (rsdetect.video)."""
     work_width: Int(ge=32)                  # frames are measured at this width (flow cost ~ pixels)
+    flow_preset: Literal["ultrafast", "fast", "medium"]  # OpenCV DIS optical flow preset
     bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion
     static_level: Float(gt=0)               # grey levels: a pixel changed by more than this moved ...
     static_fraction: Float(ge=0, lt=1)      # ... and a frame with at most this fraction of such pixels is static
-    texture_level: Float(ge=0)              # grey range of a 3x3 neighbourhood below which flow is not trusted
-    mover_px: Float(gt=0)                   # native px/frame off the band's background motion: a moving pixel
+    mover_work_px: Float(gt=0)              # px/frame at work_width off the band's background motion: a moving pixel
     min_region_fraction: Float(gt=0, lt=1)  # a moving region covers at least this fraction of the frame
-    camera_px: Float(ge=0)                  # native px/frame of background motion: the camera itself moves
+    camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves
+                                            # (flow's precision is set by the working image, not the native one)
     nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
     smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals

@@ -66,7 +66,7 @@ class CameraAnalyzer:
         self.pending.append(fm)
         if fm.index > 0:
             self.window.append(fm)
-            self.moving_since_estimate += fm.camera_px > self.p.camera_px
+            self.moving_since_estimate += fm.camera_moving
         if self.lag is None or len(self.pending) <= self.lag:
             return []
         if self.moving_since_estimate >= self.p.lag_frames:
@@ -90,15 +90,15 @@ class CameraAnalyzer:
         frames = np.array([fm.index for fm in self.window], float)
         zero = np.zeros((self.p.bands, 2))
         disp = np.array([zero if fm.bands is None else fm.bands for fm in self.window])
-        moving = np.array([fm.camera_px > self.p.camera_px for fm in self.window])
+        moving = np.array([fm.camera_moving for fm in self.window])
         return frames, disp, moving
 
     def finish(self, count: int) -> list[dict]:
         """Rows of the `count` oldest waiting frames."""
         batch = [self.pending.popleft() for _ in range(count)]
         r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
-        trajectory = self.trajectory(r) if any(fm.camera_px > self.p.camera_px for fm in batch) else None
-        noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_px > self.p.camera_px] or [0.0]))
+        trajectory = self.trajectory(r) if any(fm.camera_moving for fm in batch) else None
+        noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_moving] or [0.0]))
         return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
 
     def trajectory(self, r: float | None) -> Trajectory | None:

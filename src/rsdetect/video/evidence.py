@@ -10,7 +10,7 @@
 - `probability`: a logistic of rs_shear_px around flag_shear_px where a readout exists (evidence "camera-shear" or
   "mover-shear", whichever is larger), else, for frames where the camera moves, half a logistic of row_dependence around row_z_flag
   ("row-dependence": it ranks frames, never flags one); 0 for movers alone, whose shear cannot be told without
-  a readout; a frame
+  a readout ("no-readout"); a frame
   where nothing moves is 0 ("static"). `flag` = probability >= 0.5.
 """
 from __future__ import annotations
@@ -84,10 +84,10 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
         # no readout: only the camera's own motion can show a row dependence (a mover's shear needs the readout),
         # and it ranks frames but never flags one: measured on 32 clips, a flag from it alone put 15% of the
         # global-shutter twins' frames over 0.5 (flow's own row bias on flat drawn scenes reads as a slope)
-        prob = UNDECIDED * logistic(z - p.row_z_flag) if fm.camera_px > p.camera_px else 0.0
+        prob = UNDECIDED * logistic(z - p.row_z_flag) if fm.camera_moving else 0.0
         return {**base, "rs_shear_px": None, "probability": round(prob, 4), "flag": False,
-                "evidence": "row-dependence"}
-    cam = camera_shear(trajectory, fm.index, r) if fm.camera_px > p.camera_px else 0.0
+                "evidence": "row-dependence" if fm.camera_moving else "no-readout"}
+    cam = camera_shear(trajectory, fm.index, r) if fm.camera_moving else 0.0
     mov = mover_shear(fm, r, height)
     shear = max(cam, mov)
     prob = logistic((shear - p.flag_shear_px) / p.shear_scale_px)

@@ -93,7 +93,7 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
     second = sparse.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n - 2, n))
     penalty = p.smoothness * (second.T @ second) + RIDGE * sparse.identity(n)
     d = disp.reshape(-1, 2)
-    seen = ~np.isnan(d).any(axis=1)  # bands without texture were not measured
+    seen = ~np.isnan(d).any(axis=1)  # a band that could not be measured is NaN
     a, d = a[seen], d[seen]
     weights = np.ones(len(d))
     for _ in range(HUBER_ITERATIONS):  # flow fails now and then (a band mistaken by the solver): Huber weights
