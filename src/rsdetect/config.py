@@ -310,6 +310,55 @@ class RegisterParams(_Group):
     claim_tolerance: Float(ge=0, le=1)
 
 
+class VideoClipParams(_Group):
+    """video.clips: rolling-shutter / global-shutter twin clips rendered from photos (rsdetect.synth.clips)."""
+    clips_per_kind: Int(gt=0)               # RS clips of each kind (each with its GS twin)
+    frames: Int(ge=8)                       # frames per clip
+    fps: Range(gt=0)                        # frame rate drawn from this
+    readout_ms: Range(gt=0)                 # whole-frame readout drawn from this (ms)
+    frame_fraction: Float(gt=0.3, le=1)     # output frame = this fraction of the photo's width and height (the rest:
+                                            # room for the camera to travel, so no border is ever invented)
+    vibration_px: Range(gt=0)               # shake amplitude, native px
+    vibration_hz: Range(gt=0)
+    pan_px: Range(gt=0)                     # pan's peak speed, native px per frame
+    pan_ramp_frames: Range(ge=1)            # frames to reach the peak speed (and to stop)
+    still_frames: Int(ge=1)                 # still frames before a pan starts: the reference its shear shows against
+    person_px: Range(gt=0)                  # person's speed, native px per frame
+    min_person_area: Float(ge=0)            # px^2 of the photo: smaller people are not moved
+    noise_sigma: Range(ge=0)                # Gaussian sensor noise per frame, levels
+    jpeg_quality: Range(ge=1, le=100)       # every frame re-encoded at a quality drawn from this
+
+
+class VideoAnalysisParams(_Group):
+    """video.analysis: per-frame motion, readout estimate and rolling-shutter evidence (rsdetect.video)."""
+    work_width: Int(ge=32)                  # frames are measured at this width (flow cost ~ pixels)
+    flow_preset: Literal["ultrafast", "fast", "medium"]  # OpenCV DIS optical flow preset
+    bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion
+    static_level: Float(gt=0)               # grey levels: a pixel changed by more than this moved ...
+    static_fraction: Float(ge=0, lt=1)      # ... and a frame with at most this fraction of such pixels is static
+    mover_work_px: Float(gt=0)              # px/frame at work_width off the band's background motion: a moving pixel
+    min_region_fraction: Float(gt=0, lt=1)  # a moving region covers at least this fraction of the frame
+    camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves
+                                            # (flow's precision is set by the working image, not the native one)
+    nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
+    smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
+    readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals
+    readout_steps: Int(ge=3)
+    min_evidence_frames: Int(ge=1)          # frames with camera motion an estimate must rest on
+    max_ci_frames: Float(gt=0)              # a 95% interval wider than this (frame intervals): readout unknown
+    flag_shear_px: Float(gt=0)              # rs_shear_px at which a frame is flagged (probability 0.5)
+    shear_scale_px: Float(gt=0)             # logistic width of the probability around flag_shear_px
+    row_z_flag: Float(gt=0)                 # readout unknown: row-dependence z at which a frame is flagged
+    lag_frames: Int(ge=1)                   # streaming: a frame's result waits for this many later frames
+    window_frames: Int(ge=8)                # streaming: frames of band evidence kept for the readout estimate
+
+
+class VideoParams(_Group):
+    """video: the video stage (clips rendered, analysed with the readout not told and told)."""
+    clips: VideoClipParams
+    analysis: VideoAnalysisParams
+
+
 # The group named `register` shadows ABCMeta.register on the class (pydantic warns); on an instance the field
 # wins, and nothing in the project registers virtual subclasses of Params, so the warning is noise.
 warnings.filterwarnings("ignore", message='Field name "register" in "Params" shadows', category=UserWarning)
@@ -329,6 +378,7 @@ class Params(_Group):
     shear: ShearParams
     evaluate: EvaluateParams
     images: ImageParams
+    video: VideoParams
     # an explicit Field: a bare annotation would take ABCMeta.register as its default
     register: RegisterParams = Field()
 

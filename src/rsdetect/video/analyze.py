@@ -1,0 +1,118 @@
+"""One camera's footage, frame by frame: motion, readout, per-frame evidence. The entry point of the video path.
+
+`CameraAnalyzer` takes frames one at a time (`push`) and hands back finished frame rows; memory is bounded by
+video.analysis.window_frames (band displacements of recent frames, a few numbers each) and lag_frames (frames
+waiting for later evidence). A frame's shear needs the camera's trajectory around it, so its row comes once
+lag_frames more frames have been measured (or at `flush`). `analyze` runs a whole clip: every frame waits for the
+end, so every row uses the readout estimated from the whole clip.
+
+A readout is configured (readout_ms, or shutter global = 0 ms), else estimated from the camera's own motion
+(rsdetect.video.readout), else unknown; it is never invented.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+
+from rsdetect.config import VideoAnalysisParams
+from rsdetect.errors import RsdetectError
+from rsdetect.video.evidence import frame_result, row_fit
+from rsdetect.video.motion import FrameMotion, MotionMeter
+from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
+
+SHUTTERS = ("rolling", "global")
+
+
+def configured_readout(readout_ms: float | None, shutter: str | None) -> Readout | None:
+    """The readout a camera's configuration gives, or None (to be estimated). RsdetectError for a bad value."""
+    if shutter is not None and shutter not in SHUTTERS:
+        raise RsdetectError(f"shutter: {shutter!r} is not one of {', '.join(SHUTTERS)}")
+    if readout_ms is not None:
+        if isinstance(readout_ms, bool) or not isinstance(readout_ms, (int, float)) or not np.isfinite(readout_ms) \
+                or readout_ms < 0:
+            raise RsdetectError(f"readout_ms: {readout_ms!r} must be a number of milliseconds >= 0")
+        if shutter == "global" and readout_ms > 0:
+            raise RsdetectError(f"readout_ms: {readout_ms} contradicts shutter: global (which reads every row at once)")
+        return Readout(float(readout_ms), (float(readout_ms), float(readout_ms)), "configured", 0)
+    if shutter == "global":
+        return Readout(0.0, (0.0, 0.0), "configured", 0)
+    return None
+
+
+class CameraAnalyzer:
+    """Per-camera state: push frames, get finished rows; readout() says what the readout is and why."""
+
+    def __init__(self, p: VideoAnalysisParams, fps: float, readout_ms: float | None = None,
+                 shutter: str | None = None, lag: int | None = None):
+        if not (fps > 0 and np.isfinite(fps)):
+            raise RsdetectError(f"fps: {fps!r} must be > 0 (the readout is measured in frame periods)")
+        self.p, self.fps, self.lag = p, float(fps), lag
+        self.meter = MotionMeter(p)
+        self.configured = configured_readout(readout_ms, shutter)
+        self._readout = self.configured or Readout(None, None, "unknown", 0)
+        self.pending: deque[FrameMotion] = deque()
+        self.window: deque[FrameMotion] = deque(maxlen=p.window_frames)  # evidence: band displacements
+        self.moving_since_estimate = 0
+        self.height = 0
+
+    def readout(self) -> Readout:
+        return self._readout
+
+    def push(self, frame: np.ndarray) -> list[dict]:
+        self.height = frame.shape[0]
+        fm = self.meter.push(frame)
+        self.pending.append(fm)
+        if fm.index > 0:
+            self.window.append(fm)
+            self.moving_since_estimate += fm.camera_moving
+        if self.lag is None or len(self.pending) <= self.lag:
+            return []
+        if self.moving_since_estimate >= self.p.lag_frames:
+            self.estimate()
+        return self.finish(len(self.pending) - self.lag)
+
+    def flush(self) -> list[dict]:
+        """Rows of every frame still waiting, with the readout from all the evidence there is."""
+        self.estimate()
+        return self.finish(len(self.pending))
+
+    def estimate(self) -> None:
+        if self.configured is not None or not self.window:
+            return
+        frames, disp, moving = self.evidence()
+        self._readout = estimate_readout(frames, disp, moving, self.fps, self.p)
+        self.moving_since_estimate = 0
+
+    def evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The window's frames, band displacements (a static frame: zero, it was measured still) and camera motion."""
+        frames = np.array([fm.index for fm in self.window], float)
+        zero = np.zeros((self.p.bands, 2))
+        disp = np.array([zero if fm.bands is None else fm.bands for fm in self.window])
+        moving = np.array([fm.camera_moving for fm in self.window])
+        return frames, disp, moving
+
+    def finish(self, count: int) -> list[dict]:
+        """Rows of the `count` oldest waiting frames."""
+        batch = [self.pending.popleft() for _ in range(count)]
+        r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
+        trajectory = self.trajectory(r) if any(fm.camera_moving for fm in batch) else None
+        noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_moving] or [0.0]))
+        return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
+
+    def trajectory(self, r: float | None) -> Trajectory | None:
+        if r is None or not self.window:
+            return None
+        frames, disp, _ = self.evidence()
+        return fit_trajectory(frames, disp, r, self.p)
+
+
+def analyze(frames: Iterable[np.ndarray], fps: float, p: VideoAnalysisParams, readout_ms: float | None = None,
+            shutter: str | None = None) -> tuple[list[dict], dict]:
+    """Per-frame rows of a whole clip and the camera's readout ({ms, ci_ms, source, evidence_frames})."""
+    analyzer = CameraAnalyzer(p, fps, readout_ms, shutter, lag=None)
+    for frame in frames:
+        analyzer.push(frame)
+    rows = analyzer.flush()
+    return rows, analyzer.readout().as_dict()

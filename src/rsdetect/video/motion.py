@@ -1,0 +1,118 @@
+"""Image motion between consecutive frames: the camera's own motion per horizontal band, and the moving regions.
+
+Each frame is measured against the one before at video.analysis.work_width (grey, INTER_AREA: the shrink also
+averages sensor noise away). A cheap frame difference decides first whether anything moved at all: a frame where
+fewer than static_fraction of the pixels changed by more than static_level is static, gets no flow and cannot show
+rolling-shutter distortion. Otherwise OpenCV's DIS optical flow (video.analysis.flow_preset) gives a dense field; the background's
+displacement per horizontal band is the band's median flow over the pixels that move with it (a first median, then
+pixels more than mover_work_px off it are left out as movers and the median taken again), in both axes: the row
+dependence that a shake or a pan leaves is kept per band instead of averaged over the frame. Pixels off their band's
+background are moving regions (connected components), each with its own velocity and height.
+
+Every length reported is in native px of the frame (the working scale is undone).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from rsdetect.config import VideoAnalysisParams
+
+OPEN_KERNEL = np.ones((3, 3), np.uint8)
+REGION_SPEED_QUANTILE = 0.9  # a flat 60x200 px box at 8 px/frame: its tall edge regions read 2.7-5.0 by the median, 5.7-7.3 by this
+FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+STAT_STEP = 2  # band medians from every 2nd pixel each way  # opening removes isolated flow outliers before regions are counted
+
+
+@dataclass
+class FrameMotion:
+    """What moved between the frame before and this one (native px per frame)."""
+    index: int
+    static: bool
+    bands: np.ndarray | None = None        # (bands, 2): background displacement (dx, dy) of each band
+    band_spread: float = 0.0               # median absolute deviation of the flow around the band medians
+    regions: list[dict] = field(default_factory=list)  # moving regions: x, y, w, h, vx, vy (relative), speed_px
+    motion_px: float = 0.0                 # largest image speed: the background's or a region's
+    camera_moving: bool = False            # the background moved more than camera_work_px (working px)
+
+    @property
+    def camera_px(self) -> float:
+        """The background's speed at mid-frame: the camera's own motion."""
+        return 0.0 if self.bands is None else float(np.hypot(*np.nanmedian(self.bands, axis=0)))
+
+
+class MotionMeter:
+    """Measures each pushed frame against the previous one; bounded memory (one small grey frame)."""
+
+    def __init__(self, p: VideoAnalysisParams):
+        self.p = p
+        self.prev: np.ndarray | None = None
+        self.index = -1
+        self.scale = 1.0
+        self.dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[p.flow_preset])
+
+    def small(self, frame: np.ndarray) -> np.ndarray:
+        grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
+        h, w = grey.shape
+        width = min(self.p.work_width, w)
+        self.scale = w / width
+        return cv2.resize(grey, (width, max(1, round(h / self.scale))), interpolation=cv2.INTER_AREA)
+
+    def push(self, frame: np.ndarray) -> FrameMotion:
+        cur = self.small(frame)
+        prev, self.prev = self.prev, cur
+        self.index += 1
+        if prev is None or prev.shape != cur.shape:
+            return FrameMotion(self.index, static=True)  # nothing to compare with: no motion can be shown
+        changed = cv2.countNonZero(cv2.threshold(cv2.absdiff(prev, cur), self.p.static_level, 255,
+                                                 cv2.THRESH_BINARY)[1])
+        if changed <= self.p.static_fraction * cur.size:
+            return FrameMotion(self.index, static=True)
+        return self.measure(self.dis.calc(prev, cur, None))
+
+    def measure(self, flow: np.ndarray) -> FrameMotion:
+        """Band medians of the flow (working px), movers left out; every STAT_STEP-th pixel each way (a median
+        of thousands is as good as one of tens of thousands, at a fraction of the cost)."""
+        p = self.p
+        h, w = flow.shape[:2]
+        per = h // p.bands
+        samples = flow[:per * p.bands].reshape(p.bands, per, w, 2)[:, ::STAT_STEP, ::STAT_STEP].reshape(p.bands, -1, 2)
+        first = np.median(samples, axis=1)
+        off = (np.abs(samples - first[:, None]) > p.mover_work_px).any(axis=2)
+        kept = np.where(off[..., None], np.nan, samples)
+        with warnings.catch_warnings():  # a band entirely off its first median is all NaN: replaced just below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bands = np.nanmedian(kept, axis=1)
+        crowded = (~off).sum(axis=1) <= off.shape[1] // 4  # a band mostly covered by movers: its plain median
+        bands[crowded] = first[crowded]
+        spread = float(np.median(np.abs(samples - bands[:, None])[~off])) if (~off).any() else 0.0
+        band_of_row = np.minimum(np.arange(h) // per, p.bands - 1)
+        moving = (np.abs(flow - bands[band_of_row][:, None, :]) > p.mover_work_px).any(axis=2).astype(np.uint8)
+        regions = self.regions(cv2.morphologyEx(moving, cv2.MORPH_OPEN, OPEN_KERNEL), flow, bands, band_of_row)
+        camera = float(np.hypot(*np.median(bands, axis=0)))
+        s = self.scale  # working px -> native px
+        motion = max([camera] + [r["speed_px"] / s + camera for r in regions]) * s
+        return FrameMotion(self.index, static=False, bands=bands * s, band_spread=spread * s, regions=regions,
+                           motion_px=motion, camera_moving=camera > p.camera_work_px)
+
+    def regions(self, mask: np.ndarray, flow: np.ndarray, bands: np.ndarray, band_of_row: np.ndarray) -> list[dict]:
+        """Connected moving regions of at least min_region_fraction of the frame: box, velocity relative to the
+        background, speed; native px."""
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        s = self.scale
+        out = []
+        for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= self.p.min_region_fraction * mask.size) + 1:
+            x, y, w, h, _ = stats[i]
+            ys, xs = np.nonzero(labels[y:y + h, x:x + w] == i)
+            rel = flow[y + ys, x + xs] - bands[band_of_row[y + ys]]
+            vx, vy = np.median(rel, axis=0)
+            # speed: a high quantile, not the median: inside a flat-coloured mover the flow is smoothed towards
+            # the background (aperture), only its textured edges move at its true speed
+            speed = float(np.quantile(np.hypot(rel[:, 0], rel[:, 1]), REGION_SPEED_QUANTILE))
+            out.append({"x": int(x * s), "y": int(y * s), "w": int(w * s), "h": int(h * s),
+                        "vx": float(vx * s), "vy": float(vy * s), "speed_px": speed * s})
+        return out

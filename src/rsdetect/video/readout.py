@@ -1,0 +1,135 @@
+"""The camera's trajectory at sub-frame timing, and its readout estimated from it.
+
+Physics: row y of frame k is read at k + r * y / (H - 1) (r = readout / frame period). Band b (centre row s_b in
+[0, 1]) of frame k is displaced by the camera trajectory X at that time, so the frame-to-frame displacement that
+rsdetect.video.motion measures for the band is
+
+    D[k, b] = X(k + r s_b) - X(k - 1 + r s_b)         (both axes)
+
+which is linear in X. X is a piecewise-linear curve with video.analysis.nodes_per_frame knots per frame interval
+and a penalty (smoothness) on its second differences; for a given r it is one sparse least-squares solve on every
+band sample of the window, so the rows' sub-frame timing resolves shakes that frame differences alone
+under-sample (12 Hz at 25 fps), and a pan's start and stop pin its timing. The readout is the r on a grid
+(0 .. readout_max) whose fit leaves the least residual; a wrong r puts band samples at wrong times and the smooth
+curve cannot follow them.
+
+Why this and not the earlier tries (measured, see the issue): a per-frame linear fit of band displacement against
+the first frame gave readout within 25% on 12 of 35 clips (it reads the slope of a pan that holds as shear, and
+is blind to the sub-frame timing of a shake); a free spline over r fitted noise. Here X is shared by all bands and
+all frames, so noise in one band cannot be absorbed.
+
+Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
+is the set of r whose residual stays within RSS_min * (1 + 3.84 / n), n the number of frames with camera motion
+(a profile-likelihood interval with one parameter). Too few such frames, or an interval wider than max_ci_frames,
+and the readout is unknown: a value is never invented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
+
+from rsdetect.config import VideoAnalysisParams
+
+CHI2_1_95 = 3.841  # 95% quantile of chi-square with one degree of freedom: the profile interval of one parameter
+HUBER_ITERATIONS = 3  # reweighted least squares: the weights settle within three solves
+HUBER_K = 1.345       # Huber's constant: 95% efficiency under Gaussian noise
+MAD_TO_SD = 1.4826    # median absolute residual -> standard deviation under Gaussian noise
+NOISE_FLOOR_PX = 0.01 # residual scale never below this: a noiseless synthetic fit must not weigh by ~0
+RIDGE = 1e-6       # fixes the trajectory's free constant (every observation is a difference)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """A camera's readout: ms (None when unknown), 95% interval, where it comes from, frames it rests on."""
+    ms: float | None
+    ci_ms: tuple[float, float] | None
+    source: str                      # configured | estimated | unknown
+    evidence_frames: int
+
+    def as_dict(self) -> dict:
+        return {"ms": None if self.ms is None else round(self.ms, 2),
+                "ci_ms": None if self.ci_ms is None else [round(v, 2) for v in self.ci_ms],
+                "source": self.source, "evidence_frames": self.evidence_frames}
+
+
+def band_centres(bands: int) -> np.ndarray:
+    return (np.arange(bands) + 0.5) / bands
+
+
+@dataclass
+class Trajectory:
+    """A fitted camera trajectory: knots from t0 with spacing 1/q, in native px (x, y)."""
+    t0: float
+    q: int
+    knots: np.ndarray                # (n, 2)
+    rss: float
+
+    def at(self, t: np.ndarray) -> np.ndarray:
+        """(len(t), 2) positions, linear between knots (clamped at the ends)."""
+        grid = self.t0 + np.arange(len(self.knots)) / self.q
+        return np.stack([np.interp(t, grid, self.knots[:, i]) for i in range(2)], axis=1)
+
+
+def interp_matrix(times: np.ndarray, t0: float, q: int, n: int) -> sparse.csr_matrix:
+    """Rows of linear-interpolation weights of each time on the knot grid."""
+    pos = np.clip((times - t0) * q, 0, n - 1 - 1e-9)
+    j = np.floor(pos).astype(int)
+    w = pos - j
+    rows = np.arange(len(times))
+    return sparse.csr_matrix((np.concatenate([1 - w, w]), (np.concatenate([rows, rows]), np.concatenate([j, j + 1]))),
+                             shape=(len(times), n))
+
+
+def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnalysisParams) -> Trajectory:
+    """The smooth trajectory X best explaining disp[i, b] = X(frames[i] + r s_b) - X(frames[i] - 1 + r s_b)."""
+    s = band_centres(disp.shape[1])
+    t0 = float(frames.min()) - 1.0
+    n = int(np.ceil((frames.max() + r - t0) * p.nodes_per_frame)) + 2
+    t_late = (frames[:, None] + r * s[None, :]).ravel()
+    a = interp_matrix(t_late, t0, p.nodes_per_frame, n) - interp_matrix(t_late - 1.0, t0, p.nodes_per_frame, n)
+    second = sparse.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n - 2, n))
+    penalty = p.smoothness * (second.T @ second) + RIDGE * sparse.identity(n)
+    d = disp.reshape(-1, 2)
+    seen = ~np.isnan(d).any(axis=1)  # a band that could not be measured is NaN
+    a, d = a[seen], d[seen]
+    weights = np.ones(len(d))
+    for _ in range(HUBER_ITERATIONS):  # flow fails now and then (a band mistaken by the solver): Huber weights
+        wa = a.multiply(weights[:, None]).tocsr()
+        knots = np.stack([spsolve((a.T @ wa + penalty).tocsc(), wa.T @ d[:, i]) for i in range(2)], axis=1)
+        res = np.hypot(*(a @ knots - d).T)
+        scale = HUBER_K * max(float(np.median(res)) * MAD_TO_SD, NOISE_FLOOR_PX)
+        weights = np.minimum(1.0, scale / np.maximum(res, 1e-12))
+    rss = float((np.minimum(res, scale) * (2 * res - np.minimum(res, scale))).sum())  # Huber loss (x2)
+    return Trajectory(t0, p.nodes_per_frame, knots, rss)
+
+
+def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, fps: float,
+                     p: VideoAnalysisParams) -> Readout:
+    """The readout from band displacements of consecutive frames (frames, disp: (n, bands, 2); moving: frames
+    whose camera moved). Unknown where the evidence is too thin or too loose."""
+    evidence = int(moving.sum())
+    if evidence < p.min_evidence_frames:
+        return Readout(None, None, "unknown", evidence)
+    grid = np.linspace(0.0, p.readout_max, p.readout_steps)
+    rss = np.array([fit_trajectory(frames, disp, r, p).rss for r in grid])
+    best = int(np.argmin(rss))
+    inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
+    lo, hi = float(inside.min()), float(inside.max())
+    if hi - lo > p.max_ci_frames:
+        return Readout(None, None, "unknown", evidence)
+    r_hat = refine(grid, rss, best)
+    ms = 1000.0 / fps
+    return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence)
+
+
+def refine(grid: np.ndarray, rss: np.ndarray, best: int) -> float:
+    """The minimum of the parabola through the best grid point and its neighbours (the grid point at an end)."""
+    if best == 0 or best == len(grid) - 1:
+        return float(grid[best])
+    y0, y1, y2 = rss[best - 1:best + 2]
+    curvature = y0 - 2 * y1 + y2
+    step = grid[1] - grid[0]
+    return float(grid[best] + (0.5 * (y0 - y2) / curvature * step if curvature > 0 else 0.0))

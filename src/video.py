@@ -1,0 +1,198 @@
+"""Stage video: rolling shutter judged from motion, measured on rendered twin clips from the test photos.
+
+Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static) from each
+photo source (real, drawn) of the test split, each with its global-shutter twin (rsdetect.synth.clips), runs
+rsdetect.video.analyze on every clip twice, the readout not told and told (the true readout_ms; shutter global
+for the twins), and writes metrics (ROC AUC by kind and source via sklearn, flag rates, shear error, readout
+error) and a figure.
+"""
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from rsdetect.config import load_params
+from rsdetect.datasets.instances import load_instances
+from rsdetect.errors import RsdetectError
+from rsdetect.io import atomic_write_bytes, write_json
+from rsdetect.stage import run_stage
+from rsdetect.synth.clips import CLIP_KINDS, render_twins
+from rsdetect.synth.twins import split_images
+from rsdetect.video.analyze import analyze
+
+CAMERA_KINDS = ("vibration", "pan")
+VISIBLE_PX = 2.0      # the issue's bar: a frame with true shear >= 2 px is distorted ...
+CLEAN_PX = 0.5        # ... and one under 0.5 px is clean (told-readout AUC)
+SHEAR_ERROR_PX = 1.0  # median |rs_shear_px - truth| is taken over frames with true shear >= this
+READOUT_TOLERANCE = 0.25  # an estimate within 25% of the truth is right
+TWIN_READOUT_MS = 2.0     # a global-shutter twin's estimate at or under this (or unknown) is right
+MAX_TRIES = 20        # photos tried per clip (a person clip needs a photo with a usable person)
+
+
+def test_photos(raw: Path, params) -> dict[str, list[tuple[Path, list]]]:
+    """The test split's photos by source (real, drawn), each with its annotations, in id order."""
+    coco = load_instances(raw / "instances.json")
+    split = split_images(coco["images"], params.seed, params.synthesize.val_fraction, params.synthesize.test_fraction)
+    anns: dict[int, list] = {}
+    for a in coco["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    by_source: dict[str, list] = {}
+    for im in sorted(coco["images"], key=lambda im: im["id"]):
+        if split[im["id"]] == "test":
+            by_source.setdefault(im["file_name"].split("/")[0], []).append((raw / "images" / im["file_name"],
+                                                                             anns.get(im["id"], [])))
+    return by_source
+
+
+def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list[dict], dict]:
+    told_args = {"readout_ms": clip.readout_ms} if clip.shutter == "rolling" else {"shutter": "global"}
+    rows, readout = analyze(clip.frames, clip.fps, params.video.analysis, **(told_args if told else {}))
+    for row, truth in zip(rows, clip.truth):
+        row.update(clip=clip_id, kind=clip.kind, shutter=clip.shutter, source=source, told=told,
+                   true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"])
+    return rows, {"clip": clip_id, "kind": clip.kind, "shutter": clip.shutter, "source": source, "told": told,
+                  "true_readout_ms": clip.readout_ms if clip.shutter == "rolling" else 0.0, **readout}
+
+
+def auc(pos: list[float], neg: list[float]) -> float | None:
+    if not pos or not neg:
+        return None
+    return round(float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg)), 4)
+
+
+def frame_auc(rows: list[dict], kinds, source: str | None = None) -> float | None:
+    """Frames with true shear >= VISIBLE_PX of RS clips against every frame of their GS twins."""
+    sel = [r for r in rows if r["kind"] in kinds and (source is None or r["source"] == source)]
+    return auc([r["probability"] for r in sel if r["shutter"] == "rolling" and r["true_shear_px"] >= VISIBLE_PX],
+               [r["probability"] for r in sel if r["shutter"] == "global"])
+
+
+def clip_auc(rows: list[dict], kinds) -> float | None:
+    """A clip's score is its largest frame probability; RS clips against their GS twins."""
+    scores: dict[str, tuple[str, float]] = {}
+    for r in rows:
+        if r["kind"] in kinds:
+            prev = scores.get(r["clip"], (r["shutter"], 0.0))[1]
+            scores[r["clip"]] = (r["shutter"], max(prev, r["probability"]))
+    return auc([s for sh, s in scores.values() if sh == "rolling"], [s for sh, s in scores.values() if sh == "global"])
+
+
+def flag_rate(rows: list[dict]) -> float | None:
+    return round(float(np.mean([r["flag"] for r in rows])), 4) if rows else None
+
+
+def summarise(rows: list[dict], clips: list[dict]) -> dict:
+    out: dict = {}
+    for told in (False, True):
+        sel = [r for r in rows if r["told"] == told]
+        cl = [c for c in clips if c["told"] == told]
+        m: dict = {
+            "frame_roc_auc": {k: frame_auc(sel, (k,)) for k in CLIP_KINDS if k != "static"},
+            "frame_roc_auc_camera": frame_auc(sel, CAMERA_KINDS),
+            "frame_roc_auc_camera_by_source": {s: frame_auc(sel, CAMERA_KINDS, s) for s in ("real", "drawn")},
+            "clip_roc_auc_camera": clip_auc(sel, CAMERA_KINDS),
+            "clip_roc_auc": {k: clip_auc(sel, (k,)) for k in CLIP_KINDS if k != "static"},
+            "flag_rate_static": flag_rate([r for r in sel if r["kind"] == "static"]),
+            "flag_rate_global_twins": flag_rate([r for r in sel if r["shutter"] == "global"]),
+            "flag_rate_frames_without_motion": flag_rate([r for r in sel if r["true_motion_px"] == 0]),
+        }
+        distorted = [r for r in sel if r["shutter"] == "rolling" and r["true_shear_px"] >= SHEAR_ERROR_PX]
+        errors = [abs(r["rs_shear_px"] - r["true_shear_px"]) for r in distorted if r["rs_shear_px"] is not None]
+        m["shear_error_median_px"] = round(float(np.median(errors)), 3) if errors else None
+        m["shear_error_frames"] = len(errors)
+        m["shear_null_frames"] = len(distorted) - len(errors)
+        if told:
+            m["frame_roc_auc_2px_vs_clean"] = auc(
+                [r["probability"] for r in sel if r["true_shear_px"] >= VISIBLE_PX],
+                [r["probability"] for r in sel if r["true_shear_px"] < CLEAN_PX])
+        else:
+            rs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "rolling"]
+            gs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "global"]
+            within = [c["ms"] is not None and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
+                      for c in rs]
+            m["readout_within_25pct"] = round(float(np.mean(within)), 4) if within else None
+            m["readout_unknown_rolling"] = sum(c["ms"] is None for c in rs)
+            m["readout_twins_ok"] = round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4) if gs else None
+            m["readout_static_unknown"] = round(float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
+        out["told" if told else "not_told"] = m
+    return out
+
+
+def figure(rows: list[dict], clips: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for kind in CLIP_KINDS:
+        sel = [r for r in rows if r["told"] and r["kind"] == kind and r["rs_shear_px"] is not None]
+        a.scatter([r["true_shear_px"] for r in sel], [r["rs_shear_px"] for r in sel], s=4, label=kind)
+    a.plot([0, 8], [0, 8], "k--", lw=0.8)
+    a.set(xlabel="true rs_shear_px", ylabel="measured rs_shear_px (readout told)", title="shear per frame")
+    a.legend()
+    rs = [c for c in clips if not c["told"] and c["shutter"] == "rolling" and c["kind"] in CAMERA_KINDS]
+    est = [c for c in rs if c["ms"] is not None]
+    b.errorbar([c["true_readout_ms"] for c in est], [c["ms"] for c in est],
+               yerr=np.array([[c["ms"] - c["ci_ms"][0], c["ci_ms"][1] - c["ms"]] for c in est]).T if est else None,
+               fmt="o", ms=3)
+    b.plot([0, 35], [0, 35], "k--", lw=0.8)
+    b.set(xlabel="true readout (ms)", ylabel="estimated (ms, 95% CI)",
+          title=f"readout, not told ({len(rs) - len(est)} of {len(rs)} unknown)")
+    fig.tight_layout()
+    _, buf = cv2.imencode(".png", figure_pixels(fig))
+    plt.close(fig)
+    atomic_write_bytes(path, buf.tobytes())
+
+
+def figure_pixels(fig) -> np.ndarray:
+    fig.canvas.draw()
+    return cv2.cvtColor(np.asarray(fig.canvas.buffer_rgba()), cv2.COLOR_RGBA2BGR)
+
+
+def main() -> None:
+    raw, metrics_path, figure_path = (Path(a) for a in sys.argv[1:4])
+    params = load_params()
+    c = params.video.clips
+    photos = test_photos(raw, params)
+    rows, clips, skipped = [], [], 0
+    start, frames = time.perf_counter(), 0
+    for source in sorted(photos):
+        for kind in CLIP_KINDS:
+            for n in range(c.clips_per_kind):
+                rng = np.random.default_rng([params.seed, CLIP_KINDS.index(kind), n, len(source)])
+                for attempt in range(MAX_TRIES):
+                    path, anns = photos[source][(n + attempt * c.clips_per_kind) % len(photos[source])]
+                    image = cv2.imread(str(path))
+                    if image is None:
+                        raise RsdetectError(f"{path}: not a readable image (run the fetch stage again)")
+                    try:
+                        twins = render_twins(image, kind, rng, c, anns)
+                        break
+                    except ValueError:
+                        skipped += 1  # no usable person in this photo: the next one is tried
+                else:
+                    continue
+                for clip in twins:
+                    clip_id = f"{source}-{kind}-{n}-{clip.shutter}"
+                    for told in (False, True):
+                        r, info = clip_rows(clip, source, clip_id, told, params)
+                        rows += r
+                        clips.append(info)
+                        frames += len(r)
+    elapsed = time.perf_counter() - start
+    metrics = {**summarise(rows, clips), "clips": len(clips) // 2, "frames_analysed": frames,
+               "photos_skipped": skipped, "seconds": round(elapsed, 1)}
+    write_json(metrics_path, metrics)
+    figure(rows, clips, figure_path)
+    nt, t = metrics["not_told"], metrics["told"]
+    print(f"video: {metrics['clips']} clips; not told: camera frame AUC {nt['frame_roc_auc_camera']}, clip AUC "
+          f"{nt['clip_roc_auc_camera']}, readout within 25% {nt['readout_within_25pct']}, static flagged "
+          f"{nt['flag_rate_static']}, GS flagged {nt['flag_rate_global_twins']}; told: shear error "
+          f"{t['shear_error_median_px']} px, AUC {t['frame_roc_auc_2px_vs_clean']} ({elapsed:.0f} s)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

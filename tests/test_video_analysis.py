@@ -1,0 +1,208 @@
+"""The video path on clips with known truth, rendered here from a drawn scene: a shake, a pan, a mover, a static
+scene and global-shutter twins; readout told and not told; the configuration's one-line errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import params_group
+
+from rsdetect.errors import RsdetectError
+from rsdetect.synth.clips import (
+    crop_box,
+    degrade,
+    pan,
+    person_mask,
+    render_camera,
+    render_person,
+    render_twins,
+    still,
+    vibration,
+)
+from rsdetect.video.analyze import CameraAnalyzer, analyze, configured_readout
+
+FPS = 25.0
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return params_group("video.analysis")
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    """A 640x480 textured scene: blurred noise at two scales and some boxes (flow needs texture)."""
+    rng = np.random.default_rng(5)
+    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
+    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
+    grey = np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8)
+    image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    for _ in range(12):
+        x, y = rng.integers(0, 600), rng.integers(0, 440)
+        cv2.rectangle(image, (int(x), int(y)), (int(x) + 40, int(y) + 30), [int(v) for v in rng.integers(0, 255, 3)], -1)
+    return image
+
+
+def camera_clip(image, trajectory, readout_ms, shutter, seed=0):
+    r = readout_ms * FPS / 1000
+    frames, truth = render_camera(image, trajectory, FRAMES, r, shutter, crop_box(image, 0.7))
+    rng = np.random.default_rng(seed)
+    return [degrade(f, rng, 2.0, 90) for f in frames], truth
+
+
+SHAKE = vibration(3.0, 7.0, FPS, 0.3, 0.2)
+PAN = pan(8.0, 4.0, 5.0, 10.0, 0.0)
+
+
+def test_static_scene_is_static_unflagged_and_its_readout_unknown(scene, analysis):
+    frames, _ = camera_clip(scene, still, 20.0, "rolling")
+    rows, readout = analyze(frames, FPS, analysis)
+    assert [r["flag"] for r in rows] == [False] * FRAMES
+    assert all(r["evidence"] == "static" and r["rs_shear_px"] == 0.0 for r in rows)
+    assert readout["source"] == "unknown" and readout["ms"] is None and readout["evidence_frames"] == 0
+
+
+def test_shake_readout_is_estimated_and_its_twin_reads_near_zero(scene, analysis):
+    frames, truth = camera_clip(scene, SHAKE, 24.0, "rolling")
+    rows, readout = analyze(frames, FPS, analysis)
+    assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
+    assert readout["ci_ms"][0] <= readout["ms"] <= readout["ci_ms"][1] and readout["evidence_frames"] >= 20
+    big = [r for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0]
+    small = [r for r, t in zip(rows, truth) if t["rs_shear_px"] < 0.5]
+    assert big and np.mean([r["flag"] for r in big]) >= 0.8
+    assert not any(r["flag"] for r in small)
+    twin, _ = camera_clip(scene, SHAKE, 24.0, "global")
+    twin_rows, twin_readout = analyze(twin, FPS, analysis)
+    assert twin_readout["ms"] is None or twin_readout["ms"] <= 2.0
+    assert not any(r["flag"] for r in twin_rows)
+
+
+def test_pan_shear_in_px_when_the_readout_is_told(scene, analysis):
+    frames, truth = camera_clip(scene, PAN, 30.0, "rolling")
+    rows, readout = analyze(frames, FPS, analysis, readout_ms=30.0)
+    assert readout == {"ms": 30.0, "ci_ms": [30.0, 30.0], "source": "configured", "evidence_frames": 0}
+    errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in zip(rows, truth) if t["rs_shear_px"] >= 1.0]
+    assert len(errors) >= 10 and np.median(errors) <= 1.0
+    held = [r for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0]
+    assert all(r["flag"] and r["evidence"] == "camera-shear" for r in held)
+    moving = [(r["motion_px"], t["motion_px"]) for r, t in zip(rows, truth) if t["motion_px"] >= 4]
+    assert np.median([abs(a - b) for a, b in moving]) <= 1.0
+
+
+def test_pan_twin_told_global_is_never_flagged(scene, analysis):
+    frames, _ = camera_clip(scene, PAN, 30.0, "global")
+    rows, readout = analyze(frames, FPS, analysis, shutter="global")
+    assert readout["ms"] == 0.0 and readout["source"] == "configured"
+    assert not any(r["flag"] for r in rows) and max(r["rs_shear_px"] for r in rows) == 0.0
+
+
+def test_a_mover_is_sheared_by_speed_times_readout_times_height(scene, analysis):
+    """A 200 px tall box walks at 8 px/frame in front of a still camera; readout 30 ms at 25 fps (0.75 frame):
+    its shear is about 8 x 0.75 x 200/335 = 3.6 px; its global-shutter twin's is 0."""
+    box = crop_box(scene, 0.7)
+    polygon = [[300, 140, 360, 140, 360, 340, 300, 340]]
+    image = scene.copy()
+    cv2.rectangle(image, (300, 140), (360, 340), (30, 200, 60), -1)
+    cv2.circle(image, (330, 200), 15, (200, 30, 30), -1)
+    alpha = person_mask(image, polygon)
+    walk = lambda t: (8.0 * (np.asarray(t) - FRAMES / 2), 0.0 * np.asarray(t))
+    out = {}
+    for shutter in ("rolling", "global"):
+        frames, truth = render_person(image, alpha, walk, FRAMES, 0.75, shutter, box)
+        told = {"readout_ms": 30.0} if shutter == "rolling" else {"shutter": "global"}
+        rows, _ = analyze(frames, FPS, analysis, **told)
+        out[shutter] = (rows, truth)
+    rows, truth = out["rolling"]
+    visible = [(r, t) for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0 and r["movers"]]
+    assert len(visible) >= 10
+    assert np.median([abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in visible]) <= 1.5
+    assert np.mean([r["flag"] for r, _ in visible]) >= 0.8
+    assert not any(r["flag"] for r in out["global"][0])
+
+
+def test_streaming_gives_each_frame_once_in_order_with_bounded_waiting(scene, analysis):
+    frames, _ = camera_clip(scene, SHAKE, 24.0, "rolling")
+    analyzer = CameraAnalyzer(analysis, FPS, lag=analysis.lag_frames)
+    rows = []
+    for frame in frames:
+        rows += analyzer.push(frame)
+        assert len(analyzer.pending) <= analysis.lag_frames
+    rows += analyzer.flush()
+    assert [r["frame"] for r in rows] == list(range(FRAMES))
+    assert analyzer.readout().source == "estimated"
+
+
+def test_rendered_twins_differ_only_in_row_dependence(scene):
+    clips = params_group("video.clips", frames=12)
+    rs, gs = render_twins(scene, "pan", np.random.default_rng(3), clips)
+    assert len(rs.frames) == len(gs.frames) == 12 and rs.frames[0].shape == gs.frames[0].shape
+    assert all(t["rs_shear_px"] == 0.0 for t in gs.truth)
+    assert [t["motion_px"] for t in rs.truth] == [t["motion_px"] for t in gs.truth]
+    r = rs.readout_ms * rs.fps / 1000
+    assert max(t["rs_shear_px"] for t in rs.truth) == pytest.approx(max(t["motion_px"] for t in rs.truth) * r, rel=0.1)
+    with pytest.raises(ValueError, match="person"):
+        render_twins(scene, "person", np.random.default_rng(3), clips, anns=[])
+
+
+@pytest.mark.parametrize("readout_ms, shutter, message", [
+    (-3, None, "readout_ms: -3 must be a number of milliseconds >= 0"),
+    (None, "rolling-ish", "shutter: 'rolling-ish' is not one of rolling, global"),
+    ("fast", None, "readout_ms: 'fast' must be"),
+    (18, "global", "readout_ms: 18 contradicts shutter: global"),
+])
+def test_bad_camera_configuration_is_one_line(readout_ms, shutter, message):
+    with pytest.raises(RsdetectError, match=message) as err:
+        configured_readout(readout_ms, shutter)
+    assert "\n" not in str(err.value)
+
+
+def test_configured_readouts():
+    assert configured_readout(18, None).as_dict() == {"ms": 18.0, "ci_ms": [18.0, 18.0], "source": "configured",
+                                                     "evidence_frames": 0}
+    assert configured_readout(None, "global").ms == 0.0
+    assert configured_readout(None, "rolling") is None and configured_readout(None, None) is None
+
+
+def write_video(path, frames, fps=FPS):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_check_video_streams_a_file_and_reports(scene, analysis, tmp_path):
+    from rsdetect.video.footage import check_video
+
+    frames, _ = camera_clip(scene, still, 20.0, "rolling")
+    summary, rows = check_video(write_video(tmp_path / "still.avi", frames), analysis)
+    assert summary["frames"] == FRAMES == len(rows) and summary["flag_rate"] == 0.0
+    assert summary["flagged_without_motion"] == 0 and summary["readout"]["source"] == "unknown"
+    assert summary["fps"] == pytest.approx(FPS)
+
+
+def test_check_video_bad_file_is_one_line(analysis, tmp_path):
+    from rsdetect.video.footage import check_video
+
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(RsdetectError, match="broken.avi") as err:
+        check_video(bad, analysis)
+    assert "\n" not in str(err.value)
+
+
+ROAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage" / "road_320x240.avi"
+
+
+@pytest.mark.skipif(not ROAD.is_file(), reason="../shared/data/footage is absent")
+def test_real_fixed_camera_flags_no_frame_without_motion(analysis):
+    from rsdetect.video.footage import check_video
+
+    summary, rows = check_video(ROAD, analysis, max_frames=120)
+    assert summary["frames"] == 120
+    assert not any(r["flag"] for r in rows if r["motion_px"] == 0)
+    assert summary["readout"]["source"] in ("unknown", "estimated")
