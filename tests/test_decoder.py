@@ -31,8 +31,9 @@ def test_isolated_frames_equal_in_process_frames(tmp_path):
     request = ReadRequest(every=2, max_frames=5)
     here = list(decoded_frames(source, pytest.fail, request, isolate=False))
     there = list(decoded_frames(source, pytest.fail, request, isolate=True))
-    assert [(i, ts) for i, ts, _ in there] == [(i, ts) for i, ts, _ in here] == [(i, i / 25) for i in (0, 2, 4, 6, 8)]
-    for (_, _, a), (_, _, b) in zip(here, there):
+    assert [(i, ts, e) for i, ts, _, e in there] == [(i, ts, e) for i, ts, _, e in here] == \
+        [(i, i / 25, None) for i in (0, 2, 4, 6, 8)]
+    for (_, _, a, _), (_, _, b, _) in zip(here, there, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -55,7 +56,7 @@ def test_frame_errors_and_source_failures_cross_the_process(tmp_path):
     (folder / "b.png").write_bytes(b"not an image")
     errors = []
     frames = list(decoded_frames(resolve_source("cam", str(folder)), errors.append, isolate=True))
-    assert [i for i, _, _ in frames] == [0] and len(errors) == 1 and "b.png" in errors[0]
+    assert [i for i, *_ in frames] == [0] and len(errors) == 1 and "b.png" in errors[0]
     with pytest.raises(SourceError, match="no such file, folder or matching glob"):
         list(decoded_frames(resolve_source("cam", str(tmp_path / "nope.avi")), pytest.fail, isolate=True))
 

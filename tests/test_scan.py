@@ -559,8 +559,9 @@ def test_a_model_that_is_not_keras_skips_heatmaps_and_says_so_once(tmp_path, mod
 
     images = write_images(tmp_path / "stills", [True, False, True])
     exported = LoadedModel(model.scorer, model.image_size, None, "onnx", "model.onnx")  # no Keras model behind it
-    monkeypatch.chdir(tmp_path)  # no params.yaml here: the CLI would skip the shear estimate (scan_shear_params)
-    shear, note = cli.scan_shear_params(None)
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the CLI would skip the shear estimate (serve_params)
+    shear, analysis, note = cli.serve_params(None)
+    assert analysis is None
     assert shear is None and "params.yaml" in note
     result = run_scan(parse_sources([str(images)]), exported, tmp_path / "out", ScanOptions(**QUIET),
                       explain=Explainer(None, exported.image_size, exported.kind, shear, note))

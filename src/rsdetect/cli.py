@@ -55,16 +55,18 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
-def scan_shear_params(params_path: str | None):
-    """(the `shear` params of --params, or None, and why not): the default params.yaml may be absent (a camera host
-    with an exported model), then the shear estimate is skipped and the summary says so; a given file must load."""
+def serve_params(params_path: str | None):
+    """(the `shear` params of --params, its `video.analysis` params, or None and None, and why not): the default
+    params.yaml may be absent (a camera host with an exported model), then the shear estimate and the video evidence
+    are off (video frames are scored by the model alone) and the summary says so; a given file must load."""
     from pathlib import Path
 
     from rsdetect.config import load_params
 
     if params_path is None and not Path("params.yaml").is_file():
-        return None, "no params.yaml in the working folder (give --params)"
-    return load_params(params_path or "params.yaml").shear, None
+        return None, None, "no params.yaml in the working folder (give --params)"
+    params = load_params(params_path or "params.yaml")
+    return params.shear, params.video.analysis, None
 
 
 def _scan(args: argparse.Namespace) -> None:
@@ -74,10 +76,11 @@ def _scan(args: argparse.Namespace) -> None:
     from rsdetect.serve.signals import StopSignals, interrupt_exit_code
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
-    options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch, smooth=args.smooth,
-                          threshold=args.threshold, annotate=args.annotate, max_frames=args.max_frames)
+    shear, analysis, shear_note = serve_params(args.params)
+    options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
+                          smooth=args.smooth, threshold=args.threshold, annotate=args.annotate,
+                          max_frames=args.max_frames, analysis=analysis)
     sources = sources_of(args)
-    shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
         from rsdetect.serve.shard import check_workers, describe_model, open_client, sharded_cameras
@@ -118,14 +121,14 @@ def _watch(args: argparse.Namespace) -> None:
     from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
 
     # Cheap checks first (options, sources, report folder and lock, metrics port), then the slow model load.
+    shear, analysis, shear_note = serve_params(args.params)
     options = WatchOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
                            smooth=args.smooth, threshold=args.threshold, max_frames=args.max_frames,
                            duration=args.duration, stall_timeout=args.stall_timeout,
                            reconnect_initial=args.reconnect_initial, reconnect_max=args.reconnect_max,
                            rotate_rows=args.rotate_rows, rotate_seconds=args.rotate_seconds,
-                           keep_rotated=args.keep_rotated, summary_interval=args.summary_interval)
+                           keep_rotated=args.keep_rotated, summary_interval=args.summary_interval, analysis=analysis)
     sources = sources_of(args)
-    shear, shear_note = scan_shear_params(args.params)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
         from rsdetect.serve.shard import check_workers, describe_model, open_client

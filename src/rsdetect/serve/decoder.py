@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
+from rsdetect.config import VideoAnalysisParams
 from rsdetect.serve.sources import (
-    FrameItem,
     OnError,
     OnNote,
     Source,
@@ -38,9 +38,11 @@ from rsdetect.serve.sources import (
     redact,
     video_frames,
 )
+from rsdetect.video.stream import Evidence, analysed_frames
 
 CONTEXT = "forkserver"
-PRELOAD = ["rsdetect.serve.sources"]  # imported once by the forkserver: OpenCV and numpy, not TensorFlow
+# Imported once by the forkserver: OpenCV, numpy, scipy and the motion measurement, not TensorFlow.
+PRELOAD = ["rsdetect.serve.sources", "rsdetect.video.stream"]
 JOIN_S = 2.0  # how long a finished decoder may take to exit before it is killed
 # Frames in flight between a decoder and its reader. Through a pipe a 1280x720 frame cost more than decoding it
 # (94-137 against 230-340 frames/s decode-only, 2 loaded cores); through shared memory it is two copies. Three
@@ -50,22 +52,32 @@ SLOTS = 3
 
 @dataclass(frozen=True)
 class ReadRequest:
-    """What to read: sampling as the caller's options say; `timeout_ms` for streams (their stall timeout)."""
+    """What to read: sampling as the caller's options say; `timeout_ms` for streams (their stall timeout);
+    `analysis`: measure each video frame's motion and rolling-shutter evidence (rsdetect.video) where it is decoded."""
 
     every: int = 1
     fps: float | None = None
     max_frames: int | None = None
     timeout_ms: int | None = None
+    analysis: VideoAnalysisParams | None = None
 
 
-def source_frames(source: Source, on_error: OnError, request: ReadRequest,
-                  on_note: OnNote | None = None) -> Iterator[FrameItem]:
-    """The frames of `source` as this process reads them: Source.frames, or for a stream with a stall timeout,
-    video_frames with that timeout."""
+Decoded = tuple[int, Optional[float], np.ndarray, Optional[Evidence]]  # a frame and its evidence (None: a still)
+OnReadout = Callable[[dict[str, Any]], None]  # hears a camera's readout {ms, ci_ms, source, evidence_frames}
+
+
+def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_note: OnNote | None = None,
+                  on_readout: OnReadout | None = None) -> Iterator[Decoded]:
+    """The frames of `source` as this process reads them (Source.frames, or for a stream with a stall timeout,
+    video_frames with that timeout), each with its video evidence where `request.analysis` asks for it."""
     if isinstance(source, StreamSource) and request.timeout_ms is not None:
-        return video_frames(source.spec, request.every, request.fps, request.max_frames, timeout_ms=request.timeout_ms,
-                            on_note=on_note)
-    return source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
+        frames = video_frames(source.spec, request.every, request.fps, request.max_frames,
+                              timeout_ms=request.timeout_ms, on_note=on_note)
+    else:
+        frames = source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
+    if request.analysis is None or source.kind == "images":
+        return ((index, ts, rgb, None) for index, ts, rgb in frames)
+    return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None))
 
 
 class _Ring:
@@ -78,7 +90,7 @@ class _Ring:
     def __init__(self, conn: Connection) -> None:
         self.conn, self.shm, self.slot_bytes, self.free = conn, None, 0, list(range(SLOTS))
 
-    def put(self, index: int, ts: float | None, rgb: np.ndarray) -> None:
+    def put(self, index: int, ts: float | None, rgb: np.ndarray, evidence: Evidence | None) -> None:
         if self.shm is None or rgb.nbytes > self.slot_bytes:
             self.drain()
             self.close()
@@ -91,7 +103,7 @@ class _Ring:
         view = np.ndarray(rgb.shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
         view[...] = rgb
         del view  # no export of shm.buf may outlive this call: close() needs none
-        self.conn.send(("frame", slot, index, ts, rgb.shape))
+        self.conn.send(("frame", slot, index, ts, rgb.shape, evidence))
 
     def drain(self) -> None:
         """Wait until the reader has copied out every frame sent (then the ring can go)."""
@@ -114,9 +126,10 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
     ring = _Ring(conn)
     with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
         try:
-            for index, ts, rgb in source_frames(source, lambda message: conn.send(("error", message)), request,
-                                                lambda message: conn.send(("note", message))):
-                ring.put(index, ts, rgb)
+            for index, ts, rgb, evidence in source_frames(
+                    source, lambda message: conn.send(("error", message)), request,
+                    lambda message: conn.send(("note", message)), lambda readout: conn.send(("readout", readout))):
+                ring.put(index, ts, rgb, evidence)
             conn.send(("end",))
         except SourceError as exc:
             conn.send(("fail", str(exc)))
@@ -181,13 +194,15 @@ def _ctx() -> Any:
 
 
 def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = ReadRequest(),
-                   isolate: bool | None = None, on_note: OnNote | None = None) -> Iterator[FrameItem]:
-    """The frames of `source`, decoded in a process of its own (unless `isolate` is False, or not `isolating()`).
+                   isolate: bool | None = None, on_note: OnNote | None = None,
+                   on_readout: OnReadout | None = None) -> Iterator[Decoded]:
+    """The frames of `source` with their evidence (source_frames), decoded in a process of its own (unless `isolate`
+    is False, or not `isolating()`); `on_readout` hears the camera's readout as the decoder estimates it.
 
     A SourceError ends the frames as an in-process read would (after the frames read before it); a decoder process
     that dies is one too (death_message). Closing the iterator kills the decoder process."""
     if not (isolating() if isolate is None else isolate):
-        yield from source_frames(source, on_error, request, on_note)
+        yield from source_frames(source, on_error, request, on_note, on_readout)
         return
     ctx = _ctx()
     conn, child_conn = ctx.Pipe()
@@ -204,13 +219,16 @@ def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = Rea
                 process.join(JOIN_S)
                 raise SourceError(death_message(source, process.exitcode)) from None
             if message[0] == "frame":
-                yield message[2], message[3], reader.take(message[1], message[4])
+                yield message[2], message[3], reader.take(message[1], message[4]), message[5]
             elif message[0] == "ring":
                 reader.attach(message[1], message[2])
             elif message[0] == "error":
                 on_error(message[1])
             elif message[0] == "note":
                 (on_note or note_to_stderr)(message[1])
+            elif message[0] == "readout":
+                if on_readout is not None:
+                    on_readout(message[1])
             else:
                 said_end = True
                 if message[0] == "fail":

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -23,7 +23,8 @@ from tqdm import tqdm
 from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir
 from rsdetect.preprocess import Box, to_tiles
-from rsdetect.serve.decoder import ReadRequest, decoded_frames
+from rsdetect.config import VideoAnalysisParams
+from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
@@ -58,6 +59,8 @@ class ScanOptions:
     annotate: bool = False
     max_frames: int | None = None
     progress: bool = True
+    # Video frames' motion and rolling-shutter evidence (params.yaml's video.analysis); None: the model alone.
+    analysis: VideoAnalysisParams | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -94,14 +97,13 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 
 # ---------------------------------------------------------------- scanning
 
-TiledItem = tuple[int, float | None, np.ndarray, tuple[np.ndarray, list[Box]]]  # a FrameItem and its to_tiles
+TiledItem = tuple[Decoded, Optional[tuple[np.ndarray, list[Box]]]]  # a frame and, for a still, its to_tiles
 
 
 def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
                  tiles_per_call: int) -> None:
-    """Score one camera's batch of tiled frames (score_items) and emit one row per frame."""
-    items = [(state, (index, ts, rgb)) for index, ts, rgb, _ in batch]
-    for row in score_items(items, model, tiles_per_call, [t for *_, t in batch]):
+    """Score one camera's batch of frames (score_items) and emit one row per frame."""
+    for row in score_items([(state, frame) for frame, _ in batch], model, tiles_per_call, [t for _, t in batch]):
         emit(row)
 
 
@@ -110,10 +112,11 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     source = state.source
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
     # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
-    frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames))
+    frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames,
+                                                             analysis=options.analysis), on_readout=state.set_readout)
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
-    tiled = ((index, ts, rgb, to_tiles(rgb, model.image_size)) for index, ts, rgb in frames)
+    tiled = ((frame, to_tiles(frame[2], model.image_size) if frame[3] is None else None) for frame in frames)
     batches = read_ahead(tiled, options.batch)
     with tqdm(desc=source.camera, total=total, unit="frame", disable=not options.progress, file=sys.stderr) as bar, \
             contextlib.closing(frames), contextlib.closing(batches):  # exits in reverse: the reader stops first
@@ -219,6 +222,7 @@ def _write_reports(stage: Path, states: dict[str, CameraState], stems: dict[str,
     flagged = sum(c["flagged"] for c in cameras.values())
     summary = {"model": model.name, "model_kind": model.kind, "threshold": threshold, "smooth": options.smooth,
                "every": options.every, "fps": options.fps, "batch": options.batch, "max_frames": options.max_frames,
+               "video_evidence": options.analysis is not None,
                "interrupted": interrupted, "exit_code": exit_code, "cameras": cameras,
                "totals": {"cameras": len(cameras), "failed_cameras": failed, "frames_scored": scored,
                           "flagged": flagged, "flagged_rate": flagged / scored if scored else None}}

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -18,9 +18,13 @@ from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.reports import Score, shear_columns
-from rsdetect.serve.sources import FrameItem, Source
+from rsdetect.serve.sources import Source
 
 WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewed previews in the reports)
+# Video frames are scored by their measured evidence (rsdetect.video), whose probability is a logistic centred on
+# video.analysis.flag_shear_px: 0.5 is the flag at that shear. The model's threshold is for its own scores (stills).
+EVIDENCE_THRESHOLD = 0.5
+NO_EVIDENCE = {"rs_shear_px": None, "motion_px": None, "evidence": "cnn"}  # a still: the single-frame model decided
 
 Row = dict[str, Any]
 
@@ -66,11 +70,12 @@ class FlagStats:
     frames scored, flagged, the longest run of flagged frames and when it was last flagged."""
 
     def __init__(self) -> None:
-        self.scored = self.flagged = self.run = self.longest = 0
+        self.scored = self.flagged = self.run = self.longest = self.static = 0
         self.last_flagged_time: float | None = None
 
-    def add(self, flag: bool, now: float) -> None:
+    def add(self, flag: bool, now: float, static: bool = False) -> None:
         self.scored += 1
+        self.static += static
         self.flagged += flag
         self.run = self.run + 1 if flag else 0
         self.longest = max(self.longest, self.run)
@@ -81,7 +86,7 @@ class FlagStats:
         """The counts (no clock: a scan's reports are the same on every run; watch adds last_flagged_time)."""
         return {"frames_scored": self.scored, "flagged": self.flagged,
                 "flagged_rate": self.flagged / self.scored if self.scored else None,
-                "longest_flagged_run": self.longest}
+                "longest_flagged_run": self.longest, "static_frames": self.static}
 
 
 @dataclass
@@ -98,6 +103,7 @@ class CameraState:
     stats: FlagStats = field(default_factory=FlagStats)
     errors: list[str] = field(default_factory=list)
     scores: list[Score] = field(default_factory=list)  # for annotation only
+    readout: dict[str, Any] | None = None  # the camera's readout as its decoder measures it (video sources)
     _window: RollingMean = field(init=False)
     _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb)
 
@@ -110,13 +116,18 @@ class CameraState:
         if self.echo:
             report_failure(self.source.camera, message)
 
-    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box) -> Row:
-        """Score one frame (its probability, from the tile `tile`) into the running state; returns its output row."""
+    def set_readout(self, readout: dict[str, Any]) -> None:
+        self.readout = readout
+
+    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box | None,
+            evidence: dict[str, Any] | None = None) -> Row:
+        """Score one frame into the running state; returns its output row. `prob` is the model's (from the tile
+        `tile`) for a still, the evidence's for a video frame (`evidence`: its row from rsdetect.video)."""
         smoothed = self._window.push(prob)
-        flag = smoothed >= self.threshold
+        flag = smoothed >= (self.threshold if evidence is None else EVIDENCE_THRESHOLD)
         # Measured before the frame is counted: a Ctrl-C during the estimate must not count a frame without a row.
         shear = shear_columns(self.explain, rgb, flag)
-        self.stats.add(flag, time.time())
+        self.stats.add(flag, time.time(), evidence is not None and evidence["evidence"] == "static")
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
         item = (prob, -frame_index, frame_index, rgb)  # ties: the earlier frame ranks worse
@@ -127,11 +138,13 @@ class CameraState:
         return {"camera": self.source.camera, "frame_index": frame_index,
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
                 "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
-                "tile": box_text(tile), "source": self.source.frame_source(frame_index), **shear}
+                "tile": None if tile is None else box_text(tile), "source": self.source.frame_source(frame_index),
+                **shear, **(NO_EVIDENCE if evidence is None else {k: evidence[k] for k in NO_EVIDENCE})}
 
     def summary(self) -> dict[str, Any]:
-        """The camera's counts and failures, as summary.json gives them."""
-        return {**self.stats.summary(), "failures": len(self.errors), "errors": list(self.errors)}
+        """The camera's counts, readout and failures, as summary.json gives them."""
+        return {**self.stats.summary(), "readout": camera_readout(self.source, self.readout),
+                "failures": len(self.errors), "errors": list(self.errors)}
 
     def worst(self) -> list[tuple[float, int, np.ndarray]]:
         """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
@@ -139,19 +152,41 @@ class CameraState:
 
 
 
-def score_items(items: list[tuple[CameraState, FrameItem]], model: LoadedModel, tiles_per_call: int,
-                tiled: list[tuple[np.ndarray, list[Box]]] | None = None) -> list[Row]:
-    """Score frames, of one camera or several, together: each frame whole (S x S tiles at the training scale, the
-    max over them; preprocess.score_tiled), added to its camera's state; one row per frame, in order.
-    `tiled`: the frames' to_tiles where already cut (scan cuts them in its reader thread); else cut here.
+def camera_readout(source: Source, measured: dict[str, Any] | None) -> dict[str, Any] | None:
+    """summary.json's `readout` of a camera: as its decoder measured it (configured, estimated or unknown), else what
+    its configuration says; None for a camera of stills (no motion, no readout)."""
+    if measured is not None:
+        return measured
+    if source.kind == "images":
+        return None
+    ms = 0.0 if source.shutter == "global" else source.readout_ms
+    return {"ms": ms, "ci_ms": None if ms is None else [ms, ms], "source": "unknown" if ms is None else "configured",
+            "evidence_frames": 0}
+
+
+Item = tuple[CameraState, tuple[int, Optional[float], np.ndarray, Optional[dict[str, Any]]]]  # a state and a Decoded
+
+
+def score_items(items: list[Item], model: LoadedModel, tiles_per_call: int,
+                tiled: list[Optional[tuple[np.ndarray, list[Box]]]] | None = None) -> list[Row]:
+    """Score frames, of one camera or several, together, each added to its camera's state; one row per frame, in
+    order. A video frame with evidence is scored by it (rsdetect.video: motion x readout, in native px); a still by
+    the model, whole (S x S tiles at the training scale, the max over them; preprocess.score_tiled).
+    `tiled`: the stills' to_tiles where already cut (scan cuts them in its reader thread); else cut here.
     (`watch` batches across cameras through this, so both commands score and record frames the same way.)"""
     if tiled is None:
-        tiled = [to_tiles(rgb, model.image_size) for _, (_, _, rgb) in items]
-    probs, boxes = score_tiled(model.scorer, tiled, tiles_per_call)
-    if not np.all(np.isfinite(probs)):  # a broken export must not pass as "nothing flagged"
-        state, (index, _, _) = items[0]
-        raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {index}+")
-    return [state.add(index, ts, float(p), rgb, box)
-            for (state, (index, ts, rgb)), p, box in zip(items, probs, boxes, strict=True)]
-
-
+        tiled = [None] * len(items)
+    stills = [i for i, (_, (*_, evidence)) in enumerate(items) if evidence is None]
+    probs: dict[int, float] = {}
+    boxes: dict[int, Box] = {}
+    if stills:
+        cut = [tiled[i] or to_tiles(items[i][1][2], model.image_size) for i in stills]
+        p, b = score_tiled(model.scorer, cut, tiles_per_call)
+        if not np.all(np.isfinite(p)):  # a broken export must not pass as "nothing flagged"
+            state, (index, *_) = items[stills[0]]
+            raise RsdetectError(f"model returned non-finite probabilities for {state.source.camera} frame {index}+")
+        probs.update(zip(stills, map(float, p), strict=True))
+        boxes.update(zip(stills, b, strict=True))
+    return [state.add(index, ts, probs[i] if evidence is None else float(evidence["probability"]), rgb, boxes.get(i),
+                      evidence)
+            for i, (state, (index, ts, rgb, evidence)) in enumerate(items)]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import score_frames
 from rsdetect.serve.explain import Explainer
@@ -33,7 +34,7 @@ from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
 from rsdetect.serve.reports import file_stems
 from rsdetect.serve.scan import ScanOptions
-from rsdetect.serve.scoring import CameraState, FlagStats, Row, score_items
+from rsdetect.serve.scoring import CameraState, FlagStats, Row, camera_readout, score_items
 from rsdetect.serve.signals import StopSignals
 from rsdetect.serve.sources import Source, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
@@ -76,6 +77,7 @@ class WatchOptions:
     keep_rotated: int = 5
     summary_interval: float = 10.0
     queue_frames: int | None = None  # per camera; default: one batch
+    analysis: VideoAnalysisParams | None = None  # video frames' evidence (params.yaml's video.analysis)
 
     def __post_init__(self) -> None:
         self.scan_options()  # scan's checks and messages for the flags both share
@@ -96,11 +98,11 @@ class WatchOptions:
 
     def scan_options(self) -> ScanOptions:
         return ScanOptions(every=self.every, fps=self.fps, batch=self.batch, smooth=self.smooth,
-                           threshold=self.threshold, max_frames=self.max_frames, progress=False)
+                           threshold=self.threshold, max_frames=self.max_frames, progress=False, analysis=self.analysis)
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.every, self.fps, self.max_frames, self.stall_timeout, self.reconnect_initial,
-                           self.reconnect_max, self.queue_frames or self.batch)
+                           self.reconnect_max, self.queue_frames or self.batch, self.analysis)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ class WatchRecord:
         """Count scored rows (flag stats, metrics) and append them to the frames log."""
         now = time.time()
         for row in rows:
-            self.stats[row["camera"]].add(row["flag"], now)
+            self.stats[row["camera"]].add(row["flag"], now, row["evidence"] == "static")
             self.metrics.observe(row, now)
         self.reports.log.write(rows)
 
@@ -170,12 +172,14 @@ class WatchRecord:
             cameras[cam] = {"source": redact(source.spec), "kind": source.kind, **stats.summary(),
                             "last_flagged_time": stats.last_flagged_time,
                             "failures": health[cam]["read_errors"], **health[cam],
+                            "readout": camera_readout(source, health[cam]["readout"]),
                             "worst_frames": self.reports.worst.update(self.stems[cam], worst[cam], self.explain)}
         scored = sum(c["frames_scored"] for c in cameras.values())
         flagged = sum(c["flagged"] for c in cameras.values())
         o = self.options
         return {"model": self.model.name, "model_kind": self.model.kind, "threshold": self.threshold,
                 "smooth": o.smooth, "every": o.every, "fps": o.fps, "batch": o.batch, "max_frames": o.max_frames,
+                "video_evidence": o.analysis is not None,
                 "interrupted": stopped_by in ("SIGINT", "SIGTERM"), "exit_code": 0, "cameras": cameras,
                 "totals": {"cameras": len(cameras), "failed_cameras": sum(1 for c in cameras.values() if c["failures"]),
                            "cameras_up": sum(c["up"] for c in cameras.values()), "frames_scored": scored,
@@ -231,8 +235,8 @@ class CameraLoop:
 
     def score(self, items: list[tuple[CameraState, Any]]) -> None:
         """Score a batch (as scan does) and hand its rows on."""
-        frames = [(state, (index, ts, rgb)) for state, (index, ts, rgb, _) in items]
-        self.on_rows(score_items(frames, self.model, self.options.batch, [tiled for _, (*_, tiled) in items]))
+        frames = [(state, frame) for state, (frame, _) in items]
+        self.on_rows(score_items(frames, self.model, self.options.batch, [tiled for _, (_, tiled) in items]))
 
     def start(self) -> None:
         """Trace the model, then start the readers."""

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 
 from rsdetect.preprocess import Box, to_tiles
-from rsdetect.serve.decoder import ReadRequest, decoded_frames
-from rsdetect.serve.sources import FrameItem, Source, SourceError, StreamSource, redact
+from rsdetect.config import VideoAnalysisParams
+from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
+from rsdetect.serve.sources import Source, SourceError, StreamSource, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
 
 RECENT_ERRORS = 20  # the messages summary.json keeps per camera; the counts are kept in full
-# A queued frame: a FrameItem and its to_tiles, or None where the scorer cuts them.
-TiledItem = tuple[int, float | None, np.ndarray, tuple[np.ndarray, list[Box]] | None]
+# A queued frame: a Decoded (frame and evidence) and, for a still, its to_tiles (None: the scorer cuts them).
+TiledItem = tuple[Decoded, tuple[np.ndarray, list[Box]] | None]
 
 
 def say(camera: str, message: str) -> None:
@@ -47,6 +48,7 @@ class CameraHealth:
     read_errors: int = 0
     dropped: int = 0
     last_frame_time: float | None = None
+    readout: dict[str, Any] | None = None  # as the camera's decoder measures it
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -55,7 +57,8 @@ class CameraHealth:
         with self.lock:
             return {"up": self.up, "finished": self.finished, "connections": self.connections,
                     "reconnects": self.reconnects, "read_errors": self.read_errors, "frames_dropped": self.dropped,
-                    "last_frame_time": self.last_frame_time, "errors": list(self.errors)}
+                    "last_frame_time": self.last_frame_time, "readout": self.readout,
+                    "errors": list(self.errors)}
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class ReadOptions:
     reconnect_initial: float
     reconnect_max: float
     queue_frames: int
+    analysis: VideoAnalysisParams | None = None  # video evidence (rsdetect.video), measured in the decoder process
 
 
 class CameraReader(threading.Thread):
@@ -118,17 +122,24 @@ class CameraReader(threading.Thread):
 
     # ------------------------------------------------ reading
 
-    def _frames(self) -> Iterator[FrameItem]:
+    def _frames(self) -> Iterator[Decoded]:
         """Frames decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder that crashes is a
         SourceError here, so a stream reconnects with backoff and a file is marked down, as for any read failure.
         The stall timeout is FFmpeg's read timeout; the cap is counted here, across reconnects."""
         o = self.options
         return decoded_frames(self.source, self._error,
-                              ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None))
+                              ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None,
+                                          o.analysis), on_readout=self._readout)
 
-    def _put(self, frame: FrameItem) -> None:
+    def _readout(self, readout: dict[str, Any]) -> None:
+        with self.health.lock:
+            self.health.readout = readout
+        self.metrics.set_readout(self.camera, readout)
+
+    def _put(self, frame: Decoded) -> None:
         """Queue a frame for scoring: a stream drops its oldest queued frame when full, a file waits."""
-        item: TiledItem = (*frame, None if self.tile_size is None else to_tiles(frame[2], self.tile_size))
+        still = frame[3] is None and self.tile_size is not None
+        item: TiledItem = (frame, to_tiles(frame[2], self.tile_size) if still else None)  # type: ignore[arg-type]
         while not self.stop_event.is_set():
             try:
                 self.queue.put_nowait(item)
@@ -156,7 +167,7 @@ class CameraReader(threading.Thread):
                 got, last = 0, offset - 1
                 try:
                     with contextlib.closing(self._frames()) as frames:
-                        for index, ts, rgb in frames:
+                        for index, ts, rgb, evidence in frames:
                             now = time.time()
                             if not got:
                                 self._set_up(True)
@@ -165,7 +176,7 @@ class CameraReader(threading.Thread):
                                 self.health.last_frame_time = now
                             self.metrics.last_frame.labels(self.camera).set(now)
                             # Streams: frame numbers and times go on across reconnects (seconds since the watch began).
-                            self._put((last, time.monotonic() - self.started if self.live else ts, rgb))
+                            self._put((last, time.monotonic() - self.started if self.live else ts, rgb, evidence))
                             kept += 1
                             if self.stop_event.is_set() or (o.max_frames is not None and kept >= o.max_frames):
                                 break
