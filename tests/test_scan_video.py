@@ -1,0 +1,147 @@
+"""scan and watch on video with known truth: each camera's decoder process measures motion and rolling-shutter
+evidence (rsdetect.video), and the rows, flags, summary and metrics carry it in native px and ms."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from conftest import colour_model, params_group  # noqa: E402
+from rsdetect.serve.loaders import load_model  # noqa: E402
+from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
+from rsdetect.serve.sources import Sensor, parse_sources  # noqa: E402
+from rsdetect.synth.clips import crop_box, degrade, render_camera, still, vibration  # noqa: E402
+
+FPS = 25.0
+FRAMES = 40
+SHAKE = vibration(3.0, 7.0, FPS, 0.3, 0.2)  # 3 px at 7 Hz: a shaking mount
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "colour.keras"
+    colour_model(32).save(path)
+    return load_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    return params_group("video.analysis")
+
+
+def scene() -> np.ndarray:
+    """A textured 640x480 scene (flow needs texture)."""
+    rng = np.random.default_rng(5)
+    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
+    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
+    grey = np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+
+
+def write_clip(path: Path, trajectory, readout_ms: float, shutter: str) -> list[dict]:
+    """An MJPG .avi of the scene filmed through `trajectory`; the per-frame truth."""
+    image = scene()
+    frames, truth = render_camera(image, trajectory, FRAMES, readout_ms * FPS / 1000, shutter, crop_box(image, 0.7))
+    rng = np.random.default_rng(1)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (w, h))
+    for f in frames:
+        writer.write(degrade(f, rng, 2.0, 95))
+    writer.release()
+    return truth
+
+
+def rows(out: Path, camera: str) -> list[dict]:
+    return [r for r in map(json.loads, (out / "frames.jsonl").read_text().splitlines()) if r["camera"] == camera]
+
+
+def test_scan_measures_shear_in_native_px_where_the_readout_is_told(tmp_path, model, analysis):
+    truth = write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    write_clip(tmp_path / "twin.avi", SHAKE, 24.0, "global")
+    write_clip(tmp_path / "still.avi", still, 24.0, "rolling")
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  shake: {source: shake.avi, readout_ms: 24}\n"
+                                           "  twin: {source: twin.avi, shutter: global}\n  still: still.avi\n")
+    result = run_scan(parse_sources([], str(tmp_path / "cameras.yaml")), model, tmp_path / "out",
+                      ScanOptions(progress=False, analysis=analysis))
+    assert result.exit_code == 0 and result.summary["video_evidence"] is True
+    shake = rows(tmp_path / "out", "shake")
+    assert [r["frame_index"] for r in shake] == list(range(FRAMES))  # every frame, in order, after the lag
+    distorted = [(r, t) for r, t in zip(shake, truth, strict=True) if t["rs_shear_px"] >= 1.0]
+    assert distorted
+    errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in distorted]
+    assert np.median(errors) <= 1.0  # native px
+    assert np.mean([r["flag"] for r, t in distorted if t["rs_shear_px"] >= 2.0]) >= 0.8
+    assert all(r["evidence"] in ("camera-shear", "mover-shear", "static") and r["tile"] is None for r in shake)
+    cams = result.summary["cameras"]
+    assert cams["shake"]["readout"] == {"ms": 24.0, "ci_ms": [24.0, 24.0], "source": "configured",
+                                        "evidence_frames": 0}
+    assert cams["twin"]["readout"]["ms"] == 0.0 and cams["twin"]["flagged"] == 0
+    assert cams["still"]["flagged"] == 0 and cams["still"]["static_frames"] == FRAMES
+    assert cams["still"]["readout"]["source"] == "unknown"  # nothing moved: no evidence, never an invented value
+    assert all(r["evidence"] == "static" and r["probability"] == 0.0 for r in rows(tmp_path / "out", "still"))
+
+
+def test_scan_estimates_a_shaking_cameras_readout_when_not_told(tmp_path, model, analysis):
+    write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    result = run_scan(parse_sources([str(tmp_path / "shake.avi")]), model, tmp_path / "out",
+                      ScanOptions(progress=False, analysis=analysis))
+    readout = result.summary["cameras"]["shake"]["readout"]
+    assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
+    assert readout["ci_ms"][0] <= readout["ms"] <= readout["ci_ms"][1] and readout["evidence_frames"] > 0
+
+
+def test_stills_keep_the_model_and_command_line_sensors_reach_the_rows(tmp_path, model, analysis):
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), scene()[:64, :64])
+    truth = write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    sources = parse_sources([str(folder), str(tmp_path / "shake.avi")], None, Sensor(readout_ms=24.0))
+    result = run_scan(sources, model, tmp_path / "out", ScanOptions(progress=False, analysis=analysis))
+    still_row, = rows(tmp_path / "out", "stills")
+    assert still_row["evidence"] == "cnn" and still_row["rs_shear_px"] is None and still_row["tile"] is not None
+    assert result.summary["cameras"]["stills"]["readout"] is None
+    assert result.summary["cameras"]["shake"]["readout"]["source"] == "configured"
+    assert max(r["rs_shear_px"] for r in rows(tmp_path / "out", "shake")) == pytest.approx(
+        max(t["rs_shear_px"] for t in truth), abs=1.0)
+
+
+def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, analysis):
+    """The same clips watched: scan's rows, the readout in summary.json and in rsdetect_readout_seconds, the shear
+    histogram and the static counter in a real HTTP scrape."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rsdetect.serve.watch.loop import WatchOptions, run_watch
+    from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
+
+    write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    write_clip(tmp_path / "still.avi", still, 24.0, "rolling")
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  shake: {source: shake.avi, readout_ms: 24}\n"
+                                           "  still: still.avi\n")
+    sources = parse_sources([], str(tmp_path / "cameras.yaml"))
+    with MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
+        result = run_watch(sources, model, tmp_path / "w", WatchOptions(batch=4, queue_frames=256,
+                                                                        summary_interval=0.3, analysis=analysis),
+                           server.metrics)
+        text = urllib.request.urlopen(server.url, timeout=5).read().decode()
+    scanned = run_scan(sources, model, tmp_path / "s", ScanOptions(batch=4, progress=False, analysis=analysis))
+    for cam in ("shake", "still"):
+        assert rows(tmp_path / "w", cam) == rows(tmp_path / "s", cam)  # the same scoring core, the same rows
+    cams = result.summary["cameras"]
+    assert cams["shake"]["readout"]["source"] == "configured" and cams["still"]["static_frames"] == FRAMES
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("rsdetect_readout_seconds", (("camera", "shake"), ("source", "configured")))] == 0.024
+    assert ("rsdetect_readout_seconds", (("camera", "still"), ("source", "unknown"))) in samples
+    assert samples[("rsdetect_frames_static_total", (("camera", "still"),))] == FRAMES
+    shear = [r["rs_shear_px"] for r in rows(tmp_path / "w", "shake")]
+    assert samples[("rsdetect_rs_shear_px_count", (("camera", "shake"),))] == len(shear)
+    assert samples[("rsdetect_rs_shear_px_sum", (("camera", "shake"),))] == pytest.approx(sum(shear), abs=1e-3)
+    assert samples[("rsdetect_rs_shear_px_bucket", (("camera", "shake"), ("le", "2.0")))] == \
+        sum(s <= 2.0 for s in shear)
