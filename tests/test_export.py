@@ -120,7 +120,7 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {2, 3, 7}, 10)
     flags = {}
     for kind, path in (("keras", models_dir / "colour.keras"), ("tflite", model)):
-        cli.main(["scan", str(video), "--model", str(path), "--out", str(tmp_path / f"scan-{kind}"), "--batch", "3"])
+        cli.main(["scan", "--model-only", str(video), "--model", str(path), "--out", str(tmp_path / f"scan-{kind}"), "--batch", "3"])
         flags[kind] = scanned_flags(tmp_path / f"scan-{kind}")
     capsys.readouterr()
     assert flags["tflite"] == flags["keras"]
@@ -167,7 +167,7 @@ def test_onnx_export(tmp_path, models_dir, capsys, monkeypatch) -> None:
     ref = keras.saving.load_model(models_dir / "conv.keras")(x, training=False).numpy().reshape(-1)
     assert np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0].reshape(-1) - ref).max() < 1e-4
     video = write_video(tmp_path / "cam.avi", {1}, 4)
-    cli.main(["scan", str(video), "--model", str(out), "--out", str(tmp_path / "scan")])
+    cli.main(["scan", "--model-only", str(video), "--model", str(out), "--out", str(tmp_path / "scan")])
     assert json.loads((tmp_path / "scan" / "summary.json").read_text())["cameras"]["cam"]["frames_scored"] == 4
     # Without tf2onnx installed, --format onnx fails with one line saying why.
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
@@ -199,7 +199,7 @@ def test_export_from_pyfunc_keeps_threshold(tmp_path, pyfunc_dir, capsys) -> Non
     assert r["threshold"] == 0.9 and json.loads(sidecar_path(out).read_text())["threshold"] == 0.9
     img = tmp_path / "mid.png"
     cv2.imwrite(str(img), np.full((48, 64, 3), (80, 90, 120), np.uint8))  # p = sigmoid(GAIN * 40) ~ 0.88
-    cli.main(["scan", str(img), "--model", str(out), "--out", str(tmp_path / "scan")])
+    cli.main(["scan", "--model-only", str(img), "--model", str(out), "--out", str(tmp_path / "scan")])
     s = json.loads((tmp_path / "scan" / "summary.json").read_text())
     assert s["threshold"] == 0.9 and s["cameras"]["mid"]["flagged"] == 0
 

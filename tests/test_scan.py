@@ -189,7 +189,7 @@ def test_failing_sources_are_reported_counted_and_others_go_on(tmp_path, model_p
     (folder / "img_001.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 garbage")
     with pytest.raises(SystemExit) as exc:
-        cli.main(["scan", str(good), str(tmp_path / "missing.avi"), str(tmp_path / "corrupt.jpg"), str(folder),
+        cli.main(["scan", "--model-only", str(good), str(tmp_path / "missing.avi"), str(tmp_path / "corrupt.jpg"), str(folder),
                   "cam9=rtsp://admin:hunter2@127.0.0.1:9/x", str(tmp_path / "cut.avi"), "--model", str(model_path),
                   "--out", str(tmp_path / "out")])
     assert exc.value.code == 3
@@ -212,13 +212,13 @@ def test_failing_sources_are_reported_counted_and_others_go_on(tmp_path, model_p
 
 def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
     video = write_video(tmp_path / "v.avi", {1}, 4)
-    cli.main(["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "ok")])  # 0: returns
+    cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "ok")])  # 0: returns
     assert "scan: 4 frames from 1 cameras, 1 flagged" in capsys.readouterr().out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no-registry.db'}")
     for argv in (["--model", "models:/rs-detector@champion"], ["--model", str(tmp_path / "none.keras")],
                  ["--model", str(tmp_path / "v.avi")], ["--smooth", "0"], ["--threshold", "1.5"], ["--batch", "0"]):
         with pytest.raises(SystemExit) as exc:
-            cli.main(["scan", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"), *argv])
+            cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"), *argv])
         err = capsys.readouterr().err
         assert exc.value.code == 2, argv
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
@@ -227,7 +227,7 @@ def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
         cli.main(["scan", "--model", str(model_path)])
     assert exc.value.code == 2 and "no sources" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse: --every and --fps are exclusive
-        cli.main(["scan", str(video), "--every", "2", "--fps", "1"])
+        cli.main(["scan", "--model-only", str(video), "--every", "2", "--fps", "1"])
     assert exc.value.code == 2
 
 
@@ -265,7 +265,7 @@ def test_ctrl_c_writes_what_was_scored(tmp_path, model, monkeypatch, capsys) -> 
     monkeypatch.setattr("rsdetect.serve.loaders.load_model",
                         lambda spec: LoadedModel(Interrupting(model.scorer, 2), model.image_size, None, "keras", spec))
     with pytest.raises(SystemExit) as exc:
-        cli.main(["scan", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
+        cli.main(["scan", "--model-only", str(video), "--out", str(tmp_path / "cli"), "--batch", "4"])
     assert exc.value.code == 130 and "interrupted" in capsys.readouterr().err
     assert len(rows(tmp_path / "cli")) == 4
 
@@ -276,7 +276,7 @@ def test_outputs_are_well_formed(tmp_path, model_path, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {2, 3}, 12)
     images = write_images(tmp_path / "stills", [False, True])
     out = tmp_path / "out"
-    cli.main(["scan", str(video), str(images), "--model", str(model_path), "--out", str(out), "--annotate",
+    cli.main(["scan", "--model-only", str(video), str(images), "--model", str(model_path), "--out", str(out), "--annotate",
               "--every", "2"])
     capsys.readouterr()
     expected = {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"}
@@ -330,7 +330,7 @@ def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeyp
     assert rows(tmp_path / "a")[0]["probability"] == pytest.approx(1 / (1 + np.exp(-GAIN * 40)), abs=1e-3)
     capsys.readouterr()  # MLflow's own logging while registering
     with pytest.raises(SystemExit) as exc:
-        cli.main(["scan", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope", "--out", str(tmp_path / "c")])
+        cli.main(["scan", "--model-only", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "models:/tiny@nope" in err
 
@@ -356,7 +356,7 @@ def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monk
         raise AssertionError("the model was loaded before --out was checked")
 
     monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
-    base = ["scan", str(video), "--model", str(model_path), "--out"]
+    base = ["scan", "--model-only", str(video), "--model", str(model_path), "--out"]
     assert "is a file, not a folder" in one_line_error(capsys, [*base, str(blocker)])
     assert f"{blocker} is a file" in one_line_error(capsys, [*base, str(blocker / "sub")])
     # read-only even for root
@@ -369,13 +369,13 @@ def test_bad_out_fails_before_the_model_loads(tmp_path, model_path, capsys, monk
 def test_fps_nan_and_a_keras_file_that_is_not_a_model(tmp_path, model_path, capsys) -> None:
     video = write_video(tmp_path / "v.avi", {1}, 4)
     for fps in ("nan", "inf", "-1"):
-        err = one_line_error(capsys, ["scan", str(video), "--model", str(model_path), "--fps", fps,
+        err = one_line_error(capsys, ["scan", "--model-only", str(video), "--model", str(model_path), "--fps", fps,
                                       "--out", str(tmp_path / "out")])
         assert "--fps must be" in err and fps in err
     assert not (tmp_path / "out").exists()  # refused before any folder is made
     fake = tmp_path / "notes.keras"
     fake.write_text("these are my notes, not a model")
-    err = one_line_error(capsys, ["scan", str(video), "--model", str(fake), "--out", str(tmp_path / "out")])
+    err = one_line_error(capsys, ["scan", "--model-only", str(video), "--model", str(fake), "--out", str(tmp_path / "out")])
     assert "not a Keras model file" in err and "not found" not in err.lower()
     assert not list((tmp_path / "out").glob("*")) and not list(tmp_path.glob(".*"))  # no reports, no lock left
 
@@ -400,7 +400,7 @@ def test_a_second_scan_into_the_same_folder_is_refused(tmp_path, model_path, cap
 
     video = write_video(tmp_path / "v.avi", {1}, 4)
     out = tmp_path / "out"
-    argv = ["scan", str(video), "--model", str(model_path), "--out", str(out)]
+    argv = ["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(out)]
     cli.main(argv)
     capsys.readouterr()
     before = (out / "summary.json").read_bytes()
@@ -476,7 +476,7 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     (out / "worst" / "old_1.jpg").write_bytes(b"old")
     pythonpath = os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", str(video), "--model", str(model_path),
+    proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", "--model-only", str(video), "--model", str(model_path),
                              "--out", str(out), "--batch", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
     seen: list[str] = []
@@ -529,7 +529,7 @@ def test_worst_frames_get_heatmaps_shear_and_a_deskewed_preview(tmp_path, model_
     for i, (red, shear) in enumerate([(True, 12.0), (False, 0.0), (True, -12.0)]):
         cv2.imwrite(str(folder / f"img_{i}.png"), striped(red, shear))
     out = tmp_path / "out"
-    cli.main(["scan", str(folder), "--model", str(model_path), "--out", str(out),
+    cli.main(["scan", "--model-only", str(folder), "--model", str(model_path), "--out", str(out),
               "--params", str(ROOT / "params.yaml")])
     capsys.readouterr()
     by_index = {r["frame_index"]: r for r in rows(out)}

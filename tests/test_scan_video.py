@@ -11,11 +11,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from conftest import colour_model, params_group  # noqa: E402
 from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import Sensor, parse_sources  # noqa: E402
 from rsdetect.synth.clips import crop_box, degrade, render_camera, still, vibration  # noqa: E402
+
+from conftest import colour_model, params_group  # noqa: E402
 
 FPS = 25.0
 FRAMES = 40
@@ -145,3 +146,24 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
     assert samples[("rsdetect_rs_shear_px_sum", (("camera", "shake"),))] == pytest.approx(sum(shear), abs=1e-3)
     assert samples[("rsdetect_rs_shear_px_bucket", (("camera", "shake"), ("le", "2.0")))] == \
         sum(s <= 2.0 for s in shear)
+
+
+def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_path, model, monkeypatch):
+    """`rsdetect scan` in the project folder reads video.analysis from params.yaml: video rows carry the evidence;
+    --model-only scores them with the model, as stills."""
+    from rsdetect import cli
+
+    from conftest import ROOT
+
+    write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    path = tmp_path / "colour.keras"
+    colour_model(32).save(path)
+    monkeypatch.chdir(ROOT)
+    for flags, evidence in (([], {"camera-shear", "static"}), (["--model-only"], {"cnn"})):
+        out = tmp_path / f"out{len(flags)}"
+        cli.main(["scan", str(tmp_path / "shake.avi"), "--model", str(path), "--out", str(out), "--readout-ms", "24",
+                  *flags])
+        got = rows(out, "shake")
+        assert len(got) == FRAMES and {r["evidence"] for r in got} <= evidence and got[-1]["evidence"] in evidence
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["video_evidence"] is (not flags)

@@ -107,11 +107,11 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_completed(tmp_path, dask_client
 def test_cli_on_an_existing_scheduler_and_usage_errors(tmp_path, dask_client, colour_tflite, capsys) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
     address = dask_client.scheduler.address
-    cli.main(["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"),
+    cli.main(["scan", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"),
               "--scheduler", address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
-    base = ["scan", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x")]
+    base = ["scan", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x")]
     for extra, needle in ((["--workers", "0"], "--workers must be >= 1"),
                           (["--workers", "2", "--scheduler", address], "not both"),
                           (["--scheduler", address, "--model", str(tmp_path / "nope.tflite")],

@@ -85,7 +85,7 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, dask_
         def series(scraped: dict, cam=cam) -> dict:
             return {k: v for k, v in scraped.items()
                     if k[1] == cam and not k[0].endswith(("_seconds", "_sum", "_created"))}
-        assert series(m) == series(scrapes["one"]) and len(series(m)) == 7
+        assert series(m) == series(scrapes["one"]) and len(series(m)) == 9  # 7 + static frames, shear count
         # The worst frames are the same frames, written here (heatmaps skipped: the model is on the workers).
         assert [(w["frame_index"], w["path"]) for w in c2["worst_frames"]] == \
                [(w["frame_index"], w["path"]) for w in c1["worst_frames"]]
@@ -134,7 +134,7 @@ def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, dask_client
 
 def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colour_tflite, capsys, monkeypatch) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
-    cli.main(["watch", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--metrics-port", "0",
+    cli.main(["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--metrics-port", "0",
               "--scheduler", dask_client.scheduler.address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
@@ -146,7 +146,7 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colou
 
     monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
     monkeypatch.setattr("rsdetect.serve.shard.open_client", no_loading)
-    base = ["watch", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
+    base = ["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
     assert "--workers must be >= 1" in one_line_error(capsys, [*base, "--workers", "0"])
     assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", dask_client.scheduler.address])
     assert not (tmp_path / "x").exists()

@@ -55,7 +55,7 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
-def serve_params(params_path: str | None):
+def serve_params(params_path: str | None, model_only: bool = False):
     """(the `shear` params of --params, its `video.analysis` params, or None and None, and why not): the default
     params.yaml may be absent (a camera host with an exported model), then the shear estimate and the video evidence
     are off (video frames are scored by the model alone) and the summary says so; a given file must load."""
@@ -66,17 +66,27 @@ def serve_params(params_path: str | None):
     if params_path is None and not Path("params.yaml").is_file():
         return None, None, "no params.yaml in the working folder (give --params)"
     params = load_params(params_path or "params.yaml")
-    return params.shear, params.video.analysis, None
+    return params.shear, None if model_only else params.video.analysis, None
+
+
+def explainer(model, shear, shear_note: str | None, sharded: str | None = None):
+    """scan's and watch's Explainer: shear columns, and heatmaps where the model is here. `sharded` (the command):
+    the model is on the Dask workers, so the shear columns are measured there and no heatmaps are drawn."""
+    from rsdetect.serve.explain import Explainer
+
+    if sharded is None:
+        return Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note)
+    return Explainer(None, model.image_size, model.kind, shear, shear_note,
+                     cam_note=f"sharded {sharded} (--workers/--scheduler): the model is on the workers")
 
 
 def _scan(args: argparse.Namespace) -> None:
-    from rsdetect.serve.explain import Explainer
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.scan import ScanOptions, claim, run_scan
     from rsdetect.serve.signals import StopSignals, interrupt_exit_code
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
-    shear, analysis, shear_note = serve_params(args.params)
+    shear, analysis, shear_note = serve_params(args.params, args.model_only)
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
                           smooth=args.smooth, threshold=args.threshold, annotate=args.annotate,
                           max_frames=args.max_frames, analysis=analysis)
@@ -92,14 +102,12 @@ def _scan(args: argparse.Namespace) -> None:
             if not sharded:
                 model = load_model(args.model)
                 result = run_scan(sources, model, lock.out, options, lock=lock,
-                                  explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+                                  explain=explainer(model, shear, shear_note))
             else:  # cameras spread over Dask workers, each loading the model once; this process only writes reports
                 with open_client(args.workers, args.scheduler) as client:
                     model = describe_model(client, args.model)
-                    # Shear columns are measured on the workers; heatmaps would need the model here as well.
-                    explain = Explainer(None, model.image_size, model.kind, shear, shear_note,
-                                        cam_note="sharded scan (--workers/--scheduler): the model is on the workers")
-                    result = run_scan(sources, model, lock.out, options, lock=lock, explain=explain,
+                    result = run_scan(sources, model, lock.out, options, lock=lock,
+                                      explain=explainer(model, shear, shear_note, sharded="scan"),
                                       cameras=sharded_cameras(client, args.model, options))
     except KeyboardInterrupt as exc:  # before scoring started (run_scan handles it once scoring runs)
         print("scan: interrupted", file=sys.stderr)
@@ -114,14 +122,13 @@ def _scan(args: argparse.Namespace) -> None:
 
 
 def _watch(args: argparse.Namespace) -> None:
-    from rsdetect.serve.explain import Explainer
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.signals import StopSignals
     from rsdetect.serve.watch.loop import WatchOptions, run_watch, watch_claim
     from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
 
     # Cheap checks first (options, sources, report folder and lock, metrics port), then the slow model load.
-    shear, analysis, shear_note = serve_params(args.params)
+    shear, analysis, shear_note = serve_params(args.params, args.model_only)
     options = WatchOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
                            smooth=args.smooth, threshold=args.threshold, max_frames=args.max_frames,
                            duration=args.duration, stall_timeout=args.stall_timeout,
@@ -143,14 +150,12 @@ def _watch(args: argparse.Namespace) -> None:
             if not sharded:
                 model = load_model(args.model)
                 result = run_watch(sources, model, lock.out, options, metrics, lock=lock,
-                                   explain=Explainer(model.keras_model, model.image_size, model.kind, shear, shear_note))
+                                   explain=explainer(model, shear, shear_note))
             else:  # cameras watched on Dask workers, each loading the model once; this process keeps the reports
                 with open_client(args.workers, args.scheduler) as client:
                     model = describe_model(client, args.model)
-                    explain = Explainer(None, model.image_size, model.kind, shear, shear_note,
-                                        cam_note="sharded watch (--workers/--scheduler): the model is on the workers")
                     result = run_sharded_watch(client, args.model, sources, model, lock.out, options, metrics,
-                                               lock=lock, explain=explain)
+                                               lock=lock, explain=explainer(model, shear, shear_note, sharded="watch"))
     except KeyboardInterrupt:  # before scoring started (run_watch handles signals once it runs)
         print("watch: stopped before it started", file=sys.stderr)
         return
@@ -175,6 +180,9 @@ def _sensor_args(p: argparse.ArgumentParser) -> None:
                    help="the cameras' sensor readout time in ms (default: estimated from the footage where it can be)")
     p.add_argument("--shutter", default=None, choices=("rolling", "global"),
                    help="the cameras' shutter; global: never rolling-shutter distorted")
+    p.add_argument("--model-only", action="store_true",
+                   help="score video frames with the single-frame model too, not by their measured motion and "
+                        "readout (the video evidence; see docs/scanning.md)")
 
 
 def sources_of(args: argparse.Namespace) -> list:

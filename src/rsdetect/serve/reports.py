@@ -6,6 +6,7 @@ The scan writes them all into a staging folder that replaces the report folder i
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -69,7 +70,18 @@ def file_stems(cameras: Iterable[str]) -> dict[str, str]:
             for c, s in safe.items()}
 
 
-class FrameLog:
+class Closing(contextlib.AbstractContextManager):
+    """A report writer used as a context manager: close() on the way out, whatever happened."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class FrameLog(Closing):
     """frames.jsonl and frames.csv, one row per scored frame, written as the scan goes."""
 
     def __init__(self, folder: Path) -> None:
@@ -87,12 +99,6 @@ class FrameLog:
         self._jsonl.close()
         self._csv.close()
 
-    def __enter__(self) -> FrameLog:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
 
 def shear_columns(explain: Explainer | None, rgb: np.ndarray, flag: bool) -> dict[str, Any]:

@@ -20,10 +20,10 @@ from typing import Any, Optional
 import numpy as np
 from tqdm import tqdm
 
+from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir
 from rsdetect.preprocess import Box, to_tiles
-from rsdetect.config import VideoAnalysisParams
 from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel

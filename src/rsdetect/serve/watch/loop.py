@@ -15,6 +15,7 @@ runs in the watching process either way.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import queue
 import threading
@@ -26,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import score_frames
 from rsdetect.serve.explain import Explainer
@@ -59,15 +59,11 @@ def _seconds(value: float | None, flag: str, allow_none: bool = False) -> None:
 
 
 @dataclass(frozen=True)
-class WatchOptions:
-    """Sampling, batching, flagging (as scan's), reconnection, rotation and bounds; validated on construction."""
+class WatchOptions(ScanOptions):
+    """scan's sampling, batching, flagging and video evidence (max_frames: per camera, then that camera's reader
+    ends), plus reconnection, rotation and bounds; validated on construction."""
 
-    every: int = 1
-    fps: float | None = None
-    batch: int = 16
-    smooth: int = 1
-    threshold: float | None = None
-    max_frames: int | None = None  # per camera, then that camera's reader ends
+    progress: bool = False  # a service draws no progress bars
     duration: float | None = None  # seconds, then the watch ends
     stall_timeout: float = 10.0
     reconnect_initial: float = 1.0
@@ -77,10 +73,9 @@ class WatchOptions:
     keep_rotated: int = 5
     summary_interval: float = 10.0
     queue_frames: int | None = None  # per camera; default: one batch
-    analysis: VideoAnalysisParams | None = None  # video frames' evidence (params.yaml's video.analysis)
 
     def __post_init__(self) -> None:
-        self.scan_options()  # scan's checks and messages for the flags both share
+        super().__post_init__()  # scan's checks and messages for the flags both share
         for value, flag in ((self.stall_timeout, "--stall-timeout"), (self.reconnect_initial, "--reconnect-initial"),
                             (self.reconnect_max, "--reconnect-max"), (self.summary_interval, "--summary-interval")):
             _seconds(value, flag)
@@ -97,8 +92,8 @@ class WatchOptions:
             raise RsdetectError(f"queue_frames must be >= 1, got {self.queue_frames}")
 
     def scan_options(self) -> ScanOptions:
-        return ScanOptions(every=self.every, fps=self.fps, batch=self.batch, smooth=self.smooth,
-                           threshold=self.threshold, max_frames=self.max_frames, progress=False, analysis=self.analysis)
+        """The scan part alone (what a Dask task of a sharded watch is handed)."""
+        return ScanOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ScanOptions)})
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.every, self.fps, self.max_frames, self.stall_timeout, self.reconnect_initial,

@@ -98,6 +98,8 @@ class WatchMetrics:
         self.up.labels(camera).set(int(health["up"]))
         if health["last_frame_time"] is not None:
             self.last_frame.labels(camera).set(health["last_frame_time"])
+        if health["readout"] != before["readout"]:
+            self.set_readout(camera, health["readout"])
 
 
 def check_port(port: int) -> int:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from rsdetect.preprocess import Box, to_tiles
 from rsdetect.config import VideoAnalysisParams
+from rsdetect.preprocess import Box, to_tiles
 from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
 from rsdetect.serve.sources import Source, SourceError, StreamSource, redact
 from rsdetect.serve.watch.metrics import WatchMetrics

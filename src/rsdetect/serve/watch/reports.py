@@ -25,14 +25,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
 from rsdetect.serve.explain import Explainer
-from rsdetect.serve.reports import FIELDS, flagged_rate_chart, is_report_file, save_worst
+from rsdetect.serve.reports import FIELDS, Closing, flagged_rate_chart, is_report_file, save_worst
 
 ROTATED = re.compile(r"frames\.\d+\.(jsonl|csv)")
 LOG_EXTS = ("jsonl", "csv")
@@ -179,7 +178,7 @@ class WorstFrames:
         self._stale = set()
 
 
-class WatchReports:
+class WatchReports(Closing):
     """The report folder of a running watch: the rolling frames log, worst frames, summary and chart."""
 
     def __init__(self, folder: Path, rotate_rows: int, rotate_seconds: float | None, keep: int) -> None:
@@ -198,9 +197,3 @@ class WatchReports:
     def close(self) -> None:
         self.log.close()
 
-    def __enter__(self) -> WatchReports:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
