@@ -131,7 +131,7 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
                                                                         summary_interval=0.3, analysis=analysis),
                            server.metrics)
         text = urllib.request.urlopen(server.url, timeout=5).read().decode()
-    scanned = run_scan(sources, model, tmp_path / "s", ScanOptions(batch=4, progress=False, analysis=analysis))
+    run_scan(sources, model, tmp_path / "s", ScanOptions(batch=4, progress=False, analysis=analysis))
     for cam in ("shake", "still"):
         assert rows(tmp_path / "w", cam) == rows(tmp_path / "s", cam)  # the same scoring core, the same rows
     cams = result.summary["cameras"]
