@@ -1,0 +1,118 @@
+"""`rsdetect scan` and `watch` with video evidence on footage: frames/s beside the decode-only limit of the same files,
+measured in the same run.
+
+Each video is read three ways, interleaved over --repeat rounds (best of each kept: other jobs share these cores):
+- decode: OpenCV decoding alone, in this process (the limit; sources.video_frames, what every reader runs);
+- scan: `run_scan` with the video evidence (each camera's decoder process decodes and measures motion; video frames
+  are scored by their evidence, so the model runs on no video frame), reports included;
+- watch: `run_watch` on the same file, likewise.
+Goals (issue 21 item 7): >= 250 frames/s on 640x480 footage with movers on 2 cores, and >= 0.5 of decode-only on
+real footage. Inputs: the videos given, else ../shared/data/footage/*.avi where present, plus a 640x480 clip
+written here (a textured street with three movers, mp4v).
+Run: python benchmarks/bench_footage.py [--model models/model.keras] [--frames 400] [--repeat 2] [VIDEO ...]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rsdetect.config import load_params
+from rsdetect.serve.loaders import load_model
+from rsdetect.serve.scan import ScanOptions, run_scan
+from rsdetect.serve.sources import parse_sources, video_frames
+from rsdetect.serve.watch.loop import WatchOptions, run_watch
+from rsdetect.serve.watch.metrics import WatchMetrics
+
+ROOT = Path(__file__).resolve().parents[1]
+FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
+GOAL_FPS = 250.0
+GOAL_RATIO = 0.5
+
+
+def movers_clip(path: Path, n: int, w: int = 640, h: int = 480, fps: float = 25.0) -> Path:
+    """A fixed camera over a textured scene with three boxes crossing it at 3, 6 and 10 px/frame."""
+    rng = np.random.default_rng(0)
+    fine = cv2.GaussianBlur(rng.uniform(0, 255, (h, w)), (0, 0), 2)
+    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (w, h), interpolation=cv2.INTER_CUBIC)
+    scene = cv2.cvtColor(np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise SystemExit(f"cannot write {path}")
+    for i in range(n):
+        frame = scene.copy()
+        for k, (speed, y) in enumerate(((3, 80), (6, 220), (10, 340))):
+            x = int(speed * i) % (w + 60) - 60
+            cv2.rectangle(frame, (x, y), (x + 50, y + 110), (40 + 70 * k, 200 - 60 * k, 90), -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def decode_fps(path: Path, max_frames: int) -> tuple[int, float]:
+    start, n = time.perf_counter(), 0
+    for _ in video_frames(str(path), max_frames=max_frames):
+        n += 1
+    return n, n / (time.perf_counter() - start)
+
+
+def scan_fps(path: Path, model, analysis, max_frames: int, out: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    result = run_scan(parse_sources([str(path)]), model, out, ScanOptions(progress=False, analysis=analysis,
+                                                                          max_frames=max_frames))
+    n = result.summary["totals"]["frames_scored"]
+    return n, n / (time.perf_counter() - start)
+
+
+def watch_fps(path: Path, model, analysis, max_frames: int, out: Path) -> tuple[int, float]:
+    start = time.perf_counter()
+    result = run_watch(parse_sources([str(path)]), model, out, WatchOptions(analysis=analysis, max_frames=max_frames,
+                                                                            queue_frames=64, summary_interval=60),
+                       WatchMetrics())
+    n = result.summary["totals"]["frames_scored"]
+    return n, n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("videos", nargs="*", type=Path)
+    ap.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--frames", type=int, default=400, help="frames per video and way (default 400)")
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best of each is kept (default 2)")
+    args = ap.parse_args()
+    analysis = load_params(args.params).video.analysis
+    model = load_model(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
+        videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"bench_footage: {len(os.sched_getaffinity(0))} cores, load {load:.2f}, best of {args.repeat}")
+        print(f"{'video':34s} {'size':>9s} {'frames':>6s} {'decode f/s':>10s} {'scan f/s':>9s} {'ratio':>6s} "
+              f"{'watch f/s':>9s} {'ratio':>6s}")
+        for video in videos:
+            best = {"decode": 0.0, "scan": 0.0, "watch": 0.0}
+            frames = 0
+            for r in range(args.repeat):
+                frames, fps = decode_fps(video, args.frames)
+                best["decode"] = max(best["decode"], fps)
+                best["scan"] = max(best["scan"], scan_fps(video, model, analysis, args.frames, Path(tmp) / f"s{r}")[1])
+                with contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115  (watch says each camera's end)
+                    best["watch"] = max(best["watch"], watch_fps(video, model, analysis, args.frames,
+                                                                 Path(tmp) / f"w{r}")[1])
+            cap = cv2.VideoCapture(str(video))
+            size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+            cap.release()
+            print(f"{video.name[:34]:34s} {size:>9s} {frames:6d} {best['decode']:10.0f} {best['scan']:9.0f} "
+                  f"{best['scan'] / best['decode']:6.2f} {best['watch']:9.0f} {best['watch'] / best['decode']:6.2f}")
+        print(f"goals: >= {GOAL_FPS:.0f} frames/s on 640x480 with movers; >= {GOAL_RATIO} of decode-only on real footage")
+
+
+if __name__ == "__main__":
+    main()
