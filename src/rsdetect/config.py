@@ -332,7 +332,8 @@ class VideoClipParams(_Group):
 class VideoAnalysisParams(_Group):
     """video.analysis: per-frame motion, readout estimate and rolling-shutter evidence (rsdetect.video)."""
     work_width: Int(ge=32)                  # frames are measured at this width (flow cost ~ pixels)
-    flow_preset: Literal["ultrafast", "fast", "medium"]  # OpenCV DIS optical flow preset
+    flow_preset: Literal["ultrafast", "fast", "medium"]  # OpenCV DIS optical flow preset where the camera moves
+    quick_preset: Literal["ultrafast", "fast", "medium"]  # ... and the first pass on every frame that is not static
     bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion
     static_level: Float(gt=0)               # grey levels: a pixel changed by more than this moved ...
     static_fraction: Float(ge=0, lt=1)      # ... and a frame with at most this fraction of such pixels is static
