@@ -167,3 +167,34 @@ def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_
         assert len(got) == FRAMES and {r["evidence"] for r in got} <= evidence and got[-1]["evidence"] in evidence
         summary = json.loads((out / "summary.json").read_text())
         assert summary["video_evidence"] is (not flags)
+
+
+FOOTAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage"
+
+
+@pytest.mark.skipif(not FOOTAGE.is_dir(), reason="the real footage in ../shared is absent")
+def test_real_footage_a_container_that_claims_twice_its_frame_rate_is_read_whole():
+    """concourse_walkers' AVI header says 50 frames/s and 682 frames; its frames are 40 ms apart and 341 decode, to
+    the end of its 13.6 s: read whole at 25 frames/s (noted), not a camera that 'ended early'."""
+    from rsdetect.serve.sources import video_frames
+
+    notes: list[str] = []
+    frames = list(video_frames(str(FOOTAGE / "concourse_walkers_1280x720.avi"), on_note=notes.append))
+    assert len(frames) == 341 and frames[1][1] == pytest.approx(0.04) and frames[-1][1] == pytest.approx(13.6)
+    assert len(notes) == 1 and "says 50 frames/s and 682 frames, its time stamps 25 frames/s" in notes[0]
+
+
+@pytest.mark.skipif(not FOOTAGE.is_dir(), reason="the real footage in ../shared is absent")
+def test_real_fixed_cameras_no_frame_without_motion_is_flagged(tmp_path, model, analysis):
+    """Two real fixed cameras (people walking; cars passing): every frame gets a row, none where nothing moves is
+    flagged, and with no camera motion no readout is invented."""
+    sources = parse_sources([str(FOOTAGE / "road_320x240.avi"), str(FOOTAGE / "concourse_walkers_1280x720.avi")])
+    result = run_scan(sources, model, tmp_path / "out", ScanOptions(progress=False, analysis=analysis, max_frames=200))
+    assert result.exit_code == 0
+    for cam, summary in result.summary["cameras"].items():
+        got = rows(tmp_path / "out", cam)
+        assert len(got) == summary["frames_scored"] == 200 and summary["failures"] == 0
+        assert not [r for r in got if r["flag"] and not r["motion_px"]], cam
+        assert summary["readout"]["source"] in ("unknown", "estimated")
+        if summary["readout"]["source"] == "unknown":
+            assert summary["readout"]["ms"] is None

@@ -311,12 +311,18 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames
     try:
         native, total = video_meta(cap)
         sampler, start = Sampler(every, fps), time.monotonic()
-        index, kept, exhausted = -1, 0, False
+        index, kept, exhausted, first_pos = -1, 0, False, 0.0
         while max_frames is None or kept < max_frames:
             if not cap.grab():  # grab without decoding: skipped frames cost no JPEG/H.264 decode
                 exhausted = True
                 break
             index += 1
+            if native and index <= 1 and not is_url(spec):
+                pos = cap.get(cv2.CAP_PROP_POS_MSEC)
+                if index == 0:
+                    first_pos = pos
+                else:
+                    native, total = frame_rate_check(spec, native, total, (pos - first_pos) / 1000, on_note)
             if native:
                 ts = index / native
             else:  # live streams: the container clock if it has one, else wall time
@@ -342,6 +348,25 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames
             raise SourceError(f"{redact(spec)}: stream ended after {kept} of --max-frames {max_frames} scored frames")
     finally:
         cap.release()
+
+
+# A container's frame rate that its own time stamps contradict by more than this is the time stamps' (a real AVI
+# claims 50 fps and 682 frames; its frames are 40 ms apart and 341 decode, to the end of its 13.6 s).
+FRAME_RATE_TOLERANCE = 0.25
+
+
+def frame_rate_check(spec: str, native: float, total: int | None, period: float,
+                     on_note: OnNote | None) -> tuple[float, int | None]:
+    """(frame rate, frame count) of a video file whose first two frames are `period` s apart by its time stamps:
+    the container's own where they agree, else the time stamps' (the count scaled to the same duration), noted."""
+    if not period > 0 or abs(period * native - 1) <= FRAME_RATE_TOLERANCE:
+        return native, total
+    actual = 1 / period
+    count = None if total is None else round(total * actual / native)
+    (on_note or note_to_stderr)(f"{redact(spec)}: its container says {native:g} frames/s"
+                                f"{'' if total is None else f' and {total} frames'}, its time stamps {actual:g} "
+                                f"frames/s: read at {actual:g} frames/s" + ("" if count is None else f", {count} frames"))
+    return actual, count
 
 
 def note_to_stderr(message: str) -> None:
