@@ -198,3 +198,26 @@ def test_real_fixed_cameras_no_frame_without_motion_is_flagged(tmp_path, model, 
         assert summary["readout"]["source"] in ("unknown", "estimated")
         if summary["readout"]["source"] == "unknown":
             assert summary["readout"]["ms"] is None
+
+
+def test_check_footage_reports_each_video_and_a_bad_one_in_one_line(tmp_path, capsys, monkeypatch):
+    """check-footage: the evidence alone (no model) per video, written to --out; an unreadable file is its own
+    failure (one line, exit 3), the other video is still reported."""
+    from conftest import ROOT
+    from rsdetect import cli
+
+    truth = write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    (tmp_path / "broken.avi").write_bytes(b"RIFF\x00\x00 not a video")
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["check-footage", str(tmp_path / "shake.avi"), str(tmp_path / "broken.avi"), "--readout-ms", "24",
+                  "--out", str(tmp_path / "footage.json")])
+    assert exit_info.value.code == 3
+    report = json.loads((tmp_path / "footage.json").read_text())
+    shake, broken = report["videos"]["shake"], report["videos"]["broken"]
+    assert shake["frames"] == FRAMES and shake["fps"] == pytest.approx(FPS) and shake["flagged_without_motion"] == 0
+    assert shake["readout"]["source"] == "configured" and shake["flag_rate"] > 0
+    assert shake["rs_shear_px_p95"] == pytest.approx(np.percentile([t["rs_shear_px"] for t in truth], 95), abs=1.0)
+    assert broken["frames"] == 0 and len(broken["errors"]) == 1 and report["totals"] == {"videos": 2, "failed": 1}
+    err = capsys.readouterr().err
+    assert f"check-footage: broken: {tmp_path / 'broken.avi'}: cannot open" in err and "Traceback" not in err

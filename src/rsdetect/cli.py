@@ -49,6 +49,30 @@ def _check_photos(args: argparse.Namespace) -> None:
           f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; details in {args.out}")
 
 
+def _check_footage(args: argparse.Namespace) -> None:
+    from rsdetect.config import load_params
+    from rsdetect.evaluation.footage import check_footage
+    from rsdetect.io import write_json
+    from rsdetect.serve.sources import check_sensor
+
+    analysis = load_params(args.params).video.analysis
+    report = check_footage(args.videos, analysis, check_sensor(args.readout_ms, args.shutter, "--readout-ms/--shutter"),
+                           args.max_frames)
+    write_json(args.out, report)
+    for name, e in report["videos"].items():
+        if e["errors"]:
+            print(f"check-footage: {name}: {e['errors'][-1]}", file=sys.stderr)
+            continue
+        r = e["readout"] or {}
+        readout = "unknown" if r.get("ms") is None else f"{r['ms']:.1f} ms ({r['source']}, {r['evidence_frames']} frames)"
+        print(f"check-footage: {name}: {e['frames']} frames at {e['fps']} fps, flagged {e['flag_rate']:.1%}, static "
+              f"{e['static_rate']:.1%}, flagged without motion {e['flagged_without_motion']}, readout {readout}, "
+              f"{e['frames_per_s']} frames/s")
+    print(f"check-footage: {report['totals']['videos']} videos, {report['totals']['failed']} failed; details in {args.out}")
+    if report["totals"]["failed"]:
+        sys.exit(3)
+
+
 def _register(args: argparse.Namespace) -> None:
     from rsdetect.registry.gate import register_from_outputs
 
@@ -173,13 +197,15 @@ def _export(args: argparse.Namespace) -> None:
           f"max |p - p_keras| = {r['max_abs_diff']:.2g}")
 
 
-def _sensor_args(p: argparse.ArgumentParser) -> None:
+def _sensor_args(p: argparse.ArgumentParser, model_only: bool = True) -> None:
     """--readout-ms / --shutter: what is known of the sensors of the cameras given on the command line (a camera in
     --cameras YAML says its own: {source: ..., readout_ms: 18} or {source: ..., shutter: global})."""
     p.add_argument("--readout-ms", type=float, default=None, metavar="MS",
                    help="the cameras' sensor readout time in ms (default: estimated from the footage where it can be)")
     p.add_argument("--shutter", default=None, choices=("rolling", "global"),
                    help="the cameras' shutter; global: never rolling-shutter distorted")
+    if not model_only:
+        return
     p.add_argument("--model-only", action="store_true",
                    help="score video frames with the single-frame model too, not by their measured motion and "
                         "readout (the video evidence; see docs/scanning.md)")
@@ -225,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--out", default="metrics/real-photos.json")
     c.set_defaults(func=_check_photos)
+    f = sub.add_parser("check-footage", help="the video evidence on real footage: flag rates, static frames, readout "
+                                              "estimates, frames/s (no model)")
+    f.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or stream URLs; name them as cam1=VIDEO")
+    f.add_argument("--params", default="params.yaml", help="its video.analysis group measures the motion")
+    f.add_argument("--max-frames", type=int, default=None, metavar="N", help="read at most N frames per video")
+    f.add_argument("--out", default="metrics/footage.json")
+    _sensor_args(f, model_only=False)
+    f.set_defaults(func=_check_footage)
     r = sub.add_parser("register", help="register the trained model in MLflow; move the champion alias if better")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/model.keras")
