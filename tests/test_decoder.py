@@ -68,3 +68,15 @@ def test_closing_early_stops_the_decoder_and_frees_its_ring(tmp_path):
     assert next(frames)[0] == 0
     frames.close()
     assert set(leaked_rings()) <= before
+
+
+def test_the_decode_limit_reaches_the_decoder_process(tmp_path, monkeypatch):
+    """images.max_pixels, set in this process by load_params, is the limit the decoder process reads with too."""
+    from rsdetect import limits
+
+    source = resolve_source("cam", str(write_video(tmp_path / "a.avi")))  # 64x48: 3072 px
+    monkeypatch.setattr(limits, "_max_pixels", 3000)
+    with pytest.raises(SourceError, match=r"a\.avi: frames too large: 64x48 px"):
+        list(decoded_frames(source, pytest.fail, ReadRequest(), isolate=True))
+    monkeypatch.setattr(limits, "_max_pixels", 4000)
+    assert len(list(decoded_frames(source, pytest.fail, ReadRequest(), isolate=True))) == 12

@@ -210,10 +210,10 @@ def jpeg(width: int, height: int) -> bytes:
 
 @pytest.fixture
 def limit_400(monkeypatch):
-    """images.max_pixels of 20x20 (as load_params would set it from params.yaml)."""
-    from rsdetect.limits import ENV
+    """images.max_pixels of 20x20 (as load_params would set it from params.yaml), undone after the test."""
+    from rsdetect import limits
 
-    monkeypatch.setenv(ENV, "400")
+    monkeypatch.setattr(limits, "_max_pixels", 400)
 
 
 def test_load_params_sets_the_decode_limit(tmp_path, monkeypatch):
@@ -224,8 +224,7 @@ def test_load_params_sets_the_decode_limit(tmp_path, monkeypatch):
 
     from conftest import params_raw
 
-    monkeypatch.setenv(limits.ENV, "1")  # recorded, so the value load_params sets below is undone after the test
-    monkeypatch.delenv(limits.ENV)
+    monkeypatch.setattr(limits, "_max_pixels", limits.FALLBACK_MAX_PIXELS)  # undone after the test
     assert limits.max_pixels() == limits.FALLBACK_MAX_PIXELS == yaml.safe_load((ROOT / "params.yaml").read_text())["images"]["max_pixels"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw({"images": {"max_pixels": 1234}})))
     load_params(tmp_path / "params.yaml")

@@ -203,8 +203,9 @@ def test_real_fixed_cameras_no_frame_without_motion_is_flagged(tmp_path, model, 
 def test_check_footage_reports_each_video_and_a_bad_one_in_one_line(tmp_path, capsys, monkeypatch):
     """check-footage: the evidence alone (no model) per video, written to --out; an unreadable file is its own
     failure (one line, exit 3), the other video is still reported."""
-    from conftest import ROOT
     from rsdetect import cli
+
+    from conftest import ROOT
 
     truth = write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
     (tmp_path / "broken.avi").write_bytes(b"RIFF\x00\x00 not a video")

@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import params_group
 
 from rsdetect.errors import RsdetectError
 from rsdetect.synth.clips import (
@@ -22,6 +21,8 @@ from rsdetect.synth.clips import (
     vibration,
 )
 from rsdetect.video.analyze import CameraAnalyzer, analyze, configured_readout
+
+from conftest import params_group
 
 FPS = 25.0
 FRAMES = 40

@@ -4,20 +4,20 @@
 Every decoder checks the size an image's header declares before decoding it (check_encoded), and the size of
 what it decoded (check_size): images above images.max_pixels (params.yaml) or under MIN_SIDE are refused with one
 line naming the file. The maximum is process-wide, like OpenCV's own OPENCV_IO_MAX_IMAGE_PIXELS: load_params sets
-it from params.yaml (rsdetect.config), and it travels to worker processes in the environment.
+it from params.yaml (rsdetect.config); the processes this package starts are handed it (synthesis workers through
+their initializer, decoder processes in their ReadRequest, Dask tasks in ScanOptions).
 """
 from __future__ import annotations
 
 import io
-import os
 import warnings
 
 # Shorter sides than this hold no rolling-shutter evidence a model trained on 160 px windows can see; synthesis
 # never trains on them, so scan does not score them either (a 1x1 px image scored p 8e-5, a confident "clean").
 MIN_SIDE = 16
-ENV = "RSDETECT_MAX_IMAGE_PIXELS"  # carries images.max_pixels to worker processes (spawned: no shared memory)
 # Where no params.yaml was loaded (a camera host running scan on an exported model): params.yaml's own value.
 FALLBACK_MAX_PIXELS = 40_000_000
+_max_pixels = FALLBACK_MAX_PIXELS
 
 
 class ImageSizeError(ValueError):
@@ -25,16 +25,14 @@ class ImageSizeError(ValueError):
 
 
 def set_max_pixels(limit: int) -> None:
-    """Make `limit` the largest width x height this process (and the workers it starts) decodes."""
-    os.environ[ENV] = str(int(limit))
+    """Make `limit` the largest width x height this process decodes."""
+    global _max_pixels
+    _max_pixels = int(limit)
 
 
 def max_pixels() -> int:
     """The largest width x height to decode: images.max_pixels as load_params set it, else FALLBACK_MAX_PIXELS."""
-    try:
-        return int(os.environ[ENV])
-    except (KeyError, ValueError):
-        return FALLBACK_MAX_PIXELS
+    return _max_pixels
 
 
 def check_size(width: int, height: int) -> None:

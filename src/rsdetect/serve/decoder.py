@@ -17,6 +17,7 @@ frames are read in-process, and the worker process is the isolation (a dead work
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import signal
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from rsdetect import limits
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.serve.sources import (
     OnError,
@@ -60,6 +62,7 @@ class ReadRequest:
     max_frames: int | None = None
     timeout_ms: int | None = None
     analysis: VideoAnalysisParams | None = None
+    max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # this process's decode limit, handed on
 
 
 Decoded = tuple[int, Optional[float], np.ndarray, Optional[Evidence]]  # a frame and its evidence (None: a still)
@@ -123,6 +126,7 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
     # process ends (it kills it on close), so a signal must not make it die first and look like a decoder crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    limits.set_max_pixels(request.max_pixels)  # a fresh process: the reader's limit, not the default
     ring = _Ring(conn)
     with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
         try:
@@ -202,6 +206,7 @@ def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = Rea
     A SourceError ends the frames as an in-process read would (after the frames read before it); a decoder process
     that dies is one too (death_message). Closing the iterator kills the decoder process."""
     if not (isolating() if isolate is None else isolate):
+        limits.set_max_pixels(request.max_pixels)  # a Dask worker reads for the process that asked (ScanOptions)
         yield from source_frames(source, on_error, request, on_note, on_readout)
         return
     ctx = _ctx()

@@ -13,13 +13,14 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
 
+from rsdetect import limits
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir
@@ -61,6 +62,8 @@ class ScanOptions:
     progress: bool = True
     # Video frames' motion and rolling-shutter evidence (params.yaml's video.analysis); None: the model alone.
     analysis: VideoAnalysisParams | None = None
+    # The decode limit (images.max_pixels) of the process that made the options: Dask workers read with it too.
+    max_pixels: int = field(default_factory=limits.max_pixels)
 
     def __post_init__(self) -> None:
         if self.every < 1:
@@ -113,7 +116,8 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
     # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
     frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames,
-                                                             analysis=options.analysis), on_readout=state.set_readout)
+                                                             analysis=options.analysis, max_pixels=options.max_pixels),
+                            on_readout=state.set_readout)
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
     tiled = ((frame, to_tiles(frame[2], model.image_size) if frame[3] is None else None) for frame in frames)

@@ -27,6 +27,7 @@ from rsdetect.config import KINDS, SynthParams
 from rsdetect.datasets.instances import Instances, SkipImage, checked_instances, decode_image, person_polygons
 from rsdetect.errors import RsdetectError
 from rsdetect.io import staged_dir, write_json
+from rsdetect.limits import max_pixels, set_max_pixels
 from rsdetect.preprocess import (  # one resize for synthesis and inference: same scale, same filter
     encode_jpeg,
     shrink_square,
@@ -234,8 +235,9 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     return rows
 
 
-def _worker_init() -> None:
+def _worker_init(max_pixels: int) -> None:
     cv2.setNumThreads(1)  # parallelism comes from processes; nested threads only contend
+    set_max_pixels(max_pixels)  # a spawned worker starts with the default: it gets the parent's
 
 
 def _run_task(args: tuple) -> tuple[int, str, list[dict] | str]:
@@ -253,7 +255,8 @@ def run_tasks(jobs: list[tuple], workers: int):
         return
     # spawn, not fork: a fork after OpenCV's thread pool has started can deadlock the children. An executor,
     # not a Pool: a worker that dies (killed for memory, or cannot start) raises instead of hanging forever.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
+                             initargs=(max_pixels(),)) as pool:
         try:
             yield from pool.map(_run_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
         except BrokenProcessPool:

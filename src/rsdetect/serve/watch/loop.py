@@ -97,7 +97,7 @@ class WatchOptions(ScanOptions):
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.every, self.fps, self.max_frames, self.stall_timeout, self.reconnect_initial,
-                           self.reconnect_max, self.queue_frames or self.batch, self.analysis)
+                           self.reconnect_max, self.queue_frames or self.batch, self.analysis, self.max_pixels)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ worth less than the current one); a file's reader waits instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from rsdetect import limits
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.preprocess import Box, to_tiles
 from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
@@ -73,6 +75,7 @@ class ReadOptions:
     reconnect_max: float
     queue_frames: int
     analysis: VideoAnalysisParams | None = None  # video evidence (rsdetect.video), measured in the decoder process
+    max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # the decode limit, handed on
 
 
 class CameraReader(threading.Thread):
@@ -129,7 +132,7 @@ class CameraReader(threading.Thread):
         o = self.options
         return decoded_frames(self.source, self._error,
                               ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None,
-                                          o.analysis), on_readout=self._readout)
+                                          o.analysis, o.max_pixels), on_readout=self._readout)
 
     def _readout(self, readout: dict[str, Any]) -> None:
         with self.health.lock:
