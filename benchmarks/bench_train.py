@@ -16,12 +16,9 @@ root after `dvc pull` or `dvc repro fetch`: it draws from data/raw; without it, 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from rsdetect.config import FeatureParams, load_params
 from rsdetect.datasets.drawn import make_sample_dataset
