@@ -45,9 +45,10 @@ def decode(data: bytes | bytearray | memoryview | str | os.PathLike, name: str |
         except OSError as exc:
             raise RsdetectError(f"{name}: cannot read ({exc.strerror or type(exc).__name__})") from None
     name = name or "input image"
-    buf = np.frombuffer(data, np.uint8)
+    encoded = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    buf = np.frombuffer(encoded, np.uint8)
     try:
-        check_encoded(buf)  # before decoding: a 6 MB JPEG can declare 400 M pixels (2.4 GB decoded)
+        check_encoded(encoded)  # before decoding: a 6 MB JPEG can declare 400 M pixels (2.4 GB decoded)
     except ImageSizeError as exc:
         raise RsdetectError(f"{name}: image {exc}") from None
     # IMREAD_UNCHANGED, not IMREAD_COLOR: no EXIF rotation, so rows stay sensor rows (rolling shutter acts along

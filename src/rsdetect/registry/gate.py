@@ -51,7 +51,8 @@ def champion_score(name: str, alias: str, metric: str, test_paths: list[str], te
     except MlflowException:
         return None, None
     champion = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-    threshold = resolve_threshold(current.tags.get("threshold"))
+    tag = current.tags.get("threshold")
+    threshold = resolve_threshold(None if tag is None else float(tag))
     return current.version, test_set_score(champion.predict, threshold, metric, test_paths, test_labels)
 
 
@@ -197,7 +198,7 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
     # Both scores come from test_set_score; better by more than rounding noise, or the champion stays.
-    promote = force or champ_version is None or (str(champ_version) != str(version) and score > champ_score + SCORE_TIE)
+    promote = force or champ_score is None or (str(champ_version) != str(version) and score > champ_score + SCORE_TIE)
     if promote:
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version

@@ -46,6 +46,7 @@ def frames_from_input(model_input: Any) -> list[np.ndarray]:
     return list(iter_frames(model_input))
 
 
+_Base: type
 try:
     import mlflow.pyfunc as _pyfunc
     _Base = _pyfunc.PythonModel

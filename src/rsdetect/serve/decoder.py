@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import signal
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -91,7 +91,8 @@ class _Ring:
     reconnects at another resolution) gets a new ring once every slot of the old one is back."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn, self.shm, self.slot_bytes, self.free = conn, None, 0, list(range(SLOTS))
+        self.conn, self.slot_bytes, self.free = conn, 0, list(range(SLOTS))
+        self.shm: shared_memory.SharedMemory | None = None
 
     def put(self, index: int, ts: float | None, rgb: np.ndarray, evidence: Evidence | None) -> None:
         if self.shm is None or rgb.nbytes > self.slot_bytes:
@@ -149,7 +150,8 @@ class _Reader:
     slots back; owns the unlinking of a ring whose decoder died (it cannot)."""
 
     def __init__(self, conn: Connection) -> None:
-        self.conn, self.shm, self.slot_bytes = conn, None, 0
+        self.conn, self.slot_bytes = conn, 0
+        self.shm: shared_memory.SharedMemory | None = None
 
     def attach(self, name: str, slot_bytes: int) -> None:
         self.detach(unlink=False)
@@ -199,7 +201,7 @@ def _ctx() -> Any:
 
 def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = ReadRequest(),
                    isolate: bool | None = None, on_note: OnNote | None = None,
-                   on_readout: OnReadout | None = None) -> Iterator[Decoded]:
+                   on_readout: OnReadout | None = None) -> Generator[Decoded, None, None]:
     """The frames of `source` with their evidence (source_frames), decoded in a process of its own (unless `isolate`
     is False, or not `isolating()`); `on_readout` hears the camera's readout as the decoder estimates it.
 

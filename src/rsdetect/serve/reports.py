@@ -158,7 +158,7 @@ def annotate_video(spec: str, scores: list[Score], threshold: float, out_path: P
                 scale = ANNOTATE_MAX_WIDTH / bgr.shape[1]
                 bgr = cv2.resize(bgr, (ANNOTATE_MAX_WIDTH, round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
             if writer is None:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), native or 25.0,
+                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter.fourcc(*"MJPG"), native or 25.0,
                                          (bgr.shape[1], bgr.shape[0]))
                 if not writer.isOpened():
                     raise RsdetectError(f"{out_path}: cannot write an MJPG video here")

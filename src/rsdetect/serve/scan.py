@@ -189,7 +189,8 @@ def run_scan(sources: list[Source], model: LoadedModel, out_dir: str | os.PathLi
         def done(state: CameraState) -> None:
             name, rel = state.source.camera, f"annotated/{stems[state.source.camera]}.avi"
             states[name] = state  # a worker's state comes back as a copy
-            if explain is not None and state.explain is not explain:  # so does its Explainer: keep its counts
+            if explain is not None and state.explain is not None and state.explain is not explain:
+                # so does its Explainer: keep its counts
                 explain.add_counts(state.explain)
                 state.explain = explain
             if state.keep_scores and state.scores and \

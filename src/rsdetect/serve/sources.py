@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +374,7 @@ def note_to_stderr(message: str) -> None:
     print(f"note: {message}", file=sys.stderr, flush=True)
 
 
-def read_ahead(frames: Iterable[T], batch: int) -> Iterator[list[T]]:
+def read_ahead(frames: Iterable[T], batch: int) -> Generator[list[T], None, None]:
     """Lists of up to `batch` frames; the next list is read in a thread while the caller scores this one.
 
     OpenCV releases the GIL while it decodes, so decoding overlaps the model. With the TFLite scorer's interpreter

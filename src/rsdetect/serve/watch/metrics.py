@@ -115,7 +115,7 @@ class MetricsServer:
 
     def __init__(self, metrics: WatchMetrics, host: str, port: int) -> None:
         self.metrics, self.host, self.requested = metrics, host, check_port(port)
-        self._server = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> MetricsServer:

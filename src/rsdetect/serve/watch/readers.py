@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +125,7 @@ class CameraReader(threading.Thread):
 
     # ------------------------------------------------ reading
 
-    def _frames(self) -> Iterator[Decoded]:
+    def _frames(self) -> Generator[Decoded, None, None]:
         """Frames decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder that crashes is a
         SourceError here, so a stream reconnects with backoff and a file is marked down, as for any read failure.
         The stall timeout is FFmpeg's read timeout; the cap is counted here, across reconnects."""
