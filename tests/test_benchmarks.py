@@ -15,12 +15,14 @@ SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "coco-person-sample"
 # name -> arguments; "{model}" is a tiny Keras model this module saves (a fresh clone has no models/model.keras)
 TINY_RUNS = {
     "bench_fetch": ["--images", "4", "--latency-ms", "1"],
+    "bench_footage": ["--model", "{model}", "--frames", "12", "--repeat", "1"],
     "bench_infer": ["--model", "{model}", "--seconds", "0.2", "--batches", "1"],
     "bench_lines": ["--pairs", "1", "--folds", "2", "--repeats", "1", "--size", "64"],
     "bench_scan": ["--model", "{model}", "--frames", "8", "--cameras", "1"],
     "bench_shard": ["--model", "{model}", "--cameras", "2", "--frames", "8", "--repeat", "1"],
     "bench_synthesize": ["--photos", "2", "--repeats", "1", "--reference-photos", "1", "--generated", "--size", "64"],
     "bench_train": ["--steps", "1", "--photos", "4"],
+    "bench_video": ["--frames", "12"],
     "bench_watch": ["--model", "{model}", "--frames", "8", "--cameras", "1", "--batch", "4"],
 }
 # bench_pull clones the repository and runs the whole pipeline twice: test_pipeline.py covers those commands.
