@@ -83,12 +83,18 @@ class ScanOptions:
 
 
 @dataclass(frozen=True)
-class ScanResult:
-    """What a scan wrote and how it ended (exit_code: 0 ok, 3 some source failed, 130 Ctrl-C, 143 SIGTERM)."""
+class RunResult:
+    """What a scan or watch wrote: the report folder, summary.json's content and the exit code."""
 
     out_dir: Path
     summary: dict[str, Any]
     exit_code: int
+
+
+@dataclass(frozen=True)
+class ScanResult(RunResult):
+    """How a scan ended (exit_code: 0 ok, 3 some source failed, 130 Ctrl-C, 143 SIGTERM)."""
+
     interrupted: bool
 
 

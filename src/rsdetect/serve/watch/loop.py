@@ -33,7 +33,7 @@ from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
 from rsdetect.serve.reports import file_stems
-from rsdetect.serve.scan import ScanOptions
+from rsdetect.serve.scan import RunResult, ScanOptions
 from rsdetect.serve.scoring import CameraState, FlagStats, Row, camera_readout, score_items
 from rsdetect.serve.signals import StopSignals
 from rsdetect.serve.sources import Source, redact
@@ -101,12 +101,9 @@ class WatchOptions(ScanOptions):
 
 
 @dataclass(frozen=True)
-class WatchResult:
-    """What a watch wrote and why it ended (stopped_by: SIGTERM, SIGINT, duration, sources ended)."""
+class WatchResult(RunResult):
+    """Why a watch ended (stopped_by: SIGTERM, SIGINT, duration, sources ended, max-frames)."""
 
-    out_dir: Path
-    summary: dict[str, Any]
-    exit_code: int
     stopped_by: str
 
 
