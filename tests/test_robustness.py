@@ -554,3 +554,38 @@ def test_a_small_jpeg_declaring_20000x20000_pixels_is_refused_without_allocating
     message, grown_mb = r.stdout.splitlines()
     assert message.startswith("huge.jpg: image too large: its header declares over ")
     assert int(grown_mb) < 100  # a decode would need 1200 MB for the pixels alone
+
+
+def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group (the stage and its spawned workers): one line, exit
+    130, no staging folder left. The signal is sent once the progress bar shows ten photos or more done, so the
+    workers are busy on photos (before issue 23 each printed a KeyboardInterrupt traceback, and a staging folder
+    was left behind when they wrote into it after its removal)."""
+    import json
+    import re
+    import signal
+
+    import yaml
+    from conftest import params_raw
+    from rsdetect.datasets.drawn import make_sample_dataset
+
+    raw = tmp_path / "raw"
+    make_sample_dataset(raw, seed=1, n_images=8, width=160, height=160)
+    coco = json.loads((raw / "instances.json").read_text())
+    # 4000 entries over the same 8 files: far more work than the time it takes to see it start
+    images = [{**coco["images"][i % 8], "id": i + 1} for i in range(4000)]
+    anns = [{**a, "id": 100_000 * (i + 1) + a["id"], "image_id": i + 1} for i in range(4000)
+            for a in coco["annotations"] if a["image_id"] == coco["images"][i % 8]["id"]]
+    (raw / "instances.json").write_text(json.dumps({**coco, "images": images, "annotations": anns}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw({"synthesize": {"workers": 2}})))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src/synthesize.py"), "raw", "synth", "m.json", "fig.png"],
+                            cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    while not re.search(r"\| [1-9]\d+/4000", seen[-80:]) and proc.poll() is None:  # workers busy on photos
+        seen += proc.stderr.read(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130
+    lines = [line for line in (seen + rest).replace("\r", "\n").splitlines() if line and "synthesize:" not in line]
+    assert lines == ["interrupted"], repr((seen + rest)[-300:])
+    assert not (tmp_path / "synth").exists() and not list(tmp_path.glob(".synth.*"))

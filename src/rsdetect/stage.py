@@ -23,5 +23,14 @@ def run_stage(main: Callable[[], object]) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         sys.exit(128 + int(getattr(exc, "signum", signal.SIGINT)))
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an interrupt left open, so `interrupted` starts its own line instead of trailing one.
+    Only if tqdm is loaded: a stage without bars does not import it for this."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()

@@ -7,10 +7,13 @@ pair index): byte-identical reruns.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import os
+import signal
+import threading
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -235,9 +238,9 @@ def synthesize_photo(task: Task, root: str, out_dir: str, seed: int, p: SynthPar
     return rows
 
 
-def _worker_init(max_pixels: int) -> None:
+def _worker_init(limit: int) -> None:
     cv2.setNumThreads(1)  # parallelism comes from processes; nested threads only contend
-    set_max_pixels(max_pixels)  # a spawned worker starts with the default: it gets the parent's
+    set_max_pixels(limit)  # a spawned worker starts with the default decode limit: it gets the parent's
 
 
 def _run_task(args: tuple) -> tuple[int, str, list[dict] | str]:
@@ -257,8 +260,19 @@ def run_tasks(jobs: list[tuple], workers: int):
     # not a Pool: a worker that dies (killed for memory, or cannot start) raises instead of hanging forever.
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
                              initargs=(max_pixels(),)) as pool:
+        # Ctrl-C in a terminal reaches every process of the group, and each worker printed a KeyboardInterrupt
+        # traceback. Workers start (on map's first submits) with SIGINT ignored, which they inherit and Python then
+        # keeps; the main process alone stops the run: closing this generator cancels the queued photos and the
+        # pool's exit waits for the running ones.
+        main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
         try:
-            yield from pool.map(_run_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+            results = pool.map(_run_task, jobs, chunksize=max(1, min(16, len(jobs) // (8 * workers))))
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
+        try:
+            yield from results
         except BrokenProcessPool:
             raise RsdetectError("synthesize: a worker process died (killed for memory, or could not start); "
                                 "set synthesize.workers: 1 to run in one process and see why") from None
@@ -298,11 +312,15 @@ def synthesize(instances_path: str | Path, out_dir: str | Path, seed: int, p: Sy
         for split_name in sorted({t.split for t in tasks}):
             (stage / "images" / split_name).mkdir(parents=True)
         jobs = [(t, str(instances_path.parent), str(stage), seed, p) for t in tasks]
-        for image_id, file, result in tqdm(run_tasks(jobs, workers), total=len(jobs), desc="synthesize", unit="photo"):
-            if isinstance(result, str):
-                skipped.append({"image_id": image_id, "file": file, "reason": result})
-            else:
-                rows.extend(result)
+        # closing(): on Ctrl-C the pool is shut down (queued photos cancelled, running ones finished) before
+        # staged_dir removes the staging folder; left to the garbage collector, workers still wrote into it after
+        # its removal and a .synth.partial.* folder stayed behind.
+        with contextlib.closing(run_tasks(jobs, workers)) as results:
+            for image_id, file, result in tqdm(results, total=len(jobs), desc="synthesize", unit="photo"):
+                if isinstance(result, str):
+                    skipped.append({"image_id": image_id, "file": file, "reason": result})
+                else:
+                    rows.extend(result)
         if not rows:
             raise RsdetectError(_no_sample_message(instances_path, skipped))
         rows.sort(key=lambda r: ({"train": 0, "val": 1, "test": 2}[r["split"]], r["pair_id"], r["label"]))
