@@ -589,3 +589,28 @@ def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path):
     lines = [line for line in (seen + rest).replace("\r", "\n").splitlines() if line and "synthesize:" not in line]
     assert lines == ["interrupted"], repr((seen + rest)[-300:])
     assert not (tmp_path / "synth").exists() and not list(tmp_path.glob(".synth.*"))
+
+
+def test_scan_and_watch_count_a_short_video_as_a_note_not_a_failure(tmp_path, capfd):
+    """The shortfall of a video a few frames short of its header reaches the reports: summary.json's `notes` in
+    scan and watch, the camera not failed, exit 0."""
+    from conftest import colour_model
+    from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.scan import ScanOptions, run_scan
+    from rsdetect.serve.sources import parse_sources
+    from rsdetect.serve.watch.loop import WatchOptions, run_watch
+    from rsdetect.serve.watch.metrics import WatchMetrics
+
+    short = write_avi(tmp_path / "short.avi", 200, claim=202)
+    colour_model(32).save(tmp_path / "m.keras")
+    model = load_model(str(tmp_path / "m.keras"))
+    note = f"{short}: 200 frames decoded of the 202 its container claims (2 short; counted, not a failure)"
+    scanned = run_scan(parse_sources([str(short)]), model, tmp_path / "s", ScanOptions(progress=False))
+    cam = scanned.summary["cameras"]["short"]
+    assert scanned.exit_code == 0 and cam["failures"] == 0 and cam["notes"] == [note] and cam["frames_scored"] == 200
+    watched = run_watch(parse_sources([str(short)]), model, tmp_path / "w", WatchOptions(queue_frames=256),
+                        WatchMetrics())
+    cam = watched.summary["cameras"]["short"]
+    assert cam["failures"] == 0 and cam["notes"] == [note] and cam["frames_scored"] == 200
+    err = capfd.readouterr().err
+    assert f"scan: short: note: {note}" in err and f"watch: short: note: {note}" in err

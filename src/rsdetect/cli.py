@@ -39,14 +39,16 @@ def _check_photos(args: argparse.Namespace) -> None:
             raise RsdetectError(f"{path}: missing; run `dvc repro` first")
     threshold = json.loads(Path(args.evaluation).read_text())["models"]["cnn"]["threshold"]
     model = keras.saving.load_model(args.model, compile=False)
-    photos = held_out_photos(args.folders, args.exclude)
+    # A relative --exclude (the default) is the project's file: found from anywhere, beside the params file.
+    photos = held_out_photos(args.folders, args.exclude, base=Path(args.params).resolve().parent)
     r = check_photos(lambda x: model(x, training=False), params.features.image_size, threshold, photos,
                      params.seed, params.synthesize, args.pairs)
     write_json(args.out, r)
     m = r["pairs_metrics"]
     print(f"check-photos: {r['photos']} held-out photos ({r['skipped']} unreadable), {r['pairs']} pairs: ROC AUC {m['roc_auc']:.3f}, "
           f"recall {m['recall']:.2f} / precision {m['precision']:.2f} at threshold {threshold:.3f}; ordinary photos flagged "
-          f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; details in {args.out}")
+          f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; "
+          f"{r['excluded']} photos excluded, {len(r['skipped_entries'])} entries refused; details in {args.out}")
 
 
 def _check_footage(args: argparse.Namespace) -> None:

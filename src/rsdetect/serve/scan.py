@@ -123,7 +123,7 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
     frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames,
                                                              analysis=options.analysis, max_pixels=options.max_pixels),
-                            on_readout=state.set_readout)
+                            on_note=state.note, on_readout=state.set_readout)
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
     tiled = ((frame, to_tiles(frame[2], model.image_size) if frame[3] is None else None) for frame in frames)

@@ -30,7 +30,7 @@ Row = dict[str, Any]
 
 
 def report_failure(camera: str, message: str) -> None:
-    """A camera's failure as one line on stderr (above any progress bar)."""
+    """A camera's failure (or note) as one line on stderr (above any progress bar)."""
     tqdm.write(f"scan: {camera}: {message}", file=sys.stderr)
 
 
@@ -102,6 +102,7 @@ class CameraState:
     echo: bool = True  # print failures as they happen; a Dask worker leaves that to the main process (shard.py)
     stats: FlagStats = field(default_factory=FlagStats)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # counted but not failures (a video a few frames short)
     scores: list[Score] = field(default_factory=list)  # for annotation only
     readout: dict[str, Any] | None = None  # the camera's readout as its decoder measures it (video sources)
     _window: RollingMean = field(init=False)
@@ -115,6 +116,12 @@ class CameraState:
         self.errors.append(message)
         if self.echo:
             report_failure(self.source.camera, message)
+
+    def note(self, message: str) -> None:
+        """Count something that is not a failure (the camera stays ok) and say it as one line (unless echo is off)."""
+        self.notes.append(message)
+        if self.echo:
+            report_failure(self.source.camera, f"note: {message}")
 
     def set_readout(self, readout: dict[str, Any]) -> None:
         self.readout = readout
@@ -144,7 +151,7 @@ class CameraState:
     def summary(self) -> dict[str, Any]:
         """The camera's counts, readout and failures, as summary.json gives them."""
         return {**self.stats.summary(), "readout": camera_readout(self.source, self.readout),
-                "failures": len(self.errors), "errors": list(self.errors)}
+                "failures": len(self.errors), "errors": list(self.errors), "notes": list(self.notes)}
 
     def worst(self) -> list[tuple[float, int, np.ndarray]]:
         """The highest-probability frames, worst first: (probability, frame_index, rgb)."""

@@ -52,6 +52,7 @@ class CameraHealth:
     last_frame_time: float | None = None
     readout: dict[str, Any] | None = None  # as the camera's decoder measures it
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
+    notes: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class CameraHealth:
             return {"up": self.up, "finished": self.finished, "connections": self.connections,
                     "reconnects": self.reconnects, "read_errors": self.read_errors, "frames_dropped": self.dropped,
                     "last_frame_time": self.last_frame_time, "readout": self.readout,
-                    "errors": list(self.errors)}
+                    "errors": list(self.errors), "notes": list(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,13 @@ class CameraReader(threading.Thread):
         o = self.options
         return decoded_frames(self.source, self._error,
                               ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None,
-                                          o.analysis, o.max_pixels), on_readout=self._readout)
+                                          o.analysis, o.max_pixels), on_note=self._note, on_readout=self._readout)
+
+    def _note(self, message: str) -> None:
+        """Something counted that is not a failure (a video a few frames short of its header): kept and said."""
+        with self.health.lock:
+            self.health.notes.append(message)
+        self._say(f"note: {message}")
 
     def _readout(self, readout: dict[str, Any]) -> None:
         with self.health.lock:
