@@ -20,8 +20,9 @@ all frames, so noise in one band cannot be absorbed.
 
 Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
 is the set of r whose residual stays within RSS_min * (1 + 3.84 / n), n the number of frames with camera motion
-(a profile-likelihood interval with one parameter). Too few such frames, or an interval wider than max_ci_frames,
-and the readout is unknown: a value is never invented.
+(a profile-likelihood interval with one parameter). Too few such frames, an interval wider than max_ci_frames, or
+an interval reaching 0 around an estimate above zero_readout_ms, and the readout is unknown: a value is never
+invented.
 """
 from __future__ import annotations
 
@@ -118,9 +119,11 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     best = int(np.argmin(rss))
     inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
     lo, hi = float(inside.min()), float(inside.max())
-    if hi - lo > p.max_ci_frames:
-        return Readout(None, None, "unknown", evidence)
     r_hat = refine(grid, rss, best)
+    if hi - lo > p.max_ci_frames or (lo == 0.0 and r_hat * 1000.0 / fps > p.zero_readout_ms):
+        # too loose, or consistent with a global shutter while the point estimate says otherwise: either way the
+        # footage does not tell the readout
+        return Readout(None, None, "unknown", evidence)
     ms = 1000.0 / fps
     return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence)
 
