@@ -18,7 +18,7 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
-from rsdetect.video.evidence import frame_result, row_fit
+from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll
 from rsdetect.video.motion import FrameMotion, MotionMeter
 from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
 
@@ -100,6 +100,15 @@ class CameraAnalyzer:
         trajectory = self.trajectory(r) if any(fm.camera_moving for fm in batch) else None
         noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_moving] or [0.0]))
         return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
+
+    def unrolled(self, frame: np.ndarray, index: int) -> np.ndarray | None:
+        """Frame `index` (still in the evidence window) with the camera's measured per-row motion undone, or None
+        where the readout is unknown. For the de-skew preview of the worst frames."""
+        r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
+        trajectory = self.trajectory(r)
+        if trajectory is None or r is None:
+            return None
+        return unroll(frame, row_displacement(trajectory, index, r, frame.shape[0]))
 
     def trajectory(self, r: float | None) -> Trajectory | None:
         if r is None or not self.window:
