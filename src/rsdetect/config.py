@@ -328,6 +328,7 @@ class VideoAnalysisParams(_Group):
     row_z_flag: Float(gt=0)                 # readout unknown: row-dependence z at which a frame is flagged
     lag_frames: Int(ge=1)                   # streaming: a frame's result waits for this many later frames
     window_frames: Int(ge=8)                # streaming: frames of band evidence kept for the readout estimate
+    refit_frames: Int(ge=1)                 # streaming: frames of camera motion between two readout estimates
 
 
 class VideoParams(_Group):

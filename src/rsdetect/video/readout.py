@@ -125,6 +125,8 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
         # footage does not tell the readout
         return Readout(None, None, "unknown", evidence)
     ms = 1000.0 / fps
+    step = grid[1] - grid[0]  # the interval is known to the grid's resolution: one step wider on each side
+    lo, hi = float(max(min(lo, r_hat) - step, 0.0)), float(max(hi, r_hat) + step)
     return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence)
 
 
