@@ -223,3 +223,17 @@ def test_unrolling_undoes_a_pans_measured_shear(scene, analysis):
     after = np.abs(fixed[inner].astype(float) - twin[k][inner]).mean()
     assert truth[k]["rs_shear_px"] >= 4 and after < 0.6 * before
     assert CameraAnalyzer(analysis, FPS).unrolled(frames[k], k) is None  # no readout yet: nothing to undo
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"clips": {"readout_ms": [33, 6]}}, r"^video\.clips\.readout_ms: range \[33\.0, 6\.0\] has min > max$"),
+    ({"analysis": {"bands": 2}}, r"^video\.analysis\.bands: Input should be greater than or equal to 3$"),
+    ({"analysis": {"flow_preset": "slow"}}, r"^video\.analysis\.flow_preset: Input should be 'ultrafast', 'fast' or 'medium'$"),
+    ({"analysis": {"max_ci_frames": "wide"}}, r"^video\.analysis\.max_ci_frames: Input should be a valid number$"),
+])
+def test_bad_video_params_are_one_line(override, message):
+    from conftest import params_raw
+    from rsdetect.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match=message):
+        parse_params(params_raw({"video": override}))
