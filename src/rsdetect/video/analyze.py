@@ -1,11 +1,11 @@
 """One camera's footage, frame by frame: motion, readout, per-frame evidence. The entry point of the video path.
 
 `CameraAnalyzer` takes frames one at a time (`push`) and hands back finished frame rows; memory is bounded by
-video.analysis.window_frames (band displacements of recent frames, a few numbers each) and lag_frames (frames
-waiting for later evidence). A frame's shear needs the camera's trajectory around it, so its row comes once
-lag_frames more frames have been measured (or at `flush`); the readout is re-estimated on the window after every
-refit_frames frames of camera motion. `analyze` runs a whole clip: every frame waits for the
-end, so every row uses the readout estimated from the whole clip.
+video.analysis.window_frames (band displacements of recent frames, a few numbers each) and 2 x lag_frames
+(frames waiting for later evidence). A frame's shear needs the camera's trajectory around it, so its row comes
+once lag_frames more frames have been measured, in batches of lag_frames (or at `flush`); the readout is
+re-estimated on the window after every refit_frames frames of camera motion. `analyze` runs a whole clip: every
+frame waits for the end, so every row uses the readout estimated from the whole clip.
 
 A readout is configured (readout_ms, or shutter global = 0 ms), else estimated from the camera's own motion
 (rsdetect.video.readout), else unknown; it is never invented.
@@ -56,6 +56,7 @@ class CameraAnalyzer:
         self.pending: deque[FrameMotion] = deque()
         self.window: deque[FrameMotion] = deque(maxlen=p.window_frames)  # evidence: band displacements
         self.moving_since_estimate = 0
+        self.residuals: deque[float] = deque(maxlen=p.window_frames)  # row-fit residuals of camera-motion frames
         self.height = 0
 
     def readout(self) -> Readout:
@@ -68,8 +69,10 @@ class CameraAnalyzer:
         if fm.index > 0:
             self.window.append(fm)
             self.moving_since_estimate += fm.camera_moving
-        if self.lag is None or len(self.pending) <= self.lag:
-            return []
+        if fm.camera_moving:
+            self.residuals.append(row_fit(fm)[1])
+        if self.lag is None or len(self.pending) < 2 * self.lag:
+            return []  # rows leave in batches of lag frames: one trajectory fit per batch
         if self.moving_since_estimate >= self.p.refit_frames:
             self.estimate()
         return self.finish(len(self.pending) - self.lag)
@@ -100,7 +103,7 @@ class CameraAnalyzer:
         r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
         around = (batch[0].index - self.p.lag_frames, batch[-1].index + self.p.lag_frames)
         trajectory = self.trajectory(r, around) if any(fm.camera_moving for fm in batch) else None
-        noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_moving] or [0.0]))
+        noise = float(np.median(self.residuals)) if self.residuals else 0.0
         return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
 
     def unrolled(self, frame: np.ndarray, index: int) -> np.ndarray | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import factorized
 
 from rsdetect.config import VideoAnalysisParams
 
@@ -99,7 +99,9 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
     weights = np.ones(len(d))
     for _ in range(HUBER_ITERATIONS):  # flow fails now and then (a band mistaken by the solver): Huber weights
         wa = a.multiply(weights[:, None]).tocsr()
-        knots = np.stack([spsolve((a.T @ wa + penalty).tocsc(), wa.T @ d[:, i]) for i in range(2)], axis=1)
+        solve = factorized((a.T @ wa + penalty).tocsc())  # one factorisation for both axes
+        rhs = wa.T @ d
+        knots = np.stack([solve(rhs[:, i]) for i in range(2)], axis=1)
         res = np.hypot(*(a @ knots - d).T)
         scale = HUBER_K * max(float(np.median(res)) * MAD_TO_SD, NOISE_FLOOR_PX)
         weights = np.minimum(1.0, scale / np.maximum(res, 1e-12))
