@@ -347,11 +347,13 @@ class VideoAnalysisParams(_Group):
     readout_steps: Int(ge=3)
     min_evidence_frames: Int(ge=1)          # frames with camera motion an estimate must rest on
     max_ci_frames: Float(gt=0)              # a 95% interval wider than this (frame intervals): readout unknown
+    zero_readout_ms: Float(ge=0)            # ... as is one reaching 0 around an estimate above this
     flag_shear_px: Float(gt=0)              # rs_shear_px at which a frame is flagged (probability 0.5)
     shear_scale_px: Float(gt=0)             # logistic width of the probability around flag_shear_px
     row_z_flag: Float(gt=0)                 # readout unknown: row-dependence z at which a frame is flagged
     lag_frames: Int(ge=1)                   # streaming: a frame's result waits for this many later frames
     window_frames: Int(ge=8)                # streaming: frames of band evidence kept for the readout estimate
+    refit_frames: Int(ge=1)                 # streaming: frames of camera motion between two readout estimates
 
 
 class VideoParams(_Group):

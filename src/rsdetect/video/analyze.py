@@ -1,10 +1,11 @@
 """One camera's footage, frame by frame: motion, readout, per-frame evidence. The entry point of the video path.
 
 `CameraAnalyzer` takes frames one at a time (`push`) and hands back finished frame rows; memory is bounded by
-video.analysis.window_frames (band displacements of recent frames, a few numbers each) and lag_frames (frames
-waiting for later evidence). A frame's shear needs the camera's trajectory around it, so its row comes once
-lag_frames more frames have been measured (or at `flush`). `analyze` runs a whole clip: every frame waits for the
-end, so every row uses the readout estimated from the whole clip.
+video.analysis.window_frames (band displacements of recent frames, a few numbers each) and 2 x lag_frames
+(frames waiting for later evidence). A frame's shear needs the camera's trajectory around it, so its row comes
+once lag_frames more frames have been measured, in batches of lag_frames (or at `flush`); the readout is
+re-estimated on the window after every refit_frames frames of camera motion. `analyze` runs a whole clip: every
+frame waits for the end, so every row uses the readout estimated from the whole clip.
 
 A readout is configured (readout_ms, or shutter global = 0 ms), else estimated from the camera's own motion
 (rsdetect.video.readout), else unknown; it is never invented.
@@ -18,7 +19,7 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
-from rsdetect.video.evidence import frame_result, row_fit
+from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll
 from rsdetect.video.motion import FrameMotion, MotionMeter
 from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
 
@@ -55,6 +56,7 @@ class CameraAnalyzer:
         self.pending: deque[FrameMotion] = deque()
         self.window: deque[FrameMotion] = deque(maxlen=p.window_frames)  # evidence: band displacements
         self.moving_since_estimate = 0
+        self.residuals: deque[float] = deque(maxlen=p.window_frames)  # row-fit residuals of camera-motion frames
         self.height = 0
 
     def readout(self) -> Readout:
@@ -67,9 +69,11 @@ class CameraAnalyzer:
         if fm.index > 0:
             self.window.append(fm)
             self.moving_since_estimate += fm.camera_moving
-        if self.lag is None or len(self.pending) <= self.lag:
-            return []
-        if self.moving_since_estimate >= self.p.lag_frames:
+        if fm.camera_moving:
+            self.residuals.append(row_fit(fm)[1])
+        if self.lag is None or len(self.pending) < 2 * self.lag:
+            return []  # rows leave in batches of lag frames: one trajectory fit per batch
+        if self.moving_since_estimate >= self.p.refit_frames:
             self.estimate()
         return self.finish(len(self.pending) - self.lag)
 
@@ -97,14 +101,32 @@ class CameraAnalyzer:
         """Rows of the `count` oldest waiting frames."""
         batch = [self.pending.popleft() for _ in range(count)]
         r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
-        trajectory = self.trajectory(r) if any(fm.camera_moving for fm in batch) else None
-        noise = float(np.median([row_fit(fm)[1] for fm in self.window if fm.camera_moving] or [0.0]))
+        around = (batch[0].index - self.p.lag_frames, batch[-1].index + self.p.lag_frames)
+        trajectory = self.trajectory(r, around) if any(fm.camera_moving for fm in batch) else None
+        noise = float(np.median(self.residuals)) if self.residuals else 0.0
         return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
 
-    def trajectory(self, r: float | None) -> Trajectory | None:
+    def unrolled(self, frame: np.ndarray, index: int) -> np.ndarray | None:
+        """Frame `index` (still in the evidence window) with the camera's measured per-row motion undone, or None
+        where the readout is unknown. For the de-skew preview of the worst frames."""
+        r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
+        trajectory = self.trajectory(r, (index - self.p.lag_frames, index + self.p.lag_frames))
+        if trajectory is None or r is None:
+            return None
+        return unroll(frame, row_displacement(trajectory, index, r, frame.shape[0]))
+
+    def trajectory(self, r: float | None, around: tuple[int, int] | None = None) -> Trajectory | None:
+        """The camera's trajectory fitted with readout r on the window's evidence, or on its frames within
+        `around` (first, last index): a frame's shear depends on the motion near it, and a local fit keeps a
+        stream's per-frame cost independent of window_frames."""
         if r is None or not self.window:
             return None
         frames, disp, _ = self.evidence()
+        if around is not None:
+            near = (frames >= around[0]) & (frames <= around[1])
+            if not near.any():
+                return None
+            frames, disp = frames[near], disp[near]
         return fit_trajectory(frames, disp, r, self.p)
 
 

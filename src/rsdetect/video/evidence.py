@@ -8,17 +8,18 @@
   error from the camera's own band noise (median RMS residual about the per-frame line over its moving frames): a
   z statistic normalised per camera. A rolling shutter under changing motion leaves one; a global shutter does not.
 - `probability`: a logistic of rs_shear_px around flag_shear_px where a readout exists (evidence "camera-shear" or
-  "mover-shear", whichever is larger), else, for frames where the camera moves, half a logistic of row_dependence around row_z_flag
+  "mover-shear", whichever is larger; "no-shear" where something moves but neither shears), else, for frames where the camera moves, half a logistic of row_dependence around row_z_flag
   ("row-dependence": it ranks frames, never flags one); 0 for movers alone, whose shear cannot be told without
   a readout ("no-readout"); a frame
   where nothing moves is 0 ("static"). `flag` = probability >= 0.5.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
-from rsdetect.shutter import shear_extent
+from rsdetect.shutter import shear_extent, warp_rows
 from rsdetect.video.motion import FrameMotion
 from rsdetect.video.readout import Trajectory, band_centres
 
@@ -31,6 +32,18 @@ def camera_shear(trajectory: Trajectory | None, index: int, r: float) -> float:
         return 0.0
     pos = trajectory.at(index + r * np.linspace(0.0, 1.0, ROWS_SAMPLED))
     return shear_extent(pos[:, 0], pos[:, 1])
+
+
+def row_displacement(trajectory: Trajectory, index: int, r: float, height: int) -> np.ndarray:
+    """(height, 2): the camera's displacement of each row of frame `index` relative to its middle row, native px."""
+    pos = trajectory.at(index + r * np.arange(height) / max(height - 1, 1))
+    return pos - trajectory.at(np.array([index + r / 2]))
+
+
+def unroll(frame: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The frame with each row moved back by its measured displacement (`row_displacement`): the camera's
+    rolling-shutter shear undone, every row as if read at mid-frame (the de-skew preview of a flagged frame)."""
+    return warp_rows(frame, -rows[:, 0], -rows[:, 1], border=cv2.BORDER_REPLICATE)
 
 
 def mover_shear(fm: FrameMotion, r: float, height: int) -> float:
@@ -92,4 +105,4 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
     shear = max(cam, mov)
     prob = logistic((shear - p.flag_shear_px) / p.shear_scale_px)
     return {**base, "rs_shear_px": round(shear, 3), "probability": round(prob, 4), "flag": prob >= 0.5,
-            "evidence": "camera-shear" if cam >= mov else "mover-shear"}
+            "evidence": "camera-shear" if cam > mov else "mover-shear" if mov > 0 else "no-shear"}

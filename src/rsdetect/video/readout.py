@@ -20,8 +20,9 @@ all frames, so noise in one band cannot be absorbed.
 
 Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
 is the set of r whose residual stays within RSS_min * (1 + 3.84 / n), n the number of frames with camera motion
-(a profile-likelihood interval with one parameter). Too few such frames, or an interval wider than max_ci_frames,
-and the readout is unknown: a value is never invented.
+(a profile-likelihood interval with one parameter). Too few such frames, an interval wider than max_ci_frames, or
+an interval reaching 0 around an estimate above zero_readout_ms, and the readout is unknown: a value is never
+invented.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import factorized
 
 from rsdetect.config import VideoAnalysisParams
 
@@ -98,7 +99,9 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
     weights = np.ones(len(d))
     for _ in range(HUBER_ITERATIONS):  # flow fails now and then (a band mistaken by the solver): Huber weights
         wa = a.multiply(weights[:, None]).tocsr()
-        knots = np.stack([spsolve((a.T @ wa + penalty).tocsc(), wa.T @ d[:, i]) for i in range(2)], axis=1)
+        solve = factorized((a.T @ wa + penalty).tocsc())  # one factorisation for both axes
+        rhs = wa.T @ d
+        knots = np.stack([solve(rhs[:, i]) for i in range(2)], axis=1)
         res = np.hypot(*(a @ knots - d).T)
         scale = HUBER_K * max(float(np.median(res)) * MAD_TO_SD, NOISE_FLOOR_PX)
         weights = np.minimum(1.0, scale / np.maximum(res, 1e-12))
@@ -118,10 +121,14 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     best = int(np.argmin(rss))
     inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
     lo, hi = float(inside.min()), float(inside.max())
-    if hi - lo > p.max_ci_frames:
-        return Readout(None, None, "unknown", evidence)
     r_hat = refine(grid, rss, best)
+    if hi - lo > p.max_ci_frames or (lo == 0.0 and r_hat * 1000.0 / fps > p.zero_readout_ms):
+        # too loose, or consistent with a global shutter while the point estimate says otherwise: either way the
+        # footage does not tell the readout
+        return Readout(None, None, "unknown", evidence)
     ms = 1000.0 / fps
+    step = grid[1] - grid[0]  # the interval is known to the grid's resolution: one step wider on each side
+    lo, hi = float(max(min(lo, r_hat) - step, 0.0)), float(max(hi, r_hat) + step)
     return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence)
 
 
