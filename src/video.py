@@ -1,10 +1,11 @@
 """Stage video: rolling shutter judged from motion, measured on rendered twin clips from the test photos.
 
 Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static) from each
-photo source (real, drawn) of the test split, each with its global-shutter twin (rsdetect.synth.clips), runs
-rsdetect.video.analyze on every clip twice, the readout not told and told (the true readout_ms; shutter global
-for the twins), and writes metrics (ROC AUC by kind and source via sklearn, flag rates, shear error, readout
-error) and a figure.
+photo source (real, drawn) of the test split, each with its global-shutter twin (rsdetect.synth.clips), streams
+every clip through the path `scan` and `watch` run in each camera's decoder process (rsdetect.video.stream:
+frames in order, each row lag_frames behind, the readout estimated as the evidence comes in) twice, the readout
+not told and told (the true readout_ms; shutter global for the twins), and writes metrics (ROC AUC by kind and
+source via sklearn, flag rates, shear error, readout error) and a figure.
 """
 import sys
 import time
@@ -21,7 +22,7 @@ from rsdetect.io import atomic_write_bytes, write_json
 from rsdetect.stage import run_stage
 from rsdetect.synth.clips import CLIP_KINDS, render_twins
 from rsdetect.synth.twins import split_images
-from rsdetect.video.analyze import analyze
+from rsdetect.video.stream import analysed_frames
 
 CAMERA_KINDS = ("vibration", "pan")
 VISIBLE_PX = 2.0      # the issue's bar: a frame with true shear >= 2 px is distorted ...
@@ -49,8 +50,12 @@ def test_photos(raw: Path, params) -> dict[str, list[tuple[Path, list]]]:
 
 def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list[dict], dict]:
     told_args = {"readout_ms": clip.readout_ms} if clip.shutter == "rolling" else {"shutter": "global"}
-    rows, readout = analyze(clip.frames, clip.fps, params.video.analysis, **(told_args if told else {}))
-    for row, truth in zip(rows, clip.truth):
+    sensor = {"readout_ms": None, "shutter": None, **(told_args if told else {})}
+    readout: dict = {}
+    frames = ((k, k / clip.fps, frame) for k, frame in enumerate(clip.frames))
+    rows = [evidence for *_, evidence in analysed_frames(frames, params.video.analysis, sensor["readout_ms"],
+                                                         sensor["shutter"], readout.update)]
+    for row, truth in zip(rows, clip.truth, strict=True):
         row.update(clip=clip_id, kind=clip.kind, shutter=clip.shutter, source=source, told=told,
                    true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"])
     return rows, {"clip": clip_id, "kind": clip.kind, "shutter": clip.shutter, "source": source, "told": told,

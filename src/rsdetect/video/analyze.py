@@ -56,6 +56,7 @@ class CameraAnalyzer:
         self.pending: deque[FrameMotion] = deque()
         self.window: deque[FrameMotion] = deque(maxlen=p.window_frames)  # evidence: band displacements
         self.moving_since_estimate = 0
+        self.estimates = 0
         self.residuals: deque[float] = deque(maxlen=p.window_frames)  # row-fit residuals of camera-motion frames
         self.height = 0
 
@@ -73,9 +74,17 @@ class CameraAnalyzer:
             self.residuals.append(row_fit(fm)[1])
         if self.lag is None or len(self.pending) < 2 * self.lag:
             return []  # rows leave in batches of lag frames: one trajectory fit per batch
-        if self.moving_since_estimate >= self.p.refit_frames:
+        if self.moving_since_estimate >= self.next_estimate_after():
             self.estimate()
         return self.finish(len(self.pending) - self.lag)
+
+    def next_estimate_after(self) -> int:
+        """Frames of camera motion to gather before the next estimate: while the readout is not yet known, after
+        min_evidence_frames, then twice as many each time (a stream's first flags need not wait refit_frames of
+        motion, and a camera that never gives enough evidence costs a handful of fits); once known, refit_frames."""
+        if self._readout.source == "estimated":
+            return self.p.refit_frames
+        return min(self.p.refit_frames, self.p.min_evidence_frames * 2 ** self.estimates)
 
     def flush(self) -> list[dict]:
         """Rows of every frame still waiting, with the readout from all the evidence there is."""
@@ -88,6 +97,7 @@ class CameraAnalyzer:
         frames, disp, moving = self.evidence()
         self._readout = estimate_readout(frames, disp, moving, self.fps, self.p)
         self.moving_since_estimate = 0
+        self.estimates += 1
 
     def evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The window's frames, band displacements (a static frame: zero, it was measured still) and camera motion."""
