@@ -113,7 +113,15 @@ def main() -> None:
         write_json(history_path, [{k: v for k, v in r.items() if k not in TIMING} for r in history])
         mlflow.log_metrics({f"{s}_{k}": v for s, ms in metrics.items() if isinstance(ms, dict) for k, v in ms.items()})
         import mlflow.keras
-        mlflow.keras.log_model(model, name="model")
+        from mlflow.models import ModelSignature
+        from mlflow.types.schema import Schema, TensorSpec
+
+        # The model's own contract (float32 RGB images in 0-255 at image_size -> one probability each), stated so
+        # that MLflow records it instead of warning that none was given.
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, f.image_size, f.image_size, 3), "image")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "probability")]))
+        mlflow.keras.log_model(model, name="model", signature=signature)
     for s in ("val", "test", "external"):
         m_s = metrics[s]
         print(f"train: {s} ROC AUC {m_s['roc_auc']:.3f} accuracy {m_s['accuracy']:.3f} (n={m_s['n']})")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # each test trains or starts TensorFlow devices in a fresh process
+
 HERE = Path(__file__).resolve().parent
 SIZE, BATCH, STEPS = 32, 8, 3  # tiny images, a global batch of 4 pairs, a few steps: the arithmetic, not learning
 # Why this tolerance: both runs do the same float32 arithmetic in another order (two half-batch gradient sums

@@ -23,6 +23,8 @@ import yaml
 from conftest import ROOT, copy_tracked_files
 from test_dvc_deps import STAGES, code_deps
 
+pytestmark = pytest.mark.slow  # a fresh copy of the repository and one `dvc status` per module
+
 
 def _run(args: list[str], cwd: Path, env: dict) -> str:
     res = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
@@ -76,10 +78,11 @@ def test_lock_matches_the_copy(copy):
 
 # One module for each stage at least: embedded (fetch), figures (synthesize), rengarajan (external), pairs (pretrain,
 # train), backbone (pretrain, features, train), head (train only: editing the head keeps the cached features),
-# lines (baselines), metrics (train, baselines, evaluate, register), tracking (train, register) and gate (register
-# only: editing the champion gate reruns no training).
+# lines (baselines), metrics (train, baselines, evaluate, register), tracking (train, register), gate (register
+# only: editing the champion gate reruns no training) and motion (video only: no model stage reruns for it).
 MODULES = ["datasets/embedded.py", "synth/figures.py", "synth/rengarajan.py", "synth/pairs.py", "model/backbone.py",
-           "model/head.py", "evaluation/lines.py", "evaluation/metrics.py", "registry/tracking.py", "registry/gate.py"]
+           "model/head.py", "evaluation/lines.py", "evaluation/metrics.py", "registry/tracking.py", "registry/gate.py",
+           "video/motion.py"]
 
 
 def test_every_stage_imports_one_of_the_edited_modules():

@@ -23,6 +23,7 @@ def fake_tensorflow(root: Path, body: str) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_tensorflow_prints_its_startup_lines_on_its_own():
     """The control: without rsdetect, this TensorFlow writes the lines the package holds back."""
     pytest.importorskip("tensorflow")
@@ -31,6 +32,7 @@ def test_tensorflow_prints_its_startup_lines_on_its_own():
     assert STARTUP_LINE in res.stderr
 
 
+@pytest.mark.slow
 def test_importing_tensorflow_through_rsdetect_prints_no_warning():
     pytest.importorskip("tensorflow")
     res = run("import rsdetect, keras, tensorflow as tf; print(int(tf.constant(2) + 1))")

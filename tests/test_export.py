@@ -218,6 +218,7 @@ def http_json(url: str, body: dict | None = None, timeout: float = 5.0) -> tuple
         return resp.status, (json.loads(raw) if body is not None else raw)
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers(tmp_path, pyfunc_dir) -> None:
     port = free_port()
     log = open(tmp_path / "serve.log", "w+")

@@ -59,6 +59,7 @@ def test_file_md5_and_default_mode_have_one_home(tmp_path):
     assert default_file_mode() == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_dvc_checkout_restores_what_a_failed_repro_removed(tmp_path):
     """What the README says about interrupted runs under `dvc repro`: DVC removes a stage's cached outputs
     before running it, so a run that dies leaves none (staged_dir cannot keep them); `dvc checkout` brings

@@ -133,6 +133,7 @@ def separable_features(seed: int, n: int):
     return x, y
 
 
+@pytest.mark.slow
 def test_fit_head_learns_separable_features():
     keras.utils.set_random_seed(3)
     x, y = separable_features(0, 300)
@@ -184,6 +185,7 @@ def test_mismatched_weights_file_gives_one_line_error(tmp_path):
     assert "\n" not in msg and str(path) in msg and "MobileNetV3Large" in msg
 
 
+@pytest.mark.slow
 def test_matching_local_weights_file_loads(tmp_path, images, jpegs):
     keras.utils.set_random_seed(5)
     source = keras.applications.MobileNetV3Large(input_shape=(S, S, 3), include_top=False, pooling="avg",
@@ -243,6 +245,7 @@ def _train_head(seed: int) -> list[np.ndarray]:
     return head.get_weights()
 
 
+@pytest.mark.slow
 def test_set_determinism_repeats_head_training():
     a, b, c = _train_head(11), _train_head(11), _train_head(12)
     for wa, wb in zip(a, b, strict=False):

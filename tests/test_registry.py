@@ -233,6 +233,7 @@ def mlflow_env(tmp_path, monkeypatch):
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # set_experiment exports the tmp DB's id; it must not leak
 
 
+@pytest.mark.slow
 def test_register_candidate_end_to_end(tmp_path, mlflow_env):
     mlflow = mlflow_env
     paths, labels, frames = make_test_frames(tmp_path)
@@ -333,6 +334,7 @@ def true_auc(path, paths, labels) -> float:
     return float(roc_auc_score(labels, whole_frame_scores(keras.saving.load_model(path, compile=False), frames)))
 
 
+@pytest.mark.slow
 def test_a_gate_lock_left_behind_is_one_line_naming_its_holder(tmp_path, mlflow_env, monkeypatch):
     """A runner killed mid-gate leaves `<name>.gate-lock`; the next one waits GATE_LOCK_WAIT_S, then says who holds
     it and how to remove it, and registers nothing; once it is gone, registration works and leaves no lock."""

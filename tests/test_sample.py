@@ -3,6 +3,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 import yaml
 from pycocotools.coco import COCO
 
@@ -12,6 +13,7 @@ from rsdetect.datasets.drawn import make_sample_dataset
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_shipped_snapshot_is_what_the_generator_makes(tmp_path):
     """data.dvc's content in dvc-store equals a fresh generation from params.yaml: the snapshot is reproducible."""
     p = load_params(ROOT / "params.yaml")

@@ -304,6 +304,7 @@ def test_outputs_are_well_formed(tmp_path, model_path, capsys) -> None:
     assert "annotated_video" not in s["cameras"]["stills"]
 
 
+@pytest.mark.slow
 def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeypatch, capsys) -> None:
     """A models:/ URI loads through MLflow, takes its threshold from the model config; --threshold overrides."""
     import mlflow
@@ -461,6 +462,7 @@ def test_a_signal_in_a_held_block_interrupts_when_the_block_ends() -> None:
     assert finished == ["block", "plain"]
 
 
+@pytest.mark.slow
 def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> None:
     """`rsdetect scan` in its own process, sent SIGTERM while it scores: exit 143, reports whole and consistent."""
     import re

@@ -25,6 +25,8 @@ from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.shard import describe_model, sharded_cameras  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Dask cluster of worker processes
+
 QUIET = dict(progress=False)
 
 

@@ -20,6 +20,7 @@ def streams(sample_dir):
     return PairStream(train, 5, P, params_group("augment"), 8), fixed_pairs(val, 5, P, 8, tag=999)
 
 
+@pytest.mark.slow
 def test_fit_pairs_keeps_the_best_epoch_and_frozen_layers(streams):
     stream, val = streams
     keras.utils.set_random_seed(0)
@@ -37,6 +38,7 @@ def test_fit_pairs_keeps_the_best_epoch_and_frozen_layers(streams):
     assert scores(val[1], predict_arrays(model, val[0]))["roc_auc"] == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_patience_and_should_stop_end_training(streams):
     stream, val = streams
     model = build_classifier(m.build_backbone(64, "none", "small"), 0.0)
@@ -51,6 +53,7 @@ def test_cosine_decay_runs_from_lr_to_its_end_fraction():
     assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_fit_pairs_sets_the_decayed_rate_on_the_optimizer(streams):
     stream, val = streams
     model = build_classifier(m.build_backbone(64, "none", "small"), 0.0)

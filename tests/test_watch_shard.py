@@ -32,6 +32,8 @@ from rsdetect.serve.watch.shard import run_sharded_watch  # noqa: E402
 
 from mjpeg_server import MjpegCamera  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Dask cluster of worker processes
+
 
 def by_camera(out: Path) -> dict[str, list[dict]]:
     """frames.jsonl's rows per camera, in the order written (a camera's rows are in frame order)."""
