@@ -111,7 +111,8 @@ def main() -> None:
             cap.release()
             print(f"{video.name[:34]:34s} {size:>9s} {frames:6d} {best['decode']:10.0f} {best['scan']:9.0f} "
                   f"{best['scan'] / best['decode']:6.2f} {best['watch']:9.0f} {best['watch'] / best['decode']:6.2f}")
-        print(f"goals: >= {GOAL_FPS:.0f} frames/s on 640x480 with movers; >= {GOAL_RATIO} of decode-only on real footage")
+        print(f"goals: >= {GOAL_FPS:.0f} frames/s on 640x480 with movers; "
+              f">= {GOAL_RATIO} of decode-only on real footage")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def main() -> None:
 
     print(f"oneDNN on, twice: byte-identical features: {on.tobytes() == again.tobytes()}")
     print(f"oneDNN on vs off: byte-identical: {on.tobytes() == off.tobytes()}; max |feature diff| {diff.max():.2g} "
-          f"(mean |feature| {scale:.2g}); max |probability diff| of a random linear head {np.abs(prob(on) - prob(off)).max():.2g}")
+          f"(mean |feature| {scale:.2g}); max |probability diff| of a random linear head "
+          f"{np.abs(prob(on) - prob(off)).max():.2g}")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,10 @@ def main() -> None:
                  ((sample_dir, "drawn", DRAWN_ID_OFFSET, s.drawn), (real_dir, "real", 0, s.real)) if use]
         if not parts:
             raise RsdetectError("fetch.sample: drawn and real are both false; nothing to fetch")
-        for folder, name, _ in parts:
+        for folder, _name, _ in parts:
             if not (folder / "instances.json").is_file():
-                raise RsdetectError(f"{folder}: embedded dataset missing; run `dvc pull` (or `rsdetect make-sample` for the drawn scenes)")
+                raise RsdetectError(f"{folder}: embedded dataset missing; run `dvc pull` "
+                                    "(or `rsdetect make-sample` for the drawn scenes)")
         report = {"source": "sample", **merge_datasets(parts, out)}
         write_json(out / "report.json", report)
     print(f"fetch: {report}")

@@ -116,12 +116,15 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
         else:
             rs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "rolling"]
             gs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "global"]
-            within = [c["ms"] is not None and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
+            within = [c["ms"] is not None
+                      and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
                       for c in rs]
             m["readout_within_25pct"] = round(float(np.mean(within)), 4) if within else None
             m["readout_unknown_rolling"] = sum(c["ms"] is None for c in rs)
-            m["readout_twins_ok"] = round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4) if gs else None
-            m["readout_static_unknown"] = round(float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
+            m["readout_twins_ok"] = (
+                round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4) if gs else None)
+            m["readout_static_unknown"] = round(
+                float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
         out["told" if told else "not_told"] = m
     return out
 

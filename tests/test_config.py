@@ -124,7 +124,8 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
 def test_schema_has_no_defaults():
     """Every field of every group is required: a value can only come from params.yaml."""
     models = _models(Params)
-    assert len(models) == 19  # Params, its 13 groups, fetch.sample, fetch.coco2017, baselines.lines, video.clips, video.analysis
+    # Params, its 13 groups, fetch.sample, fetch.coco2017, baselines.lines, video.clips, video.analysis
+    assert len(models) == 19
     optional = [f"{m.__name__}.{name}" for m in models for name, f in m.model_fields.items() if not f.is_required()]
     assert optional == []
 

@@ -120,7 +120,8 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {2, 3, 7}, 10)
     flags = {}
     for kind, path in (("keras", models_dir / "colour.keras"), ("tflite", model)):
-        cli.main(["scan", "--model-only", str(video), "--model", str(path), "--out", str(tmp_path / f"scan-{kind}"), "--batch", "3"])
+        cli.main(["scan", "--model-only", str(video), "--model", str(path), "--out", str(tmp_path / f"scan-{kind}"),
+                  "--batch", "3"])
         flags[kind] = scanned_flags(tmp_path / f"scan-{kind}")
     capsys.readouterr()
     assert flags["tflite"] == flags["keras"]

@@ -133,7 +133,7 @@ def write_avi(path: Path, n: int, claim: int | None = None, red: bool = True) ->
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
     assert writer.isOpened()
-    for i in range(n):
+    for _ in range(n):
         writer.write(np.full((48, 64, 3), (50, 90, 200) if red else (200, 90, 50), np.uint8))
     writer.release()
     if claim is not None:
@@ -225,7 +225,8 @@ def test_load_params_sets_the_decode_limit(tmp_path, monkeypatch):
     from conftest import params_raw
 
     monkeypatch.setattr(limits, "_max_pixels", limits.FALLBACK_MAX_PIXELS)  # undone after the test
-    assert limits.max_pixels() == limits.FALLBACK_MAX_PIXELS == yaml.safe_load((ROOT / "params.yaml").read_text())["images"]["max_pixels"]
+    assert limits.max_pixels() == limits.FALLBACK_MAX_PIXELS \
+        == yaml.safe_load((ROOT / "params.yaml").read_text())["images"]["max_pixels"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw({"images": {"max_pixels": 1234}})))
     load_params(tmp_path / "params.yaml")
     assert limits.max_pixels() == 1234
@@ -281,8 +282,9 @@ def test_scan_counts_images_outside_the_limits_and_scores_the_rest(tmp_path, lim
     errors: list[str] = []
     (source,) = parse_sources([str(folder)])
     assert [i for i, _, _ in source.frames(errors.append)] == [0, 3]  # b and c never reach the model
-    assert [e.split(": ", 1)[1] for e in errors] == ["image too small: 1x1 px (a side under 16 px)",
-                                                     "image too large: 40x40 px is over the limit of 400 pixels (images.max_pixels)"]
+    assert [e.split(": ", 1)[1] for e in errors] == [
+        "image too small: 1x1 px (a side under 16 px)",
+        "image too large: 40x40 px is over the limit of 400 pixels (images.max_pixels)"]
     video = write_avi(tmp_path / "v.avi", 3)  # 64x48 frames: 3072 px
     with pytest.raises(SourceError, match=r"v\.avi: frames too large: 64x48 px"):
         list(parse_sources([str(video)])[0].frames(errors.append))
@@ -450,9 +452,11 @@ def test_check_photos_cli_with_a_malformed_exclude_is_one_line(photo_folder, tmp
     (tmp_path / "seen.json").write_text('{"annotations": []}')
     with pytest.raises(SystemExit) as exc:
         cli.main(["check-photos", str(photo_folder[0]), "--exclude", str(tmp_path / "seen.json"), "--model", str(model),
-                  "--evaluation", str(evaluation), "--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "r.json")])
+                  "--evaluation", str(evaluation), "--params", str(ROOT / "params.yaml"),
+                  "--out", str(tmp_path / "r.json")])
     assert exc.value.code == 2
-    assert capsys.readouterr().err == f"error: --exclude {tmp_path / 'seen.json'}: not an instances file (needs an 'images' list)\n"
+    assert capsys.readouterr().err == (f"error: --exclude {tmp_path / 'seen.json'}: "
+                                       "not an instances file (needs an 'images' list)\n")
     assert not (tmp_path / "r.json").exists()
 
 
@@ -494,7 +498,8 @@ def test_a_hostile_pyfunc_folder_runs_its_code_but_ends_in_one_line(tmp_path, ca
         cli.main(["scan", str(video), "--model", str(folder), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and marker.read_text() == "ran"
-    assert err.startswith(f"error: {folder}: cannot load model (RuntimeError: hostile payload); ") and err.count("\n") == 1
+    assert err.startswith(f"error: {folder}: cannot load model (RuntimeError: hostile payload); ")
+    assert err.count("\n") == 1
     assert "docs/security.md" in err and not (tmp_path / "out").exists()
 
 
@@ -566,8 +571,10 @@ def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path):
     import signal
 
     import yaml
-    from conftest import params_raw
+
     from rsdetect.datasets.drawn import make_sample_dataset
+
+    from conftest import params_raw
 
     raw = tmp_path / "raw"
     make_sample_dataset(raw, seed=1, n_images=8, width=160, height=160)
@@ -594,12 +601,13 @@ def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path):
 def test_scan_and_watch_count_a_short_video_as_a_note_not_a_failure(tmp_path, capfd):
     """The shortfall of a video a few frames short of its header reaches the reports: summary.json's `notes` in
     scan and watch, the camera not failed, exit 0."""
-    from conftest import colour_model
     from rsdetect.serve.loaders import load_model
     from rsdetect.serve.scan import ScanOptions, run_scan
     from rsdetect.serve.sources import parse_sources
     from rsdetect.serve.watch.loop import WatchOptions, run_watch
     from rsdetect.serve.watch.metrics import WatchMetrics
+
+    from conftest import colour_model
 
     short = write_avi(tmp_path / "short.avi", 200, claim=202)
     colour_model(32).save(tmp_path / "m.keras")

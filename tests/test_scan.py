@@ -189,9 +189,9 @@ def test_failing_sources_are_reported_counted_and_others_go_on(tmp_path, model_p
     (folder / "img_001.png").write_bytes(b"not a png")
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 garbage")
     with pytest.raises(SystemExit) as exc:
-        cli.main(["scan", "--model-only", str(good), str(tmp_path / "missing.avi"), str(tmp_path / "corrupt.jpg"), str(folder),
-                  "cam9=rtsp://admin:hunter2@127.0.0.1:9/x", str(tmp_path / "cut.avi"), "--model", str(model_path),
-                  "--out", str(tmp_path / "out")])
+        cli.main(["scan", "--model-only", str(good), str(tmp_path / "missing.avi"), str(tmp_path / "corrupt.jpg"),
+                  str(folder), "cam9=rtsp://admin:hunter2@127.0.0.1:9/x", str(tmp_path / "cut.avi"),
+                  "--model", str(model_path), "--out", str(tmp_path / "out")])
     assert exc.value.code == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err and "hunter2" not in err  # stream passwords are not echoed
@@ -212,13 +212,15 @@ def test_failing_sources_are_reported_counted_and_others_go_on(tmp_path, model_p
 
 def test_exit_codes(tmp_path, model_path, capsys, monkeypatch) -> None:
     video = write_video(tmp_path / "v.avi", {1}, 4)
-    cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "ok")])  # 0: returns
+    # 0: returns
+    cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "ok")])
     assert "scan: 4 frames from 1 cameras, 1 flagged" in capsys.readouterr().out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'no-registry.db'}")
     for argv in (["--model", "models:/rs-detector@champion"], ["--model", str(tmp_path / "none.keras")],
                  ["--model", str(tmp_path / "v.avi")], ["--smooth", "0"], ["--threshold", "1.5"], ["--batch", "0"]):
         with pytest.raises(SystemExit) as exc:
-            cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"), *argv])
+            cli.main(["scan", "--model-only", str(video), "--model", str(model_path), "--out", str(tmp_path / "x"),
+                      *argv])
         err = capsys.readouterr().err
         assert exc.value.code == 2, argv
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
@@ -276,8 +278,8 @@ def test_outputs_are_well_formed(tmp_path, model_path, capsys) -> None:
     video = write_video(tmp_path / "cam.avi", {2, 3}, 12)
     images = write_images(tmp_path / "stills", [False, True])
     out = tmp_path / "out"
-    cli.main(["scan", "--model-only", str(video), str(images), "--model", str(model_path), "--out", str(out), "--annotate",
-              "--every", "2"])
+    cli.main(["scan", "--model-only", str(video), str(images), "--model", str(model_path), "--out", str(out),
+              "--annotate", "--every", "2"])
     capsys.readouterr()
     expected = {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"}
     assert {p.name for p in out.iterdir()} == expected  # and no leftover temp files
@@ -331,7 +333,8 @@ def test_registered_model_threshold_is_the_default(tmp_path, model_path, monkeyp
     assert rows(tmp_path / "a")[0]["probability"] == pytest.approx(1 / (1 + np.exp(-GAIN * 40)), abs=1e-3)
     capsys.readouterr()  # MLflow's own logging while registering
     with pytest.raises(SystemExit) as exc:
-        cli.main(["scan", "--model-only", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope", "--out", str(tmp_path / "c")])
+        cli.main(["scan", "--model-only", str(tmp_path / "mid.png"), "--model", "models:/tiny@nope",
+                  "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "models:/tiny@nope" in err
 
@@ -376,7 +379,8 @@ def test_fps_nan_and_a_keras_file_that_is_not_a_model(tmp_path, model_path, caps
     assert not (tmp_path / "out").exists()  # refused before any folder is made
     fake = tmp_path / "notes.keras"
     fake.write_text("these are my notes, not a model")
-    err = one_line_error(capsys, ["scan", "--model-only", str(video), "--model", str(fake), "--out", str(tmp_path / "out")])
+    err = one_line_error(capsys, ["scan", "--model-only", str(video), "--model", str(fake),
+                                  "--out", str(tmp_path / "out")])
     assert "not a Keras model file" in err and "not found" not in err.lower()
     assert not list((tmp_path / "out").glob("*")) and not list(tmp_path.glob(".*"))  # no reports, no lock left
 
@@ -434,7 +438,8 @@ def test_ctrl_c_twice_keeps_one_consistent_report_set(tmp_path, model, monkeypat
     monkeypatch.setattr(scan, "flagged_rate_chart", chart_then_ctrl_c)
     stopping = LoadedModel(Interrupting(model.scorer, 4), model.image_size, None, "keras", "second")
     result = run_scan(parse_sources([str(video)]), stopping, tmp_path / "out", ScanOptions(batch=4, **QUIET))
-    assert result.exit_code == 130 and "scan: SIGINT: already stopping; finishing the reports first" in capfd.readouterr().err
+    assert result.exit_code == 130
+    assert "scan: SIGINT: already stopping; finishing the reports first" in capfd.readouterr().err
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert s["model"] == "second" and s["interrupted"] and set(s["cameras"]) == {"cam"}
     assert s["cameras"]["cam"]["frames_scored"] == len(rows(tmp_path / "out")) == 8
@@ -478,9 +483,9 @@ def test_sigterm_writes_the_reports_of_what_was_scored(tmp_path, model_path) -> 
     (out / "worst" / "old_1.jpg").write_bytes(b"old")
     pythonpath = os.pathsep.join([str(Path(cli.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": pythonpath}
-    proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", "--model-only", str(video), "--model", str(model_path),
-                             "--out", str(out), "--batch", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rsdetect.cli", "scan", "--model-only", str(video),
+                             "--model", str(model_path), "--out", str(out), "--batch", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(64), "")), daemon=True)
     reader.start()
@@ -601,7 +606,8 @@ def test_a_camera_whose_decoder_aborts_fails_alone(tmp_path, model, capfd) -> No
     other two are scored and reported in full, the dead one keeps the frames it gave and fails in one line, exit 3."""
     from crashing_source import AbortingSource
 
-    sources = parse_sources([f"a={write_video(tmp_path / 'a.avi', {1}, 6)}", f"c={write_video(tmp_path / 'c.avi', {2}, 5)}"])
+    sources = parse_sources([f"a={write_video(tmp_path / 'a.avi', {1}, 6)}",
+                             f"c={write_video(tmp_path / 'c.avi', {2}, 5)}"])
     sources.insert(1, AbortingSource("b", str(tmp_path / "b.avi"), good=2))
     result = run_scan(sources, model, tmp_path / "out", ScanOptions(**QUIET))
     assert result.exit_code == 3 and not result.interrupted

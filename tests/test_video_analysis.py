@@ -43,7 +43,8 @@ def scene() -> np.ndarray:
     image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     for _ in range(12):
         x, y = rng.integers(0, 600), rng.integers(0, 440)
-        cv2.rectangle(image, (int(x), int(y)), (int(x) + 40, int(y) + 30), [int(v) for v in rng.integers(0, 255, 3)], -1)
+        cv2.rectangle(image, (int(x), int(y)), (int(x) + 40, int(y) + 30), [int(v) for v in rng.integers(0, 255, 3)],
+                      -1)
     return image
 
 
@@ -71,8 +72,8 @@ def test_shake_readout_is_estimated_and_its_twin_reads_near_zero(scene, analysis
     rows, readout = analyze(frames, FPS, analysis)
     assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
     assert readout["ci_ms"][0] <= readout["ms"] <= readout["ci_ms"][1] and readout["evidence_frames"] >= 20
-    big = [r for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0]
-    small = [r for r, t in zip(rows, truth) if t["rs_shear_px"] < 0.5]
+    big = [r for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] >= 2.0]
+    small = [r for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] < 0.5]
     assert big and np.mean([r["flag"] for r in big]) >= 0.8
     assert not any(r["flag"] for r in small)
     twin, _ = camera_clip(scene, SHAKE, 24.0, "global")
@@ -85,11 +86,12 @@ def test_pan_shear_in_px_when_the_readout_is_told(scene, analysis):
     frames, truth = camera_clip(scene, PAN, 30.0, "rolling")
     rows, readout = analyze(frames, FPS, analysis, readout_ms=30.0)
     assert readout == {"ms": 30.0, "ci_ms": [30.0, 30.0], "source": "configured", "evidence_frames": 0}
-    errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in zip(rows, truth) if t["rs_shear_px"] >= 1.0]
+    errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in zip(rows, truth, strict=True)
+              if t["rs_shear_px"] >= 1.0]
     assert len(errors) >= 10 and np.median(errors) <= 1.0
-    held = [r for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0]
+    held = [r for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] >= 2.0]
     assert all(r["flag"] and r["evidence"] == "camera-shear" for r in held)
-    moving = [(r["motion_px"], t["motion_px"]) for r, t in zip(rows, truth) if t["motion_px"] >= 4]
+    moving = [(r["motion_px"], t["motion_px"]) for r, t in zip(rows, truth, strict=True) if t["motion_px"] >= 4]
     assert np.median([abs(a - b) for a, b in moving]) <= 1.0
 
 
@@ -109,7 +111,10 @@ def test_a_mover_is_sheared_by_speed_times_readout_times_height(scene, analysis)
     cv2.rectangle(image, (300, 140), (360, 340), (30, 200, 60), -1)
     cv2.circle(image, (330, 200), 15, (200, 30, 30), -1)
     alpha = person_mask(image, polygon)
-    walk = lambda t: (8.0 * (np.asarray(t) - FRAMES / 2), 0.0 * np.asarray(t))
+
+    def walk(t):
+        return 8.0 * (np.asarray(t) - FRAMES / 2), 0.0 * np.asarray(t)
+
     out = {}
     for shutter in ("rolling", "global"):
         frames, truth = render_person(image, alpha, walk, FRAMES, 0.75, shutter, box)
@@ -117,7 +122,7 @@ def test_a_mover_is_sheared_by_speed_times_readout_times_height(scene, analysis)
         rows, _ = analyze(frames, FPS, analysis, **told)
         out[shutter] = (rows, truth)
     rows, truth = out["rolling"]
-    visible = [(r, t) for r, t in zip(rows, truth) if t["rs_shear_px"] >= 2.0 and r["movers"]]
+    visible = [(r, t) for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] >= 2.0 and r["movers"]]
     assert len(visible) >= 10
     assert np.median([abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in visible]) <= 1.5
     assert np.mean([r["flag"] for r, _ in visible]) >= 0.8
@@ -229,13 +234,14 @@ def test_unrolling_undoes_a_pans_measured_shear(scene, analysis):
 @pytest.mark.parametrize("override, message", [
     ({"clips": {"readout_ms": [33, 6]}}, r"^video\.clips\.readout_ms: range \[33\.0, 6\.0\] has min > max$"),
     ({"analysis": {"bands": 2}}, r"^video\.analysis\.bands: Input should be greater than or equal to 3$"),
-    ({"analysis": {"flow_preset": "slow"}}, r"^video\.analysis\.flow_preset: Input should be 'ultrafast', 'fast' or 'medium'$"),
+    ({"analysis": {"flow_preset": "slow"}},
+     r"^video\.analysis\.flow_preset: Input should be 'ultrafast', 'fast' or 'medium'$"),
     ({"analysis": {"max_ci_frames": "wide"}}, r"^video\.analysis\.max_ci_frames: Input should be a valid number$"),
 ])
 def test_bad_video_params_are_one_line(override, message):
-    from conftest import params_raw
-
     from rsdetect.config import ConfigError, parse_params
+
+    from conftest import params_raw
 
     with pytest.raises(ConfigError, match=message):
         parse_params(params_raw({"video": override}))

@@ -136,8 +136,8 @@ def test_sigterm_stops_the_tasks_and_completes_the_reports(tmp_path, dask_client
 
 def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colour_tflite, capsys, monkeypatch) -> None:
     video = write_video(tmp_path / "v.avi", {1, 2}, 6)
-    cli.main(["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"), "--metrics-port", "0",
-              "--scheduler", dask_client.scheduler.address])
+    cli.main(["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "out"),
+              "--metrics-port", "0", "--scheduler", dask_client.scheduler.address])
     assert "6 frames from 1 cameras, 2 flagged" in capsys.readouterr().out
     assert [r["frame_index"] for r in rows(tmp_path / "out") if r["flag"]] == [1, 2]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -148,7 +148,8 @@ def test_cli_usage_errors_and_an_existing_scheduler(tmp_path, dask_client, colou
 
     monkeypatch.setattr("rsdetect.serve.loaders.load_model", no_loading)
     monkeypatch.setattr("rsdetect.serve.shard.open_client", no_loading)
-    base = ["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"), "--metrics-port", "0"]
+    base = ["watch", "--model-only", str(video), "--model", str(colour_tflite), "--out", str(tmp_path / "x"),
+            "--metrics-port", "0"]
     assert "--workers must be >= 1" in one_line_error(capsys, [*base, "--workers", "0"])
     assert "not both" in one_line_error(capsys, [*base, "--workers", "2", "--scheduler", dask_client.scheduler.address])
     assert not (tmp_path / "x").exists()

@@ -45,8 +45,10 @@ def _check_photos(args: argparse.Namespace) -> None:
                      params.seed, params.synthesize, args.pairs)
     write_json(args.out, r)
     m = r["pairs_metrics"]
-    print(f"check-photos: {r['photos']} held-out photos ({r['skipped']} unreadable), {r['pairs']} pairs: ROC AUC {m['roc_auc']:.3f}, "
-          f"recall {m['recall']:.2f} / precision {m['precision']:.2f} at threshold {threshold:.3f}; ordinary photos flagged "
+    print(f"check-photos: {r['photos']} held-out photos ({r['skipped']} unreadable), {r['pairs']} pairs: "
+          f"ROC AUC {m['roc_auc']:.3f}, "
+          f"recall {m['recall']:.2f} / precision {m['precision']:.2f} at threshold {threshold:.3f}; "
+          f"ordinary photos flagged "
           f"{r['ordinary_photos_flagged']:.1%} (whole frames), twins flagged {r['twins_flagged']:.1%}; "
           f"{r['excluded']} photos excluded, {len(r['skipped_entries'])} entries refused; details in {args.out}")
 
@@ -66,11 +68,13 @@ def _check_footage(args: argparse.Namespace) -> None:
             print(f"check-footage: {name}: {e['errors'][-1]}", file=sys.stderr)
             continue
         r = e["readout"] or {}
-        readout = "unknown" if r.get("ms") is None else f"{r['ms']:.1f} ms ({r['source']}, {r['evidence_frames']} frames)"
+        readout = ("unknown" if r.get("ms") is None
+                   else f"{r['ms']:.1f} ms ({r['source']}, {r['evidence_frames']} frames)")
         print(f"check-footage: {name}: {e['frames']} frames at {e['fps']} fps, flagged {e['flag_rate']:.1%}, static "
               f"{e['static_rate']:.1%}, flagged without motion {e['flagged_without_motion']}, readout {readout}, "
               f"{e['frames_per_s']} frames/s")
-    print(f"check-footage: {report['totals']['videos']} videos, {report['totals']['failed']} failed; details in {args.out}")
+    print(f"check-footage: {report['totals']['videos']} videos, {report['totals']['failed']} failed; "
+          f"details in {args.out}")
     if report["totals"]["failed"]:
         sys.exit(3)
 
@@ -171,7 +175,8 @@ def _watch(args: argparse.Namespace) -> None:
     metrics = WatchMetrics()
     try:
         # SIGTERM while the model loads stops the watch before it starts: lock released, nothing written.
-        with StopSignals("watch"), watch_claim(args.out) as lock, MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
+        with StopSignals("watch"), watch_claim(args.out) as lock, \
+                MetricsServer(metrics, args.metrics_host, args.metrics_port) as server:
             print(f"watch: metrics on {server.url}", file=sys.stderr, flush=True)
             if not sharded:
                 model = load_model(args.model)
@@ -187,7 +192,8 @@ def _watch(args: argparse.Namespace) -> None:
         return
     t = result.summary["totals"]
     rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
-    print(f"watch ({result.stopped_by}): {t['frames_scored']} frames from {t['cameras']} cameras, {t['flagged']} flagged "
+    print(f"watch ({result.stopped_by}): {t['frames_scored']} frames from {t['cameras']} cameras, "
+          f"{t['flagged']} flagged "
           f"({rate}), {t['reconnects']} reconnects, {t['frames_dropped']} dropped; reports in {result.out_dir}")
 
 
@@ -217,7 +223,8 @@ def sources_of(args: argparse.Namespace) -> list:
     """The Sources of a scan/watch/check-footage command line, sensors checked (one line each when wrong)."""
     from rsdetect.serve.sources import check_sensor, parse_sources
 
-    return parse_sources(args.sources, args.cameras, check_sensor(args.readout_ms, args.shutter, "--readout-ms/--shutter"))
+    return parse_sources(args.sources, args.cameras,
+                         check_sensor(args.readout_ms, args.shutter, "--readout-ms/--shutter"))
 
 
 def _explain_and_shard_args(p: argparse.ArgumentParser, verb: str) -> None:
@@ -279,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
     rate.add_argument("--fps", type=float, default=None, metavar="F",
                       help="score about F frames per second of video (image folders: use --every)")
-    sc.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, and tiles per model call (default 16)")
+    sc.add_argument("--batch", type=int, default=16, metavar="B",
+                    help="frames per step, and tiles per model call (default 16)")
     sc.add_argument("--smooth", type=int, default=1, metavar="K",
                     help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
     sc.add_argument("--threshold", type=float, default=None, metavar="T",
@@ -300,16 +308,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default="watch-out", help="report folder, updated in place (default: watch-out)")
     wrate = w.add_mutually_exclusive_group()
     wrate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
-    wrate.add_argument("--fps", type=float, default=None, metavar="F", help="score about F frames per second per camera")
+    wrate.add_argument("--fps", type=float, default=None, metavar="F",
+                       help="score about F frames per second per camera")
     w.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, across cameras (default 16)")
     w.add_argument("--smooth", type=int, default=1, metavar="K", help="flag on the rolling mean of the last K scores")
     w.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
     w.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics endpoint (0.0.0.0: all)")
-    w.add_argument("--metrics-port", type=int, default=9109, metavar="PORT", help="its port (0: any free one; default 9109)")
+    w.add_argument("--metrics-port", type=int, default=9109, metavar="PORT",
+                   help="its port (0: any free one; default 9109)")
     w.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                    help="a stream with no frame for S seconds is reconnected (default 10)")
-    w.add_argument("--reconnect-initial", type=float, default=1.0, metavar="S", help="first reconnect delay (default 1)")
+    w.add_argument("--reconnect-initial", type=float, default=1.0, metavar="S",
+                   help="first reconnect delay (default 1)")
     w.add_argument("--reconnect-max", type=float, default=60.0, metavar="S",
                    help="longest reconnect delay; delays double up to it (default 60)")
     w.add_argument("--rotate-rows", type=int, default=100_000, metavar="N", help="rotate frames.jsonl/csv after N rows")

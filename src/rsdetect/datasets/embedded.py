@@ -106,9 +106,11 @@ def merge_datasets(parts: list[tuple[str | Path, str, int]], out: str | Path) ->
         coco = load_instances(folder / "instances.json")
         for c in coco.get("categories") or []:  # COCO's own ids (person = 1 in both parts)
             if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)):
-                raise RsdetectError(f"{folder / 'instances.json'}: a category needs an integer id and a name, got {c!r:.80}")
+                raise RsdetectError(f"{folder / 'instances.json'}: a category needs an integer id and a name, "
+                                    f"got {c!r:.80}")
             if categories.setdefault(c["id"], c)["name"] != c["name"]:
-                raise RsdetectError(f"{folder}: category id {c['id']} is {c['name']!r} here but {categories[c['id']]['name']!r} elsewhere")
+                raise RsdetectError(f"{folder}: category id {c['id']} is {c['name']!r} here "
+                                    f"but {categories[c['id']]['name']!r} elsewhere")
         checked = checked_instances(folder / "instances.json")
         skipped_images += [{**s, "part": prefix} for s in checked.skipped_images]
         valid = {im["id"] for im in checked.images}

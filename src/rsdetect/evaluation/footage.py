@@ -18,6 +18,8 @@ from rsdetect.config import VideoAnalysisParams
 from rsdetect.serve.decoder import ReadRequest, decoded_frames
 from rsdetect.serve.sources import Sensor, SourceError, parse_sources
 
+NO_SENSOR = Sensor()  # nothing told of the sensor (Sensor is frozen: one shared default is safe)
+
 
 def check_video(source, analysis: VideoAnalysisParams, max_frames: int | None = None) -> dict[str, Any]:
     """One camera's entry (see the module docstring)."""
@@ -54,7 +56,7 @@ def check_video(source, analysis: VideoAnalysisParams, max_frames: int | None = 
     return entry
 
 
-def check_footage(videos: list[str], analysis: VideoAnalysisParams, sensor: Sensor = Sensor(),
+def check_footage(videos: list[str], analysis: VideoAnalysisParams, sensor: Sensor = NO_SENSOR,
                   max_frames: int | None = None) -> dict[str, Any]:
     """Every video's entry and the totals (videos, failed)."""
     entries = {s.camera: check_video(s, analysis, max_frames) for s in parse_sources(videos, None, sensor)}

@@ -60,7 +60,8 @@ def excluded_ids(path: Path) -> set:
     return {im.get("id") for im in data["images"] if isinstance(im, dict)}
 
 
-def held_out_photos(folders: list[str | Path], exclude: list[str | Path], base: str | Path | None = None) -> HeldOutPhotos:
+def held_out_photos(folders: list[str | Path], exclude: list[str | Path],
+                    base: str | Path | None = None) -> HeldOutPhotos:
     """(image path, image entry, person annotations) of every photo in `folders` whose COCO id is in no
     `exclude` instances file; relative `exclude` paths missing from the working folder are looked up under `base`
     (the project folder: the default --exclude is relative to it). Entries left out are counted on the result."""

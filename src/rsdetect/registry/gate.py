@@ -28,7 +28,8 @@ from rsdetect.threshold import resolve_threshold
 SCORE_TIE = 1e-9  # scores closer than this are a tie: the champion stays
 
 
-def test_set_score(predict: Any, threshold: float, metric: str, test_paths: list[str], test_labels: np.ndarray) -> float:
+def test_set_score(predict: Any, threshold: float, metric: str, test_paths: list[str],
+                   test_labels: np.ndarray) -> float:
     """`metric` of a pyfunc's predict (champion from the registry, or candidate via RsDetector.from_keras) on the
     test images: the one scoring both sides of the gate go through, so neither side's figure is taken on trust."""
     import pandas as pd
@@ -40,7 +41,8 @@ def test_set_score(predict: Any, threshold: float, metric: str, test_paths: list
     return float(binary_metrics(test_labels, prob, threshold)[metric])
 
 
-def champion_score(name: str, alias: str, metric: str, test_paths: list[str], test_labels: np.ndarray) -> tuple[str | None, float | None]:
+def champion_score(name: str, alias: str, metric: str, test_paths: list[str],
+                   test_labels: np.ndarray) -> tuple[str | None, float | None]:
     """The current champion's version and its `metric` on *this* test set (re-scored, so the comparison is fair)."""
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -186,12 +188,14 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
         version = existing[0].version
     else:
         with mlflow.start_run(run_name=f"register-{tags.get('git_commit', 'nogit')[:8]}", tags=run_tags()):
-            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)})
+            mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and np.isfinite(v)})
             mlflow.log_params({"threshold": threshold, "image_size": image_size})
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
                 model_config={"threshold": threshold, "image_size": image_size}, registered_model_name=name,
-                pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1", "opencv-python-headless==5.0.0.93"])
+                pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1",
+                                  "opencv-python-headless==5.0.0.93"])
         version = str(info.registered_model_version)
         all_tags = {**tags, "identity": identity, "threshold": f"{threshold:.6f}",
                     **{f"test_{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -203,7 +207,8 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version
     return {"model_name": name, "version": str(version), "alias": alias, "champion_version": str(current),
-            "promoted": bool(promote), "already_registered": bool(existing), "candidate_score": score, "previous_champion_version": None if champ_version is None else str(champ_version),
+            "promoted": bool(promote), "already_registered": bool(existing), "candidate_score": score,
+            "previous_champion_version": None if champ_version is None else str(champ_version),
             "previous_champion_score": champ_score, "metric": metric, "uri": f"models:/{name}@{alias}",
             "tracking_uri": tracking_uri()}
 
@@ -215,11 +220,13 @@ def register_summary(result: dict) -> str:
     if result.get("already_registered"):
         head = f"{name} version {version} is already registered"
         if champion == str(version):
-            return f"{head} and {'now' if result['promoted'] and result['previous_champion_version'] != champion else 'already'} {alias}"
+            now = result["promoted"] and result["previous_champion_version"] != champion
+            return f"{head} and {'now' if now else 'already'} {alias}"
         return f"{head}; {'now' if result['promoted'] else 'not'} {alias} ({alias} is version {champion})"
     if result["promoted"]:
         return f"{name} version {version} registered and now {alias}"
-    return f"{name} version {version} registered; not {alias} ({alias} is version {champion}; this one does not beat it on {result['metric']})"
+    return (f"{name} version {version} registered; not {alias} ({alias} is version {champion}; "
+            f"this one does not beat it on {result['metric']})")
 
 
 def register_from_outputs(params_path: str, model_path: str, evaluation_path: str, manifest_path: str,

@@ -25,7 +25,8 @@ def decode_frame(item: Any) -> np.ndarray:
             raise RsdetectError("input image is not valid base64") from None
     if isinstance(item, (bytes, bytearray)):
         return decode(item, "input image")
-    raise RsdetectError(f"unsupported image input of type {type(item).__name__} (give RGB uint8 arrays or encoded bytes)")
+    raise RsdetectError(f"unsupported image input of type {type(item).__name__} "
+                        "(give RGB uint8 arrays or encoded bytes)")
 
 
 def iter_frames(model_input: Any) -> Iterator[np.ndarray]:

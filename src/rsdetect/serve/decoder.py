@@ -8,8 +8,8 @@ It also moves decoding onto the second core.
 
 The decoder process reads `Source.frames` (the very code an in-process read runs) and writes each frame into a ring of
 SLOTS shared-memory slots, announcing it over a pipe; the reader copies it out and hands the slot back. The slots
-are the back-pressure: the decoder runs at most SLOTS frames ahead of its reader. Processes come from a forkserver that has imported only
-this module's needs (no TensorFlow, no threads), so each camera's process starts in milliseconds.
+are the back-pressure: the decoder runs at most SLOTS frames ahead of its reader. Processes come from a forkserver
+that has imported only this module's needs (no TensorFlow, no threads), so each camera's process starts in milliseconds.
 
 Where the caller is itself a daemonic process (a Dask worker: `--workers`), Python allows it no children; there the
 frames are read in-process, and the worker process is the isolation (a dead worker costs its cameras only).
@@ -20,11 +20,11 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import signal
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class ReadRequest:
     max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # this process's decode limit, handed on
 
 
-Decoded = tuple[int, Optional[float], np.ndarray, Optional[Evidence]]  # a frame and its evidence (None: a still)
+Decoded = tuple[int, float | None, np.ndarray, Evidence | None]  # a frame and its evidence (None: a still)
 OnReadout = Callable[[dict[str, Any]], None]  # hears a camera's readout {ms, ci_ms, source, evidence_frames}
 
 

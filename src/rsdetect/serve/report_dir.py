@@ -65,7 +65,8 @@ def check_report_dir(path: str | os.PathLike, is_report: Callable[[str], bool], 
         foreign = sorted(p.name for p in path.iterdir() if not is_report(p.name))
         if foreign:
             raise RsdetectError(f"{flag} {path}: holds files that are not rsdetect reports ({foreign[0]}"
-                                f"{', ...' if len(foreign) > 1 else ''}); give a new or empty folder, or an earlier report folder")
+                                f"{', ...' if len(foreign) > 1 else ''}); "
+                                "give a new or empty folder, or an earlier report folder")
     return path
 
 

@@ -62,7 +62,8 @@ def file_stems(cameras: Iterable[str]) -> dict[str, str]:
     disk) or where the name had to be cut short."""
     cameras = list(cameras)
     safe = {c: safe_name(c) for c in cameras}
-    safe = {c: s if len(s) <= MAX_STEM else f"{s[:MAX_STEM - _HASH_CHARS - 1]}-{_name_hash(c)}" for c, s in safe.items()}
+    safe = {c: s if len(s) <= MAX_STEM else f"{s[:MAX_STEM - _HASH_CHARS - 1]}-{_name_hash(c)}"
+            for c, s in safe.items()}
     counts: dict[str, int] = {}
     for s in safe.values():
         counts[s.lower()] = counts.get(s.lower(), 0) + 1

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -106,7 +106,7 @@ def claim(out_dir: str | os.PathLike) -> OutputLock:
 
 # ---------------------------------------------------------------- scanning
 
-TiledItem = tuple[Decoded, Optional[tuple[np.ndarray, list[Box]]]]  # a frame and, for a still, its to_tiles
+TiledItem = tuple[Decoded, tuple[np.ndarray, list[Box]] | None]  # a frame and, for a still, its to_tiles
 
 
 def _score_batch(batch: list[TiledItem], state: CameraState, model: LoadedModel, emit: Callable[[Row], None],
@@ -162,8 +162,8 @@ def _annotate(state: CameraState, stage: Path, rel: str, threshold: float, max_f
     """Write a camera's annotated video into the staging folder; False if its file vanished since scoring."""
     hit_cap = max_frames is not None and state.stats.scored >= max_frames
     try:
-        annotate_video(state.source.spec, state.scores, threshold, stage / rel, state.scores[-1][0] if hit_cap else None,
-                       explain)
+        annotate_video(state.source.spec, state.scores, threshold, stage / rel,
+                       state.scores[-1][0] if hit_cap else None, explain)
         return True
     except SourceError as exc:  # the file vanished between the passes: the scores still stand
         tqdm.write(f"scan: {state.source.camera}: not annotated: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -171,11 +171,11 @@ def camera_readout(source: Source, measured: dict[str, Any] | None) -> dict[str,
             "evidence_frames": 0}
 
 
-Item = tuple[CameraState, tuple[int, Optional[float], np.ndarray, Optional[dict[str, Any]]]]  # a state and a Decoded
+Item = tuple[CameraState, tuple[int, float | None, np.ndarray, dict[str, Any] | None]]  # a state and a Decoded
 
 
 def score_items(items: list[Item], model: LoadedModel, tiles_per_call: int,
-                tiled: list[Optional[tuple[np.ndarray, list[Box]]]] | None = None) -> list[Row]:
+                tiled: list[tuple[np.ndarray, list[Box]] | None] | None = None) -> list[Row]:
     """Score frames, of one camera or several, together, each added to its camera's state; one row per frame, in
     order. A video frame with evidence is scored by it (rsdetect.video: motion x readout, in native px); a still by
     the model, whole (S x S tiles at the training scale, the max over them; preprocess.score_tiled).

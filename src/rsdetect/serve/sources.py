@@ -257,7 +257,8 @@ def resolve_source(camera: str, spec: str) -> Source:
 
 def image_frames(paths: tuple[str, ...] | list[str], on_error: OnError, every: int = 1,
                  max_frames: int | None = None) -> Iterator[FrameItem]:
-    """Decode images in order (frame_index = position in `paths`); a corrupt one is reported via on_error and skipped."""
+    """Decode images in order (frame_index = position in `paths`); a corrupt one is reported via on_error and
+    skipped."""
     kept = 0
     for index, path in enumerate(paths):
         if index % every or (max_frames is not None and kept >= max_frames):
@@ -365,7 +366,8 @@ def frame_rate_check(spec: str, native: float, total: int | None, period: float,
     count = None if total is None else round(total * actual / native)
     (on_note or note_to_stderr)(f"{redact(spec)}: its container says {native:g} frames/s"
                                 f"{'' if total is None else f' and {total} frames'}, its time stamps {actual:g} "
-                                f"frames/s: read at {actual:g} frames/s" + ("" if count is None else f", {count} frames"))
+                                f"frames/s: read at {actual:g} frames/s"
+                                + ("" if count is None else f", {count} frames"))
     return actual, count
 
 

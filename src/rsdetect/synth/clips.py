@@ -27,6 +27,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from rsdetect.config import VideoClipParams
+from rsdetect.errors import RsdetectError
 from rsdetect.shutter import fill_person_hole, move_person, shear_extent, warp_rows
 
 CLIP_KINDS = ("vibration", "pan", "person", "static")
@@ -91,7 +92,10 @@ def degrade(frame: np.ndarray, rng: np.random.Generator, noise_sigma: float, jpe
     """Sensor noise and a JPEG round trip: real footage is never noiseless."""
     noisy = np.clip(frame + rng.normal(0, noise_sigma, frame.shape), 0, 255).astype(np.uint8)
     _, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise RsdetectError("video clips: a frame's own JPEG does not decode")
+    return decoded
 
 
 def crop_box(image: np.ndarray, fraction: float) -> tuple[int, int, int, int]:
@@ -199,7 +203,8 @@ def render_twins(image: np.ndarray, kind: str, rng: np.random.Generator, p: Vide
     trajectory, drawn = draw_trajectory(kind, rng, p, fps, box, image.shape)
     alpha = None
     if kind == "person":
-        polygons = usable_person(anns or [], *image.shape[:2], p.min_person_area)
+        height, width = image.shape[:2]
+        polygons = usable_person(anns or [], height, width, p.min_person_area)
         if polygons is None:
             raise ValueError("no person of at least video.clips.min_person_area")
         alpha = person_mask(image, polygons)
@@ -212,7 +217,7 @@ def render_twins(image: np.ndarray, kind: str, rng: np.random.Generator, p: Vide
         else:
             frames, truth = render_camera(image, trajectory, p.frames, r, shutter, box)
         frame_rng = np.random.default_rng(noise_seed)  # the twin gets the same noise, frame by frame
-        frames = [degrade(f, frame_rng, s, q) for f, (s, q) in zip(frames, noise)]
+        frames = [degrade(f, frame_rng, s, q) for f, (s, q) in zip(frames, noise, strict=True)]
         if shutter == "global":
             truth = [{**t, "rs_shear_px": 0.0} for t in truth]
         clips.append(Clip(kind, shutter, fps, readout_ms, frames, truth, drawn))

@@ -8,10 +8,10 @@
   error from the camera's own band noise (median RMS residual about the per-frame line over its moving frames): a
   z statistic normalised per camera. A rolling shutter under changing motion leaves one; a global shutter does not.
 - `probability`: a logistic of rs_shear_px around flag_shear_px where a readout exists (evidence "camera-shear" or
-  "mover-shear", whichever is larger; "no-shear" where something moves but neither shears), else, for frames where the camera moves, half a logistic of row_dependence around row_z_flag
-  ("row-dependence": it ranks frames, never flags one); 0 for movers alone, whose shear cannot be told without
-  a readout ("no-readout"); a frame
-  where nothing moves is 0 ("static"). `flag` = probability >= 0.5.
+  "mover-shear", whichever is larger; "no-shear" where something moves but neither shears), else, for frames where
+  the camera moves, half a logistic of row_dependence around row_z_flag ("row-dependence": it ranks frames, never
+  flags one); 0 for movers alone, whose shear cannot be told without a readout ("no-readout"); a frame where nothing
+  moves is 0 ("static"). `flag` = probability >= 0.5.
 """
 from __future__ import annotations
 

@@ -24,11 +24,12 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 
-OPEN_KERNEL = np.ones((3, 3), np.uint8)
-REGION_SPEED_QUANTILE = 0.9  # a flat 60x200 px box at 8 px/frame: its tall edge regions read 2.7-5.0 by the median, 5.7-7.3 by this
+OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outliers before regions are counted
+# a flat 60x200 px box at 8 px/frame: its tall edge regions read 2.7-5.0 by the median, 5.7-7.3 by this
+REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-STAT_STEP = 2  # bands and regions from every 2nd flow pixel each way: 4x less work, the same medians  # opening removes isolated flow outliers before regions are counted
+STAT_STEP = 2  # bands and regions from every 2nd flow pixel each way: 4x less work, the same medians
 
 
 @dataclass
@@ -65,6 +66,14 @@ def masked_median(values: np.ndarray, off: np.ndarray) -> np.ndarray:
     return np.where((count > 0)[:, None], (lo + hi) / 2, np.nan)
 
 
+def dense_flow(dis: cv2.DISOpticalFlow, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """DIS flow from prev to cur (h, w, 2), allocated by OpenCV."""
+    # No typed call exists: OpenCV's stubs make calc's output `flow` a required array, but its bindings take None
+    # for any output (allocate it), and a preallocated array is not the same call: DIS reads what is in it (NaN
+    # there crashed OpenCV 5.0).
+    return dis.calc(prev, cur, None)  # type: ignore[call-overload]
+
+
 class MotionMeter:
     """Measures each pushed frame against the previous one; bounded memory (one small grey frame)."""
 
@@ -73,8 +82,9 @@ class MotionMeter:
         self.prev: np.ndarray | None = None
         self.index = -1
         self.scale = 1.0
-        self.dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[p.flow_preset])
-        self.quick = self.dis if p.quick_preset == p.flow_preset else cv2.DISOpticalFlow_create(FLOW_PRESETS[p.quick_preset])
+        self.dis = cv2.DISOpticalFlow.create(FLOW_PRESETS[p.flow_preset])
+        self.quick = (self.dis if p.quick_preset == p.flow_preset
+                      else cv2.DISOpticalFlow.create(FLOW_PRESETS[p.quick_preset]))
 
     def small(self, frame: np.ndarray) -> np.ndarray:
         grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
@@ -93,10 +103,10 @@ class MotionMeter:
                                                  cv2.THRESH_BINARY)[1])
         if changed <= self.p.static_fraction * cur.size:
             return FrameMotion(self.index, static=True)
-        first = self.measure(self.quick.calc(prev, cur, None))
+        first = self.measure(dense_flow(self.quick, prev, cur))
         if not first.camera_moving or self.quick is self.dis:
             return first
-        return self.measure(self.dis.calc(prev, cur, None))  # the camera moves: its row dependence needs precision
+        return self.measure(dense_flow(self.dis, prev, cur))  # the camera moves: its row dependence needs precision
 
     def measure(self, flow: np.ndarray) -> FrameMotion:
         """Band medians of the flow (working px), movers left out, and the moving regions, both on every

@@ -152,7 +152,8 @@ class WatchRecord:
     def ended(self) -> str:
         """Why a watch whose sources all ended stopped."""
         cap = self.options.max_frames
-        return "max-frames" if cap is not None and all(s.scored >= cap for s in self.stats.values()) else "sources ended"
+        capped = cap is not None and all(s.scored >= cap for s in self.stats.values())
+        return "max-frames" if capped else "sources ended"
 
     def summary(self, stopped_by: str | None, health: dict[str, dict[str, Any]],
                 worst: dict[str, list[tuple[float, int, np.ndarray]]]) -> dict[str, Any]:
@@ -291,8 +292,9 @@ def watch_session(out_dir: str | Path, options: WatchOptions, lock: OutputLock |
             raise ValueError(f"lock is not a held claim on {out}")
         # No exception into the middle of a write: a signal sets `stop`; readers end, queued frames are scored.
         signals = stack.enter_context(StopSignals("watch", interrupt=False))
-        yield stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds, options.keep_rotated)), \
-            signals.stop, signals.said
+        reports = stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds,
+                                                   options.keep_rotated))
+        yield reports, signals.stop, signals.said
 
 
 def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, options: WatchOptions,

@@ -191,7 +191,8 @@ class WatchReports(Closing):
         """summary.json (and the chart) replaced atomically; then the worst frames it no longer names go."""
         write_json(self.folder / "summary.json", summary)
         if chart:
-            atomic_write_bytes(self.folder / "flagged_rate.png", flagged_rate_chart(summary["cameras"], threshold, smooth))
+            atomic_write_bytes(self.folder / "flagged_rate.png",
+                               flagged_rate_chart(summary["cameras"], threshold, smooth))
         self.worst.prune()
 
     def close(self) -> None:

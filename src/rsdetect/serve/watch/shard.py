@@ -6,8 +6,8 @@ their reconnects, backoff and stall timeout; the worker's cached model, rsdetect
 score_items) and streams small messages back through a distributed.Queue: the rows as scored, its cameras'
 health at least every HEALTH_S, their worst frames when they change (at most once a summary interval), and what
 the Explainer copy counted. This process turns them into the same metrics and reports a single-process watch
-keeps (rsdetect.serve.watch.loop.WatchRecord), serves /metrics, and stops the tasks through a StopFlag on SIGTERM, Ctrl-C,
---duration; a watch whose tasks have all ended (files, --max-frames) stops by itself.
+keeps (rsdetect.serve.watch.loop.WatchRecord), serves /metrics, and stops the tasks through a StopFlag on SIGTERM,
+Ctrl-C, --duration; a watch whose tasks have all ended (files, --max-frames) stops by itself.
 
 A worker that dies: Dask runs its task again on another worker (a camera then starts again: a file from its
 first frame, a stream from now; counted as a read error); a task that killed `allowed-failures` workers leaves its
@@ -203,7 +203,7 @@ def run_sharded_watch(client: Any, spec: str, sources: list[Source], model: Load
         futures = [client.submit(watch_group, group, flag, spec, options, record.threshold, explain, queue.name,
                                  record.started_unix, key=f"watch-{i}-{token}", pure=False, workers=[slot],
                                  allow_other_workers=True)
-                   for i, (group, slot) in enumerate(zip(groups, slots))]
+                   for i, (group, slot) in enumerate(zip(groups, slots, strict=False))]
         settled: set[int] = set()
 
         def drain() -> bool:
