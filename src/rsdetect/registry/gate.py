@@ -123,6 +123,20 @@ def gate_lock(client, name: str) -> Iterator[None]:
         client.delete_registered_model(lock)
 
 
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Logger `name` says only errors inside the block."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 HOLDER = re.compile(r"^(\S+) pid (\d+) since ")  # gate_lock's description of its holder
 
 
@@ -191,11 +205,14 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
             mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items()
                                 if isinstance(v, (int, float)) and np.isfinite(v)})
             mlflow.log_params({"threshold": threshold, "image_size": image_size})
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
-                model_config={"threshold": threshold, "image_size": image_size}, registered_model_name=name,
-                pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1",
-                                  "opencv-python-headless==5.0.0.93"])
+            # MLflow warns on every registration that a pickled pyfunc runs code when loaded: true, documented for
+            # users in docs/security.md (trusted registries only), and nothing a user of `register` can act on.
+            with quiet_logger("mlflow.pyfunc"):
+                info = mlflow.pyfunc.log_model(
+                    name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
+                    model_config={"threshold": threshold, "image_size": image_size}, registered_model_name=name,
+                    pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1",
+                                      "opencv-python-headless==5.0.0.93"])
         version = str(info.registered_model_version)
         all_tags = {**tags, "identity": identity, "threshold": f"{threshold:.6f}",
                     **{f"test_{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
