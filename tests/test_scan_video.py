@@ -222,3 +222,26 @@ def test_check_footage_reports_each_video_and_a_bad_one_in_one_line(tmp_path, ca
     assert broken["frames"] == 0 and len(broken["errors"]) == 1 and report["totals"] == {"videos": 2, "failed": 1}
     err = capsys.readouterr().err
     assert f"check-footage: broken: {tmp_path / 'broken.avi'}: cannot open" in err and "Traceback" not in err
+
+
+def test_worst_video_frames_get_the_measured_de_skew(tmp_path, model, analysis):
+    """A shaking camera's worst frames are handed to correction with the camera's measured per-row motion undone
+    (`deskew`: measured): each preview is closer to the global-shutter twin's frame than the frame itself."""
+    from rsdetect.serve.explain import Explainer
+
+    image = scene()
+    box = crop_box(image, 0.7)
+    rs, _ = render_camera(image, SHAKE, FRAMES, 24.0 * FPS / 1000, "rolling", box)
+    gs, _ = render_camera(image, SHAKE, FRAMES, 24.0 * FPS / 1000, "global", box)
+    write_clip(tmp_path / "shake.avi", SHAKE, 24.0, "rolling")
+    explain = Explainer(model.keras_model, model.image_size, model.kind, params_group("shear"))
+    result = run_scan(parse_sources([str(tmp_path / "shake.avi")], None, Sensor(readout_ms=24.0)), model,
+                      tmp_path / "out", ScanOptions(progress=False, analysis=analysis), explain=explain)
+    worst = result.summary["cameras"]["shake"]["worst_frames"]
+    assert len(worst) == 5 and all(w["deskew"] == "measured" for w in worst)
+    for w in worst:  # the frame as saved and its preview: both decoded, noisy and JPEG'd alike
+        frame, preview = (cv2.imread(str(tmp_path / "out" / w[key])).astype(float) for key in ("path", "deskew_path"))
+        twin = gs[w["frame_index"]].astype(float)
+        inner = (slice(20, -20), slice(20, -20))  # the rows' shift brings in border pixels
+        before, after = (np.abs(x - twin)[inner].mean() for x in (frame, preview))
+        assert after < before, (w["frame_index"], before, after)

@@ -62,6 +62,7 @@ class ReadRequest:
     max_frames: int | None = None
     timeout_ms: int | None = None
     analysis: VideoAnalysisParams | None = None
+    previews: int = 0  # worst frames per camera that get a measured de-skew preview (video/stream.py)
     max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # this process's decode limit, handed on
 
 
@@ -80,7 +81,8 @@ def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_no
         frames = source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
     if request.analysis is None or source.kind == "images":
         return ((index, ts, rgb, None) for index, ts, rgb in frames)
-    return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None))
+    return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None),
+                           request.previews)
 
 
 class _Ring:

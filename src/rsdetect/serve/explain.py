@@ -92,10 +92,13 @@ class Explainer:
         """The shear columns of a frame row: measured for flagged frames only (the hand-off to correction)."""
         return self.shear_fields(rgb) if flag else dict(NO_SHEAR)
 
-    def worst_extras(self, folder: Path, stem: str, rgb: np.ndarray) -> dict[str, Any]:
-        """Write worst/<stem>_cam.jpg (heatmap) and worst/<stem>_deskew.jpg beside a worst frame; its entry fields."""
+    def worst_extras(self, folder: Path, stem: str, rgb: np.ndarray,
+                     unrolled: np.ndarray | None = None) -> dict[str, Any]:
+        """Write worst/<stem>_cam.jpg (heatmap) and worst/<stem>_deskew.jpg beside a worst frame; its entry fields.
+        `unrolled`: the frame with its measured per-row motion undone (video evidence), preferred as the de-skew
+        (`deskew`: measured); else the shear estimate's (`deskew`: estimated)."""
         out: dict[str, Any] = {"cam_path": None, "cam_peak": None, "tile": None, **self.shear_fields(rgb),
-                               "deskew_path": None}
+                               "deskew_path": None, "deskew": None}
         cam = self.cam(rgb)
         if cam is None:
             self.counts["heatmaps_skipped"] += 1
@@ -105,10 +108,12 @@ class Explainer:
                 self.counts["heatmaps"] += 1
                 out.update(cam_path=rel, cam_peak=None if cam.peak is None else list(cam.peak),
                            tile=",".join(str(v) for v in cam.tile))
-        if out["shear_px"] is not None:
-            rel = f"worst/{stem}_deskew.jpg"
-            if write_jpeg(folder / rel, deskew(rgb, out["shear_px"])):
-                out["deskew_path"] = rel
+        rel = f"worst/{stem}_deskew.jpg"
+        if unrolled is not None:
+            if write_jpeg(folder / rel, unrolled):
+                out.update(deskew_path=rel, deskew="measured")
+        elif out["shear_px"] is not None and write_jpeg(folder / rel, deskew(rgb, out["shear_px"])):
+            out.update(deskew_path=rel, deskew="estimated")
         return out
 
     def video_overlay(self, bgr: np.ndarray, cam: FrameCam | None) -> np.ndarray:

@@ -107,17 +107,21 @@ def shear_columns(explain: Explainer | None, rgb: np.ndarray, flag: bool) -> dic
     return explain.frame_fields(rgb, flag) if explain is not None else dict(NO_SHEAR)
 
 
-def save_worst(folder: Path, stem: str, worst: list[tuple[float, int, np.ndarray]],
-               explain: Explainer | None = None) -> list[dict[str, Any]]:
+# A worst frame: (probability, frame_index, RGB frame, its measured de-skew preview or None)
+Worst = tuple[float, int, np.ndarray, np.ndarray | None]
+
+
+def save_worst(folder: Path, stem: str, worst: list[Worst], explain: Explainer | None = None) -> list[dict[str, Any]]:
     """Write a camera's worst frames as worst/<stem>_<frame>.jpg; their summary entries. With an Explainer, each
-    also gets its Grad-CAM heatmap (<stem>_<frame>_cam.jpg), shear estimate and de-skewed preview (_deskew.jpg)."""
+    also gets its Grad-CAM heatmap (<stem>_<frame>_cam.jpg), shear estimate and de-skewed preview (_deskew.jpg):
+    the measured one (the camera's per-row motion undone) where the video evidence made one, else the estimate's."""
     entries = []
-    for p, index, rgb in worst:
+    for p, index, rgb, unrolled in worst:
         rel = f"worst/{stem}_{index}.jpg"
         write_jpeg(folder / rel, rgb)
         entry = {"frame_index": index, "probability": round(p, 6), "path": rel}
         if explain is not None:
-            entry.update(explain.worst_extras(folder, f"{stem}_{index}", rgb))
+            entry.update(explain.worst_extras(folder, f"{stem}_{index}", rgb, unrolled))
         entries.append(entry)
     return entries
 

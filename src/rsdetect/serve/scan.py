@@ -38,7 +38,7 @@ from rsdetect.serve.reports import (
     save_worst,
     write_summary,
 )
-from rsdetect.serve.scoring import CameraState, Row, score_items
+from rsdetect.serve.scoring import WORST_PER_CAMERA, CameraState, Row, score_items
 from rsdetect.serve.signals import StopSignals, interrupt_exit_code, uninterrupted
 from rsdetect.serve.sources import Source, SourceError, read_ahead, redact
 from rsdetect.threshold import resolve_threshold
@@ -122,7 +122,8 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
     # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
     frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames,
-                                                             analysis=options.analysis, max_pixels=options.max_pixels),
+                                                             analysis=options.analysis, previews=WORST_PER_CAMERA,
+                                                             max_pixels=options.max_pixels),
                             on_note=state.note, on_readout=state.set_readout)
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).

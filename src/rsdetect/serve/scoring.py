@@ -17,7 +17,7 @@ from rsdetect.errors import RsdetectError
 from rsdetect.preprocess import Box, box_text, score_tiled, to_tiles
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
-from rsdetect.serve.reports import Score, shear_columns
+from rsdetect.serve.reports import Score, Worst, shear_columns
 from rsdetect.serve.sources import Source
 
 WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewed previews in the reports)
@@ -106,7 +106,7 @@ class CameraState:
     scores: list[Score] = field(default_factory=list)  # for annotation only
     readout: dict[str, Any] | None = None  # the camera's readout as its decoder measures it (video sources)
     _window: RollingMean = field(init=False)
-    _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb)
+    _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb, unrolled)
 
     def __post_init__(self) -> None:
         self._window = RollingMean(self.k)
@@ -137,7 +137,8 @@ class CameraState:
         self.stats.add(flag, time.time(), evidence is not None and evidence["evidence"] == "static")
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
-        item = (prob, -frame_index, frame_index, rgb)  # ties: the earlier frame ranks worse
+        # ties: the earlier frame ranks worse; a video frame's measured de-skew preview rides along (stream.py)
+        item = (prob, -frame_index, frame_index, rgb, None if evidence is None else evidence.get("unrolled"))
         if len(self._worst) < WORST_PER_CAMERA:
             heapq.heappush(self._worst, item)
         elif item[:2] > self._worst[0][:2]:
@@ -153,9 +154,10 @@ class CameraState:
         return {**self.stats.summary(), "readout": camera_readout(self.source, self.readout),
                 "failures": len(self.errors), "errors": list(self.errors), "notes": list(self.notes)}
 
-    def worst(self) -> list[tuple[float, int, np.ndarray]]:
-        """The highest-probability frames, worst first: (probability, frame_index, rgb)."""
-        return [(p, i, rgb) for p, _, i, rgb in sorted(self._worst, key=lambda t: t[:2], reverse=True)]
+    def worst(self) -> list[Worst]:
+        """The highest-probability frames, worst first: (probability, frame_index, rgb, measured de-skew or None)."""
+        return [(p, i, rgb, unrolled) for p, _, i, rgb, unrolled in sorted(self._worst, key=lambda t: t[:2],
+                                                                             reverse=True)]
 
 
 

@@ -9,6 +9,7 @@ frames it is given: from the first two time stamps, so `--every N` and `--fps F`
 """
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -24,18 +25,35 @@ AnalysedFrame = tuple[int, float | None, np.ndarray, Evidence | None]  # a Frame
 
 def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: VideoAnalysisParams,
                     readout_ms: float | None, shutter: str | None,
-                    on_readout: Callable[[dict[str, Any]], None]) -> Iterator[AnalysedFrame]:
+                    on_readout: Callable[[dict[str, Any]], None], previews: int = 0) -> Iterator[AnalysedFrame]:
     """`frames` with their evidence (see the module docstring); `on_readout` hears the camera's readout
-    ({ms, ci_ms, source, evidence_frames}) whenever it changes, and once at the end."""
+    ({ms, ci_ms, source, evidence_frames}) whenever it changes, and once at the end.
+
+    `previews`: the camera's worst frames (highest probability, ties to the earlier frame, as the scorer keeps them)
+    that the camera's own motion sheared get `unrolled` in their evidence: the frame with the measured per-row
+    motion undone (CameraAnalyzer.unrolled), the de-skewed preview for the correction step. Only here is that
+    motion known, so the preview is made here, for the `previews` frames that can still be among the worst."""
     pending: deque[tuple[int, float | None, np.ndarray]] = deque()
     analyzer: CameraAnalyzer | None = None
     said: dict[str, Any] | None = None
+    worst: list[tuple[float, int]] = []  # min-heap of (probability, -index): the scorer's worst-frame order
+
+    def preview(index: int, rgb: np.ndarray, row: Evidence) -> Evidence:
+        key = (float(row["probability"]), -index)
+        if previews <= 0 or (len(worst) >= previews and key <= worst[0]):
+            return row
+        (heapq.heappush if len(worst) < previews else heapq.heapreplace)(worst, key)
+        if row["evidence"] != "camera-shear":
+            return row
+        assert analyzer is not None
+        unrolled = analyzer.unrolled(rgb, row["frame"])
+        return row if unrolled is None else {**row, "unrolled": unrolled}
 
     def release(rows: list[Evidence]) -> Iterator[AnalysedFrame]:
         nonlocal said
         for row in rows:
             index, ts, rgb = pending.popleft()
-            yield index, ts, rgb, row
+            yield index, ts, rgb, preview(index, rgb, row)
         assert analyzer is not None
         readout = analyzer.readout().as_dict()
         if readout != said:

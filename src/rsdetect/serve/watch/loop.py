@@ -32,7 +32,7 @@ from rsdetect.preprocess import score_frames
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock, check_report_dir
-from rsdetect.serve.reports import file_stems
+from rsdetect.serve.reports import Worst, file_stems
 from rsdetect.serve.scan import RunResult, ScanOptions
 from rsdetect.serve.scoring import CameraState, FlagStats, Row, camera_readout, score_items
 from rsdetect.serve.signals import StopSignals
@@ -156,7 +156,7 @@ class WatchRecord:
         return "max-frames" if capped else "sources ended"
 
     def summary(self, stopped_by: str | None, health: dict[str, dict[str, Any]],
-                worst: dict[str, list[tuple[float, int, np.ndarray]]]) -> dict[str, Any]:
+                worst: dict[str, list[Worst]]) -> dict[str, Any]:
         """summary.json's content: scan's keys per camera and in total, plus each camera's health (a
         CameraHealth.snapshot) and its worst frames, as the caller knows them now."""
         cameras: dict[str, dict[str, Any]] = {}
@@ -185,7 +185,7 @@ class WatchRecord:
                 **({"explain": self.explain.summary()} if self.explain is not None else {})}
 
     def write_summary(self, stopped_by: str | None, health: dict[str, dict[str, Any]],
-                      worst: dict[str, list[tuple[float, int, np.ndarray]]], chart: bool = True) -> dict[str, Any]:
+                      worst: dict[str, list[Worst]], chart: bool = True) -> dict[str, Any]:
         summary = self.summary(stopped_by, health, worst)
         self.reports.write_summary(summary, self.threshold, self.options.smooth, chart)
         return summary
@@ -208,7 +208,7 @@ class CameraLoop:
     def health(self) -> dict[str, dict[str, Any]]:
         return {r.camera: r.health.snapshot() for r in self.readers}
 
-    def worst(self) -> dict[str, list[tuple[float, int, np.ndarray]]]:
+    def worst(self) -> dict[str, list[Worst]]:
         return {cam: state.worst() for cam, state in self.states.items()}
 
     def gather(self, limit: int | None = None) -> list[tuple[CameraState, Any]]:

@@ -26,6 +26,7 @@ from rsdetect import limits
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.preprocess import Box, to_tiles
 from rsdetect.serve.decoder import Decoded, ReadRequest, decoded_frames
+from rsdetect.serve.scoring import WORST_PER_CAMERA
 from rsdetect.serve.sources import Source, SourceError, StreamSource, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
 
@@ -133,7 +134,8 @@ class CameraReader(threading.Thread):
         o = self.options
         return decoded_frames(self.source, self._error,
                               ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None,
-                                          o.analysis, o.max_pixels), on_note=self._note, on_readout=self._readout)
+                                          o.analysis, WORST_PER_CAMERA, o.max_pixels),
+                              on_note=self._note, on_readout=self._readout)
 
     def _note(self, message: str) -> None:
         """Something counted that is not a failure (a video a few frames short of its header): kept and said."""

@@ -27,11 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
 from rsdetect.serve.explain import Explainer
-from rsdetect.serve.reports import FIELDS, Closing, flagged_rate_chart, is_report_file, save_worst
+from rsdetect.serve.reports import FIELDS, Closing, Worst, flagged_rate_chart, is_report_file, save_worst
 
 ROTATED = re.compile(r"frames\.\d+\.(jsonl|csv)")
 LOG_EXTS = ("jsonl", "csv")
@@ -152,11 +150,11 @@ class WorstFrames:
         self._files: dict[str, set[str]] = {}
         self._stale: set[str] = set()
 
-    def update(self, stem: str, worst: list[tuple[float, int, np.ndarray]],
+    def update(self, stem: str, worst: list[Worst],
                explain: Explainer | None = None) -> list[dict[str, Any]]:
         """Publish a camera's worst frames (only if they changed: each new one's heatmap costs a model call);
         their summary entries."""
-        key = tuple((i, p) for p, i, _ in worst)
+        key = tuple((i, p) for p, i, *_ in worst)
         if self._keys.get(stem) == key:
             return self._entries[stem]
         with tempfile.TemporaryDirectory(dir=self.dir, prefix=".staging.") as tmp:

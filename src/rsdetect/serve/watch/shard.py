@@ -72,7 +72,7 @@ class Outbox:
         if final or now - self.last_worst >= self.summary_interval:
             self.last_worst = now
             for cam, frames in self.loop.worst().items():
-                key = tuple((i, p) for p, i, _ in frames)
+                key = tuple((i, p) for p, i, *_ in frames)
                 if self.worst_keys.get(cam) != key:
                     self.worst_keys[cam], worst[cam] = key, frames
         counts = dict(self.explain.counts) if self.explain is not None else {}
