@@ -1,4 +1,5 @@
 """Throughput of the video path (rsdetect.video): decode-only vs decode + analysis, frames/s and their ratio.
+The analysis runs as `rsdetect check-footage` runs it (rsdetect.evaluation.footage: a decoder process per video).
 
 On a 640x480 fixed-camera clip rendered here (textured background, one textured box walking across, sensor
 noise; written as MJPG to a temp dir so decoding is real) and on the real footage in ../shared/data/footage/
@@ -16,7 +17,8 @@ import cv2
 import numpy as np
 
 from rsdetect.config import load_params, updated
-from rsdetect.video.footage import check_video, open_video, read_frames
+from rsdetect.evaluation.footage import check_video
+from rsdetect.serve.sources import resolve_source, video_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
@@ -38,10 +40,8 @@ def rendered_clip(path: Path, frames: int, fps: float = 25.0, seed: int = 0) -> 
 
 
 def decode_rate(path: Path, frames: int) -> float:
-    cap, _ = open_video(path)
     start = time.perf_counter()
-    n = sum(1 for _ in read_frames(cap, frames))
-    cap.release()
+    n = sum(1 for _ in video_frames(str(path), max_frames=frames, on_note=lambda _: None))
     return n / (time.perf_counter() - start)
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         videos += sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else []
         for path in videos:
             decode = decode_rate(path, args.frames)
-            summary, _ = check_video(path, p, max_frames=args.frames)
+            summary = check_video(resolve_source(path.stem, str(path)), p, max_frames=args.frames)
             print(f"{path.name}: {summary['frames']} frames, decode-only {decode:.0f} frames/s, analysed "
                   f"{summary['frames_per_s']:.0f} frames/s (ratio {summary['frames_per_s'] / decode:.2f}), "
                   f"flagged {summary['flag_rate']:.3f}, static {summary['static_rate']:.3f}, "

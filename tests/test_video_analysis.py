@@ -182,23 +182,25 @@ def write_video(path, frames, fps=FPS):
 
 
 def test_check_video_streams_a_file_and_reports(scene, analysis, tmp_path):
-    from rsdetect.video.footage import check_video
+    from rsdetect.evaluation.footage import check_video
+    from rsdetect.serve.sources import resolve_source
 
     frames, _ = camera_clip(scene, still, 20.0, "rolling")
-    summary, rows = check_video(write_video(tmp_path / "still.avi", frames), analysis)
-    assert summary["frames"] == FRAMES == len(rows) and summary["flag_rate"] == 0.0
+    summary = check_video(resolve_source("still", str(write_video(tmp_path / "still.avi", frames))), analysis)
+    assert summary["frames"] == FRAMES and summary["flag_rate"] == 0.0 and summary["errors"] == []
     assert summary["flagged_without_motion"] == 0 and summary["readout"]["source"] == "unknown"
     assert summary["fps"] == pytest.approx(FPS)
 
 
 def test_check_video_bad_file_is_one_line(analysis, tmp_path):
-    from rsdetect.video.footage import check_video
+    from rsdetect.evaluation.footage import check_video
+    from rsdetect.serve.sources import resolve_source
 
     bad = tmp_path / "broken.avi"
     bad.write_bytes(b"not a video at all")
-    with pytest.raises(RsdetectError, match="broken.avi") as err:
-        check_video(bad, analysis)
-    assert "\n" not in str(err.value)
+    summary = check_video(resolve_source("broken", str(bad)), analysis)
+    (error,) = summary["errors"]
+    assert "broken.avi" in error and "\n" not in error and summary["frames"] == 0
 
 
 ROAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage" / "road_320x240.avi"
@@ -206,11 +208,12 @@ ROAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "footage" / "ro
 
 @pytest.mark.skipif(not ROAD.is_file(), reason="../shared/data/footage is absent")
 def test_real_fixed_camera_flags_no_frame_without_motion(analysis):
-    from rsdetect.video.footage import check_video
+    from rsdetect.evaluation.footage import check_video
+    from rsdetect.serve.sources import resolve_source
 
-    summary, rows = check_video(ROAD, analysis, max_frames=120)
+    summary = check_video(resolve_source("road", str(ROAD)), analysis, max_frames=120)
     assert summary["frames"] == 120
-    assert not any(r["flag"] for r in rows if r["motion_px"] == 0)
+    assert summary["flagged_without_motion"] == 0
     assert summary["readout"]["source"] in ("unknown", "estimated")
 
 

@@ -19,6 +19,8 @@ from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.reports import Score, Worst, shear_columns
 from rsdetect.serve.sources import Source
+from rsdetect.video.analyze import configured_readout
+from rsdetect.video.readout import Readout
 
 WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewed previews in the reports)
 # Video frames are scored by their measured evidence (rsdetect.video), whose probability is a logistic centred on
@@ -168,9 +170,8 @@ def camera_readout(source: Source, measured: dict[str, Any] | None) -> dict[str,
         return measured
     if source.kind == "images":
         return None
-    ms = 0.0 if source.shutter == "global" else source.readout_ms
-    return {"ms": ms, "ci_ms": None if ms is None else [ms, ms], "source": "unknown" if ms is None else "configured",
-            "evidence_frames": 0}
+    configured = configured_readout(source.readout_ms, source.shutter)
+    return (configured or Readout(None, None, "unknown", 0)).as_dict()
 
 
 Item = tuple[CameraState, tuple[int, float | None, np.ndarray, dict[str, Any] | None]]  # a state and a Decoded
