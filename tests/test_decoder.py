@@ -80,3 +80,31 @@ def test_the_decode_limit_reaches_the_decoder_process(tmp_path, monkeypatch):
         list(decoded_frames(source, pytest.fail, ReadRequest(), isolate=True))
     monkeypatch.setattr(limits, "_max_pixels", 4000)
     assert len(list(decoded_frames(source, pytest.fail, ReadRequest(), isolate=True))) == 12
+
+
+def test_video_frames_with_evidence_cross_without_pixels_unless_among_the_worst(tmp_path):
+    """With analysis, a video frame's evidence decides its score: only frames that can be among the scorer's worst
+    (highest probability, ties to the earlier frame) bring their pixels across; the worst all have theirs."""
+    import heapq
+
+    from conftest import params_group
+    from rsdetect.synth.clips import crop_box, render_camera, vibration
+
+    rng = np.random.default_rng(5)
+    image = cv2.cvtColor(cv2.GaussianBlur(rng.uniform(0, 255, (240, 320)), (0, 0), 2).astype(np.uint8),
+                         cv2.COLOR_GRAY2BGR)
+    frames, _ = render_camera(image, vibration(3.0, 7.0, 25.0, 0.3, 0.2), 30, 0.6, "rolling", crop_box(image, 0.7))
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp_path / "shake.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    source = resolve_source("shake", str(tmp_path / "shake.avi"))
+    analysis = params_group("video.analysis")
+    for worst, isolate in ((3, True), (3, False), (0, True)):
+        got = list(decoded_frames(source, pytest.fail, ReadRequest(analysis=analysis, worst=worst), isolate=isolate))
+        assert len(got) == 30 and all(e is not None for *_, e in got)
+        with_pixels = {i for i, _, rgb, _ in got if rgb is not None}
+        top = {i for _, i in heapq.nlargest(worst, ((e["probability"], -i) for i, *_, e in got))}
+        assert {-i for i in top} <= with_pixels, (worst, isolate)
+        assert len(with_pixels) <= 15 if worst else not with_pixels

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import signal
+import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -37,6 +38,7 @@ from rsdetect.serve.sources import (
     SourceError,
     StreamSource,
     note_to_stderr,
+    read_ahead,
     redact,
     video_frames,
 )
@@ -50,6 +52,7 @@ JOIN_S = 2.0  # how long a finished decoder may take to exit before it is killed
 # (94-137 against 230-340 frames/s decode-only, 2 loaded cores); through shared memory it is two copies. Three
 # let the decoder work a frame ahead while the reader's read-ahead holds one and copies one.
 SLOTS = 3
+READ_AHEAD = 4  # frames decoded ahead of the motion measurement, in a thread (source_frames)
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,14 @@ class ReadRequest:
     max_frames: int | None = None
     timeout_ms: int | None = None
     analysis: VideoAnalysisParams | None = None
-    previews: int = 0  # worst frames per camera that get a measured de-skew preview (video/stream.py)
+    # The worst frames the reader keeps per camera: with analysis, only frames that can be among them cross to the
+    # reader with their pixels (and a measured de-skew preview); the others' evidence comes alone (video/stream.py)
+    worst: int = 0
     max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # this process's decode limit, handed on
 
 
-Decoded = tuple[int, float | None, np.ndarray, Evidence | None]  # a frame and its evidence (None: a still)
+# a frame and its evidence (None: a still); pixels None: a video frame whose evidence alone crosses (ReadRequest.worst)
+Decoded = tuple[int, float | None, np.ndarray | None, Evidence | None]
 OnReadout = Callable[[dict[str, Any]], None]  # hears a camera's readout {ms, ci_ms, source, evidence_frames}
 
 
@@ -81,8 +87,11 @@ def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_no
         frames = source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
     if request.analysis is None or source.kind == "images":
         return ((index, ts, rgb, None) for index, ts, rgb in frames)
+    # Decoding the next frames in a thread while this one measures motion: OpenCV releases the GIL in both, so the
+    # two overlap on the second core (bench_footage.py)
+    frames = (frame for chunk in read_ahead(frames, READ_AHEAD) for frame in chunk)
     return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None),
-                           request.previews)
+                           request.worst)
 
 
 class _Ring:
@@ -92,24 +101,27 @@ class _Ring:
     the frame out), so the decoder runs at most SLOTS frames ahead. A frame larger than the slots (a stream that
     reconnects at another resolution) gets a new ring once every slot of the old one is back."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn, self.slot_bytes, self.free = conn, 0, list(range(SLOTS))
+    def __init__(self, conn: Connection, send: Callable[[Any], None]) -> None:
+        self.conn, self.send, self.slot_bytes, self.free = conn, send, 0, list(range(SLOTS))
         self.shm: shared_memory.SharedMemory | None = None
 
-    def put(self, index: int, ts: float | None, rgb: np.ndarray, evidence: Evidence | None) -> None:
+    def put(self, index: int, ts: float | None, rgb: np.ndarray | None, evidence: Evidence | None) -> None:
+        if rgb is None:  # evidence alone: no slot
+            self.send(("frame", None, index, ts, None, evidence))
+            return
         if self.shm is None or rgb.nbytes > self.slot_bytes:
             self.drain()
             self.close()
             self.slot_bytes = rgb.nbytes
             self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * rgb.nbytes)
-            self.conn.send(("ring", self.shm.name, self.slot_bytes))
+            self.send(("ring", self.shm.name, self.slot_bytes))
         while not self.free:
             self.free.append(self.conn.recv())
         slot = self.free.pop()
         view = np.ndarray(rgb.shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
         view[...] = rgb
         del view  # no export of shm.buf may outlive this call: close() needs none
-        self.conn.send(("frame", slot, index, ts, rgb.shape, evidence))
+        self.send(("frame", slot, index, ts, rgb.shape, evidence))
 
     def drain(self) -> None:
         """Wait until the reader has copied out every frame sent (then the ring can go)."""
@@ -130,18 +142,24 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     limits.set_max_pixels(request.max_pixels)  # a fresh process: the reader's limit, not the default
-    ring = _Ring(conn)
+    lock = threading.Lock()  # frame errors and notes come from the read-ahead thread: one message at a time
+
+    def send(message: Any) -> None:
+        with lock:
+            conn.send(message)
+
+    ring = _Ring(conn, send)
     with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
         try:
             for index, ts, rgb, evidence in source_frames(
-                    source, lambda message: conn.send(("error", message)), request,
-                    lambda message: conn.send(("note", message)), lambda readout: conn.send(("readout", readout))):
+                    source, lambda message: send(("error", message)), request,
+                    lambda message: send(("note", message)), lambda readout: send(("readout", readout))):
                 ring.put(index, ts, rgb, evidence)
-            conn.send(("end",))
+            send(("end",))
         except SourceError as exc:
-            conn.send(("fail", str(exc)))
+            send(("fail", str(exc)))
         except Exception as exc:  # noqa: BLE001  (cv2.error and kin: this camera's failure, said in one line)
-            conn.send(("fail", f"{redact(source.spec)}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
+            send(("fail", f"{redact(source.spec)}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
         ring.drain()  # the reader attaches to a ring when it reads its announcement: keep it until then
     ring.close()
     conn.close()
@@ -160,7 +178,9 @@ class _Reader:
         self.shm = shared_memory.SharedMemory(name=name)
         self.slot_bytes = slot_bytes
 
-    def take(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    def take(self, slot: int | None, shape: tuple[int, ...]) -> np.ndarray | None:
+        if slot is None:  # a frame whose evidence came alone
+            return None
         assert self.shm is not None, "frame before ring"
         rgb = np.ndarray(shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes).copy()
         with contextlib.suppress(ConnectionError):  # a dead decoder needs no slot back: its death shows at recv

@@ -102,9 +102,9 @@ class FrameLog(Closing):
 
 
 
-def shear_columns(explain: Explainer | None, rgb: np.ndarray, flag: bool) -> dict[str, Any]:
-    """The shear_px / shear_direction columns of a frame row (empty without an Explainer)."""
-    return explain.frame_fields(rgb, flag) if explain is not None else dict(NO_SHEAR)
+def shear_columns(explain: Explainer | None, rgb: np.ndarray | None, flag: bool) -> dict[str, Any]:
+    """The shear_px / shear_direction columns of a frame row (empty without an Explainer or pixels)."""
+    return explain.frame_fields(rgb, flag) if explain is not None and rgb is not None else dict(NO_SHEAR)
 
 
 # A worst frame: (probability, frame_index, RGB frame, its measured de-skew preview or None)

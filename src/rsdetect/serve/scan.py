@@ -122,12 +122,13 @@ def scan_source(state: CameraState, model: LoadedModel, options: ScanOptions, em
     total = source.estimate_frames(options.every, options.fps, options.max_frames)
     # Decoded in a process of this camera's own (rsdetect.serve.decoder): a decoder crash ends this camera only.
     frames = decoded_frames(source, state.fail, ReadRequest(options.every, options.fps, options.max_frames,
-                                                             analysis=options.analysis, previews=WORST_PER_CAMERA,
+                                                             analysis=options.analysis, worst=WORST_PER_CAMERA,
                                                              max_pixels=options.max_pixels),
                             on_note=state.note, on_readout=state.set_readout)
     # The reader thread decodes the next batch and cuts it into tiles while this one is scored (OpenCV's decode
     # and resize release the GIL): the model's threads then wait on nothing else (bench_scan.py).
-    tiled = ((frame, to_tiles(frame[2], model.image_size) if frame[3] is None else None) for frame in frames)
+    tiled = ((frame, to_tiles(frame[2], model.image_size) if frame[2] is not None and frame[3] is None else None)
+             for frame in frames)
     batches = read_ahead(tiled, options.batch)
     with tqdm(desc=source.camera, total=total, unit="frame", disable=not options.progress, file=sys.stderr) as bar, \
             contextlib.closing(frames), contextlib.closing(batches):  # exits in reverse: the reader stops first

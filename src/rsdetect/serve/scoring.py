@@ -128,20 +128,25 @@ class CameraState:
     def set_readout(self, readout: dict[str, Any]) -> None:
         self.readout = readout
 
-    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray, tile: Box | None,
+    def add(self, frame_index: int, timestamp: float | None, prob: float, rgb: np.ndarray | None, tile: Box | None,
             evidence: dict[str, Any] | None = None) -> Row:
         """Score one frame into the running state; returns its output row. `prob` is the model's (from the tile
-        `tile`) for a still, the evidence's for a video frame (`evidence`: its row from rsdetect.video)."""
+        `tile`) for a still, the evidence's for a video frame (`evidence`: its row from rsdetect.video; its pixels
+        `rgb` come only where it can be among the worst frames, else None)."""
         smoothed = self._window.push(prob)
         flag = smoothed >= (self.threshold if evidence is None else EVIDENCE_THRESHOLD)
-        # Measured before the frame is counted: a Ctrl-C during the estimate must not count a frame without a row.
-        shear = shear_columns(self.explain, rgb, flag)
+        # A still's shear is estimated from its edges (shear_px); a video frame's is measured (rs_shear_px), so the
+        # single-frame estimate, blind to movers, is not run on it. Measured before the frame is counted: a
+        # Ctrl-C during the estimate must not count a frame without a row.
+        shear = shear_columns(self.explain if evidence is None else None, rgb, flag)
         self.stats.add(flag, time.time(), evidence is not None and evidence["evidence"] == "static")
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
         # ties: the earlier frame ranks worse; a video frame's measured de-skew preview rides along (stream.py)
         item = (prob, -frame_index, frame_index, rgb, None if evidence is None else evidence.get("unrolled"))
-        if len(self._worst) < WORST_PER_CAMERA:
+        if rgb is None:  # its decoder knew it cannot be among the worst (the same order: video/stream.py)
+            pass
+        elif len(self._worst) < WORST_PER_CAMERA:
             heapq.heappush(self._worst, item)
         elif item[:2] > self._worst[0][:2]:
             heapq.heapreplace(self._worst, item)
@@ -174,7 +179,14 @@ def camera_readout(source: Source, measured: dict[str, Any] | None) -> dict[str,
     return (configured or Readout(None, None, "unknown", 0)).as_dict()
 
 
-Item = tuple[CameraState, tuple[int, float | None, np.ndarray, dict[str, Any] | None]]  # a state and a Decoded
+Item = tuple[CameraState, tuple[int, float | None, np.ndarray | None, dict[str, Any] | None]]  # a state and a Decoded
+
+
+def still_pixels(item: Item) -> np.ndarray:
+    """A frame without evidence always comes with its pixels (only a video frame's evidence may travel alone)."""
+    rgb = item[1][2]
+    assert rgb is not None, "a frame without evidence came without pixels"
+    return rgb
 
 
 def score_items(items: list[Item], model: LoadedModel, tiles_per_call: int,
@@ -190,7 +202,7 @@ def score_items(items: list[Item], model: LoadedModel, tiles_per_call: int,
     probs: dict[int, float] = {}
     boxes: dict[int, Box] = {}
     if stills:
-        cut = [tiled[i] or to_tiles(items[i][1][2], model.image_size) for i in stills]
+        cut = [tiled[i] or to_tiles(still_pixels(items[i]), model.image_size) for i in stills]
         p, b = score_tiled(model.scorer, cut, tiles_per_call)
         if not np.all(np.isfinite(p)):  # a broken export must not pass as "nothing flagged"
             state, (index, *_) = items[stills[0]]

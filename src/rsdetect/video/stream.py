@@ -6,6 +6,10 @@ later (a frame's shear needs the camera's motion around it); the last ones at th
 a time stamp (image folders) have no motion to measure: they come out at once, with no evidence, and are scored by
 the single-frame model. The frame rate the analyzer needs (the readout is measured in frame periods) is that of the
 frames it is given: from the first two time stamps, so `--every N` and `--fps F` sampling are accounted for.
+
+A video frame's pixels travel on only where the scorer can use them: a frame with evidence is scored by it, so only
+the frames that can still be among the camera's `worst` (saved as images in the reports) keep their pixels; the
+others come out with None in their place (a camera's frames need not cross to the scorer: issue 21's throughput).
 """
 from __future__ import annotations
 
@@ -20,40 +24,43 @@ from rsdetect.config import VideoAnalysisParams
 from rsdetect.video.analyze import CameraAnalyzer
 
 Evidence = dict[str, Any]
-AnalysedFrame = tuple[int, float | None, np.ndarray, Evidence | None]  # a FrameItem and its evidence row
+# a FrameItem and its evidence row; the pixels are None for a frame with evidence that cannot be among the worst
+AnalysedFrame = tuple[int, float | None, np.ndarray | None, Evidence | None]
 
 
 def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: VideoAnalysisParams,
                     readout_ms: float | None, shutter: str | None,
-                    on_readout: Callable[[dict[str, Any]], None], previews: int = 0) -> Iterator[AnalysedFrame]:
+                    on_readout: Callable[[dict[str, Any]], None], worst: int = 0) -> Iterator[AnalysedFrame]:
     """`frames` with their evidence (see the module docstring); `on_readout` hears the camera's readout
     ({ms, ci_ms, source, evidence_frames}) whenever it changes, and once at the end.
 
-    `previews`: the camera's worst frames (highest probability, ties to the earlier frame, as the scorer keeps them)
-    that the camera's own motion sheared get `unrolled` in their evidence: the frame with the measured per-row
-    motion undone (CameraAnalyzer.unrolled), the de-skewed preview for the correction step. Only here is that
-    motion known, so the preview is made here, for the `previews` frames that can still be among the worst."""
+    `worst`: how many worst frames the scorer keeps per camera (highest probability, ties to the earlier frame).
+    A frame that can still be among them keeps its pixels, and where the camera's own motion sheared it, gets
+    `unrolled` in its evidence: the frame with the measured per-row motion undone (CameraAnalyzer.unrolled), the
+    de-skewed preview for the correction step (only here is that motion known). Every other frame with evidence
+    comes out without pixels (None)."""
     pending: deque[tuple[int, float | None, np.ndarray]] = deque()
     analyzer: CameraAnalyzer | None = None
     said: dict[str, Any] | None = None
-    worst: list[tuple[float, int]] = []  # min-heap of (probability, -index): the scorer's worst-frame order
+    kept: list[tuple[float, int]] = []  # min-heap of (probability, -index): the scorer's worst-frame order
 
-    def preview(index: int, rgb: np.ndarray, row: Evidence) -> Evidence:
+    def keep(index: int, rgb: np.ndarray, row: Evidence) -> tuple[np.ndarray | None, Evidence]:
+        """The frame's pixels if it can be among the worst (with its preview where the camera sheared it)."""
         key = (float(row["probability"]), -index)
-        if previews <= 0 or (len(worst) >= previews and key <= worst[0]):
-            return row
-        (heapq.heappush if len(worst) < previews else heapq.heapreplace)(worst, key)
+        if worst <= 0 or (len(kept) >= worst and key <= kept[0]):
+            return None, row  # the scorer's heap would not take it either: same key, same order
+        (heapq.heappush if len(kept) < worst else heapq.heapreplace)(kept, key)
         if row["evidence"] != "camera-shear":
-            return row
+            return rgb, row
         assert analyzer is not None
         unrolled = analyzer.unrolled(rgb, row["frame"])
-        return row if unrolled is None else {**row, "unrolled": unrolled}
+        return rgb, row if unrolled is None else {**row, "unrolled": unrolled}
 
     def release(rows: list[Evidence]) -> Iterator[AnalysedFrame]:
         nonlocal said
         for row in rows:
             index, ts, rgb = pending.popleft()
-            yield index, ts, rgb, preview(index, rgb, row)
+            yield index, ts, *keep(index, rgb, row)
         assert analyzer is not None
         readout = analyzer.readout().as_dict()
         if readout != said:
