@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import typing
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from prometheus_client import generate_latest  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from rsdetect import cli  # noqa: E402
@@ -70,6 +73,23 @@ def scrape(url: str) -> dict[tuple[str, str], float]:
     text = urllib.request.urlopen(url, timeout=5).read().decode()
     return {(s.name, s.labels.get("camera", "")): s.value for fam in text_string_to_metric_families(text)
             for s in fam.samples if "le" not in s.labels}
+
+
+def test_every_metric_is_declared_with_its_type_and_exists_for_a_new_camera() -> None:
+    """The per-camera metrics come from one table: each attribute is set, of its annotated type, and add_camera
+    makes a series of every metric family exist (at 0, readout NaN) before the camera delivers a frame."""
+    metrics, hints = WatchMetrics(), typing.get_type_hints(WatchMetrics)
+    for attribute, kind in hints.items():
+        assert isinstance(getattr(metrics, attribute), kind), attribute
+    metrics.add_camera("gate")
+    families = list(text_string_to_metric_families(generate_latest(metrics.registry).decode()))
+    declared = {getattr(metrics, attribute).describe()[0].name for attribute in [*hints, "readout"]}
+    assert len(declared) == len(hints) + 1 and declared <= {fam.name for fam in families}
+    for fam in families:
+        assert any(s.labels.get("camera") == "gate" for s in fam.samples), fam.name
+    values = {s.name: s.value for fam in families for s in fam.samples if "le" not in s.labels}
+    assert values["rsdetect_frames_scanned_total"] == 0 and values["rsdetect_camera_up"] == 0
+    assert math.isnan(values["rsdetect_readout_seconds"])
 
 
 def test_two_cameras_metrics_match_the_frames_log(tmp_path, model) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from rsdetect.stage import run_stage
 
@@ -237,20 +238,50 @@ def _explain_and_shard_args(p: argparse.ArgumentParser, verb: str) -> None:
                    help=f"{verb} cameras on the workers of an existing Dask cluster, e.g. tcp://host:8786")
 
 
+def _scoring_args(p: argparse.ArgumentParser, verb: str, out: str, batch: str) -> None:
+    """The options scan and watch share: what is scored (sources, --cameras, --model), which frames, how they are
+    batched, smoothed and flagged, where the reports go, the sensors, --params and Dask. What differs is said by
+    `out` (how `verb` writes its report folder) and `batch` (whose frames make a step)."""
+    p.add_argument("sources", nargs="*", metavar="SOURCE",
+                   help="image, folder, glob, video or stream URL (rtsp://, http://); name it as cam1=SOURCE")
+    p.add_argument("--model", default="models:/rs-detector@champion",
+                   help="models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file")
+    p.add_argument("--out", default=f"{verb}-out", help=f"report folder, {out} (default: %(default)s)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
+    rate.add_argument("--fps", type=float, default=None, metavar="F",
+                      help="score about F frames per second of video, per camera (image folders: use --every)")
+    p.add_argument("--batch", type=int, default=16, metavar="B",
+                   help=f"{batch}, and tiles per model call (default %(default)s)")
+    p.add_argument("--smooth", type=int, default=1, metavar="K",
+                   help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
+    p.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
+    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
+    _sensor_args(p)
+    _explain_and_shard_args(p, verb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsdetect", description="Detect rolling-shutter distortion in camera frames.")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("make-sample", help="regenerate the embedded default dataset (data/sample) from params")
+
+    def command(name: str, func: Callable[[argparse.Namespace], None], summary: str) -> argparse.ArgumentParser:
+        """The subcommand `name`, whose arguments main() hands to `func`."""
+        p = sub.add_parser(name, help=summary)
+        p.set_defaults(func=func)
+        return p
+
+    s = command("make-sample", _make_sample, "regenerate the embedded default dataset (data/sample) from params")
     s.add_argument("--params", default="params.yaml")
     s.add_argument("--out", default="data/sample")
-    s.set_defaults(func=_make_sample)
-    e = sub.add_parser("embed-photos", help="copy the redistributable photos (COCO licence 4, 5, 7, 8) of COCO-format "
-                                             "folders into data/coco-licensed, with an attribution file")
+    e = command("embed-photos", _embed_photos, "copy the redistributable photos (COCO licence 4, 5, 7, 8) of "
+                "COCO-format folders into data/coco-licensed, with an attribution file")
     e.add_argument("sources", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
     e.add_argument("--out", default="data/coco-licensed")
-    e.set_defaults(func=_embed_photos)
-    c = sub.add_parser("check-photos", help="score a trained model on real photos it never saw: twin pairs drawn from "
-                                             "them, and false alarms on the photos themselves")
+    c = command("check-photos", _check_photos, "score a trained model on real photos it never saw: twin pairs "
+                "drawn from them, and false alarms on the photos themselves")
     c.add_argument("folders", nargs="+", metavar="FOLDER", help="a COCO-format folder: images/ and one instances*.json")
     c.add_argument("--exclude", nargs="*", default=["data/coco-licensed/instances.json"], metavar="INSTANCES",
                    help="instances files whose photos are left out (default: the embedded real photos)")
@@ -259,61 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pairs", type=int, default=4, help="twin pairs drawn per photo (default 4)")
     c.add_argument("--params", default="params.yaml")
     c.add_argument("--out", default="metrics/real-photos.json")
-    c.set_defaults(func=_check_photos)
-    f = sub.add_parser("check-footage", help="the video evidence on real footage: flag rates, static frames, readout "
-                                              "estimates, frames/s (no model)")
+    f = command("check-footage", _check_footage, "the video evidence on real footage: flag rates, static frames, "
+                "readout estimates, frames/s (no model)")
     f.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or stream URLs; name them as cam1=VIDEO")
     f.add_argument("--params", default="params.yaml", help="its video.analysis group measures the motion")
     f.add_argument("--max-frames", type=int, default=None, metavar="N", help="read at most N frames per video")
     f.add_argument("--out", default="metrics/footage.json")
     _sensor_args(f, model_only=False)
-    f.set_defaults(func=_check_footage)
-    r = sub.add_parser("register", help="register the trained model in MLflow; move the champion alias if better")
+    r = command("register", _register, "register the trained model in MLflow; move the champion alias if better")
     r.add_argument("--params", default="params.yaml")
     r.add_argument("--model", default="models/model.keras")
     r.add_argument("--evaluation", default="metrics/evaluate.json")
     r.add_argument("--manifest", default="data/synth/manifest.csv")
     r.add_argument("--out", default="metrics/register.json")
     r.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
-    r.set_defaults(func=_register)
-    sc = sub.add_parser("scan", help="score frames of images, folders, globs, videos or streams; write reports")
-    sc.add_argument("sources", nargs="*", metavar="SOURCE",
-                    help="image, folder, glob, video or stream URL (rtsp://, http://); name it as cam1=SOURCE")
-    sc.add_argument("--model", default="models:/rs-detector@champion",
-                    help="models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file")
-    sc.add_argument("--out", default="scan-out", help="report folder (default: scan-out)")
-    rate = sc.add_mutually_exclusive_group()
-    rate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
-    rate.add_argument("--fps", type=float, default=None, metavar="F",
-                      help="score about F frames per second of video (image folders: use --every)")
-    sc.add_argument("--batch", type=int, default=16, metavar="B",
-                    help="frames per step, and tiles per model call (default 16)")
-    sc.add_argument("--smooth", type=int, default=1, metavar="K",
-                    help="flag on the rolling mean of the last K scored frames per camera (default 1: no smoothing)")
-    sc.add_argument("--threshold", type=float, default=None, metavar="T",
-                    help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
-    sc.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
+    sc = command("scan", _scan, "score frames of images, folders, globs, videos or streams; write reports")
+    _scoring_args(sc, "scan", out="replaced whole when the scan ends", batch="one camera's frames per step")
     sc.add_argument("--annotate", action="store_true", help="also write each video with its scores drawn on it")
-    sc.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per source")
-    _sensor_args(sc)
-    _explain_and_shard_args(sc, "scan")
-    sc.set_defaults(func=_scan)
-    w = sub.add_parser("watch", help="score cameras continuously: reconnecting readers, Prometheus metrics, "
-                                      "rolling reports; SIGTERM or Ctrl-C stop it cleanly")
-    w.add_argument("sources", nargs="*", metavar="SOURCE",
-                   help="stream URL (rtsp://, http://), video, image folder or glob; name it as cam1=SOURCE")
-    w.add_argument("--cameras", default=None, metavar="YAML", help="a YAML file {cameras: {name: source}}")
-    w.add_argument("--model", default="models:/rs-detector@champion",
-                   help="models:/NAME@ALIAS, a pyfunc folder, or a .keras/.tflite/.onnx file")
-    w.add_argument("--out", default="watch-out", help="report folder, updated in place (default: watch-out)")
-    wrate = w.add_mutually_exclusive_group()
-    wrate.add_argument("--every", type=int, default=None, metavar="N", help="score every Nth frame")
-    wrate.add_argument("--fps", type=float, default=None, metavar="F",
-                       help="score about F frames per second per camera")
-    w.add_argument("--batch", type=int, default=16, metavar="B", help="frames per step, across cameras (default 16)")
-    w.add_argument("--smooth", type=int, default=1, metavar="K", help="flag on the rolling mean of the last K scores")
-    w.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="flag threshold (default: the registered model's; 0.5 for a plain model file)")
+    w = command("watch", _watch, "score cameras continuously: reconnecting readers, Prometheus metrics, rolling "
+                "reports; SIGTERM or Ctrl-C stop it cleanly")
+    _scoring_args(w, "watch", out="updated in place", batch="frames per step, across cameras")
     w.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics endpoint (0.0.0.0: all)")
     w.add_argument("--metrics-port", type=int, default=9109, metavar="PORT",
                    help="its port (0: any free one; default 9109)")
@@ -329,15 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--summary-interval", type=float, default=10.0, metavar="S",
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    w.add_argument("--max-frames", type=int, default=None, metavar="N", help="score at most N frames per camera")
-    _sensor_args(w)
-    _explain_and_shard_args(w, "watch")
-    w.set_defaults(func=_watch)
-    ex = sub.add_parser("export", help="export the Keras model to TFLite or ONNX, checked against Keras")
+    ex = command("export", _export, "export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
     ex.add_argument("--format", required=True, choices=["tflite", "onnx"])
     ex.add_argument("--out", required=True, metavar="PATH", help="output file (.tflite or .onnx)")
-    ex.set_defaults(func=_export)
     return parser
 
 

@@ -120,8 +120,8 @@ class CocoParams(_Group):
     min_person_area: Float(ge=0)
     workers: Int(gt=0)
     timeout_s: Float(gt=0)
-    retries: Int(ge=0)
-    max_failed_fraction: Float(ge=0, le=1)
+    retries: Int(ge=0)                      # further tries of a failed download (0: one try)
+    max_failed_fraction: Float(ge=0, le=1)  # more of the selected images failing stops the fetch (0: any one)
 
 
 class FetchParams(_Group):
@@ -189,6 +189,8 @@ def _devices(value: Any) -> str | int:
 
 
 Devices = Annotated[Any, AfterValidator(_devices)]
+# A dropout rate: below 1, which would drop every unit and leave the classifier nothing to read.
+Dropout = Float(ge=0, lt=1)
 
 
 class PretrainParams(_Group):
@@ -198,11 +200,11 @@ class PretrainParams(_Group):
     devices: Devices
     lr: Float(gt=0)
     lr_end: Float(gt=0, le=1)               # the last epoch's rate as a fraction of lr: cosine decay (1 = constant)
-    curriculum_epochs: Int(ge=0)
-    curriculum_scale: Float(gt=0)
+    curriculum_epochs: Int(ge=0)            # motion magnitudes fall linearly from curriculum_scale x to 1x over these
+    curriculum_scale: Float(gt=0)           # epochs (0: no curriculum); at 0x a distorted image would equal its twin
     val_pairs: Int(gt=0)
     patience: Int(gt=0)
-    dropout: Float(ge=0, lt=1)
+    dropout: Dropout
 
 
 class ExternalParams(_Group):
@@ -246,15 +248,15 @@ class TrainParams(_Group):
     head_epochs: Int(gt=0)
     head_lr: Float(gt=0)
     head_patience: Int(gt=0)
-    dropout: Float(ge=0, lt=1)
+    dropout: Dropout
     finetune_blocks: Int(ge=0)
     finetune_epochs: Int(ge=0)
     finetune_lr: Float(gt=0)
     finetune_lr_end: Float(gt=0, le=1)      # as pretrain.lr_end, over finetune_epochs
     steps_per_epoch: Int(gt=0)
-    curriculum_epochs: Int(ge=0)
+    curriculum_epochs: Int(ge=0)            # as pretrain.curriculum_epochs and curriculum_scale
     curriculum_scale: Float(gt=0)
-    repeat: Int(ge=0)
+    repeat: Int(ge=0)                       # 0: the seed as given; N: the same data, another draw of weights and pairs
     patience: Int(gt=0)
     deterministic: StrictBool
 

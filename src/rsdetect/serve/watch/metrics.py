@@ -22,45 +22,69 @@ SHEAR_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 READOUT_SOURCES = ("configured", "estimated", "unknown")
 
 
+# The series of every camera, each with the one label `camera`: (attribute, type, name, help, buckets: a
+# histogram's, () for the others). One table, so that add_camera cannot miss a series that __init__ declares.
+_PER_CAMERA: tuple[tuple[str, type[Counter | Gauge | Histogram], str, str, tuple[float, ...]], ...] = (
+    ("scanned", Counter, "rsdetect_frames_scanned", "Frames scored", ()),
+    ("flagged", Counter, "rsdetect_frames_flagged",
+     "Frames flagged as rolling-shutter distorted (smoothed score at or above the threshold)", ()),
+    ("dropped", Counter, "rsdetect_frames_dropped",
+     "Frames read but not scored (scoring fell behind a live stream, or pending at shutdown)", ()),
+    ("reconnects", Counter, "rsdetect_reconnects",
+     "Stream reconnection attempts after a drop, stall or failed connection", ()),
+    ("read_errors", Counter, "rsdetect_read_errors",
+     "Read failures: a source that cannot be opened or decoded, a corrupt image, a file that ends early", ()),
+    ("score", Histogram, "rsdetect_frame_probability",
+     "Per-frame rolling-shutter probability (max over the frame's tiles)", SCORE_BUCKETS),
+    ("up", Gauge, "rsdetect_camera_up",
+     "1 while the camera delivers frames, 0 while it is down, reconnecting or finished", ()),
+    ("last_frame", Gauge, "rsdetect_last_frame_timestamp_seconds",
+     "Unix time of the camera's last frame read (0: none yet)", ()),
+    ("last_flagged", Gauge, "rsdetect_last_flagged_timestamp_seconds",
+     "Unix time of the camera's last flagged frame (0: none yet)", ()),
+    ("static", Counter, "rsdetect_frames_static",
+     "Video frames in which nothing moved: they cannot show rolling-shutter distortion and are not flagged", ()),
+    ("shear", Histogram, "rsdetect_rs_shear_px",
+     "Per-frame rolling-shutter shear at native resolution (px between the top and bottom rows of what moves; "
+     "frames where it is known)", SHEAR_BUCKETS),
+)
+
+
 class WatchMetrics:
     """The metrics of one watch, in a registry of their own (tests and a second watcher in one process do not
     collide in the global one). All prometheus_client metrics are thread-safe."""
 
+    # Set from _PER_CAMERA in __init__; declared here so that their types are checked where they are used.
+    scanned: Counter
+    flagged: Counter
+    dropped: Counter
+    reconnects: Counter
+    read_errors: Counter
+    score: Histogram
+    up: Gauge
+    last_frame: Gauge
+    last_flagged: Gauge
+    static: Counter
+    shear: Histogram
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        reg, cam = self.registry, ["camera"]
-        self.scanned = Counter("rsdetect_frames_scanned", "Frames scored", cam, registry=reg)
-        self.flagged = Counter("rsdetect_frames_flagged", "Frames flagged as rolling-shutter distorted "
-                               "(smoothed score at or above the threshold)", cam, registry=reg)
-        self.dropped = Counter("rsdetect_frames_dropped", "Frames read but not scored (scoring fell behind a "
-                               "live stream, or pending at shutdown)", cam, registry=reg)
-        self.reconnects = Counter("rsdetect_reconnects", "Stream reconnection attempts after a drop, stall "
-                                  "or failed connection", cam, registry=reg)
-        self.read_errors = Counter("rsdetect_read_errors", "Read failures: a source that cannot be opened or "
-                                   "decoded, a corrupt image, a file that ends early", cam, registry=reg)
-        self.score = Histogram("rsdetect_frame_probability", "Per-frame rolling-shutter probability "
-                               "(max over the frame's tiles)", cam, buckets=SCORE_BUCKETS, registry=reg)
-        self.up = Gauge("rsdetect_camera_up", "1 while the camera delivers frames, 0 while it is down, "
-                        "reconnecting or finished", cam, registry=reg)
-        self.last_frame = Gauge("rsdetect_last_frame_timestamp_seconds", "Unix time of the camera's last "
-                                "frame read (0: none yet)", cam, registry=reg)
-        self.last_flagged = Gauge("rsdetect_last_flagged_timestamp_seconds", "Unix time of the camera's last "
-                                  "flagged frame (0: none yet)", cam, registry=reg)
-        self.static = Counter("rsdetect_frames_static", "Video frames in which nothing moved: they cannot show "
-                              "rolling-shutter distortion and are not flagged", cam, registry=reg)
-        self.shear = Histogram("rsdetect_rs_shear_px", "Per-frame rolling-shutter shear at native resolution (px "
-                               "between the top and bottom rows of what moves; frames where it is known)", cam,
-                               buckets=SHEAR_BUCKETS, registry=reg)
+        self._per_camera: list[Counter | Gauge | Histogram] = []
+        for attribute, kind, name, doc, buckets in _PER_CAMERA:
+            metric = (Histogram(name, doc, ["camera"], buckets=buckets, registry=self.registry) if kind is Histogram
+                      else kind(name, doc, ["camera"], registry=self.registry))
+            setattr(self, attribute, metric)
+            self._per_camera.append(metric)
+        # Labelled by camera and by where its value comes from: set_readout keeps one series per camera.
         self.readout = Gauge("rsdetect_readout_seconds", "The camera's sensor readout time: as configured, as "
                              "estimated from its footage, or NaN while unknown (label source)", ["camera", "source"],
-                             registry=reg)
+                             registry=self.registry)
         self._readout_source: dict[str, str] = {}
 
     def add_camera(self, camera: str) -> None:
         """Make every series of a camera exist from the start (at 0), so a camera that never delivers a frame
         still shows up, down, in a scrape and in `rsdetect_camera_up == 0` alerts."""
-        for metric in (self.scanned, self.flagged, self.dropped, self.reconnects, self.read_errors, self.score,
-                       self.up, self.last_frame, self.last_flagged, self.static, self.shear):
+        for metric in self._per_camera:
             metric.labels(camera)
         self.set_readout(camera, None)
 
