@@ -108,3 +108,29 @@ def test_video_frames_with_evidence_cross_without_pixels_unless_among_the_worst(
         top = {i for _, i in heapq.nlargest(worst, ((e["probability"], -i) for i, *_, e in got))}
         assert {-i for i in top} <= with_pixels, (worst, isolate)
         assert len(with_pixels) <= 15 if worst else not with_pixels
+
+
+def test_a_decoder_closed_early_stops_on_its_own_and_removes_its_ring(tmp_path, monkeypatch):
+    """Closing the frames early (a cap, a stop) asks the decoder to stop: it unlinks its ring itself and exits 0.
+    Killed instead, it could die between unlinking the ring and telling Python's resource tracker, which then
+    warned of a leaked shared_memory object at the scan's exit."""
+    from rsdetect.serve import decoder
+
+    real, started = decoder._ctx(), []
+
+    class Recording:
+        def Pipe(self):  # noqa: N802  (multiprocessing's names)
+            return real.Pipe()
+
+        def Process(self, *args, **kwargs):  # noqa: N802
+            started.append(real.Process(*args, **kwargs))
+            return started[-1]
+
+    monkeypatch.setattr(decoder, "_ctx", lambda: Recording())
+    before = set(leaked_rings())
+    frames = decoded_frames(resolve_source("cam", str(write_video(tmp_path / "a.avi", n=40))), pytest.fail,
+                            isolate=True)
+    assert [next(frames)[0] for _ in range(3)] == [0, 1, 2]
+    frames.close()
+    assert started and started[0].exitcode == 0  # not -SIGKILL
+    assert set(leaked_rings()) <= before

@@ -21,6 +21,7 @@ import dataclasses
 import multiprocessing as mp
 import signal
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -48,6 +49,7 @@ CONTEXT = "forkserver"
 # Imported once by the forkserver: OpenCV, numpy, scipy and the motion measurement, not TensorFlow.
 PRELOAD = ["rsdetect.serve.sources", "rsdetect.video.stream"]
 JOIN_S = 2.0  # how long a finished decoder may take to exit before it is killed
+STOP_S = 0.5  # how long a decoder asked to stop may take (one frame's decoding and measuring) before it is killed
 # Frames in flight between a decoder and its reader. Through a pipe a 1280x720 frame cost more than decoding it
 # (94-137 against 230-340 frames/s decode-only, 2 loaded cores); through shared memory it is two copies. Three
 # let the decoder work a frame ahead while the reader's read-ahead holds one and copies one.
@@ -94,6 +96,13 @@ def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_no
                            request.worst)
 
 
+STOP = None  # the reader's word for "no more frames" (slots handed back are ints)
+
+
+class _Stopped(Exception):
+    """The reader said STOP: it wants no more frames."""
+
+
 class _Ring:
     """The decoder's side of the frame ring: SLOTS frames of shared memory it writes and the reader copies out of.
 
@@ -106,6 +115,8 @@ class _Ring:
         self.shm: shared_memory.SharedMemory | None = None
 
     def put(self, index: int, ts: float | None, rgb: np.ndarray | None, evidence: Evidence | None) -> None:
+        while self.conn.poll():  # slots handed back, or the reader's stop (which raises _Stopped)
+            self.take_back()
         if rgb is None:  # evidence alone: no slot
             self.send(("frame", None, index, ts, None, evidence))
             return
@@ -116,17 +127,24 @@ class _Ring:
             self.shm = shared_memory.SharedMemory(create=True, size=SLOTS * rgb.nbytes)
             self.send(("ring", self.shm.name, self.slot_bytes))
         while not self.free:
-            self.free.append(self.conn.recv())
+            self.take_back()
         slot = self.free.pop()
         view = np.ndarray(rgb.shape, np.uint8, buffer=self.shm.buf, offset=slot * self.slot_bytes)
         view[...] = rgb
         del view  # no export of shm.buf may outlive this call: close() needs none
         self.send(("frame", slot, index, ts, rgb.shape, evidence))
 
+    def take_back(self) -> None:
+        """Wait for the reader's next word: a slot it has copied out, or STOP."""
+        slot = self.conn.recv()
+        if slot is STOP:
+            raise _Stopped
+        self.free.append(slot)
+
     def drain(self) -> None:
         """Wait until the reader has copied out every frame sent (then the ring can go)."""
         while len(self.free) < SLOTS:
-            self.free.append(self.conn.recv())
+            self.take_back()
 
     def close(self) -> None:
         if self.shm is not None:
@@ -156,11 +174,14 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
                     lambda message: send(("note", message)), lambda readout: send(("readout", readout))):
                 ring.put(index, ts, rgb, evidence)
             send(("end",))
+        except _Stopped:  # no "end": the reader is gone; its copies need no slot, the ring can go now
+            ring.free = list(range(SLOTS))
         except SourceError as exc:
             send(("fail", str(exc)))
         except Exception as exc:  # noqa: BLE001  (cv2.error and kin: this camera's failure, said in one line)
             send(("fail", f"{redact(source.spec)}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"))
-        ring.drain()  # the reader attaches to a ring when it reads its announcement: keep it until then
+        with contextlib.suppress(_Stopped):  # the reader stopped before it read the end: nothing more comes back
+            ring.drain()  # the reader attaches to a ring when it reads its announcement: keep it until then
     ring.close()
     conn.close()
 
@@ -203,6 +224,20 @@ def death_message(source: Source, exitcode: int | None) -> str:
     else:
         how = f"exited with code {exitcode}"
     return f"{redact(source.spec)}: the decoder process {how} (a crash in native decoding code); this camera stops"
+
+
+def stop_decoder(conn: Connection, process: Any, reader: _Reader) -> None:
+    """Send STOP and read what the decoder still sends (attaching any ring it announces) until it exits or
+    STOP_S passes."""
+    deadline = time.monotonic() + STOP_S
+    with contextlib.suppress(EOFError, OSError):  # it exited (EOF) or already died
+        conn.send(STOP)
+        while process.is_alive() and time.monotonic() < deadline:
+            if conn.poll(0.01):
+                message = conn.recv()
+                if message[0] == "ring":
+                    reader.attach(message[1], message[2])
+    process.join(max(0.0, deadline - time.monotonic()))
 
 
 def isolating() -> bool:
@@ -266,7 +301,12 @@ def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = Rea
     finally:
         if said_end:
             process.join(JOIN_S)
-        if process.is_alive():  # closed early (a cap, a stop), or stuck: it has nothing more to give
+        elif process.is_alive():
+            # Closed early (a cap, a stop): asked to stop, the decoder removes its own ring and exits. Killed
+            # instead, it could die between unlinking the ring and telling Python's resource tracker, which then
+            # warned of a leak at exit. Its last messages are read meanwhile (it may be waiting to send them).
+            stop_decoder(conn, process, reader)
+        if process.is_alive():  # stuck (a stream read that does not return): it has nothing more to give
             process.kill()
             process.join()
         # A decoder that exits normally unlinks its ring; one killed or crashed cannot. A ring it announced that
