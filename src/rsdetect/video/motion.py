@@ -46,7 +46,12 @@ class FrameMotion:
     @property
     def camera_px(self) -> float:
         """The background's speed at mid-frame: the camera's own motion."""
-        return 0.0 if self.bands is None else float(np.hypot(*np.nanmedian(self.bands, axis=0)))
+        if self.bands is None:
+            return 0.0
+        # the bands measured (a band crowded out by movers is NaN); not np.nanmedian, which on a few values goes
+        # through numpy.ma at ~0.4 ms a call: a quarter of a 320x240 frame's measurement (profiled on real footage)
+        seen = self.bands[~np.isnan(self.bands).any(axis=1)]
+        return float(np.hypot(*np.median(seen, axis=0))) if len(seen) else 0.0
 
 
 def off_background(flow: np.ndarray, background: np.ndarray, limit: float) -> np.ndarray:
