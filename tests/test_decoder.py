@@ -87,8 +87,9 @@ def test_video_frames_with_evidence_cross_without_pixels_unless_among_the_worst(
     (highest probability, ties to the earlier frame) bring their pixels across; the worst all have theirs."""
     import heapq
 
-    from conftest import params_group
     from rsdetect.synth.clips import crop_box, render_camera, vibration
+
+    from conftest import params_group
 
     rng = np.random.default_rng(5)
     image = cv2.cvtColor(cv2.GaussianBlur(rng.uniform(0, 255, (240, 320)), (0, 0), 2).astype(np.uint8),

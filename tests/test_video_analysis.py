@@ -154,10 +154,11 @@ def test_rendered_twins_differ_only_in_row_dependence(scene):
 
 
 @pytest.mark.parametrize("readout_ms, shutter, message", [
-    (-3, None, "readout_ms: -3 must be a number of milliseconds >= 0"),
-    (None, "rolling-ish", "shutter: 'rolling-ish' is not one of rolling, global"),
-    ("fast", None, "readout_ms: 'fast' must be"),
-    (18, "global", "readout_ms: 18 contradicts shutter: global"),
+    (-3, None, r"camera: readout_ms must be a number of milliseconds in \(0, 200\], got -3"),
+    (0, None, "camera: readout_ms must be .* got 0"),  # a readout of 0 is a global shutter: say so
+    (None, "rolling-ish", "camera: shutter must be 'rolling' or 'global', got 'rolling-ish'"),
+    ("fast", None, "camera: readout_ms must be .* got 'fast'"),
+    (18, "global", "camera: a global shutter has no readout time"),
 ])
 def test_bad_camera_configuration_is_one_line(readout_ms, shutter, message):
     with pytest.raises(RsdetectError, match=message) as err:

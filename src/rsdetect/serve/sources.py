@@ -29,6 +29,7 @@ from rsdetect.errors import RsdetectError
 from rsdetect.io import read_yaml
 from rsdetect.limits import ImageSizeError, check_size
 from rsdetect.preprocess import decode
+from rsdetect.video.sensor import Sensor, check_sensor  # re-exported: where sources are named, sensors are given
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
@@ -83,10 +84,6 @@ class Sampler:
 
 # ---------------------------------------------------------------- kinds
 
-SHUTTERS = ("rolling", "global")
-# A sensor that takes longer than this to read one frame is not a video sensor (Gyroflow's 971 measured cameras:
-# 6.4-33.4 ms from the 10th to the 90th percentile; a frame at 10 fps lasts 100 ms).
-MAX_READOUT_MS = 200.0
 
 
 @dataclass(frozen=True)
@@ -441,29 +438,6 @@ def _split_named(arg: str) -> tuple[str | None, str]:
     return None, arg
 
 
-@dataclass(frozen=True)
-class Sensor:
-    """What is known of a camera's sensor: its readout time in ms and its shutter, each None when not told."""
-
-    readout_ms: float | None = None
-    shutter: str | None = None
-
-
-def check_sensor(readout_ms: object, shutter: object, where: str) -> Sensor:
-    """A Sensor from user input, or a one-line RsdetectError naming `where` and the bad value."""
-    if shutter is not None and shutter not in SHUTTERS:
-        raise RsdetectError(f"{where}: shutter must be 'rolling' or 'global', got {shutter!r}")
-    if readout_ms is not None:
-        if isinstance(readout_ms, bool) or not isinstance(readout_ms, (int, float)) \
-                or not (math.isfinite(readout_ms) and 0 < readout_ms <= MAX_READOUT_MS):
-            raise RsdetectError(f"{where}: readout_ms must be a number of milliseconds in (0, {MAX_READOUT_MS:g}], "
-                                f"got {readout_ms!r}")
-        if shutter == "global":
-            raise RsdetectError(f"{where}: a global shutter has no readout time; give readout_ms or shutter: global, "
-                                "not both")
-    return Sensor(None if readout_ms is None else float(readout_ms), shutter)
-
-
 CAMERA_KEYS = ("source", "readout_ms", "shutter")
 
 
@@ -495,7 +469,10 @@ def read_cameras_yaml(path: str | os.PathLike) -> list[tuple[str, str, Sensor]]:
     return entries
 
 
-def parse_sources(args: list[str], cameras_yaml: str | None = None, sensor: Sensor = Sensor()) -> list[Source]:
+NOT_TOLD = Sensor()  # nothing known of the sensor: its readout is estimated from the footage, or unknown
+
+
+def parse_sources(args: list[str], cameras_yaml: str | None = None, sensor: Sensor = NOT_TOLD) -> list[Source]:
     """Sources from CLI args (optionally name=source; `sensor`, from --readout-ms / --shutter, applies to them) and
     a cameras YAML (each camera's own); unnamed ones get unique stem names."""
     named: list[tuple[str | None, str, Sensor]] = [(*_split_named(a), sensor) for a in args]

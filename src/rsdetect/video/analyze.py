@@ -22,22 +22,16 @@ from rsdetect.errors import RsdetectError
 from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll
 from rsdetect.video.motion import FrameMotion, MotionMeter
 from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
-
-SHUTTERS = ("rolling", "global")
+from rsdetect.video.sensor import check_sensor
 
 
 def configured_readout(readout_ms: float | None, shutter: str | None) -> Readout | None:
-    """The readout a camera's configuration gives, or None (to be estimated). RsdetectError for a bad value."""
-    if shutter is not None and shutter not in SHUTTERS:
-        raise RsdetectError(f"shutter: {shutter!r} is not one of {', '.join(SHUTTERS)}")
-    if readout_ms is not None:
-        if isinstance(readout_ms, bool) or not isinstance(readout_ms, (int, float)) or not np.isfinite(readout_ms) \
-                or readout_ms < 0:
-            raise RsdetectError(f"readout_ms: {readout_ms!r} must be a number of milliseconds >= 0")
-        if shutter == "global" and readout_ms > 0:
-            raise RsdetectError(f"readout_ms: {readout_ms} contradicts shutter: global (which reads every row at once)")
-        return Readout(float(readout_ms), (float(readout_ms), float(readout_ms)), "configured", 0)
-    if shutter == "global":
+    """The readout a camera's configuration gives, or None (to be estimated). RsdetectError for a bad value (the
+    one check of a sensor: rsdetect.video.sensor)."""
+    sensor = check_sensor(readout_ms, shutter, "camera")
+    if sensor.readout_ms is not None:
+        return Readout(sensor.readout_ms, (sensor.readout_ms, sensor.readout_ms), "configured", 0)
+    if sensor.shutter == "global":
         return Readout(0.0, (0.0, 0.0), "configured", 0)
     return None
 
