@@ -6,6 +6,10 @@ every clip through the path `scan` and `watch` run in each camera's decoder proc
 frames in order, each row lag_frames behind, the readout estimated as the evidence comes in) twice, the readout
 not told and told (the true readout_ms; shutter global for the twins), and writes metrics (ROC AUC by kind and
 source via sklearn, flag rates, shear error, readout error) and a figure.
+
+Run: python src/video.py RAW METRICS FIGURE [CLIP_SEED]. CLIP_SEED draws the clips (motion, readout, noise) from
+another seed than params' seed, the photos staying: for measuring a change on other draws than the stage's one set
+of clips. The stage runs without it.
 """
 import sys
 import time
@@ -163,6 +167,9 @@ def figure_pixels(fig) -> np.ndarray:
 def main() -> None:
     raw, metrics_path, figure_path = (Path(a) for a in sys.argv[1:4])
     params = load_params()
+    # an optional 4th argument draws the clips from another seed (the photos and the split stay): measuring on
+    # other draws than the stage's, so a change is not judged on one set of 16 camera clips
+    clip_seed = int(sys.argv[4]) if len(sys.argv) > 4 else params.seed
     c = params.video.clips
     photos = test_photos(raw, params)
     rows, clips, skipped = [], [], 0
@@ -170,7 +177,7 @@ def main() -> None:
     for source in sorted(photos):
         for kind in CLIP_KINDS:
             for n in range(c.clips_per_kind):
-                rng = np.random.default_rng([params.seed, CLIP_KINDS.index(kind), n, len(source)])
+                rng = np.random.default_rng([clip_seed, CLIP_KINDS.index(kind), n, len(source)])
                 for attempt in range(MAX_TRIES):
                     path, anns = photos[source][(n + attempt * c.clips_per_kind) % len(photos[source])]
                     image = cv2.imread(str(path))

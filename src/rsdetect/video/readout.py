@@ -18,6 +18,8 @@ the first frame gave readout within 25% on 12 of 35 clips (it reads the slope of
 is blind to the sub-frame timing of a shake); a free spline over r fitted noise. Here X is shared by all bands and
 all frames, so noise in one band cannot be absorbed.
 
+A least residual at the grid's top (readout_max, past one frame period) is no minimum: the readout is unknown.
+
 Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
 is the set of r whose residual stays within RSS_min * (1 + 3.84 / n), n the number of frames with camera motion
 (a profile-likelihood interval with one parameter). Too few such frames, an interval wider than max_ci_frames, or
@@ -122,6 +124,11 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
     lo, hi = float(inside.min()), float(inside.max())
     r_hat = refine(grid, rss, best)
+    if best == len(grid) - 1:
+        # no minimum inside the searched readouts (which reach past one frame period, the most a readout can
+        # be): what moves is not the camera seen through a readout (a mover filling the frame read as the
+        # background gave 1.2 frames on a global-shutter twin), so the footage does not tell the readout
+        return Readout(None, None, "unknown", evidence)
     if hi - lo > p.max_ci_frames or (lo == 0.0 and r_hat * 1000.0 / fps > p.zero_readout_ms):
         # too loose, or consistent with a global shutter while the point estimate says otherwise: either way the
         # footage does not tell the readout
