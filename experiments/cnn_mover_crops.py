@@ -163,20 +163,34 @@ def auc(rows: list[dict], key: str) -> tuple[float | None, int]:
 COLUMNS = ("probability", "fused_crop", "fused_whole", "crop", "whole")
 
 
+def twin_wins(rows: list[dict], key: str) -> float | None:
+    """How often a rolling-shutter frame with visible shear scores above the same frame of its global-shutter twin
+    (ties count half): the ROC AUC over twin pairs only. Same photo, same motion, only the shutter differs, so a
+    score that merely follows the motion (faster frames shear more, and the labelled frames are the faster ones)
+    reads 0.5 here."""
+    twin = {(r["pair"], r["frame"]): r[key] for r in rows if r["shutter"] == "global"}
+    pairs = [(r[key], twin.get((r["pair"], r["frame"]))) for r in rows if label(r) == 1]
+    wins = [float(a > b) + 0.5 * float(a == b) for a, b in pairs if a is not None and b is not None]
+    return float(np.mean(wins)) if wins else None
+
+
 def report(seed: int, rows: list[dict]) -> dict:
     """Prints and returns the ROC AUC of each score (COLUMNS) per kind and per kind and source."""
     out = {}
     print(f"seed {seed}: {'group':<12} {'frames':>6} {'evidence':>9} {'fused+crops':>12} {'fused+whole':>12} "
-          f"{'crops':>6} {'(n)':>5} {'whole':>6}")
+          f"{'crops':>6} {'(n)':>5} {'whole':>6} {'twin:evid':>9} {'crops':>6} {'whole':>6}")
     for kind in KINDS:
         for source in (None, *SOURCES):
             sel = [r for r in rows if r["kind"] == kind and source in (None, r["source"])]
             (ev, n), (fc, _), (fw, _), (cr, nc), (wh, _) = (auc(sel, k) for k in COLUMNS)
-            out[(kind, source)] = {"evidence": ev, "fused_crop": fc, "fused_whole": fw, "crop": cr, "whole": wh}
+            te, tc, tw = (twin_wins(sel, k) for k in ("probability", "crop", "whole"))
+            out[(kind, source)] = {"evidence": ev, "fused_crop": fc, "fused_whole": fw, "crop": cr, "whole": wh,
+                                   "twin_evidence": te, "twin_crop": tc, "twin_whole": tw}
             name = kind if source is None else f"  {source}"
             print(f"{'':>{len(str(seed)) + 6}}{name:<12} {n:>6} " + " ".join(
                 f"{'-' if v is None else f'{v:.3f}':>{wd}}" for v, wd in ((ev, 9), (fc, 12), (fw, 12), (cr, 6)))
-                  + f" {nc:>5} {'-' if wh is None else f'{wh:.3f}':>6}")
+                  + f" {nc:>5} " + " ".join(f"{'-' if v is None else f'{v:.3f}':>{wd}}"
+                                            for v, wd in ((wh, 6), (te, 9), (tc, 6), (tw, 6))))
     return out
 
 
@@ -184,12 +198,14 @@ def summary(results: dict) -> None:
     """Per kind over seeds: each score's mean ROC AUC (min-max), and the fusions' held-out gain over the evidence."""
     print("evidence: probability, readout not told; fused+crops / fused+whole: logistic regression on [evidence, "
           "CNN logit, has a score], 2-fold by twin pair, held out; crops: CNN on native crops around movers (n: "
-          "labelled frames with a crop); whole: CNN on the downscaled frame")
+          "labelled frames with a crop); whole: CNN on the downscaled frame; twin: how often a labelled rolling-"
+          "shutter frame scores above the same frame of its twin")
     for kind in KINDS:
         for source in (None, *SOURCES):
             per = [r[(kind, source)] for r in results.values()]
             cells = []
-            for key in ("evidence", "fused_crop", "fused_whole", "crop", "whole"):
+            for key in ("evidence", "fused_crop", "fused_whole", "crop", "whole", "twin_evidence", "twin_crop",
+                        "twin_whole"):
                 v = [p[key] for p in per if p[key] is not None]
                 cells.append(f"{key} {np.mean(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else f"{key} -")
             for key in ("fused_crop", "fused_whole"):
