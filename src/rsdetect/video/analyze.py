@@ -19,7 +19,7 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
-from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll
+from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll, unroll_movers
 from rsdetect.video.motion import FrameMotion, MotionMeter
 from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
 from rsdetect.video.sensor import check_sensor
@@ -110,14 +110,22 @@ class CameraAnalyzer:
         noise = float(np.median(self.residuals)) if self.residuals else 0.0
         return [frame_result(fm, trajectory, r, noise, self.height, self.p) for fm in batch]
 
-    def unrolled(self, frame: np.ndarray, index: int) -> np.ndarray | None:
-        """Frame `index` (still in the evidence window) with the camera's measured per-row motion undone, or None
-        where the readout is unknown. For the de-skew preview of the worst frames."""
+    def unrolled(self, frame: np.ndarray, index: int, evidence: str) -> np.ndarray | None:
+        """Frame `index` (still in the evidence window) with the measured rolling-shutter shear undone, or None
+        where the readout is unknown: the camera's per-row motion for `camera-shear`, each moving region's for
+        `mover-shear` (on top of the camera's where it moved). For the de-skew preview of the worst frames."""
         r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
-        trajectory = self.trajectory(r, (index - self.p.lag_frames, index + self.p.lag_frames))
-        if trajectory is None or r is None:
+        fm = next((f for f in reversed(self.window) if f.index == index), None)
+        if r is None or fm is None:
             return None
-        return unroll(frame, row_displacement(trajectory, index, r, frame.shape[0]))
+        out = frame
+        if fm.camera_moving:
+            trajectory = self.trajectory(r, (index - self.p.lag_frames, index + self.p.lag_frames))
+            if trajectory is not None:
+                out = unroll(out, row_displacement(trajectory, index, r, frame.shape[0]))
+        if evidence == "mover-shear":
+            out = unroll_movers(out, fm.regions, r)
+        return None if out is frame else out
 
     def trajectory(self, r: float | None, around: tuple[int, int] | None = None) -> Trajectory | None:
         """The camera's trajectory fitted with readout r on the window's evidence, or on its frames within

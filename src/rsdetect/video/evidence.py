@@ -46,6 +46,33 @@ def unroll(frame: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return warp_rows(frame, -rows[:, 0], -rows[:, 1], border=cv2.BORDER_REPLICATE)
 
 
+def unroll_movers(frame: np.ndarray, regions: list[dict], r: float) -> np.ndarray:
+    """The frame with each moving region's own rolling-shutter shear undone: a region moving at v px/frame against
+    the background has its row y displaced by v x r x (y / (H - 1) - 1/2) from where it was at mid-frame, so its
+    pixels (its mask, grown by that displacement) are moved back by it, as `unroll` does for the camera; the
+    background around it stays. v: the region's median direction at its measured speed (speed_px: the median
+    under-reads a flat-coloured mover)."""
+    h = frame.shape[0]
+    out = frame.copy()
+    frac = np.arange(h) / max(h - 1, 1) - 0.5
+    for reg in regions:
+        norm = float(np.hypot(reg["vx"], reg["vy"]))
+        if norm <= 0:
+            continue
+        vx, vy = (reg["vx"] / norm * reg["speed_px"] * r, reg["vy"] / norm * reg["speed_px"] * r)
+        pad = int(np.ceil(max(abs(vx), abs(vy)) / 2)) + 1
+        x0, y0 = max(reg["x"] - pad, 0), max(reg["y"] - pad, 0)
+        x1, y1 = min(reg["x"] + reg["w"] + pad, frame.shape[1]), min(reg["y"] + reg["h"] + pad, h)
+        warped = warp_rows(frame, -vx * frac, -vy * frac, border=cv2.BORDER_REPLICATE, box=(x0, y0, x1 - x0, y1 - y0))
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        mask[reg["y"] - y0:reg["y"] - y0 + reg["h"], reg["x"] - x0:reg["x"] - x0 + reg["w"]] = cv2.resize(
+            reg["mask"].astype(np.uint8), (reg["w"], reg["h"]), interpolation=cv2.INTER_NEAREST)[
+            :y1 - reg["y"], :x1 - reg["x"]]
+        mask = cv2.dilate(mask, np.ones((2 * pad + 1, 2 * pad + 1), np.uint8)).astype(bool)
+        out[y0:y1, x0:x1][mask] = warped[mask]
+    return out
+
+
 def mover_shear(fm: FrameMotion, r: float, height: int) -> float:
     """The largest moving region's shear against the background: speed x readout x its height's share of the rows."""
     return max((reg["speed_px"] * r * reg["h"] / max(height - 1, 1) for reg in fm.regions), default=0.0)

@@ -39,7 +39,8 @@ class FrameMotion:
     index: int
     static: bool
     bands: np.ndarray | None = None        # (bands, 2): background displacement (dx, dy) of each band
-    regions: list[dict] = field(default_factory=list)  # moving regions: x, y, w, h, vx, vy (relative), speed_px
+    # moving regions: x, y, w, h, vx, vy (relative), speed_px (native px), mask (its pixels in the box, coarse)
+    regions: list[dict] = field(default_factory=list)
     motion_px: float = 0.0                 # largest image speed: the background's or a region's
     camera_moving: bool = False            # the background moved more than camera_work_px (working px)
 
@@ -151,5 +152,6 @@ class MotionMeter:
             # the background (aperture), only its textured edges move at its true speed
             speed = float(np.quantile(np.hypot(rel[:, 0], rel[:, 1]), REGION_SPEED_QUANTILE))
             out.append({"x": int(x * s), "y": int(y * s), "w": int(w * s), "h": int(h * s),
-                        "vx": float(vx * self.scale), "vy": float(vy * self.scale), "speed_px": speed * self.scale})
+                        "vx": float(vx * self.scale), "vy": float(vy * self.scale), "speed_px": speed * self.scale,
+                        "mask": labels[y:y + h, x:x + w] == i})  # its pixels in the box, at mask resolution
         return out

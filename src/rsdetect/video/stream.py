@@ -35,9 +35,9 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
     ({ms, ci_ms, source, evidence_frames}) whenever it changes, and once at the end.
 
     `worst`: how many worst frames the scorer keeps per camera (highest probability, ties to the earlier frame).
-    A frame that can still be among them keeps its pixels, and where the camera's own motion sheared it, gets
-    `unrolled` in its evidence: the frame with the measured per-row motion undone (CameraAnalyzer.unrolled), the
-    de-skewed preview for the correction step (only here is that motion known). Every other frame with evidence
+    A frame that can still be among them keeps its pixels, and where the camera's motion or a mover sheared it,
+    gets `unrolled` in its evidence: the frame with the measured per-row motion undone (CameraAnalyzer.unrolled),
+    the de-skewed preview for the correction step (only here is that motion known). Every other frame with evidence
     comes out without pixels (None)."""
     pending: deque[tuple[int, float | None, np.ndarray]] = deque()
     analyzer: CameraAnalyzer | None = None
@@ -50,10 +50,10 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
         if worst <= 0 or (len(kept) >= worst and key <= kept[0]):
             return None, row  # the scorer's heap would not take it either: same key, same order
         (heapq.heappush if len(kept) < worst else heapq.heapreplace)(kept, key)
-        if row["evidence"] != "camera-shear":
+        if row["evidence"] not in ("camera-shear", "mover-shear"):
             return rgb, row
         assert analyzer is not None
-        unrolled = analyzer.unrolled(rgb, row["frame"])
+        unrolled = analyzer.unrolled(rgb, row["frame"], row["evidence"])
         return rgb, row if unrolled is None else {**row, "unrolled": unrolled}
 
     def release(rows: list[Evidence]) -> Iterator[AnalysedFrame]:
