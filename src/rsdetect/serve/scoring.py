@@ -143,13 +143,13 @@ class CameraState:
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
         # ties: the earlier frame ranks worse; a video frame's measured de-skew preview rides along (stream.py)
-        item = (prob, -frame_index, frame_index, rgb, None if evidence is None else evidence.get("unrolled"))
-        if rgb is None:  # its decoder knew it cannot be among the worst (the same order: video/stream.py)
-            pass
-        elif len(self._worst) < WORST_PER_CAMERA:
-            heapq.heappush(self._worst, item)
-        elif item[:2] > self._worst[0][:2]:
-            heapq.heapreplace(self._worst, item)
+        # a frame without pixels: its decoder knew it cannot be among the worst (the same order: video/stream.py)
+        if rgb is not None:
+            item = (prob, -frame_index, frame_index, rgb, None if evidence is None else evidence.get("unrolled"))
+            if len(self._worst) < WORST_PER_CAMERA:
+                heapq.heappush(self._worst, item)
+            elif item[:2] > self._worst[0][:2]:
+                heapq.heapreplace(self._worst, item)
         return {"camera": self.source.camera, "frame_index": frame_index,
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
                 "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),

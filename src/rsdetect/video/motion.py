@@ -145,7 +145,8 @@ class MotionMeter:
         out = []
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= self.p.min_region_fraction * mask.size) + 1:
             x, y, w, h, _ = stats[i]
-            ys, xs = np.nonzero(labels[y:y + h, x:x + w] == i)
+            pixels = labels[y:y + h, x:x + w] == i  # its pixels in the box, at mask resolution
+            ys, xs = np.nonzero(pixels)
             rel = flow[y + ys, x + xs] - bands[band_of_row[y + ys]]
             vx, vy = np.median(rel, axis=0)
             # speed: a high quantile, not the median: inside a flat-coloured mover the flow is smoothed towards
@@ -153,5 +154,5 @@ class MotionMeter:
             speed = float(np.quantile(np.hypot(rel[:, 0], rel[:, 1]), REGION_SPEED_QUANTILE))
             out.append({"x": int(x * s), "y": int(y * s), "w": int(w * s), "h": int(h * s),
                         "vx": float(vx * self.scale), "vy": float(vy * self.scale), "speed_px": speed * self.scale,
-                        "mask": labels[y:y + h, x:x + w] == i})  # its pixels in the box, at mask resolution
+                        "mask": pixels})
         return out

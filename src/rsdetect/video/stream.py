@@ -45,7 +45,8 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
     kept: list[tuple[float, int]] = []  # min-heap of (probability, -index): the scorer's worst-frame order
 
     def keep(index: int, rgb: np.ndarray, row: Evidence) -> tuple[np.ndarray | None, Evidence]:
-        """The frame's pixels if it can be among the worst (with its preview where the camera sheared it)."""
+        """The frame's pixels if it can be among the worst (with its preview where the camera or a mover sheared
+        it)."""
         key = (float(row["probability"]), -index)
         if worst <= 0 or (len(kept) >= worst and key <= kept[0]):
             return None, row  # the scorer's heap would not take it either: same key, same order
