@@ -89,7 +89,7 @@ def clip_frames(clip, clip_id: str, source: str, params, model) -> list[dict]:
         sys.exit(f"cnn_mover_crops: {clip_id}: frames {w}x{h} are smaller than the model's {size} px crops")
     meter = MotionMeter(params.video.analysis)
     boxes = [[(0, 0, w, h)] if clip.kind in CAMERA_KINDS else
-             [(r["x"], r["y"], r["w"], r["h"]) for r in meter.push(f).regions] for f in clip.frames]
+             [(r["x"], r["y"], r["w"], r["h"]) for r in meter.push(f).regions] for f in rgbs]
     with_crops = [k for k, b in enumerate(boxes) if b]
     crop_probs, _ = score_tiled(model.scorer, (crops(rgbs[k], boxes[k], size) for k in with_crops))
     whole, _ = score_frames(model.scorer, rgbs, size)

@@ -56,7 +56,8 @@ def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list
     told_args = {"readout_ms": clip.readout_ms} if clip.shutter == "rolling" else {"shutter": "global"}
     sensor = {"readout_ms": None, "shutter": None, **(told_args if told else {})}
     readout: dict = {}
-    frames = ((k, k / clip.fps, frame) for k, frame in enumerate(clip.frames))
+    # RGB, as every reader hands frames on (sources.video_frames): the analysis measures what scan measures
+    frames = ((k, k / clip.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)) for k, frame in enumerate(clip.frames))
     rows = [evidence for *_, evidence in analysed_frames(frames, params.video.analysis, sensor["readout_ms"],
                                                          sensor["shutter"], readout.update)]
     for row, truth in zip(rows, clip.truth, strict=True):

@@ -48,3 +48,17 @@ def test_motion_that_no_readout_in_range_explains_gives_unknown(analysis, r):
     frames, disp = shake_bands(r, analysis.bands)
     got = estimate_readout(frames, disp, np.ones(len(frames), bool), FPS, analysis)
     assert got.source == "unknown" and got.ms is None and got.evidence_frames == len(frames)
+
+
+def test_a_readout_the_evidence_does_not_bound_below_the_grid_top_is_unknown(analysis):
+    # A mover filling a fixed camera's frame, read as the background, gave a global-shutter twin 1.16 frames with
+    # an interval reaching the top of the searched readouts: the evidence does not bound it, so no readout is
+    # claimed. The same noisy evidence bounds a readout of half a frame.
+    noisy = []
+    for r in (0.5, 1.1):
+        frames, disp = shake_bands(r, analysis.bands)
+        disp = disp + np.random.default_rng(1).normal(0, 0.5, disp.shape)  # band medians 10x noisier
+        noisy.append(estimate_readout(frames, disp, np.ones(len(frames), bool), FPS, analysis))
+    half, top = noisy
+    assert half.source == "estimated" and abs(half.ms - 0.5 * 1000 / FPS) <= 0.1 * 0.5 * 1000 / FPS
+    assert top.source == "unknown" and top.ms is None

@@ -124,10 +124,11 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
     lo, hi = float(inside.min()), float(inside.max())
     r_hat = refine(grid, rss, best)
-    if best == len(grid) - 1:
-        # no minimum inside the searched readouts (which reach past one frame period, the most a readout can
-        # be): what moves is not the camera seen through a readout (a mover filling the frame read as the
-        # background gave 1.2 frames on a global-shutter twin), so the footage does not tell the readout
+    if hi >= grid[-1]:
+        # the evidence does not bound the readout within the searched ones (which reach past one frame period,
+        # the most a readout can be): what moves is not the camera seen through a readout (a mover filling the
+        # frame read as the background gave 1.2 frames on a global-shutter twin; another, 1.16 frames with an
+        # interval reaching the top), so the footage does not tell the readout
         return Readout(None, None, "unknown", evidence)
     if hi - lo > p.max_ci_frames or (lo == 0.0 and r_hat * 1000.0 / fps > p.zero_readout_ms):
         # too loose, or consistent with a global shutter while the point estimate says otherwise: either way the
