@@ -55,6 +55,10 @@ STOP_S = 0.5  # how long a decoder asked to stop may take (one frame's decoding 
 # let the decoder work a frame ahead while the reader's read-ahead holds one and copies one.
 SLOTS = 3
 READ_AHEAD = 4  # frames decoded ahead of the motion measurement, in a thread (source_frames)
+# Frames whose evidence crosses alone (no pixels: ReadRequest.worst) go this many to a message: one message a frame
+# cost each side a pickle and a system call, ~0.05 ms, as much as a static 320x240 frame's whole measurement
+# (bench_footage). They wait for at most the analyzer's next batch of rows (lag_frames): no more than it lags anyway.
+EVIDENCE_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -110,16 +114,33 @@ class _Ring:
     the frame out), so the decoder runs at most SLOTS frames ahead. A frame larger than the slots (a stream that
     reconnects at another resolution) gets a new ring once every slot of the old one is back."""
 
-    def __init__(self, conn: Connection, send: Callable[[Any], None]) -> None:
-        self.conn, self.send, self.slot_bytes, self.free = conn, send, 0, list(range(SLOTS))
+    def __init__(self, conn: Connection) -> None:
+        self.conn, self.slot_bytes, self.free = conn, 0, list(range(SLOTS))
         self.shm: shared_memory.SharedMemory | None = None
+        # frame errors and notes come from the read-ahead thread: one message at a time, and the frames whose
+        # evidence waits to go alone are taken or added under the same lock
+        self.lock = threading.Lock()
+        self.alone: list[tuple[int, float | None, Evidence | None]] = []
+
+    def send(self, message: Any) -> None:
+        """Send a message after the frames whose evidence waits to go alone (None: just those), keeping the order."""
+        with self.lock:
+            if self.alone:
+                self.conn.send(("frames", self.alone))
+                self.alone = []
+            if message is not None:
+                self.conn.send(message)
 
     def put(self, index: int, ts: float | None, rgb: np.ndarray | None, evidence: Evidence | None) -> None:
-        while self.conn.poll():  # slots handed back, or the reader's stop (which raises _Stopped)
-            self.take_back()
-        if rgb is None:  # evidence alone: no slot
-            self.send(("frame", None, index, ts, None, evidence))
+        if rgb is None:  # evidence alone: no slot; sent EVIDENCE_BATCH at a time (or before any other message)
+            with self.lock:
+                self.alone.append((index, ts, evidence))
+                full = len(self.alone) >= EVIDENCE_BATCH
+            if full:
+                self.send(None)
+                self.listen()
             return
+        self.listen()
         if self.shm is None or rgb.nbytes > self.slot_bytes:
             self.drain()
             self.close()
@@ -133,6 +154,11 @@ class _Ring:
         view[...] = rgb
         del view  # no export of shm.buf may outlive this call: close() needs none
         self.send(("frame", slot, index, ts, rgb.shape, evidence))
+
+    def listen(self) -> None:
+        """Take back the slots handed back so far; _Stopped if the reader said STOP."""
+        while self.conn.poll():
+            self.take_back()
 
     def take_back(self) -> None:
         """Wait for the reader's next word: a slot it has copied out, or STOP."""
@@ -160,13 +186,8 @@ def _decode(conn: Connection, source: Source, request: ReadRequest) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     limits.set_max_pixels(request.max_pixels)  # a fresh process: the reader's limit, not the default
-    lock = threading.Lock()  # frame errors and notes come from the read-ahead thread: one message at a time
-
-    def send(message: Any) -> None:
-        with lock:
-            conn.send(message)
-
-    ring = _Ring(conn, send)
+    ring = _Ring(conn)
+    send = ring.send
     with contextlib.suppress(BrokenPipeError, EOFError, OSError):  # the reader went away: nothing left to tell
         try:
             for index, ts, rgb, evidence in source_frames(
@@ -284,6 +305,9 @@ def decoded_frames(source: Source, on_error: OnError, request: ReadRequest = Rea
                 raise SourceError(death_message(source, process.exitcode)) from None
             if message[0] == "frame":
                 yield message[2], message[3], reader.take(message[1], message[4]), message[5]
+            elif message[0] == "frames":  # evidence alone, a batch
+                for index, ts, evidence in message[1]:
+                    yield index, ts, None, evidence
             elif message[0] == "ring":
                 reader.attach(message[1], message[2])
             elif message[0] == "error":

@@ -49,7 +49,8 @@ class RollingMean:
     def push(self, value: float) -> float:
         """Add a value; the mean of the window now."""
         self._window.append(value)
-        return float(np.mean(self._window))
+        # the window's mean (np.mean's to the last bit or two; rows keep 6 decimals) without np.mean's ~20 us a frame
+        return sum(self._window) / len(self._window)
 
 
 def smooth(probs: np.ndarray | list[float], k: int) -> np.ndarray:
