@@ -10,7 +10,9 @@ the video stage's 32 clips: ULTRAFAST for every frame lowered the not-told camer
 and put fewer readouts within 25%: 0.50 against 0.62); the background's
 displacement per horizontal band is the band's median flow over the pixels that move with it (a first median, then
 pixels more than mover_work_px off it are left out as movers and the median taken again), in both axes: the row
-dependence that a shake or a pan leaves is kept per band instead of averaged over the frame. Pixels off their band's
+dependence that a shake or a pan leaves is kept per band instead of averaged over the frame, less the row dependence
+of the camera's roll and zoom, which every shutter shows (column_slopes: measured by their column dependence, which
+no readout gives). Pixels off their band's
 background are moving regions (connected components), each with its own velocity and height.
 
 Every length reported is in native px of the frame (the working scale is undone).
@@ -29,6 +31,12 @@ OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outlier
 REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+# Without roll, flow's own column structure reads as slopes of ~1e-3 px per px: 0.08 work px at the top and bottom
+# rows, as large as a slow pan's readout shear (taken out in full, it cost the video stage 2 of 16 pan and shake
+# readouts on clip seed 2). 0.1 keeps those; against roll (experiments/roll_shake.py, 8 real photos) it leaves 6 of
+# 8 global-shutter twins' readouts at <= 2 ms and 0.01 of their frames flagged (0 / 8 and 0.75 without any
+# correction, 3 / 8 and 0.03 with 0.25).
+ROLL_DEAD_WORK_PX = 0.1
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
 
@@ -70,6 +78,29 @@ def quantile(values: np.ndarray, q: float) -> float:
     hi = min(lo + 1, len(values) - 1)
     part = np.partition(values, [lo, hi])
     return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
+
+
+def column_slopes(samples: np.ndarray, bands: np.ndarray, off: np.ndarray, width: int, dead_px: float) -> np.ndarray:
+    """(zoom, roll): the background's displacement per flow px of column, dx and dy, fitted (least squares) to the
+    samples (bands, rows x width, 2) that move with their band (not `off`), about each band's median; a slope
+    whose displacement at the top and bottom rows is under `dead_px` (work px) is taken as none, and a larger
+    one less that much (ROLL_DEAD_WORK_PX).
+
+    A rolling shutter reads rows at different times, never columns: it gives the background's displacement no
+    column dependence. A camera turning about its optical axis (roll) or zooming does, and gives every shutter a
+    row dependence as well, which the readout fit would take for a readout: measured, global-shutter cameras
+    shaking with 0.3-1.2 degrees of roll (1-4 px at the edges) got estimated readouts of 14-28 ms and most of their
+    frames flagged (experiments/roll_shake.py). Their column dependence measures them, and so their row
+    dependence."""
+    column = (np.arange(samples.shape[1]) % width - (width - 1) / 2)[None, :]
+    keep = ~off
+    spread = float((keep * column * column).sum())
+    if spread <= 0:
+        return np.zeros(2)
+    centred = samples - bands[:, None, :]
+    slopes = np.array([(keep * column * centred[..., k]).sum() / spread for k in (0, 1)])
+    half = len(bands) * samples.shape[1] / width / 2  # rows of samples, top or bottom to middle
+    return np.sign(slopes) * np.maximum(np.abs(slopes) - dead_px / half, 0.0)
 
 
 def off_background(flow: np.ndarray, background: np.ndarray, limit: float) -> np.ndarray:
@@ -174,9 +205,17 @@ class MotionMeter:
         crowded = (~off).sum(axis=1) <= off.shape[1] // 4  # a band mostly covered by movers: its plain median
         bands[crowded] = first[crowded]
         band_of_row = np.minimum(np.arange(h) // per, p.bands - 1)
-        moving = off_background(flow, bands[band_of_row][:, None], p.mover_work_px).view(np.uint8)
+        spin = column_slopes(samples, bands, off, w, ROLL_DEAD_WORK_PX)
+        column = np.arange(w) - (w - 1) / 2
+        background = bands[band_of_row][:, None] + column[None, :, None] * spin  # (h, w, 2): roll and zoom too
+        moving = off_background(flow, background, p.mover_work_px).view(np.uint8)
         regions = self.regions(cv2.morphologyEx(moving, cv2.MORPH_OPEN, OPEN_KERNEL), flow, bands, band_of_row,
                                grid * step)
+        # the bands as the camera's translation alone: the row dependence that roll and zoom give every shutter
+        # taken out (a roll of w gives dx = -w (y - cy) and dy = w (x - cx); a zoom s, dx = s (x - cx) and
+        # dy = s (y - cy)); what is left is the readout's
+        rows = (np.arange(p.bands) + 0.5) * per - 0.5 - (h - 1) / 2
+        bands = bands + rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
         camera = float(np.hypot(*median(bands, 0)))
         s = self.scale  # working px -> native px
         motion = max([camera] + [r["speed_px"] / s + camera for r in regions]) * s
