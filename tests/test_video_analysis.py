@@ -306,3 +306,19 @@ def test_a_camera_that_rolls_as_it_shakes_is_not_read_as_a_rolling_shutter(scene
     assert not any(r["flag"] for r in rows)
     rows, readout = analyze(rolled_clip(scene, SHAKE, 3.0, 24.0, "rolling"), FPS, analysis)
     assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0, readout
+
+
+def test_a_wide_frame_whose_camera_moves_is_measured_finer_than_work_width(scene, analysis):
+    # work_width 64 on this 448 px crop: a shake of 3 px is 0.4 px there. Where the camera moves, the motion is
+    # measured again at a third of the native width (precise_max_shrink), where the readout can be read.
+    from rsdetect.video.motion import MotionMeter
+
+    coarse = analysis.model_copy(update={"work_width": 64})
+    frames, _ = camera_clip(scene, SHAKE, 24.0, "rolling")
+    meter, widths = MotionMeter(coarse), []
+    calc = meter.dis.calc
+    meter.dis.calc = lambda prev, cur: (widths.append(cur.shape[1]), calc(prev, cur))[1]
+    moving = [meter.push(f).camera_moving for f in frames]
+    assert frames[0].shape[1] == 448 and sum(moving) >= 30 and set(widths) == {150}  # ceil(448 / 3)
+    rows, readout = analyze(frames, FPS, coarse)
+    assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0, readout

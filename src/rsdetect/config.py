@@ -334,6 +334,7 @@ class VideoClipParams(_Group):
 class VideoAnalysisParams(_Group):
     """video.analysis: per-frame motion, readout estimate and rolling-shutter evidence (rsdetect.video)."""
     work_width: Int(ge=32)                  # frames are measured at this width (flow cost ~ pixels)
+    precise_max_shrink: Int(ge=1)           # where the camera moves: at least 1/this of the native width
     flow_preset: Literal["ultrafast", "fast", "medium"]  # OpenCV DIS optical flow preset where the camera moves
     quick_preset: Literal["ultrafast", "fast", "medium"]  # ... and the first pass on every frame that is not static
     bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion

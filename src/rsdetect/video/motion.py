@@ -156,43 +156,56 @@ class Flow:
         return flow * np.float32(self.grid), self.grid
 
 
+def shrink(grey: np.ndarray, width: int) -> tuple[np.ndarray, float]:
+    """The grey frame at `width` (no wider than it is; INTER_AREA) and its native px per px."""
+    h, w = grey.shape
+    width = min(width, w)
+    scale = w / width
+    return cv2.resize(grey, (width, max(1, round(h / scale))), interpolation=cv2.INTER_AREA), scale
+
+
 class MotionMeter:
-    """Measures each pushed frame against the previous one; bounded memory (one small grey frame)."""
+    """Measures each pushed frame against the previous one; bounded memory (the previous frame in grey)."""
 
     def __init__(self, p: VideoAnalysisParams):
         self.p = p
-        self.prev: np.ndarray | None = None
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None  # the previous frame: grey, and at work_width
         self.index = -1
-        self.scale = 1.0
         self.dis = Flow(p.flow_preset)
         self.quick = self.dis if p.quick_preset == p.flow_preset else Flow(p.quick_preset)
 
-    def small(self, frame: np.ndarray) -> np.ndarray:
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame  # RGB, as readers give it
-        h, w = grey.shape
-        width = min(self.p.work_width, w)
-        self.scale = w / width
-        return cv2.resize(grey, (width, max(1, round(h / self.scale))), interpolation=cv2.INTER_AREA)
+    def precise_width(self, width: int) -> int:
+        """The width the camera's motion is measured at where it moves: work_width, or more for a frame over
+        precise_max_shrink times wider (a 1-4 px shake of a 1920 px frame is 0.2-0.7 px at 320)."""
+        return min(width, max(self.p.work_width, -(-width // self.p.precise_max_shrink)))
 
     def push(self, frame: np.ndarray) -> FrameMotion:
-        cur = self.small(frame)
-        prev, self.prev = self.prev, cur
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame  # RGB, as readers give it
+        cur, scale = shrink(grey, self.p.work_width)
+        prev, self.prev = self.prev, (grey, cur)
         self.index += 1
-        if prev is None or prev.shape != cur.shape:
+        if prev is None or prev[1].shape != cur.shape:
             return FrameMotion(self.index, static=True)  # nothing to compare with: no motion can be shown
-        changed = cv2.countNonZero(cv2.threshold(cv2.absdiff(prev, cur), self.p.static_level, 255,
+        changed = cv2.countNonZero(cv2.threshold(cv2.absdiff(prev[1], cur), self.p.static_level, 255,
                                                  cv2.THRESH_BINARY)[1])
         if changed <= self.p.static_fraction * cur.size:
             return FrameMotion(self.index, static=True)
-        first = self.measure(*self.quick.calc(prev, cur))
-        if not first.camera_moving or self.quick is self.dis:
-            return first
-        return self.measure(*self.dis.calc(prev, cur))  # the camera moves: its row dependence needs precision
+        first = self.measure(*self.quick.calc(prev[1], cur), scale)
+        width = self.precise_width(grey.shape[1])
+        if width == cur.shape[1]:
+            if not first.camera_moving or self.quick is self.dis:
+                return first
+            # the camera moves: its row dependence needs precision
+            return self.measure(*self.dis.calc(prev[1], cur), scale)
+        fine = grey.shape[1] / width  # native px per px of the precise pass
+        if first.camera_px <= self.p.camera_work_px * fine:
+            return first  # the camera stands still by the precise pass's own measure, as the quick one sees it
+        return self.measure(*self.dis.calc(shrink(prev[0], width)[0], shrink(grey, width)[0]), fine)
 
-    def measure(self, flow: np.ndarray, grid: int) -> FrameMotion:
-        """Band medians of the flow (work px, `grid` work px per flow px), movers left out, and the moving regions,
-        both on every STAT_STEP-th work pixel each way (DIS's flow is smooth at that scale anyway: one 8x8 patch
-        per 4 px)."""
+    def measure(self, flow: np.ndarray, grid: int, scale: float) -> FrameMotion:
+        """Band medians of the flow (work px, `grid` work px per flow px, `scale` native px per work px), movers
+        left out, and the moving regions, both on every STAT_STEP-th work pixel each way (DIS's flow is smooth at
+        that scale anyway: one 8x8 patch per 4 px)."""
         p = self.p
         step = max(1, STAT_STEP // grid)
         flow = flow[::step, ::step]
@@ -210,24 +223,24 @@ class MotionMeter:
         background = bands[band_of_row][:, None] + column[None, :, None] * spin  # (h, w, 2): roll and zoom too
         moving = off_background(flow, background, p.mover_work_px).view(np.uint8)
         regions = self.regions(cv2.morphologyEx(moving, cv2.MORPH_OPEN, OPEN_KERNEL), flow, bands, band_of_row,
-                               grid * step)
+                               grid * step, scale)
         # the bands as the camera's translation alone: the row dependence that roll and zoom give every shutter
         # taken out (a roll of w gives dx = -w (y - cy) and dy = w (x - cx); a zoom s, dx = s (x - cx) and
         # dy = s (y - cy)); what is left is the readout's
         rows = (np.arange(p.bands) + 0.5) * per - 0.5 - (h - 1) / 2
         bands = bands + rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
         camera = float(np.hypot(*median(bands, 0)))
-        s = self.scale  # working px -> native px
+        s = scale  # working px -> native px
         motion = max([camera] + [r["speed_px"] / s + camera for r in regions]) * s
         return FrameMotion(self.index, static=False, bands=bands * s, regions=regions, motion_px=motion,
                            camera_moving=camera > p.camera_work_px)
 
     def regions(self, mask: np.ndarray, flow: np.ndarray, bands: np.ndarray, band_of_row: np.ndarray,
-                cell: int) -> list[dict]:
+                cell: int, scale: float) -> list[dict]:
         """Connected moving regions of at least min_region_fraction of the frame: box, velocity relative to the
-        background, speed; native px (`cell`: work px per mask px)."""
+        background, speed; native px (`cell`: work px per mask px, `scale`: native px per work px)."""
         _, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        s = self.scale * cell  # mask px -> native px
+        s = scale * cell  # mask px -> native px
         out = []
         for i in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= self.p.min_region_fraction * mask.size) + 1:
             x, y, w, h, _ = stats[i]
@@ -239,6 +252,6 @@ class MotionMeter:
             # the background (aperture), only its textured edges move at its true speed
             speed = quantile(np.hypot(rel[:, 0], rel[:, 1]), REGION_SPEED_QUANTILE)
             out.append({"x": int(x * s), "y": int(y * s), "w": int(w * s), "h": int(h * s),
-                        "vx": float(vx * self.scale), "vy": float(vy * self.scale), "speed_px": speed * self.scale,
+                        "vx": float(vx * scale), "vy": float(vy * scale), "speed_px": speed * scale,
                         "mask": pixels})
         return out
