@@ -7,8 +7,8 @@ Each video is read three ways, interleaved over --repeat rounds (best of each ke
   are scored by their evidence, so the model runs on no video frame), reports included;
 - watch: `run_watch` on the same file, likewise.
 Goals (issue 21 item 7): >= 250 frames/s on 640x480 footage with movers on 2 cores, and >= 0.5 of decode-only on
-real footage. Inputs: the videos given, else ../shared/data/footage/*.avi where present, plus a 640x480 clip
-written here (a textured street with three movers, mp4v).
+real footage. Inputs: the videos given, else ../shared/data/footage/*.avi where present, plus two clips written
+here (mp4v): 640x480, a textured street with three movers; 320x240, a static textured scene with sensor noise.
 Run: python benchmarks/bench_footage.py [--model models/model.keras] [--frames 400] [--repeat 2] [VIDEO ...]
 """
 from __future__ import annotations
@@ -55,6 +55,21 @@ def movers_clip(path: Path, n: int, w: int = 640, h: int = 480, fps: float = 25.
     return path
 
 
+def static_clip(path: Path, n: int, w: int = 320, h: int = 240, fps: float = 25.0) -> Path:
+    """A fixed camera over a textured scene where nothing moves, with sensor noise (sigma 1) in every frame: what
+    motion gating is for (most of a surveillance camera's frames)."""
+    rng = np.random.default_rng(1)
+    scene = cv2.cvtColor(cv2.GaussianBlur(rng.uniform(0, 255, (h, w)), (0, 0), 2).astype(np.uint8),
+                         cv2.COLOR_GRAY2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise SystemExit(f"cannot write {path}")
+    for _ in range(n):
+        writer.write(np.clip(scene + rng.normal(0, 1, scene.shape), 0, 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
 def decode_fps(path: Path, max_frames: int) -> tuple[int, float]:
     start, n = time.perf_counter(), 0
     for _ in video_frames(str(path), max_frames=max_frames):
@@ -92,6 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
         videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
+        videos.append(static_clip(Path(tmp) / "static_320x240.mp4", args.frames))
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"bench_footage: {len(os.sched_getaffinity(0))} cores, load {load:.2f}, best of {args.repeat}")
         print(f"{'video':34s} {'size':>9s} {'frames':>6s} {'decode f/s':>10s} {'scan f/s':>9s} {'ratio':>6s} "
