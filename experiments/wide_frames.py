@@ -1,5 +1,5 @@
-"""Is the readout still read on wide frames? A development experiment (issue 21: realistic magnitudes are native px of
-1080p footage, where the `video` stage's clips are about 450 px wide).
+"""Is the readout still read on wide frames, and on other draws than the stage's recipe? A development experiment
+(issue 21: realistic magnitudes are native px of 1080p footage, where the `video` stage's clips are ~450 px wide).
 
 The stage's shake and pan clips (rsdetect.synth.clips.render_twins with the stage's video.clips parameters: shakes
 of 1-4 px, pans of 3-10 px/frame, readout 6-33 ms, noise and JPEG), rendered from the test split's photos scaled
@@ -16,8 +16,15 @@ Measured 2026-12-06 (real photos, 4 shakes and 4 pans, clip seed 7; 1-3 min a ru
   1920    320 (before)                            3/8        8/8     0.912      0.10 px
   1920    480                                     5/8        8/8     0.942      0.12 px
   1920    640 (a third)                           6/8        8/8     0.973      0.11 px
+Other draws at ~400 px (--width 400 and one override each; the stage's own recipe gives 7/8, 8/8, 0.971):
+  --fps 50 60           5/8, 8/8, 0.944: the three misses are readouts of 28-32 ms at 50-60 fps, 1.4-1.9 frame
+                        periods, which no sensor reads at that rate; the fit searches up to 1.2 and says unknown
+  --noise-sigma 4 8     7/8, 8/8, 0.904
+  --vibration-hz 1 4    4/8, 8/8, 0.956: a slow sway changes speed little within a frame; two unknown, one 17 ms
+                        against 31 ms
 Run: PYTHONPATH=src python experiments/wide_frames.py --width 1920 [--source real|drawn] [--raw data/raw]
      [--precise-max-shrink N]   (N = 1000: every frame at work_width, as before)
+     [--fps LO HI] [--noise-sigma LO HI] [--vibration-hz LO HI] [--vibration-px LO HI]
 """
 from __future__ import annotations
 
@@ -46,8 +53,15 @@ def main() -> None:
     ap.add_argument("--source", choices=["real", "drawn"], default="real")
     ap.add_argument("--raw", type=Path, default=ROOT / "data" / "raw")
     ap.add_argument("--precise-max-shrink", type=int, default=None, help="override video.analysis's")
+    for name in ("fps", "noise-sigma", "vibration-hz", "vibration-px"):  # other draws than the stage's recipe
+        ap.add_argument(f"--{name}", type=float, nargs=2, metavar=("LO", "HI"), help=f"override video.clips.{name}")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
+    clips = {k: list(getattr(args, k)) for k in ("fps", "noise_sigma", "vibration_hz", "vibration_px")
+             if getattr(args, k) is not None}
+    if clips:
+        params = params.model_copy(update={"video": params.video.model_copy(
+            update={"clips": params.video.clips.model_copy(update=clips)})})
     if args.precise_max_shrink is not None:
         analysis = params.video.analysis.model_copy(update={"precise_max_shrink": args.precise_max_shrink})
         params = params.model_copy(update={"video": params.video.model_copy(update={"analysis": analysis})})
