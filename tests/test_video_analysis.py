@@ -322,3 +322,22 @@ def test_a_wide_frame_whose_camera_moves_is_measured_finer_than_work_width(scene
     assert frames[0].shape[1] == 448 and sum(moving) >= 30 and set(widths) == {150}  # ceil(448 / 3)
     rows, readout = analyze(frames, FPS, coarse)
     assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0, readout
+
+
+@pytest.mark.parametrize("preset", ["ultrafast", "medium"])
+def test_flow_on_the_finest_level_is_dis_flow_at_its_finest_scale(scene, preset):
+    # motion.Flow gives DIS the image already shrunk to the preset's finest pyramid level: the same flow as DIS
+    # computing down to that level itself and upsampling it, for less work. Compared where DIS's upsampled field
+    # has its samples (every `grid` px), on a shaking frame pair.
+    import cv2 as cv
+
+    from rsdetect.video.motion import FLOW_PRESETS, Flow
+
+    frames, _ = camera_clip(scene, SHAKE, 24.0, "rolling")
+    prev, cur = (cv.cvtColor(f, cv.COLOR_BGR2GRAY) for f in frames[5:7])
+    flow, grid = Flow(preset).calc(prev, cur)
+    full = cv.DISOpticalFlow.create(FLOW_PRESETS[preset]).calc(prev, cur, None)
+    h, w = flow.shape[:2]
+    at_level = cv.resize(full, (w, h), interpolation=cv.INTER_AREA)
+    assert grid == {"ultrafast": 4, "medium": 2}[preset]
+    assert float(np.median(np.abs(flow - at_level))) <= 0.02 and float(np.median(np.abs(full))) >= 0.5
