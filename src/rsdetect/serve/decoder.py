@@ -112,7 +112,9 @@ class _Ring:
 
     A slot is reused only once the reader has acknowledged it (it sends the slot's number back when it has copied
     the frame out), so the decoder runs at most SLOTS frames ahead. A frame larger than the slots (a stream that
-    reconnects at another resolution) gets a new ring once every slot of the old one is back."""
+    reconnects at another resolution) gets a new ring once every slot of the old one is back. A frame whose evidence
+    crosses without its pixels needs no slot: such frames go EVIDENCE_BATCH to a message, before anything sent
+    after them."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn, self.slot_bytes, self.free = conn, 0, list(range(SLOTS))
