@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rsdetect.config import load_params  # noqa: E402
-from rsdetect.synth.clips import crop_box, degrade, frame_times, vibration  # noqa: E402
+from rsdetect.synth.clips import crop_box, degrade, render_rolled, vibration  # noqa: E402
 from rsdetect.video.analyze import analyze  # noqa: E402
 from video import test_photos  # noqa: E402  (src/video.py: the stage's test split)
 
@@ -43,22 +43,10 @@ FRAMES = 40
 
 
 def render(image: np.ndarray, shift, roll_rad, r: float, shutter: str, rng: np.random.Generator) -> list[np.ndarray]:
-    """RGB frames of the crop's middle 70% shifted by shift(t) and turned by roll_rad(t) about its centre, each row
-    at its read time (frame_times)."""
-    x0, y0, w, h = crop_box(image, 0.7)
-    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
-    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
-    frames = []
-    for k in range(FRAMES):
-        t = frame_times(k, h, r, shutter)
-        dx, dy = shift(t)
-        th = roll_rad(t)[:, None]
-        px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]  # out(p) = in(R(-th) (p - c - d) + c)
-        map_x = (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32)
-        map_y = (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32)
-        frame = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-        frames.append(cv2.cvtColor(degrade(frame, rng, 2.0, 90), cv2.COLOR_BGR2RGB))
-    return frames
+    """RGB frames of the crop's middle 70% shifted by shift(t) and turned by roll_rad(t) about its centre
+    (render_rolled), with sensor noise and a JPEG round trip."""
+    frames = render_rolled(image, shift, roll_rad, FRAMES, r, shutter, crop_box(image, 0.7))
+    return [cv2.cvtColor(degrade(frame, rng, 2.0, 90), cv2.COLOR_BGR2RGB) for frame in frames]
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from rsdetect.synth.clips import (
     person_mask,
     render_camera,
     render_person,
+    render_rolled,
     render_twins,
     still,
     vibration,
@@ -283,19 +284,12 @@ def test_bad_video_params_are_one_line(override, message):
 
 def rolled_clip(image, shift, roll_px, readout_ms, shutter, seed=0):
     """A shaking camera that also turns about its optical axis: roll_px, the roll at the crop's edges (px), at 5 Hz."""
-    x0, y0, w, h = crop_box(image, 0.7)
-    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
-    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
-    rng, frames = np.random.default_rng(seed), []
-    for k in range(FRAMES):
-        t = k + readout_ms * FPS / 1000 * np.arange(h) / (h - 1) if shutter == "rolling" else np.full(h, k)
-        dx, dy = shift(t)
-        th = (roll_px / (w / 2) * np.sin(2 * np.pi * 5.0 * t / FPS + 1.0))[:, None]
-        px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
-        map_x = (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32)
-        map_y = (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32)
-        frames.append(degrade(cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR), rng, 2.0, 90))
-    return frames
+    box = crop_box(image, 0.7)
+    half_width = box[2] / 2
+    frames = render_rolled(image, shift, lambda t: roll_px / half_width * np.sin(2 * np.pi * 5.0 * t / FPS + 1.0),
+                           FRAMES, readout_ms * FPS / 1000, shutter, box)
+    rng = np.random.default_rng(seed)
+    return [degrade(f, rng, 2.0, 90) for f in frames]
 
 
 def test_a_camera_that_rolls_as_it_shakes_is_not_read_as_a_rolling_shutter(scene, analysis):

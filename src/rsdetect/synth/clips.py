@@ -118,6 +118,26 @@ def render_camera(image: np.ndarray, trajectory: Trajectory, n: int, r: float, s
     return frames, truth
 
 
+def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.ndarray], np.ndarray], n: int,
+                  r: float, shutter: str, box: tuple[int, int, int, int]) -> list[np.ndarray]:
+    """Frames of a mount that turns about the crop's centre by roll(t) radians as it shifts by trajectory(t), each
+    row at its read time (frame_times): out(p) = in(R(-roll) (p - c - d) + c). No stage renders these (their roll
+    is measured apart: rsdetect.video.motion.column_slopes); tests and experiments/roll_shake.py do."""
+    x0, y0, w, h = box
+    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
+    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
+    frames = []
+    for k in range(n):
+        t = frame_times(k, h, r, shutter)
+        dx, dy = trajectory(t)
+        th = np.asarray(roll(t))[:, None]
+        px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
+        map_x = (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32)
+        map_y = (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32)
+        frames.append(cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101))
+    return frames
+
+
 def person_mask(image: np.ndarray, polygons: list[list[float]]) -> np.ndarray:
     h, w = image.shape[:2]
     rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
