@@ -344,6 +344,7 @@ class VideoAnalysisParams(_Group):
     min_region_fraction: Float(gt=0, lt=1)  # a moving region covers at least this fraction of the frame
     camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves
                                             # (flow's precision is set by the working image, not the native one)
+    roll_dead_work_px: Float(ge=0)          # work px at the top and bottom rows: a roll or zoom under it is none
     nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
     smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals

@@ -31,12 +31,6 @@ OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outlier
 REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-# Without roll, flow's own column structure reads as slopes of ~1e-3 px per px: 0.08 work px at the top and bottom
-# rows, as large as a slow pan's readout shear (taken out in full, it cost the video stage 2 of 16 pan and shake
-# readouts on clip seed 2). 0.1 keeps those; against roll (experiments/roll_shake.py, 8 real photos) it leaves 6 of
-# 8 global-shutter twins' readouts at <= 2 ms and 0.01 of their frames flagged (0 / 8 and 0.75 without any
-# correction, 3 / 8 and 0.03 with 0.25).
-ROLL_DEAD_WORK_PX = 0.1
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
 
@@ -84,7 +78,7 @@ def column_slopes(samples: np.ndarray, bands: np.ndarray, off: np.ndarray, width
     """(zoom, roll): the background's displacement per flow px of column, dx and dy, fitted (least squares) to the
     samples (bands, rows x width, 2) that move with their band (not `off`), about each band's median; a slope
     whose displacement at the top and bottom rows is under `dead_px` (work px) is taken as none, and a larger
-    one less that much (ROLL_DEAD_WORK_PX).
+    one less that much (video.analysis.roll_dead_work_px: why, in params.yaml).
 
     A rolling shutter reads rows at different times, never columns: it gives the background's displacement no
     column dependence. A camera turning about its optical axis (roll) or zooming does, and gives every shutter a
@@ -218,7 +212,7 @@ class MotionMeter:
         crowded = (~off).sum(axis=1) <= off.shape[1] // 4  # a band mostly covered by movers: its plain median
         bands[crowded] = first[crowded]
         band_of_row = np.minimum(np.arange(h) // per, p.bands - 1)
-        spin = column_slopes(samples, bands, off, w, ROLL_DEAD_WORK_PX)
+        spin = column_slopes(samples, bands, off, w, p.roll_dead_work_px)
         column = np.arange(w) - (w - 1) / 2
         background = bands[band_of_row][:, None] + column[None, :, None] * spin  # (h, w, 2): roll and zoom too
         moving = off_background(flow, background, p.mover_work_px).view(np.uint8)
