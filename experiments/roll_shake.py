@@ -17,7 +17,9 @@ their mean share of frames flagged, rolling-shutter readouts within 25%:
   bands as measured (no correction)     0/8  0.75  3/8       1/8  0.65  4/8
   roll and zoom taken out in full       8/8  0.00  8/8       4/8  0.14  7/8
   ... under 0.1 work px left (kept)     6/8  0.01  7/8       3/8  0.17  7/8
-(rsdetect.video.motion.column_slopes; params.yaml's video.analysis.roll_dead_work_px says why the dead zone.)
+  ... and bands weighed by texture      7/8  0.00  8/8       5/8  0.12  6/8
+(rsdetect.video.motion.column_slopes; params.yaml's video.analysis.roll_dead_work_px says why the dead zone;
+rsdetect.video.readout.band_weights for the last row.)
 Drawn scenes (flat colours) give flow too little texture to measure a roll well: their twins still get readouts.
 Run: PYTHONPATH=src python experiments/roll_shake.py [--raw data/raw] [--source real|drawn] [--clips 8] [--seed 0]
 """

@@ -22,14 +22,23 @@ Other draws at ~400 px (--width 400 and one override each; the stage's own recip
   --noise-sigma 4 8     7/8, 8/8, 0.904
   --vibration-hz 1 4    4/8, 8/8, 0.956: a slow sway changes speed little within a frame; two unknown, one 17 ms
                         against 31 ms
+Through a codec (--codec FOURCC: each clip written by OpenCV's FFmpeg encoder at its default quality and read back,
+as footage is; mp4v is MPEG-4 part 2, ~37 dB PSNR here), before -> after the readout fit weighed bands by their
+texture (rsdetect.video.readout.band_weights; a flat band's flow is held back by the blocks the codec skips):
+  --width 1280 --codec mp4v                 5/8, 6/8, 0.873, 0.16 px -> 6/8, 8/8, 0.944, 0.07 px
+  --width 400 --codec mp4v                  8/8, 8/8, 0.977 -> 7/8, 8/8, 0.983   (MJPG before: 7/8, 8/8, 0.973)
+  --width 400 --codec mp4v --source drawn   7/8, 7/8, 0.964 -> 7/8, 8/8, 0.951
+With the weights, uncompressed: 400 px 7/8, 8/8, 0.982 (drawn 7/8, 8/8, 0.987); 1920 px 6/8, 8/8, 0.971.
 Run: PYTHONPATH=src python experiments/wide_frames.py --width 1920 [--source real|drawn] [--raw data/raw]
      [--precise-max-shrink N]   (N = 1000: every frame at work_width, as before)
-     [--fps LO HI] [--noise-sigma LO HI] [--vibration-hz LO HI] [--vibration-px LO HI]
+     [--fps LO HI] [--noise-sigma LO HI] [--vibration-hz LO HI] [--vibration-px LO HI] [--codec mp4v|XVID|MJPG]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,10 +50,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rsdetect.config import load_params  # noqa: E402
-from rsdetect.synth.clips import render_twins  # noqa: E402
+from rsdetect.synth.clips import Clip, render_twins  # noqa: E402
 from video import CLIP_KINDS, clip_rows, test_photos  # noqa: E402  (src/video.py: the stage's own path)
 
 SEED = 7  # not the stage's seed: other draws of the motion
+
+
+def encoded(clip: Clip, fourcc: str) -> Clip:
+    """The clip written by OpenCV's FFmpeg encoder (`fourcc`, its default quality) and read back."""
+    h, w = clip.frames[0].shape[:2]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / ("clip.avi" if fourcc in ("XVID", "MJPG") else "clip.mp4"))
+        writer = cv2.VideoWriter(path, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), clip.fps, (w, h))
+        if not writer.isOpened():
+            sys.exit(f"wide_frames: cannot write {fourcc}")
+        for frame in clip.frames:
+            writer.write(frame)
+        writer.release()
+        cap = cv2.VideoCapture(path)
+        frames = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+        cap.release()
+    if len(frames) != len(clip.frames):
+        sys.exit(f"wide_frames: {fourcc} gave back {len(frames)} of {len(clip.frames)} frames")
+    return dataclasses.replace(clip, frames=frames)
 
 
 def main() -> None:
@@ -53,6 +86,8 @@ def main() -> None:
     ap.add_argument("--source", choices=["real", "drawn"], default="real")
     ap.add_argument("--raw", type=Path, default=ROOT / "data" / "raw")
     ap.add_argument("--precise-max-shrink", type=int, default=None, help="override video.analysis's")
+    ap.add_argument("--codec", default=None, help="FOURCC (mp4v, XVID, MJPG): each clip goes through this encoder "
+                    "and OpenCV's decoder before it is analysed, as footage does")
     for name in ("fps", "noise-sigma", "vibration-hz", "vibration-px"):  # other draws than the stage's recipe
         ap.add_argument(f"--{name}", type=float, nargs=2, metavar=("LO", "HI"), help=f"override video.clips.{name}")
     args = ap.parse_args()
@@ -82,6 +117,8 @@ def main() -> None:
             if f > 1.05:
                 image = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
             rs, gs = render_twins(image, kind, rng, c, anns)
+            if args.codec:
+                rs, gs = (encoded(clip, args.codec) for clip in (rs, gs))
             rs_rows, rs_readout = clip_rows(rs, args.source, "rs", False, params)
             gs_rows, gs_readout = clip_rows(gs, args.source, "gs", False, params)
             told, _ = clip_rows(rs, args.source, "rs", True, params)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rsdetect.synth.clips import vibration
-from rsdetect.video.readout import band_centres, estimate_readout
+from rsdetect.video.readout import band_centres, band_weights, estimate_readout
 
 from conftest import params_group
 
@@ -62,3 +62,42 @@ def test_a_readout_the_evidence_does_not_bound_below_the_grid_top_is_unknown(ana
     half, top = noisy
     assert half.source == "estimated" and abs(half.ms - 0.5 * 1000 / FPS) <= 0.1 * 0.5 * 1000 / FPS
     assert top.source == "unknown" and top.ms is None
+
+
+def lagged_bands(bands: int, flat: int, lag: float) -> tuple[np.ndarray, np.ndarray]:
+    """A global shutter's shake (every band at the frame's time), its top `flat` bands lagging by `lag` frames, as a
+    codec's skipped flat blocks make them (experiments/wide_frames.py --codec mp4v)."""
+    frames = np.arange(1, FRAMES, dtype=float)
+    t = np.repeat(frames[:, None], bands, axis=1)
+    t[:, :flat] -= lag
+    x1, y1 = SHAKE(t)
+    x0, y0 = SHAKE(t - 1.0)
+    noise = np.random.default_rng(2).normal(0, FLOW_NOISE_PX, (len(frames), bands, 2))
+    return frames, np.stack([x1 - x0, y1 - y0], axis=-1) + noise
+
+
+def test_flat_bands_that_lag_do_not_make_a_global_shutter_a_rolling_one(analysis):
+    # Sky over a shaking global-shutter camera, through MPEG-4: its top bands lagged the rest by 0.2-0.4 frames
+    # and the fit read a readout of 16-23 ms. Weighed by their texture (a tenth of the others'), they do not.
+    frames, disp = lagged_bands(analysis.bands, 3, 0.35)
+    moving = np.ones(len(frames), bool)
+    unweighted = estimate_readout(frames, disp, moving, FPS, analysis)
+    assert unweighted.ms is not None and unweighted.ms > analysis.zero_readout_ms  # the failure, reproduced
+    texture = np.full((len(frames), analysis.bands), 100.0)
+    texture[:, :3] = 10.0
+    got = estimate_readout(frames, disp, moving, FPS, analysis, band_weights(texture))
+    assert got.ms is None or got.ms <= analysis.zero_readout_ms
+
+
+def test_texture_weights_keep_a_rolling_shutters_readout(analysis):
+    frames, disp = shake_bands(0.6, analysis.bands)
+    texture = np.full((len(frames), analysis.bands), 100.0)
+    texture[:, :3] = 10.0
+    got = estimate_readout(frames, disp, np.ones(len(frames), bool), FPS, analysis, band_weights(texture))
+    assert got.source == "estimated" and abs(got.ms - 0.6 * 1000.0 / FPS) <= 0.1 * 0.6 * 1000.0 / FPS
+
+
+def test_band_weights_follow_texture_and_unmeasured_frames_weigh_one():
+    texture = np.array([[10.0, 100.0, 200.0, 400.0], [np.nan] * 4])
+    w = band_weights(texture)
+    assert w[0].tolist() == [0.025, 0.25, 0.5, 1.0] and w[1].tolist() == [1.0] * 4

@@ -21,7 +21,7 @@ from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll, unroll_movers
 from rsdetect.video.motion import FrameMotion, MotionMeter
-from rsdetect.video.readout import Readout, Trajectory, estimate_readout, fit_trajectory
+from rsdetect.video.readout import Readout, Trajectory, band_weights, estimate_readout, fit_trajectory
 from rsdetect.video.sensor import check_sensor
 
 
@@ -88,18 +88,21 @@ class CameraAnalyzer:
     def estimate(self) -> None:
         if self.configured is not None or not self.window:
             return
-        frames, disp, moving = self.evidence()
-        self._readout = estimate_readout(frames, disp, moving, self.fps, self.p)
+        frames, disp, moving, weights = self.evidence()
+        self._readout = estimate_readout(frames, disp, moving, self.fps, self.p, weights)
         self.moving_since_estimate = 0
         self.estimates += 1
 
-    def evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The window's frames, band displacements (a static frame: zero, it was measured still) and camera motion."""
+    def evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The window's frames, band displacements (a static frame: zero, it was measured still), camera motion and
+        band weights (by texture where the camera moved, else 1: readout.band_weights)."""
         frames = np.array([fm.index for fm in self.window], float)
         zero = np.zeros((self.p.bands, 2))
         disp = np.array([zero if fm.bands is None else fm.bands for fm in self.window])
         moving = np.array([fm.camera_moving for fm in self.window])
-        return frames, disp, moving
+        unknown = np.full(self.p.bands, np.nan)
+        weights = band_weights(np.array([unknown if fm.texture is None else fm.texture for fm in self.window]))
+        return frames, disp, moving, weights
 
     def finish(self, count: int) -> list[dict]:
         """Rows of the `count` oldest waiting frames."""
@@ -133,13 +136,13 @@ class CameraAnalyzer:
         stream's per-frame cost independent of window_frames."""
         if r is None or not self.window:
             return None
-        frames, disp, _ = self.evidence()
+        frames, disp, _, weights = self.evidence()
         if around is not None:
             near = (frames >= around[0]) & (frames <= around[1])
             if not near.any():
                 return None
-            frames, disp = frames[near], disp[near]
-        return fit_trajectory(frames, disp, r, self.p)
+            frames, disp, weights = frames[near], disp[near], weights[near]
+        return fit_trajectory(frames, disp, r, self.p, weights)
 
 
 def analyze(frames: Iterable[np.ndarray], fps: float, p: VideoAnalysisParams, readout_ms: float | None = None,

@@ -45,6 +45,7 @@ class FrameMotion:
     regions: list[dict] = field(default_factory=list)
     motion_px: float = 0.0                 # largest image speed: the background's or a region's
     camera_moving: bool = False            # the background moved more than camera_work_px (working px)
+    texture: np.ndarray | None = None      # (bands,): mean squared grey gradient of each band, where the camera moved
 
     @property
     def camera_px(self) -> float:
@@ -150,6 +151,25 @@ class Flow:
         return flow * np.float32(self.grid), self.grid
 
 
+def band_texture(grey: np.ndarray, bands: int) -> np.ndarray:
+    """(bands,): the mean squared grey-level gradient of each horizontal band (Sobel, per px) of the working image.
+
+    How precisely a band's displacement can be measured: a translation's error variance goes as the noise over the
+    band's gradient energy (the Cramer-Rao bound of image registration). A flat band (sky, a blank wall) has its
+    flow made up by the solver, and what stays put in it rules it: a sensor's fixed-pattern noise, or a codec that
+    skips a flat block and copies the previous frame's until it jumps. Such a band lags the camera, and the readout
+    fit read the lag as a readout: a global-shutter camera shaking under a flat sky got 25 ms and most frames
+    flagged (tests/test_video_analysis.py); the stage's shakes at 1280 px through MPEG-4, 16-23 ms
+    (experiments/wide_frames.py --codec mp4v). The readout fit weighs bands by it (readout.band_weights); measured
+    on the working image also where the motion is measured finer (only the bands' ratios count)."""
+    g = grey.astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
+    energy = gx * gx + gy * gy
+    per = g.shape[0] // bands
+    return energy[:per * bands].reshape(bands, -1).mean(axis=1)
+
+
 def shrink(grey: np.ndarray, width: int) -> tuple[np.ndarray, float]:
     """The grey frame at `width` (no wider than it is; INTER_AREA) and its native px per px."""
     h, w = grey.shape
@@ -188,13 +208,20 @@ class MotionMeter:
         width = self.precise_width(grey.shape[1])
         if width == cur.shape[1]:
             if not first.camera_moving or self.quick is self.dis:
-                return first
+                return self.textured(first, cur)
             # the camera moves: its row dependence needs precision
-            return self.measure(*self.dis.calc(prev[1], cur), scale)
+            return self.textured(self.measure(*self.dis.calc(prev[1], cur), scale), cur)
         fine = grey.shape[1] / width  # native px per px of the precise pass
         if first.camera_px <= self.p.camera_work_px * fine:
             return first  # the camera stands still by the precise pass's own measure, as the quick one sees it
-        return self.measure(*self.dis.calc(shrink(prev[0], width)[0], shrink(grey, width)[0]), fine)
+        return self.textured(self.measure(*self.dis.calc(shrink(prev[0], width)[0], shrink(grey, width)[0]), fine),
+                             cur)
+
+    def textured(self, fm: FrameMotion, cur: np.ndarray) -> FrameMotion:
+        """`fm` with its bands' texture where the camera moved (the readout fit's band weights)."""
+        if fm.camera_moving:
+            fm.texture = band_texture(cur, self.p.bands)
+        return fm
 
     def measure(self, flow: np.ndarray, grid: int, scale: float) -> FrameMotion:
         """Band medians of the flow (work px, `grid` work px per flow px, `scale` native px per work px), movers

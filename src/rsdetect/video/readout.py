@@ -86,8 +86,26 @@ def interp_matrix(times: np.ndarray, t0: float, q: int, n: int) -> sparse.csr_ma
                              shape=(len(times), n))
 
 
-def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnalysisParams) -> Trajectory:
-    """The smooth trajectory X best explaining disp[i, b] = X(frames[i] + r s_b) - X(frames[i] - 1 + r s_b)."""
+def band_weights(texture: np.ndarray) -> np.ndarray:
+    """(n, bands) weights of band samples: each band's texture (rsdetect.video.motion.band_texture) over its frame's
+    most textured band's; 1 for a frame whose texture was not measured (a row of NaN: the camera stood still).
+
+    A band's displacement is known as well as its texture allows (its error variance goes as 1 / texture), and a
+    flat band's is made up: the solver fills it in, and what stays put in it (a sensor's fixed pattern, a codec's
+    skipped blocks) holds it back, a lag the fit would read as a readout. Weighed against the frame's median band
+    instead, a sky over 65% of the frame still gave a global shutter 28 ms (tests/test_video_analysis.py's sky at
+    35-65%: the most textured band is the reference that keeps the twin at 0 ms or unknown throughout)."""
+    w = np.ones(texture.shape)
+    known = np.isfinite(texture).all(axis=1)
+    if known.any():
+        w[known] = texture[known] / np.maximum(texture[known].max(axis=1, keepdims=True), 1e-12)
+    return w
+
+
+def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnalysisParams,
+                   weights: np.ndarray | None = None) -> Trajectory:
+    """The smooth trajectory X best explaining disp[i, b] = X(frames[i] + r s_b) - X(frames[i] - 1 + r s_b),
+    each band sample weighted by `weights` (n, bands; band_weights) where given."""
     s = band_centres(disp.shape[1])
     t0 = float(frames.min()) - 1.0
     n = int(np.ceil((frames.max() + r - t0) * p.nodes_per_frame)) + 2
@@ -98,7 +116,8 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
     d = disp.reshape(-1, 2)
     seen = ~np.isnan(d).any(axis=1)  # a band that could not be measured is NaN
     a, d = a[seen], d[seen]
-    weights = np.ones(len(d))
+    prior = np.ones(len(d)) if weights is None else weights.reshape(-1)[seen]
+    weights = prior
     for _ in range(HUBER_ITERATIONS):  # flow fails now and then (a band mistaken by the solver): Huber weights
         wa = a.multiply(weights[:, None]).tocsr()
         solve = factorized((a.T @ wa + penalty).tocsc())  # one factorisation for both axes
@@ -106,20 +125,20 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
         knots = np.stack([solve(rhs[:, i]) for i in range(2)], axis=1)
         res = np.hypot(*(a @ knots - d).T)
         scale = HUBER_K * max(float(np.median(res)) * MAD_TO_SD, NOISE_FLOOR_PX)
-        weights = np.minimum(1.0, scale / np.maximum(res, 1e-12))
-    rss = float((np.minimum(res, scale) * (2 * res - np.minimum(res, scale))).sum())  # Huber loss (x2)
+        weights = prior * np.minimum(1.0, scale / np.maximum(res, 1e-12))
+    rss = float((prior * np.minimum(res, scale) * (2 * res - np.minimum(res, scale))).sum())  # Huber loss (x2)
     return Trajectory(t0, p.nodes_per_frame, knots, rss)
 
 
 def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, fps: float,
-                     p: VideoAnalysisParams) -> Readout:
+                     p: VideoAnalysisParams, weights: np.ndarray | None = None) -> Readout:
     """The readout from band displacements of consecutive frames (frames, disp: (n, bands, 2); moving: frames
-    whose camera moved). Unknown where the evidence is too thin or too loose."""
+    whose camera moved; weights: (n, bands), band_weights). Unknown where the evidence is too thin or too loose."""
     evidence = int(moving.sum())
     if evidence < p.min_evidence_frames:
         return Readout(None, None, "unknown", evidence)
     grid = np.linspace(0.0, p.readout_max, p.readout_steps)
-    rss = np.array([fit_trajectory(frames, disp, r, p).rss for r in grid])
+    rss = np.array([fit_trajectory(frames, disp, r, p, weights).rss for r in grid])
     best = int(np.argmin(rss))
     inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
     lo, hi = float(inside.min()), float(inside.max())
