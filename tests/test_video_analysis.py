@@ -338,6 +338,39 @@ def test_a_rolling_shutter_under_a_flat_sky_keeps_its_readout(scene, analysis):
     assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0, readout
 
 
+def flickering(scene: np.ndarray, amplitude: float, walker: bool, readout_ms: float = 20.0) -> list[np.ndarray]:
+    """A fixed camera over the scene under lights flickering at 120 Hz (60 Hz mains), read row by row in readout_ms
+    at 25 fps: each row's own gain, in bands that drift from frame to frame. `walker`: a box crossing at 6 px/frame."""
+    rng = np.random.default_rng(3)
+    h = scene.shape[0]
+    frames = []
+    for k in range(FRAMES):
+        image = scene.astype(np.float32)
+        if walker:
+            x = 40 + 6 * k
+            image[180:300, x:x + 50] = (60, 90, 140)
+        t = k / FPS + np.arange(h) / (h - 1) * readout_ms / 1000
+        lit = image * (1 + amplitude * np.sin(2 * np.pi * 120.0 * t))[:, None, None]
+        frames.append(degrade(np.clip(lit, 0, 255).astype(np.uint8), rng, 1.0, 90))
+    return frames
+
+
+@pytest.mark.parametrize("amplitude", [0.1, 0.3])
+def test_flicker_read_row_by_row_is_not_motion(scene, analysis, amplitude):
+    # The drifting bands moved as the flow saw them: this still scene was read as moving up to 11 and 52 px/frame
+    # and, told its readout, had 21 and 39 of its 40 frames flagged; under them the walker's camera was read as
+    # moving on 18 and 39 frames. A gain the same along each row is lighting: taken out, nothing moves.
+    # (where the brightest rows clip at 255 the gain is not one: a few frames keep ~0.07 px of motion)
+    rows, _ = analyze(flickering(scene, amplitude, walker=False), FPS, analysis, readout_ms=20.0)
+    assert max(r["motion_px"] for r in rows) < 0.25 and not any(r["flag"] for r in rows)
+    # a walker under the same lights is measured as without them: the camera still, the walker's speed
+    steady, _ = analyze(flickering(scene, 0.0, walker=True), FPS, analysis, readout_ms=20.0)
+    rows, _ = analyze(flickering(scene, amplitude, walker=True), FPS, analysis, readout_ms=20.0)
+    assert not any(r["camera_px"] > analysis.camera_work_px for r in rows)
+    lit, dark = np.median([r["motion_px"] for r in rows[1:]]), np.median([r["motion_px"] for r in steady[1:]])
+    assert abs(lit - dark) <= 0.1 * dark and 5.0 <= dark <= 7.0
+
+
 def test_band_texture_is_low_where_the_scene_is_flat(scene):
     from rsdetect.video.motion import band_texture
 
