@@ -28,7 +28,10 @@ texture (rsdetect.video.readout.band_weights; a flat band's flow is held back by
   --width 1280 --codec mp4v                 5/8, 6/8, 0.873, 0.16 px -> 6/8, 8/8, 0.944, 0.07 px
   --width 400 --codec mp4v                  8/8, 8/8, 0.977 -> 7/8, 8/8, 0.983   (MJPG before: 7/8, 8/8, 0.973)
   --width 400 --codec mp4v --source drawn   7/8, 7/8, 0.964 -> 7/8, 8/8, 0.951
-With the weights, uncompressed: 400 px 7/8, 8/8, 0.982 (drawn 7/8, 8/8, 0.987); 1920 px 6/8, 8/8, 0.971.
+With the weights, uncompressed: 400 px 7/8, 8/8, 0.982 (drawn 7/8, 8/8, 0.987); 1920 px 6/8, 8/8, 0.971; the other
+draws at 400 px: --noise-sigma 4 8 7/8, 8/8, 0.991 (0.904 before); --vibration-hz 1 4 4/8, 8/8, 0.984 (a sway of
+2 px at 1 Hz changes speed by ~0.1 px/frame a frame: ~0.06 px between a frame's top and bottom rows, under what the
+flow resolves); --fps 50 60 5/8, 8/8, 0.954.
 Run: PYTHONPATH=src python experiments/wide_frames.py --width 1920 [--source real|drawn] [--raw data/raw]
      [--precise-max-shrink N]   (N = 1000: every frame at work_width, as before)
      [--fps LO HI] [--noise-sigma LO HI] [--vibration-hz LO HI] [--vibration-px LO HI] [--codec mp4v|XVID|MJPG]
