@@ -100,6 +100,8 @@ def row_dependence(fm: FrameMotion, noise: float) -> float:
     if fm.bands is None:
         return 0.0
     s = band_centres(len(fm.bands))[~np.isnan(fm.bands).any(axis=1)]
+    if len(s) < 2:  # bands an overlay covers are not measured: too few left to have a slope
+        return 0.0
     s = s - s.mean()
     return slope / (max(noise, NOISE_FLOOR_PX) / np.sqrt((s * s).sum()))
 

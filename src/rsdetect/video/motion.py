@@ -15,7 +15,8 @@ pixels more than mover_work_px off it are left out as movers and the median take
 dependence that a shake or a pan leaves is kept per band instead of averaged over the frame, less the row dependence
 of the camera's roll and zoom, which every shutter shows (column_slopes: measured by their column dependence, which
 no readout gives). Pixels off their band's
-background are moving regions (connected components), each with its own velocity and height.
+background are moving regions (connected components), each with its own velocity and height. What the camera's
+motion leaves still on the sensor (an on-screen clock: `MotionMeter.overlay`) is learnt and left out of both.
 
 Every length reported is in native px of the frame (the working scale is undone).
 """
@@ -34,6 +35,11 @@ OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outlier
 REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+OVERLAY_HELD = 0.5  # a flow sample under half the camera's speed was held still by something on the sensor ...
+OVERLAY_SHARE = 0.8  # ... and one held in 80% of the frames the camera moved in is an overlay, not the scene;
+# grown by 2 samples (8 work px) each way: the flow around it is held back too, as far as half a DIS patch of the
+# precise pass reaches (8 px at half the working image). Not grown, the clock's band still lagged: readout unknown
+OVERLAY_GROW = np.ones((5, 5), np.uint8)
 RELIT_LEFT = 4  # a frame's lighting gain is taken out where it leaves at most a quarter of the changed pixels
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
@@ -155,7 +161,7 @@ class Flow:
         return flow * np.float32(self.grid), self.grid
 
 
-def band_texture(grey: np.ndarray, bands: int) -> np.ndarray:
+def band_texture(grey: np.ndarray, bands: int, leave_out: np.ndarray | None = None) -> np.ndarray:
     """(bands,): the mean squared grey-level gradient of each horizontal band (Sobel, per px) of the working image.
 
     How precisely a band's displacement can be measured: a translation's error variance goes as the noise over the
@@ -165,13 +171,19 @@ def band_texture(grey: np.ndarray, bands: int) -> np.ndarray:
     fit read the lag as a readout: a global-shutter camera shaking under a flat sky got 25 ms and most frames
     flagged (tests/test_video_analysis.py); the stage's shakes at 1280 px through MPEG-4, 16-23 ms
     (experiments/wide_frames.py --codec mp4v). The readout fit weighs bands by it (readout.band_weights); measured
-    on the working image also where the motion is measured finer (only the bands' ratios count)."""
+    on the working image also where the motion is measured finer (only the bands' ratios count). `leave_out`: a
+    mask (any size) of what is no part of the scene (MotionMeter.overlay: an on-screen clock's sharp text would
+    weigh its band up)."""
     g = grey.astype(np.float32)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3, scale=0.125)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3, scale=0.125)
     energy = gx * gx + gy * gy
     per = g.shape[0] // bands
-    return energy[:per * bands].reshape(bands, -1).mean(axis=1)
+    if leave_out is None:
+        return energy[:per * bands].reshape(bands, -1).mean(axis=1)
+    keep = cv2.resize((~leave_out).view(np.uint8), g.shape[::-1], interpolation=cv2.INTER_NEAREST)[:per * bands]
+    kept = keep.reshape(bands, -1).sum(axis=1)
+    return (energy[:per * bands] * keep).reshape(bands, -1).sum(axis=1) / np.maximum(kept, 1)
 
 
 def lighting(prev: np.ndarray, cur: np.ndarray, limit: float, level: Callable[[np.ndarray], np.ndarray]
@@ -221,6 +233,11 @@ class MotionMeter:
         self.index = -1
         self.dis = Flow(p.flow_preset)
         self.quick = self.dis if p.quick_preset == p.flow_preset else Flow(p.quick_preset)
+        # what stays put on the sensor while the camera moves (an on-screen clock, a watermark, the mount): per flow
+        # sample, the frames of camera motion it was held still in, and how many those were
+        self.held: np.ndarray | None = None
+        self.moved = 0
+        self.last: tuple[np.ndarray, float] | None = None  # the last measure's flow samples and camera speed
 
     def precise_width(self, width: int) -> int:
         """The width the camera's motion is measured at where it moves: work_width, or more for a frame over
@@ -262,10 +279,45 @@ class MotionMeter:
                              cur)
 
     def textured(self, fm: FrameMotion, cur: np.ndarray) -> FrameMotion:
-        """`fm` with its bands' texture where the camera moved (the readout fit's band weights)."""
+        """`fm`, a frame's last measure, with its bands' texture where the camera moved (the readout fit's band
+        weights); what its flow held still is learnt (`overlay`)."""
         if fm.camera_moving:
-            fm.texture = band_texture(cur, self.p.bands)
+            assert self.last is not None
+            fm.texture = band_texture(cur, self.p.bands, self.overlay(self.last[0].shape[:2]))
+            self.learn()
         return fm
+
+    def learn(self) -> None:
+        """Count the flow samples of the last measure that the camera's motion left still (under OVERLAY_HELD of
+        the camera's speed: not of their band's, which a band held whole shares)."""
+        assert self.last is not None
+        flow, camera = self.last
+        held = (np.hypot(flow[..., 0], flow[..., 1]) < OVERLAY_HELD * camera).view(np.uint8)
+        if self.held is None:
+            self.held = np.zeros(held.shape, np.float32)
+        elif held.shape != self.held.shape:  # measured finer (a wide frame): counted on the first grid
+            held = cv2.resize(held, self.held.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        self.held += held
+        self.moved += 1
+
+    def overlay(self, shape: tuple[int, int]) -> np.ndarray | None:
+        """Flow samples (of a grid `shape`) held still in at least OVERLAY_SHARE of the frames the camera moved in,
+        once min_evidence_frames such frames were seen; None where there are none.
+
+        Surveillance footage carries an on-screen clock and a camera name, drawn after the readout; they stay put
+        while the camera shakes. Wide text (a date and time across most of a band) made that band's median flow the
+        text's: the band lagged the camera and a shaking rolling-shutter camera's readout came out 27.9 ms (20 ms
+        without the text). Left out of the bands, their texture and the moving regions, it reads 20.2 ms
+        (tests/test_video_analysis.py::test_an_on_screen_clock_does_not_hide_a_shaking_cameras_readout)."""
+        if self.held is None or self.moved < self.p.min_evidence_frames:
+            return None
+        held = (self.held >= OVERLAY_SHARE * self.moved).view(np.uint8)
+        if not held.any():
+            return None
+        grown = cv2.dilate(held, OVERLAY_GROW)
+        if grown.shape != shape:
+            grown = cv2.resize(grown, shape[::-1], interpolation=cv2.INTER_NEAREST)
+        return grown.astype(bool)
 
     def changed(self, prev: np.ndarray, cur: np.ndarray) -> int:
         """Pixels changed by more than static_level."""
@@ -281,16 +333,28 @@ class MotionMeter:
         h, w = flow.shape[:2]
         per = h // p.bands
         samples = flow[:per * p.bands].reshape(p.bands, per * w, 2)
-        first = median(samples, 1)
-        off = off_background(samples, first[:, None], p.mover_work_px)
+        over = self.overlay((h, w))
+        if over is None:
+            first = median(samples, 1)
+            off = off_background(samples, first[:, None], p.mover_work_px)
+        else:  # an overlay (an on-screen clock) is no part of the background, whatever it covers of a band
+            held = over[:per * p.bands].reshape(p.bands, per * w)
+            first = masked_median(samples, held)
+            first = np.where(np.isnan(first), median(samples, 1), first)
+            off = off_background(samples, first[:, None], p.mover_work_px) | held
         bands = masked_median(samples, off)
         crowded = (~off).sum(axis=1) <= off.shape[1] // 4  # a band mostly covered by movers: its plain median
         bands[crowded] = first[crowded]
+        if over is not None:  # a band the overlay covers whole is not measured
+            bands[held.all(axis=1)] = np.nan
         band_of_row = np.minimum(np.arange(h) // per, p.bands - 1)
-        spin = column_slopes(samples, bands, off, w, p.roll_dead_work_px)
+        spin = column_slopes(samples, np.nan_to_num(bands), off, w, p.roll_dead_work_px)  # (a NaN band is all off)
         column = np.arange(w) - (w - 1) / 2
         background = bands[band_of_row][:, None] + column[None, :, None] * spin  # (h, w, 2): roll and zoom too
-        moving = off_background(flow, background, p.mover_work_px).view(np.uint8)
+        moving = off_background(flow, background, p.mover_work_px)
+        if over is not None:
+            moving &= ~over
+        moving = moving.view(np.uint8)
         regions = self.regions(cv2.morphologyEx(moving, cv2.MORPH_OPEN, OPEN_KERNEL), flow, bands, band_of_row,
                                grid * step, scale)
         # the bands as the camera's translation alone: the row dependence that roll and zoom give every shutter
@@ -299,6 +363,7 @@ class MotionMeter:
         rows = (np.arange(p.bands) + 0.5) * per - 0.5 - (h - 1) / 2
         bands = bands + rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
         camera = float(np.hypot(*median(bands, 0)))
+        self.last = (flow, camera)
         s = scale  # working px -> native px
         motion = max([camera] + [r["speed_px"] / s + camera for r in regions]) * s
         return FrameMotion(self.index, static=False, bands=bands * s, regions=regions, motion_px=motion,
