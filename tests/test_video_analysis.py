@@ -272,6 +272,8 @@ def test_unrolling_undoes_a_movers_measured_shear(scene, analysis):
     ({"analysis": {"flow_preset": "slow"}},
      r"^video\.analysis\.flow_preset: Input should be 'ultrafast', 'fast' or 'medium'$"),
     ({"analysis": {"max_ci_frames": "wide"}}, r"^video\.analysis\.max_ci_frames: Input should be a valid number$"),
+    ({"analysis": {"overlay_share": 1.5}},
+     r"^video\.analysis\.overlay_share: Input should be less than or equal to 1$"),
 ])
 def test_bad_video_params_are_one_line(override, message):
     from rsdetect.config import ConfigError, parse_params

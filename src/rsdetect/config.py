@@ -345,6 +345,11 @@ class VideoAnalysisParams(_Group):
     camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves
                                             # (flow's precision is set by the working image, not the native one)
     roll_dead_work_px: Float(ge=0)          # work px at the top and bottom rows: a roll or zoom under it is none
+    lighting_explains: Float(gt=0, le=1)    # a row gain (flicker, exposure) is taken out where it explains this much
+                                            # of the pixels that changed
+    overlay_held: Float(gt=0, lt=1)         # a flow sample under this share of the camera's speed was held still ...
+    overlay_share: Float(gt=0, le=1)        # ... and one held in this share of the frames of camera motion is an
+                                            # overlay (an on-screen clock), not the scene
     nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
     smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals

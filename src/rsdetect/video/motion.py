@@ -35,12 +35,6 @@ OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outlier
 REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
-OVERLAY_HELD = 0.5  # a flow sample under half the camera's speed was held still by something on the sensor ...
-OVERLAY_SHARE = 0.8  # ... and one held in 80% of the frames the camera moved in is an overlay, not the scene;
-# grown by 2 samples (8 work px) each way: the flow around it is held back too, as far as half a DIS patch of the
-# precise pass reaches (8 px at half the working image). Not grown, the clock's band still lagged: readout unknown
-OVERLAY_GROW = np.ones((5, 5), np.uint8)
-RELIT_LEFT = 4  # a frame's lighting gain is taken out where it leaves at most a quarter of the changed pixels
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
 
@@ -237,6 +231,8 @@ class MotionMeter:
         self.held: np.ndarray | None = None
         self.moved = 0
         self.last: tuple[np.ndarray, float] | None = None  # the last measure's flow samples and camera speed
+        reach = max(1, self.dis.dis.getPatchSize() * self.dis.grid // (2 * STAT_STEP))  # half a patch, in samples
+        self.grow = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
 
     def precise_width(self, width: int) -> int:
         """The width the camera's motion is measured at where it moves: work_width, or more for a frame over
@@ -257,10 +253,8 @@ class MotionMeter:
         if gain is not None:
             lit = relit(cur, gain)
             lit_changed = cv2.countNonZero(self.changed(prev[1], lit))
-            # kept where it explains most of what changed: rows that a vertical motion crosses an edge in also
-            # change by a gain of their own (taking it out lowered the video stage's camera frame ROC AUC 0.980 ->
-            # 0.975), but leave most of their changed pixels changed
-            if lit_changed * RELIT_LEFT <= changed:
+            # kept where it explains most of what changed (video.analysis.lighting_explains: why, in params.yaml)
+            if lit_changed <= (1.0 - self.p.lighting_explains) * changed:
                 cur, grey, changed = lit, relit(grey, gain), lit_changed
         if changed <= self.p.static_fraction * cur.size:
             return FrameMotion(self.index, static=True)
@@ -287,11 +281,11 @@ class MotionMeter:
         return fm
 
     def learn(self) -> None:
-        """Count the flow samples of the last measure that the camera's motion left still (under OVERLAY_HELD of
+        """Count the flow samples of the last measure that the camera's motion left still (under overlay_held of
         the camera's speed: not of their band's, which a band held whole shares)."""
         assert self.last is not None
         flow, camera = self.last
-        held = (np.hypot(flow[..., 0], flow[..., 1]) < OVERLAY_HELD * camera).view(np.uint8)
+        held = (np.hypot(flow[..., 0], flow[..., 1]) < self.p.overlay_held * camera).view(np.uint8)
         if self.held is None:
             self.held = np.zeros(held.shape, np.float32)
         elif held.shape != self.held.shape:  # measured finer (a wide frame): counted on the first grid
@@ -300,8 +294,9 @@ class MotionMeter:
         self.moved += 1
 
     def overlay(self, shape: tuple[int, int]) -> np.ndarray | None:
-        """Flow samples (of a grid `shape`) held still in at least OVERLAY_SHARE of the frames the camera moved in,
-        once min_evidence_frames such frames were seen; None where there are none.
+        """Flow samples (of a grid `shape`) held still in at least overlay_share of the frames the camera moved in,
+        once min_evidence_frames such frames were seen, grown by half the precise flow's patch (the flow around
+        them is held back too: not grown, the clock's band still lagged); None where there are none.
 
         Surveillance footage carries an on-screen clock and a camera name, drawn after the readout; they stay put
         while the camera shakes. Wide text (a date and time across most of a band) made that band's median flow the
@@ -310,10 +305,10 @@ class MotionMeter:
         (tests/test_video_analysis.py::test_an_on_screen_clock_does_not_hide_a_shaking_cameras_readout)."""
         if self.held is None or self.moved < self.p.min_evidence_frames:
             return None
-        held = (self.held >= OVERLAY_SHARE * self.moved).view(np.uint8)
+        held = (self.held >= self.p.overlay_share * self.moved).view(np.uint8)
         if not held.any():
             return None
-        grown = cv2.dilate(held, OVERLAY_GROW)
+        grown = cv2.dilate(held, self.grow)
         if grown.shape != shape:
             grown = cv2.resize(grown, shape[::-1], interpolation=cv2.INTER_NEAREST)
         return grown.astype(bool)
