@@ -218,7 +218,8 @@ def shrink(grey: np.ndarray, width: int) -> tuple[np.ndarray, float]:
 
 
 class MotionMeter:
-    """Measures each pushed frame against the previous one; bounded memory (the previous frame in grey)."""
+    """Measures each pushed frame against the previous one; bounded memory (the previous frame in grey, and per
+    flow sample a count of the frames its motion was held still in: `overlay`)."""
 
     def __init__(self, p: VideoAnalysisParams):
         self.p = p
@@ -230,6 +231,7 @@ class MotionMeter:
         # sample, the frames of camera motion it was held still in, and how many those were
         self.held: np.ndarray | None = None
         self.moved = 0
+        self.grown: np.ndarray | None = None  # the overlay on the counts' grid, from the counts at the last learn()
         self.last: tuple[np.ndarray, float] | None = None  # the last measure's flow samples and camera speed
         reach = max(1, self.dis.dis.getPatchSize() * self.dis.grid // (2 * STAT_STEP))  # half a patch, in samples
         self.grow = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
@@ -255,7 +257,9 @@ class MotionMeter:
             lit_changed = cv2.countNonZero(self.changed(prev[1], lit))
             # kept where it explains most of what changed (video.analysis.lighting_explains: why, in params.yaml)
             if lit_changed <= (1.0 - self.p.lighting_explains) * changed:
-                cur, grey, changed = lit, relit(grey, gain), lit_changed
+                cur, changed = lit, lit_changed
+            else:
+                gain = None
         if changed <= self.p.static_fraction * cur.size:
             return FrameMotion(self.index, static=True)
         first = self.measure(*self.quick.calc(prev[1], cur), scale)
@@ -268,15 +272,14 @@ class MotionMeter:
         fine = grey.shape[1] / width  # native px per px of the precise pass
         if first.camera_px <= self.p.camera_work_px * fine:
             return first  # the camera stands still by the precise pass's own measure, as the quick one sees it
-        return self.textured(self.measure(*self.dis.calc(shrink(prev[0], width)[0], shrink(grey, width)[0]), fine),
-                             cur)
+        finer = shrink(grey if gain is None else relit(grey, gain), width)[0]  # native size: relit only here
+        return self.textured(self.measure(*self.dis.calc(shrink(prev[0], width)[0], finer), fine), cur)
 
     def textured(self, fm: FrameMotion, cur: np.ndarray) -> FrameMotion:
         """`fm`, a frame's last measure, with its bands' texture where the camera moved (the readout fit's band
         weights); what its flow held still is learnt (`overlay`)."""
         if fm.camera_moving:
-            assert self.last is not None
-            fm.texture = band_texture(cur, self.p.bands, self.overlay(self.last[0].shape[:2]))
+            fm.texture = band_texture(cur, self.p.bands, self.grown)
             self.learn()
         return fm
 
@@ -292,6 +295,11 @@ class MotionMeter:
             held = cv2.resize(held, self.held.shape[::-1], interpolation=cv2.INTER_NEAREST)
         self.held += held
         self.moved += 1
+        self.grown = None
+        if self.moved >= self.p.min_evidence_frames:
+            overlay = (self.held >= self.p.overlay_share * self.moved).view(np.uint8)
+            if overlay.any():
+                self.grown = cv2.dilate(overlay, self.grow).astype(bool)
 
     def overlay(self, shape: tuple[int, int]) -> np.ndarray | None:
         """Flow samples (of a grid `shape`) held still in at least overlay_share of the frames the camera moved in,
@@ -303,15 +311,9 @@ class MotionMeter:
         text's: the band lagged the camera and a shaking rolling-shutter camera's readout came out 27.9 ms (20 ms
         without the text). Left out of the bands, their texture and the moving regions, it reads 20.2 ms
         (tests/test_video_analysis.py::test_an_on_screen_clock_does_not_hide_a_shaking_cameras_readout)."""
-        if self.held is None or self.moved < self.p.min_evidence_frames:
-            return None
-        held = (self.held >= self.p.overlay_share * self.moved).view(np.uint8)
-        if not held.any():
-            return None
-        grown = cv2.dilate(held, self.grow)
-        if grown.shape != shape:
-            grown = cv2.resize(grown, shape[::-1], interpolation=cv2.INTER_NEAREST)
-        return grown.astype(bool)
+        if self.grown is None or self.grown.shape == shape:
+            return self.grown
+        return cv2.resize(self.grown.view(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
 
     def changed(self, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
         """255 where a pixel changed by more than static_level, else 0."""
