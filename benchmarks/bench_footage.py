@@ -4,8 +4,8 @@ measured in the same run.
 Each video is read three ways, interleaved over --repeat rounds (best of each kept: other jobs share these cores):
 - decode: OpenCV decoding alone, in this process (the limit; sources.video_frames, what every reader runs), and
   the cores it kept busy (FFmpeg decodes in threads of its own);
-- analysis: the video evidence alone, frames/s of one camera's CameraAnalyzer with its decoding not timed (one
-  thread: what each decoder process runs beside its decoding), scan's ceiling on that footage;
+- analysis: the video evidence alone, frames/s of the stream path each decoder process runs (video/stream.py) with
+  its decoding not timed (one thread), scan's ceiling on that footage;
 - scan: `run_scan` with the video evidence (each camera's decoder process decodes and measures motion; video frames
   are scored by their evidence, so the model runs on no video frame), reports included;
 - watch: `run_watch` on the same file, likewise.
@@ -32,7 +32,7 @@ from rsdetect.serve.scan import ScanOptions, run_scan
 from rsdetect.serve.sources import parse_sources, video_frames
 from rsdetect.serve.watch.loop import WatchOptions, run_watch
 from rsdetect.serve.watch.metrics import WatchMetrics
-from rsdetect.video.analyze import CameraAnalyzer
+from rsdetect.video.stream import analysed_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
@@ -85,20 +85,25 @@ def decode_fps(path: Path, max_frames: int) -> tuple[int, float, float]:
 
 
 def analysis_fps(path: Path, analysis, max_frames: int) -> float:
-    """Frames/s of the video evidence alone (one camera's CameraAnalyzer, what its decoder process runs on each
-    frame; the decoding is not timed): the ceiling of scan's rate on that footage, whatever the decoding costs."""
-    cap = cv2.VideoCapture(str(path))
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    cap.release()
-    analyzer, spent, n = CameraAnalyzer(analysis, fps, lag=analysis.lag_frames), 0.0, 0
-    for _, _, rgb in video_frames(str(path), max_frames=max_frames):
-        start = time.perf_counter()
-        analyzer.push(rgb)
-        spent += time.perf_counter() - start
-        n += 1
+    """Frames/s of the video evidence alone: video/stream.analysed_frames, what each camera's decoder process runs on
+    its frames (frame rate from their time stamps, rows lag_frames behind), less the time spent decoding them. The
+    ceiling of scan's rate on that footage, whatever the decoding costs."""
+    decoding = 0.0
+
+    def decoded():
+        nonlocal decoding
+        frames = iter(video_frames(str(path), max_frames=max_frames))
+        while True:
+            start = time.perf_counter()
+            frame = next(frames, None)
+            decoding += time.perf_counter() - start
+            if frame is None:
+                return
+            yield frame
+
     start = time.perf_counter()
-    analyzer.flush()
-    return n / (spent + time.perf_counter() - start)
+    n = sum(1 for _ in analysed_frames(decoded(), analysis, None, None, lambda _: None))
+    return n / (time.perf_counter() - start - decoding)
 
 
 def scan_fps(path: Path, model, analysis, max_frames: int, out: Path) -> tuple[int, float]:
