@@ -26,7 +26,8 @@ Through a codec (--codec FOURCC: each clip written by OpenCV's FFmpeg encoder at
 as footage is; mp4v is MPEG-4 part 2, ~37 dB PSNR here), before -> after the readout fit weighed bands by their
 texture (rsdetect.video.readout.band_weights; a flat band's flow is held back by the blocks the codec skips):
   --width 1280 --codec mp4v                 5/8, 6/8, 0.873, 0.16 px -> 6/8, 8/8, 0.944, 0.07 px
-  --width 400 --codec mp4v                  8/8, 8/8, 0.977 -> 7/8, 8/8, 0.983   (MJPG before: 7/8, 8/8, 0.973)
+  --width 400 --codec mp4v                  8/8, 8/8, 0.977 -> 7/8, 8/8, 0.983   (MJPG before: 7/8, 8/8, 0.973;
+                                            0.989 with the lighting and overlay changes that followed)
   --width 400 --codec mp4v --source drawn   7/8, 7/8, 0.964 -> 7/8, 8/8, 0.951
 With the weights, uncompressed: 400 px 7/8, 8/8, 0.982 (drawn 7/8, 8/8, 0.987); 1920 px 6/8, 8/8, 0.971; the other
 draws at 400 px: --noise-sigma 4 8 7/8, 8/8, 0.991 (0.904 before); --vibration-hz 1 4 4/8, 8/8, 0.984 (a sway of
@@ -53,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rsdetect.config import load_params  # noqa: E402
+from rsdetect.serve.sources import video_frames  # noqa: E402
 from rsdetect.synth.clips import Clip, render_twins  # noqa: E402
 from video import CLIP_KINDS, clip_rows, test_photos  # noqa: E402  (src/video.py: the stage's own path)
 
@@ -60,7 +62,7 @@ SEED = 7  # not the stage's seed: other draws of the motion
 
 
 def encoded(clip: Clip, fourcc: str) -> Clip:
-    """The clip written by OpenCV's FFmpeg encoder (`fourcc`, its default quality) and read back."""
+    """The clip written by OpenCV's FFmpeg encoder (`fourcc`, its default quality) and read back as scan reads it."""
     h, w = clip.frames[0].shape[:2]
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / ("clip.avi" if fourcc in ("XVID", "MJPG") else "clip.mp4"))
@@ -70,14 +72,8 @@ def encoded(clip: Clip, fourcc: str) -> Clip:
         for frame in clip.frames:
             writer.write(frame)
         writer.release()
-        cap = cv2.VideoCapture(path)
-        frames = []
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(frame)
-        cap.release()
+        # read back as every camera is read (sources.video_frames: RGB), the clip's frames being BGR
+        frames = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for _, _, rgb in video_frames(path)]
     if len(frames) != len(clip.frames):
         sys.exit(f"wide_frames: {fourcc} gave back {len(frames)} of {len(clip.frames)} frames")
     return dataclasses.replace(clip, frames=frames)
