@@ -131,6 +131,31 @@ def test_a_mover_is_sheared_by_speed_times_readout_times_height(scene, analysis)
     assert not any(r["flag"] for r in out["global"][0])
 
 
+@pytest.mark.parametrize("trajectory", [PAN, SHAKE], ids=["pan", "shake"])
+def test_the_readout_holds_where_the_frame_height_is_no_multiple_of_the_bands(scene, analysis, trajectory):
+    """A 448 x 250 frame (work image 320 x 179, its flow sampled at 44 rows: 12 bands of 3 leave 8 over): the
+    bands must still span the whole frame, or their row times are too spread and the readout comes out low (this
+    clip read 21.6 and 24.1 ms for 30 when the last rows were left out)."""
+    r = 30.0 * FPS / 1000
+    frames, _ = render_camera(scene, trajectory, FRAMES, r, "rolling", (96, 72, 448, 250))
+    rng = np.random.default_rng(0)
+    _, readout = analyze([degrade(f, rng, 2.0, 90) for f in frames], FPS, analysis)
+    assert readout["source"] == "estimated" and abs(readout["ms"] - 30.0) <= 0.1 * 30.0
+
+
+@pytest.mark.parametrize("h", [44, 53, 60, 61, 179])
+def test_bands_span_every_row_with_centres_where_the_fit_reads_them(h):
+    from rsdetect.video.motion import band_of_rows, band_rows
+    from rsdetect.video.readout import band_centres
+
+    bands = 12
+    pick = band_rows(h, bands)
+    assert len(pick) == (h // bands) * bands and np.all(np.diff(pick) > 0) and pick[0] >= 0 and pick[-1] < h
+    centres = (pick.reshape(bands, -1).mean(axis=1) + 0.5) / h  # a row's centre, over the frame's height
+    assert np.allclose(centres, band_centres(bands), atol=0.5 / h + 1e-9)
+    assert np.array_equal(band_of_rows(h, bands)[pick], np.repeat(np.arange(bands), h // bands))
+
+
 def test_streaming_gives_each_frame_once_in_order_with_bounded_waiting(scene, analysis):
     frames, _ = camera_clip(scene, SHAKE, 24.0, "rolling")
     analyzer = CameraAnalyzer(analysis, FPS, lag=analysis.lag_frames)
