@@ -131,6 +131,55 @@ def test_a_mover_is_sheared_by_speed_times_readout_times_height(scene, analysis)
     assert not any(r["flag"] for r in out["global"][0])
 
 
+def walker_rows(scene, analysis, speed: float, shutter: str, **told) -> list[dict]:
+    """Rows of a 200 px tall box walking at `speed` px/frame in front of a still camera (30 ms readout for a
+    rolling shutter), with the readout not told unless `told` says it."""
+    image = scene.copy()
+    cv2.rectangle(image, (300, 140), (360, 340), (30, 200, 60), -1)
+    cv2.circle(image, (330, 200), 15, (200, 30, 30), -1)
+    alpha = person_mask(image, [[300, 140, 360, 140, 360, 340, 300, 340]])
+
+    def walk(t):
+        return speed * (np.asarray(t) - FRAMES / 2), 0.0 * np.asarray(t)
+
+    frames, _ = render_person(image, alpha, walk, FRAMES, 0.75, shutter, crop_box(scene, 0.7))
+    return analyze(frames, FPS, analysis, **told)[0]
+
+
+def test_without_a_readout_movers_are_ranked_by_a_typical_readouts_shear_and_never_flagged(scene, analysis):
+    """A still camera's walker, readout unknown: its shear cannot be told (every such frame scored 0 on the
+    issue's recheck), but the shear a typical readout gives it can: faster walkers rank higher; none is flagged and
+    rs_shear_px stays null. Its global-shutter twin moves alike, and is ranked alike: nothing here tells them apart."""
+    typical = {}
+    for speed in (2.0, 5.0, 12.0):
+        rows = [r for r in walker_rows(scene, analysis, speed, "rolling") if r["movers"]]
+        assert len(rows) >= 10
+        assert all(r["evidence"] == "no-readout" and r["rs_shear_px"] is None and not r["flag"] for r in rows)
+        assert all(0.0 < r["probability"] < 0.5 for r in rows)
+        typical[speed] = float(np.median([r["probability"] for r in rows]))
+    assert typical[2.0] < typical[5.0] < typical[12.0]
+    twin = [r for r in walker_rows(scene, analysis, 12.0, "global") if r["movers"]]
+    assert abs(float(np.median([r["probability"] for r in twin])) - typical[12.0]) < 0.05
+
+
+def test_no_evidence_without_a_readout_reaches_the_flag():
+    """Without a readout no frame may reach the flag, however strong its evidence: at 0.5 x a logistic, a row
+    dependence of z >= 14 rounded to 0.5, where scan's scorer flags, though the row said no flag."""
+    from rsdetect.serve.scoring import EVIDENCE_THRESHOLD
+    from rsdetect.video.evidence import frame_result
+    from rsdetect.video.motion import FrameMotion
+
+    p = params_group("video.analysis")
+    rows = np.linspace(-1, 1, p.bands)[:, None]
+    shaken = FrameMotion(5, static=False, bands=np.hstack([3.0 + 40.0 * rows, 0 * rows]), motion_px=40.0,
+                         camera_moving=True)
+    region = {"x": 0, "y": 0, "w": 50, "h": 480, "vx": 60.0, "vy": 0.0, "speed_px": 60.0, "mask": np.ones((2, 2), bool)}
+    walker = FrameMotion(5, static=False, bands=np.zeros((p.bands, 2)), regions=[region], motion_px=60.0)
+    for fm in (shaken, walker):
+        row = frame_result(fm, None, None, 0.01, 480, p, typical=0.4)
+        assert row["rs_shear_px"] is None and not row["flag"] and row["probability"] < EVIDENCE_THRESHOLD
+
+
 @pytest.mark.parametrize("trajectory", [PAN, SHAKE], ids=["pan", "shake"])
 def test_the_readout_holds_where_the_frame_height_is_no_multiple_of_the_bands(scene, analysis, trajectory):
     """A 448 x 250 frame (work image 320 x 179, its flow sampled at 44 rows: 12 bands of 3 leave 8 over): the

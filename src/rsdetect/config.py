@@ -350,6 +350,8 @@ class VideoAnalysisParams(_Group):
     overlay_held: Float(gt=0, lt=1)         # a flow sample under this share of the camera's speed was held still ...
     overlay_share: Float(gt=0, le=1)        # ... and one held in this share of the frames of camera motion is an
                                             # overlay (an on-screen clock), not the scene
+    typical_readout_ms: Float(gt=0)         # readout unknown: movers ranked by the shear a typical readout gives ...
+    typical_readout_sigma: Float(gt=0)      # ... log-normal around it with this log-sd
     nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
     smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals

@@ -9,14 +9,16 @@
   z statistic normalised per camera. A rolling shutter under changing motion leaves one; a global shutter does not.
 - `probability`: a logistic of rs_shear_px around flag_shear_px where a readout exists (evidence "camera-shear" or
   "mover-shear", whichever is larger; "no-shear" where something moves but neither shears), else, for frames where
-  the camera moves, half a logistic of row_dependence around row_z_flag ("row-dependence": it ranks frames, never
-  flags one); 0 for movers alone, whose shear cannot be told without a readout ("no-readout"); a frame where nothing
-  moves is 0 ("static"). `flag` = probability >= 0.5.
+  the camera moves, 0.49 x a logistic of row_dependence around row_z_flag ("row-dependence": it ranks frames, never
+  flags one); for movers alone, whose shear cannot be told without a readout ("no-readout"), 0.49 x the probability
+  that a typical readout shears them by flag_shear_px or more (`typical_shear`: it ranks, never flags); a frame
+  where nothing moves is 0 ("static"). `flag` = probability >= 0.5.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.special import ndtr
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.shutter import shear_extent, warp_rows
@@ -106,7 +108,9 @@ def row_dependence(fm: FrameMotion, noise: float) -> float:
     return slope / (max(noise, NOISE_FLOOR_PX) / np.sqrt((s * s).sum()))
 
 
-UNDECIDED = 0.5  # without a readout the probability stays under the flag threshold
+# without a readout the probability stays under the flag threshold (0.5), whatever the evidence: at 0.5 x, a row
+# dependence of z >= 14 rounded to 0.5 and scan's scorer, which flags at 0.5, flagged the frame its row did not
+UNDECIDED = 0.49
 NOISE_FLOOR_PX = 0.01  # flow noise never reads below this: a noiseless synthetic band must not divide by ~0
 
 
@@ -114,9 +118,27 @@ def logistic(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(x, -50, 50))))
 
 
+def typical_shear(fm: FrameMotion, typical: float, height: int, p: VideoAnalysisParams) -> float:
+    """The probability that the frame's movers are sheared by flag_shear_px or more under a readout drawn from the
+    cameras' typical ones: log-normal, median `typical` (frame periods: video.analysis.typical_readout_ms),
+    log-sd typical_readout_sigma.
+
+    Without a readout a mover's shear cannot be told: a walker at constant speed is sheared alike in every frame,
+    and its shape is unknown, so a rolling shutter's walker and its global-shutter twin look the same (measured on
+    the issue's recheck, experiments/unseen_recheck.py: every such frame scored 0, walker frame ROC AUC 0.50).
+    What can be told is how much a rolling shutter would shear it: speed x readout x height. Ranked by that, the
+    frames a correction step should look at first (large, fast movers) come first; it tells no shutter from
+    another, so it stays under the flag (x UNDECIDED) and rs_shear_px stays null."""
+    shear = mover_shear(fm, typical, height)
+    if shear <= 0:
+        return 0.0
+    return float(ndtr(np.log(shear / p.flag_shear_px) / p.typical_readout_sigma))
+
+
 def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None, noise: float, height: int,
-                 p: VideoAnalysisParams) -> dict:
-    """One frame's row: motion, shear (None where the readout is unknown), row dependence, probability, evidence."""
+                 p: VideoAnalysisParams, typical: float) -> dict:
+    """One frame's row: motion, shear (None where the readout is unknown), row dependence, probability, evidence.
+    `typical`: the cameras' typical readout in frame periods (`typical_shear`)."""
     z = row_dependence(fm, noise)
     base = {"frame": fm.index, "static": fm.static, "motion_px": round(fm.motion_px, 3),
             "camera_px": round(fm.camera_px, 3), "movers": len(fm.regions), "row_dependence": round(z, 3)}
@@ -125,8 +147,9 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
     if r is None:
         # no readout: only the camera's own motion can show a row dependence (a mover's shear needs the readout),
         # and it ranks frames but never flags one: measured on 32 clips, a flag from it alone put 15% of the
-        # global-shutter twins' frames over 0.5 (flow's own row bias on flat drawn scenes reads as a slope)
-        prob = UNDECIDED * logistic(z - p.row_z_flag) if fm.camera_moving else 0.0
+        # global-shutter twins' frames over 0.5 (flow's own row bias on flat drawn scenes reads as a slope); movers
+        # alone are ranked by the shear a typical readout gives them, under the flag as well
+        prob = UNDECIDED * (logistic(z - p.row_z_flag) if fm.camera_moving else typical_shear(fm, typical, height, p))
         return {**base, "rs_shear_px": None, "probability": round(prob, 4), "flag": False,
                 "evidence": "row-dependence" if fm.camera_moving else "no-readout"}
     cam = camera_shear(trajectory, fm.index, r) if fm.camera_moving else 0.0
