@@ -192,6 +192,27 @@ def test_the_readout_holds_where_the_frame_height_is_no_multiple_of_the_bands(sc
     assert readout["source"] == "estimated" and abs(readout["ms"] - 30.0) <= 0.1 * 30.0
 
 
+@pytest.mark.parametrize("readout_ms", [8.0, 16.0, 28.0])
+def test_a_slow_shakes_reversals_are_measured_not_taken_as_static(analysis, readout_ms):
+    """A 2.5 px shake at 4 Hz: near each reversal few pixels change by static_level while the rows still move apart.
+    Taken as static, those frames told the fit the camera stood still, row for row, and put this camera at 1.2, 0
+    and 0 ms; measured (the camera moved within static_after_still_frames), they carry its readout. Its twin stays
+    at 0. The scene is `scene`'s texture without its boxes: their sharp edges change pixels at any motion."""
+    rng = np.random.default_rng(5)
+    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
+    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
+    soft = cv2.cvtColor(np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    shake = vibration(2.5, 4.0, FPS, 0.3, 0.6)
+    readouts = {}
+    for shutter in ("rolling", "global"):
+        frames, _ = render_camera(soft, shake, 48, readout_ms * FPS / 1000, shutter, (96, 72, 448, 336))
+        rng = np.random.default_rng(0)
+        readouts[shutter] = analyze([degrade(f, rng, 2.0, 90) for f in frames], FPS, analysis)[1]
+    assert readouts["rolling"]["source"] == "estimated"
+    assert abs(readouts["rolling"]["ms"] - readout_ms) <= 0.25 * readout_ms
+    assert readouts["global"]["ms"] is None or readouts["global"]["ms"] <= analysis.zero_readout_ms
+
+
 @pytest.mark.parametrize("h", [44, 53, 60, 61, 179])
 def test_bands_span_every_row_with_centres_where_the_fit_reads_them(h):
     from rsdetect.video.motion import band_of_rows, band_rows

@@ -340,6 +340,7 @@ class VideoAnalysisParams(_Group):
     bands: Int(ge=3)                        # horizontal bands: the row dependence of the camera's motion
     static_level: Float(gt=0)               # grey levels: a pixel changed by more than this moved ...
     static_fraction: Float(ge=0, lt=1)      # ... and a frame with at most this fraction of such pixels is static
+    static_after_still_frames: Int(ge=0)    # ... once the camera was measured still for this many frames in a row
     mover_work_px: Float(gt=0)              # px/frame at work_width off the band's background motion: a moving pixel
     min_region_fraction: Float(gt=0, lt=1)  # a moving region covers at least this fraction of the frame
     camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves

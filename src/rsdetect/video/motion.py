@@ -250,6 +250,8 @@ class MotionMeter:
         self.held: np.ndarray | None = None
         self.moved = 0
         self.grown: np.ndarray | None = None  # the overlay on the counts' grid, from the counts at the last learn()
+        # frames in a row the camera was measured still (static ones included); taken as still until seen moving
+        self.still_for = p.static_after_still_frames
         self.last: tuple[np.ndarray, float] | None = None  # the last measure's flow samples and camera speed
         reach = max(1, self.dis.dis.getPatchSize() * self.dis.grid // (2 * STAT_STEP))  # half a patch, in samples
         self.grow = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
@@ -278,26 +280,41 @@ class MotionMeter:
                 cur, changed = lit, lit_changed
             else:
                 gain = None
-        if changed <= self.p.static_fraction * cur.size:
+        # static: nothing changed, and the camera has stood still for static_after_still_frames (a shake's reversal
+        # changes few pixels while its rows still move apart: video.analysis.static_after_still_frames, in params.yaml)
+        if changed <= self.p.static_fraction * cur.size and self.still_for >= self.p.static_after_still_frames:
+            self.still_for += 1
             return FrameMotion(self.index, static=True)
+        # a camera that moved within static_after_still_frames is measured as a moving one: its slow frames (a
+        # shake's reversal) carry the row dependence its readout is read from, with the precision and the band
+        # weights that needs
+        fm = self.flowed(prev, grey, cur, gain, scale, self.still_for < self.p.static_after_still_frames)
+        self.still_for = 0 if fm.camera_moving else self.still_for + 1
+        return fm
+
+    def flowed(self, prev: tuple[np.ndarray, np.ndarray], grey: np.ndarray, cur: np.ndarray,
+               gain: np.ndarray | None, scale: float, recent: bool) -> FrameMotion:
+        """The frame's motion by dense flow: the quick pass, and the precise one where the camera moves or moved
+        `recent`ly."""
         first = self.measure(*self.quick.calc(prev[1], cur), scale)
         width = self.precise_width(grey.shape[1])
         if width == cur.shape[1]:
-            if not first.camera_moving or self.quick is self.dis:
-                return self.textured(first, cur)
+            if not (first.camera_moving or recent) or self.quick is self.dis:
+                return self.textured(first, cur, recent)
             # the camera moves: its row dependence needs precision
-            return self.textured(self.measure(*self.dis.calc(prev[1], cur), scale), cur)
+            return self.textured(self.measure(*self.dis.calc(prev[1], cur), scale), cur, recent)
         fine = grey.shape[1] / width  # native px per px of the precise pass
-        if first.camera_px <= self.p.camera_work_px * fine:
+        if first.camera_px <= self.p.camera_work_px * fine and not recent:
             return first  # the camera stands still by the precise pass's own measure, as the quick one sees it
         finer = shrink(grey if gain is None else relit(grey, gain), width)[0]  # native size: relit only here
-        return self.textured(self.measure(*self.dis.calc(shrink(prev[0], width)[0], finer), fine), cur)
+        return self.textured(self.measure(*self.dis.calc(shrink(prev[0], width)[0], finer), fine), cur, recent)
 
-    def textured(self, fm: FrameMotion, cur: np.ndarray) -> FrameMotion:
-        """`fm`, a frame's last measure, with its bands' texture where the camera moved (the readout fit's band
-        weights); what its flow held still is learnt (`overlay`)."""
-        if fm.camera_moving:
+    def textured(self, fm: FrameMotion, cur: np.ndarray, recent: bool) -> FrameMotion:
+        """`fm`, a frame's last measure, with its bands' texture where the camera moves or moved `recent`ly (the
+        readout fit's band weights); what its flow held still while the camera moved is learnt (`overlay`)."""
+        if fm.camera_moving or recent:
             fm.texture = band_texture(cur, self.p.bands, self.grown)
+        if fm.camera_moving:
             self.learn()
         return fm
 
