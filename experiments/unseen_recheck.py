@@ -18,9 +18,9 @@ Truth per frame: the largest distance between two rows' displacements of what mo
 frame's rows; the person's over its rows), in native px. The analysis is the stream path scan runs
 (rsdetect.video.stream.analysed_frames), with the readout not told and told, and the numbers are the Done-when ones.
 Measured 2026-12-07 (docs/video.md, "Recheck"), seeds 0/1/2 and seed 0 through mp4v: not told, camera frame ROC
-AUC 0.991/0.976/0.969/0.987, clip 1.0/0.994/1.0/0.996, nothing static or global flagged, readouts within 25%
-16/16, 16/16, 12/16, 14/16, twins 16/16 on each, walker frame ROC AUC 0.63/0.77/0.68/0.63; told, shear error
-0.30/0.30/0.23/0.30 px, frame ROC AUC 0.985-0.989. ~75 s a run on 2 cores.
+AUC 0.990/0.977/0.968/0.988, clip 1.0/0.994/1.0/1.0, nothing static or global flagged, readouts within 25%
+16/16, 16/16, 13/16, 14/16, twins 16/16 on each, walker frame ROC AUC 0.63/0.77/0.68/0.63; told, shear error
+0.30/0.30/0.23/0.31 px, frame ROC AUC 0.985-0.989. ~75 s a run on 2 cores.
 Run: PYTHONPATH=src python experiments/unseen_recheck.py [--clips 8] [--seed 0] [--codec mp4v] [--kinds pan ...]
 """
 from __future__ import annotations
