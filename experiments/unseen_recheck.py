@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--codec", default=None, help="FOURCC (mp4v, MJPG): the clip goes through it, not JPEG")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="only these kinds of clip")
     args = ap.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED}: not found; this experiment renders from ../shared's COCO samples")
     analysis = load_params(ROOT / "params.yaml").video.analysis
     held = held_out_photos([SHARED / "coco-scenes-sample", SHARED / "coco-person-sample"],
                            [ROOT / "data" / "coco-licensed" / "instances.json"])
