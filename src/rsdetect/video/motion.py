@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
+from rsdetect.video.readout import band_centres
 
 OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outliers before regions are counted
 # a flat 60x200 px box at 8 px/frame: its tall edge regions read 2.7-5.0 by the median, 5.7-7.3 by this
@@ -391,7 +392,7 @@ class MotionMeter:
         # the bands as the camera's translation alone: the row dependence that roll and zoom give every shutter
         # taken out (a roll of w gives dx = -w (y - cy) and dy = w (x - cx); a zoom s, dx = s (x - cx) and
         # dy = s (y - cy)); what is left is the readout's
-        rows = (np.arange(p.bands) + 0.5) * h / p.bands - 0.5 - (h - 1) / 2
+        rows = band_centres(p.bands) * h - h / 2  # each band's centre row about the middle (rows h: flow px)
         bands = bands + rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
         camera = float(np.hypot(*median(bands, 0)))
         self.last = (flow, camera)
