@@ -51,16 +51,17 @@ def shake(rng: np.random.Generator, fps: float) -> tuple[Path2, float]:
     phase = rng.uniform(0, 2 * np.pi, 3)
     ang = rng.uniform(0, np.pi, 3)
     amp = rng.uniform(0.5, 1.0, 3)
-    t = np.arange(0, FRAMES + 2, 0.05)
-    raw = sum(a * np.sin(2 * np.pi * f * t / fps + p)[:, None] * np.array([np.cos(g), np.sin(g)])
-              for a, f, p, g in zip(amp, hz, phase, ang, strict=True))
+
+    def unscaled(times: np.ndarray) -> np.ndarray:
+        times = np.asarray(times, float)
+        return sum(a * np.sin(2 * np.pi * f * times / fps + p)[:, None] * np.array([np.cos(g), np.sin(g)])
+                   for a, f, p, g in zip(amp, hz, phase, ang, strict=True))
+
     peak = rng.uniform(1, 4)
-    scale = peak / np.abs(raw).max()
+    scale = peak / np.abs(unscaled(np.arange(0, FRAMES + 2, 0.05))).max()
 
     def at(times: np.ndarray) -> np.ndarray:
-        times = np.asarray(times, float)
-        return scale * sum(a * np.sin(2 * np.pi * f * times / fps + p)[:, None] * np.array([np.cos(g), np.sin(g)])
-                           for a, f, p, g in zip(amp, hz, phase, ang, strict=True))
+        return scale * unscaled(times)
     return at, peak
 
 
