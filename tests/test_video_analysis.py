@@ -536,3 +536,35 @@ def test_flow_on_the_finest_level_is_dis_flow_at_its_finest_scale(scene, preset)
     at_level = cv.resize(full, (w, h), interpolation=cv.INTER_AREA)
     assert grid == {"ultrafast": 4, "medium": 2}[preset]
     assert float(np.median(np.abs(flow - at_level))) <= 0.02 and float(np.median(np.abs(full))) >= 0.5
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (2560, 1440), (1280, 958), (448, 299), (320, 240)])
+def test_shrink_is_the_area_average_of_a_direct_resize(size):
+    # motion.shrink halves first (OpenCV's fast 2x area path) where the frame is twice work_width or more: exact
+    # halvings give the same box average as one INTER_AREA resize but for rounding; a halving and then a step of
+    # another factor, a slightly wider area average. Either way the same size, scale and geometry: a blob's centre
+    # stays where the direct resize puts it (a motion measured on it is the same motion).
+    from rsdetect.video.motion import shrink
+
+    w, h = size
+    grey = cv2.GaussianBlur(np.random.default_rng(3).uniform(0, 255, (h, w)), (0, 0), 1.5).astype(np.uint8)
+    small, scale = shrink(grey, 320)
+    direct = cv2.resize(grey, (320, max(1, round(h * 320 / w))), interpolation=cv2.INTER_AREA)
+    assert small.shape == direct.shape and scale == w / 320
+    diff = np.abs(small.astype(int) - direct)
+    if w < 2 * 320:  # nothing to halve: the direct resize itself
+        assert diff.max() == 0
+    elif (w // 320) & (w // 320 - 1) == 0 and w % 320 == 0 and h % (w // 320) == 0:  # a power-of-two factor
+        assert diff.max() <= 1 and diff.mean() <= 0.5
+    else:  # on this fine texture (grey sd 11), where a footprint half a work px off differs by 6 on average
+        assert diff.mean() <= 1.0
+    yy, xx = np.mgrid[:h, :w]
+    blob = (200 * np.exp(-((xx - 0.37 * w) ** 2 + (yy - 0.61 * h) ** 2) / (2 * (w / 40) ** 2))).astype(np.uint8)
+
+    def centre(image):
+        m = image.astype(float)
+        gy, gx = np.mgrid[:m.shape[0], :m.shape[1]]
+        return np.array([(m * gx).sum(), (m * gy).sum()]) / m.sum()
+
+    direct_blob = cv2.resize(blob, direct.shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(centre(shrink(blob, 320)[0]) - centre(direct_blob)).max() <= 0.02

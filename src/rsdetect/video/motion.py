@@ -229,11 +229,24 @@ def relit(grey: np.ndarray, gain: np.ndarray) -> np.ndarray:
 
 
 def shrink(grey: np.ndarray, width: int) -> tuple[np.ndarray, float]:
-    """The grey frame at `width` (no wider than it is; INTER_AREA) and its native px per px."""
+    """The grey frame at `width` (no wider than it is; INTER_AREA) and its native px per px.
+
+    Halved first (INTER_AREA, exactly 2x) while it is at least twice as wide: OpenCV's area resize has a vectorised
+    path for exactly 2x only, and its general one cost 0.31 ms for a 1280x720 frame to 320x180 (the fixed camera's
+    every frame, a tenth of its analysis) against 0.05 ms halved twice, within one grey level of it (the same 4x4 box
+    but for rounding). Each halving is the area average its 2x step is, so the composite is an area average too.
+    (preprocess.shrink halves the same way but ends with a linear step, as the model's training images were made:
+    the motion is measured on area averages, which average sensor noise away.)"""
     h, w = grey.shape
     width = min(width, w)
     scale = w / width
-    return cv2.resize(grey, (width, max(1, round(h / scale))), interpolation=cv2.INTER_AREA), scale
+    size = (width, max(1, round(h / scale)))
+    while (grey.shape[1] >= 2 * width and grey.shape[0] >= 2 * size[1]
+           and grey.shape[1] % 2 == 0 and grey.shape[0] % 2 == 0):
+        grey = cv2.resize(grey, (grey.shape[1] // 2, grey.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if grey.shape[::-1] != size:
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return grey, scale
 
 
 class MotionMeter:
