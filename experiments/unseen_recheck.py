@@ -22,6 +22,7 @@ AUC 0.990/0.977/0.968/0.988, clip 1.0/0.994/1.0/1.0, nothing static or global fl
 16/16, 16/16, 13/16, 14/16, twins 16/16 on each, walker frame ROC AUC 0.63/0.77/0.68/0.63; told, shear error
 0.30/0.30/0.23/0.31 px, frame ROC AUC 0.985-0.989. ~75 s a run on 2 cores.
 Run: PYTHONPATH=src python experiments/unseen_recheck.py [--clips 8] [--seed 0] [--codec mp4v] [--kinds pan ...]
+     [--set smoothness=3 ...]   (video.analysis values swept in place of params.yaml's)
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
+from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
-from rsdetect.config import load_params
+from rsdetect.config import load_params, one_line, updated
 from rsdetect.evaluation.photos import held_out_photos
 from rsdetect.video.stream import analysed_frames
 
@@ -180,10 +183,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--codec", default=None, help="FOURCC (mp4v, MJPG): the clip goes through it, not JPEG")
     ap.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="only these kinds of clip")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="video.analysis values in place of params.yaml's (a sweep), checked by its schema")
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: not found; this experiment renders from ../shared's COCO samples")
     analysis = load_params(ROOT / "params.yaml").video.analysis
+    if args.set:
+        bare = [kv for kv in args.set if "=" not in kv]
+        if bare:
+            raise SystemExit(f"unseen_recheck: --set {bare[0]}: give KEY=VALUE")
+        try:
+            analysis = updated(analysis, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+        except ValidationError as exc:
+            raise SystemExit(f"unseen_recheck: --set: video.analysis.{one_line(exc)}") from None
     held = held_out_photos([SHARED / "coco-scenes-sample", SHARED / "coco-person-sample"],
                            [ROOT / "data" / "coco-licensed" / "instances.json"])
     rng = np.random.default_rng(args.seed)
