@@ -197,6 +197,8 @@ def test_real_fixed_cameras_no_frame_without_motion_is_flagged(tmp_path, model, 
         got = rows(tmp_path / "out", cam)
         assert len(got) == summary["frames_scored"] == 200 and summary["failures"] == 0
         assert not [r for r in got if r["flag"] and not r["motion_px"]], cam
+        # every video row says what a readout would do to it, measured without one (0 where nothing moves)
+        assert all(r["shear_px_per_ms"] >= 0 and (r["motion_px"] or not r["shear_px_per_ms"]) for r in got), cam
         assert summary["readout"]["source"] in ("unknown", "estimated")
         if summary["readout"]["source"] == "unknown":
             assert summary["readout"]["ms"] is None
@@ -221,6 +223,9 @@ def test_check_footage_reports_each_video_and_a_bad_one_in_one_line(tmp_path, ca
     assert shake["frames"] == FRAMES and shake["fps"] == pytest.approx(FPS) and shake["flagged_without_motion"] == 0
     assert shake["readout"]["source"] == "configured" and shake["flag_rate"] > 0
     assert shake["rs_shear_px_p95"] == pytest.approx(np.percentile([t["rs_shear_px"] for t in truth], 95), abs=1.0)
+    # per ms of readout, told or not: a shake's shear at 24 ms, to first order (its speed, not its curve)
+    assert shake["shear_px_per_ms_p95"] * 24 == pytest.approx(shake["rs_shear_px_p95"], rel=0.2)
+    assert broken["shear_px_per_ms_p95"] is None
     assert broken["frames"] == 0 and len(broken["errors"]) == 1 and report["totals"] == {"videos": 2, "failed": 1}
     err = capsys.readouterr().err
     assert f"check-footage: broken: {tmp_path / 'broken.avi'}: cannot open" in err and "Traceback" not in err

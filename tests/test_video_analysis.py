@@ -162,6 +162,26 @@ def test_without_a_readout_movers_are_ranked_by_a_typical_readouts_shear_and_nev
     assert abs(float(np.median([r["probability"] for r in twin])) - typical[12.0]) < 0.05
 
 
+def test_shear_per_ms_of_readout_needs_no_readout_and_times_the_readout_is_the_shear(scene, analysis):
+    """shear_px_per_ms: what each ms of readout does to a frame, measured without the readout (a fixed camera's
+    usual case): the walker's speed x its height's share of the rows / the frame period. Times the true readout it
+    is the walker's true shear; it is the motion's, so the global-shutter twin has it alike; a still scene has 0."""
+    rolling = walker_rows(scene, analysis, 8.0, "rolling")  # readout not told
+    told = walker_rows(scene, analysis, 8.0, "rolling", readout_ms=30.0)
+    twin = walker_rows(scene, analysis, 8.0, "global")
+    moving = [i for i, r in enumerate(rolling) if r["movers"]]
+    assert len(moving) >= 10
+    for i in moving:  # told, the mover's shear is that rate x the readout (rounding aside)
+        if told[i]["evidence"] == "mover-shear":
+            assert told[i]["rs_shear_px"] == pytest.approx(told[i]["shear_px_per_ms"] * 30.0, abs=0.01)
+    per_ms = np.median([rolling[i]["shear_px_per_ms"] for i in moving])
+    truth = 8.0 * 200 / (crop_box(scene, 0.7)[3] - 1) * FPS / 1000  # px/frame x height share / ms per frame
+    assert per_ms == pytest.approx(truth, rel=0.1)
+    assert np.median([twin[i]["shear_px_per_ms"] for i in moving]) == pytest.approx(per_ms, rel=0.1)
+    frames, _ = camera_clip(scene, still, 20.0, "rolling")
+    assert all(r["shear_px_per_ms"] == 0.0 for r in analyze(frames, FPS, analysis)[0])
+
+
 def test_no_evidence_without_a_readout_reaches_the_flag():
     """Without a readout no frame may reach the flag, however strong its evidence: at 0.5 x a logistic, a row
     dependence of z >= 14 rounded to 0.5, where scan's scorer flags, though the row said no flag."""
@@ -176,7 +196,7 @@ def test_no_evidence_without_a_readout_reaches_the_flag():
     region = {"x": 0, "y": 0, "w": 50, "h": 480, "vx": 60.0, "vy": 0.0, "speed_px": 60.0, "mask": np.ones((2, 2), bool)}
     walker = FrameMotion(5, static=False, bands=np.zeros((p.bands, 2)), regions=[region], motion_px=60.0)
     for fm in (shaken, walker):
-        row = frame_result(fm, None, None, 0.01, 480, p, typical=0.4)
+        row = frame_result(fm, None, None, 0.01, 480, p, frame_ms=p.typical_readout_ms / 0.4)
         assert row["rs_shear_px"] is None and not row["flag"] and row["probability"] < EVIDENCE_THRESHOLD
 
 

@@ -71,9 +71,12 @@ def _check_footage(args: argparse.Namespace) -> None:
         r = e["readout"] or {}
         readout = ("unknown" if r.get("ms") is None
                    else f"{r['ms']:.1f} ms ({r['source']}, {r['evidence_frames']} frames)")
+        per_ms = e["shear_px_per_ms_p95"]
+        exposure = ("" if per_ms is None else f", shear per ms of readout {per_ms:.3f} px (p95 of frames with motion; "
+                    f"{per_ms * analysis.typical_readout_ms:.1f} px at a typical {analysis.typical_readout_ms} ms)")
         print(f"check-footage: {name}: {e['frames']} frames at {e['fps']} fps, flagged {e['flag_rate']:.1%}, static "
-              f"{e['static_rate']:.1%}, flagged without motion {e['flagged_without_motion']}, readout {readout}, "
-              f"{e['frames_per_s']} frames/s")
+              f"{e['static_rate']:.1%}, flagged without motion {e['flagged_without_motion']}, readout {readout}"
+              f"{exposure}, {e['frames_per_s']} frames/s")
     print(f"check-footage: {report['totals']['videos']} videos, {report['totals']['failed']} failed; "
           f"details in {args.out}")
     if report["totals"]["failed"]:

@@ -3,8 +3,10 @@
 Each video is read as `scan` reads it (a decoder process of its own, rsdetect.serve.decoder, measuring motion and
 rolling-shutter evidence with rsdetect.video), without any model: what is reported is the video evidence alone.
 Per video: frames, the frame rate used, the flag rate, the share of static frames, flagged frames in which nothing
-moved (must be 0), the 95th percentile of the measured shear (native px), the readout (configured, estimated from
-the camera's own motion, or unknown) and frames/s of decoding plus measuring. A video that cannot be read is one
+moved (must be 0), the 95th percentile of the measured shear (native px) and of the shear per ms of readout over
+the frames with motion (px/ms: it needs no readout, so cameras whose readout is unknown can be ranked by what a
+rolling shutter would do to them), the readout (configured, estimated from the camera's own motion, or unknown) and
+frames/s of decoding plus measuring. A video that cannot be read is one
 line in its entry (`error`) and counted; the others go on.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ def check_video(source, analysis: VideoAnalysisParams, max_frames: int | None = 
         errors.append(str(exc))
     elapsed = time.perf_counter() - start
     shears = [r["rs_shear_px"] for r in rows if r["rs_shear_px"] is not None and r["evidence"] != "static"]
+    per_ms = [r["shear_px_per_ms"] for r in rows if r["evidence"] != "static"]
     entry.update({
         "frames": len(rows),
         "fps": round(1 / float(np.median(np.diff(times))), 3) if len(times) > 1 else None,
@@ -49,6 +52,7 @@ def check_video(source, analysis: VideoAnalysisParams, max_frames: int | None = 
         "static_rate": round(float(np.mean([r["evidence"] == "static" for r in rows])), 4) if rows else None,
         "flagged_without_motion": sum(bool(r["flag"]) and not r["motion_px"] for r in rows),
         "rs_shear_px_p95": round(float(np.percentile(shears, 95)), 3) if shears else None,
+        "shear_px_per_ms_p95": round(float(np.percentile(per_ms, 95)), 4) if per_ms else None,
         "readout": readout or None,
         "frames_per_s": round(len(rows) / elapsed, 1) if elapsed > 0 else None,
         "notes": notes, "errors": errors,

@@ -26,7 +26,7 @@ from rsdetect.serve.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.serve.sources import open_capture, video_meta
 
 FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source", "shear_px",
-          "shear_direction", "rs_shear_px", "motion_px", "evidence")
+          "shear_direction", "rs_shear_px", "shear_px_per_ms", "motion_px", "evidence")
 REPORT_NAMES = frozenset({"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"})
 # Temp files earlier versions could leave behind when killed: still part of a report folder, not user data.
 _OLD_TEMP = re.compile(r"\.(frames\.jsonl|frames\.csv|summary\.json|flagged_rate\.png)\..+\.tmp")

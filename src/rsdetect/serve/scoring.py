@@ -26,7 +26,8 @@ WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewe
 # Video frames are scored by their measured evidence (rsdetect.video), whose probability is a logistic centred on
 # video.analysis.flag_shear_px: 0.5 is the flag at that shear. The model's threshold is for its own scores (stills).
 EVIDENCE_THRESHOLD = 0.5
-NO_EVIDENCE = {"rs_shear_px": None, "motion_px": None, "evidence": "cnn"}  # a still: the single-frame model decided
+# a still: the single-frame model decided
+NO_EVIDENCE = {"rs_shear_px": None, "shear_px_per_ms": None, "motion_px": None, "evidence": "cnn"}
 
 Row = dict[str, Any]
 

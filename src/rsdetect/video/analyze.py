@@ -111,8 +111,7 @@ class CameraAnalyzer:
         around = (batch[0].index - self.p.lag_frames, batch[-1].index + self.p.lag_frames)
         trajectory = self.trajectory(r, around) if any(fm.camera_moving for fm in batch) else None
         noise = float(np.median(self.residuals)) if self.residuals else 0.0
-        typical = self.p.typical_readout_ms * self.fps / 1000.0
-        return [frame_result(fm, trajectory, r, noise, self.height, self.p, typical) for fm in batch]
+        return [frame_result(fm, trajectory, r, noise, self.height, self.p, 1000.0 / self.fps) for fm in batch]
 
     def unrolled(self, frame: np.ndarray, index: int, evidence: str) -> np.ndarray | None:
         """Frame `index` (still in the evidence window) with the measured rolling-shutter shear undone, or None

@@ -13,6 +13,10 @@
   flags one); for movers alone, whose shear cannot be told without a readout ("no-readout"), 0.49 x the probability
   that a typical readout shears them by flag_shear_px or more (`typical_shear`: it ranks, never flags); a frame
   where nothing moves is 0 ("static"). `flag` = probability >= 0.5.
+- `shear_px_per_ms`: the shear each ms of readout gives the frame at constant velocity (native px per ms): the
+  largest of the camera's speed and each moving region's speed x its height's share of the rows, over the frame
+  period. It needs no readout, so fixed cameras whose readout is unknown (most) can still be compared; times a
+  sensor's readout it is rs_shear_px to first order (a shake's shear follows its fitted trajectory instead).
 """
 from __future__ import annotations
 
@@ -135,13 +139,22 @@ def typical_shear(fm: FrameMotion, typical: float, height: int, p: VideoAnalysis
     return float(ndtr(np.log(shear / p.flag_shear_px) / p.typical_readout_sigma))
 
 
+def shear_per_ms(fm: FrameMotion, height: int, frame_ms: float) -> float:
+    """Native px of shear per ms of readout at constant velocity (`shear_px_per_ms` in the module docstring)."""
+    camera = fm.camera_px if fm.camera_moving else 0.0
+    return max(camera, mover_shear(fm, 1.0, height)) / frame_ms
+
+
 def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None, noise: float, height: int,
-                 p: VideoAnalysisParams, typical: float) -> dict:
-    """One frame's row: motion, shear (None where the readout is unknown), row dependence, probability, evidence.
-    `typical`: the cameras' typical readout in frame periods (`typical_shear`)."""
+                 p: VideoAnalysisParams, frame_ms: float) -> dict:
+    """One frame's row: motion, shear (None where the readout is unknown), shear per ms of readout, row dependence,
+    probability, evidence. `frame_ms`: the frame period (the cameras' typical readout in frame periods, for
+    `typical_shear`, is video.analysis.typical_readout_ms over it)."""
     z = row_dependence(fm, noise)
+    typical = p.typical_readout_ms / frame_ms
     base = {"frame": fm.index, "static": fm.static, "motion_px": round(fm.motion_px, 3),
-            "camera_px": round(fm.camera_px, 3), "movers": len(fm.regions), "row_dependence": round(z, 3)}
+            "camera_px": round(fm.camera_px, 3), "movers": len(fm.regions), "row_dependence": round(z, 3),
+            "shear_px_per_ms": round(shear_per_ms(fm, height, frame_ms), 4)}
     if fm.static:
         return {**base, "rs_shear_px": 0.0, "probability": 0.0, "flag": False, "evidence": "static"}
     if r is None:
