@@ -148,6 +148,11 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
     assert samples[("rsdetect_rs_shear_px_sum", (("camera", "shake"),))] == pytest.approx(sum(shear), abs=1e-3)
     assert samples[("rsdetect_rs_shear_px_bucket", (("camera", "shake"), ("le", "2.0")))] == \
         sum(s <= 2.0 for s in shear)
+    # shear per ms of readout, readout or not, on frames with motion: the still camera has none
+    per_ms = [r["shear_px_per_ms"] for r in rows(tmp_path / "w", "shake") if r["evidence"] != "static"]
+    assert per_ms and samples[("rsdetect_shear_px_per_ms_count", (("camera", "shake"),))] == len(per_ms)
+    assert samples[("rsdetect_shear_px_per_ms_sum", (("camera", "shake"),))] == pytest.approx(sum(per_ms), abs=1e-3)
+    assert samples[("rsdetect_shear_px_per_ms_count", (("camera", "still"),))] == 0
 
 
 def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_path, model, monkeypatch):
