@@ -22,7 +22,7 @@ from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.serve.reports import FIELDS  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
-from rsdetect.serve.scoring import longest_run, smooth  # noqa: E402
+from rsdetect.serve.scoring import FlagStats, longest_run, smooth  # noqa: E402
 from rsdetect.serve.signals import Interrupted, StopSignals, uninterrupted  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
 
@@ -88,6 +88,24 @@ def scan_lines(err: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- pure functions
+
+def test_flag_stats_read_the_shear_per_ms_p95_to_5_percent_in_constant_memory() -> None:
+    # a watch counts a camera's shear per ms of readout into fixed bins, not a growing list: its 95th percentile is
+    # within a bin (5%) of the exact one; stills (None) and static frames are not counted
+    values = np.random.default_rng(0).lognormal(np.log(0.05), 1.0, 5000)
+    stats = FlagStats()
+    for v in values:
+        stats.add(False, 0.0, per_ms=float(v))
+    for _ in range(3000):
+        stats.add(False, 0.0, static=True, per_ms=0.0)
+        stats.add(False, 0.0, per_ms=None)
+    exact = float(np.percentile(values, 95))
+    assert exact <= stats.summary()["shear_px_per_ms_p95"] <= 1.05 * exact
+    assert stats.per_ms.nbytes < 4096
+    nothing, still = FlagStats(), FlagStats()
+    still.add(False, 0.0, per_ms=0.0)
+    assert nothing.per_ms_p95() is None and still.per_ms_p95() == 0.0
+
 
 def test_smooth_is_rolling_mean_of_last_k() -> None:
     p = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.2])

@@ -86,6 +86,10 @@ def test_scan_measures_shear_in_native_px_where_the_readout_is_told(tmp_path, mo
     assert cams["twin"]["readout"]["ms"] == 0.0 and cams["twin"]["flagged"] == 0
     assert cams["still"]["flagged"] == 0 and cams["still"]["static_frames"] == FRAMES
     assert cams["still"]["readout"]["source"] == "unknown"  # nothing moved: no evidence, never an invented value
+    # the shear per ms of readout of the frames that moved, to its 5% bin; none where nothing moved
+    moved = [r["shear_px_per_ms"] for r in shake if r["evidence"] != "static"]
+    assert cams["shake"]["shear_px_per_ms_p95"] == pytest.approx(np.percentile(moved, 95), rel=0.05)
+    assert cams["still"]["shear_px_per_ms_p95"] is None
     assert all(r["evidence"] == "static" and r["probability"] == 0.0 for r in rows(tmp_path / "out", "still"))
 
 
@@ -138,6 +142,7 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
         assert rows(tmp_path / "w", cam) == rows(tmp_path / "s", cam)  # the same scoring core, the same rows
     cams = result.summary["cameras"]
     assert cams["shake"]["readout"]["source"] == "configured" and cams["still"]["static_frames"] == FRAMES
+    assert cams["shake"]["shear_px_per_ms_p95"] > 0 and cams["still"]["shear_px_per_ms_p95"] is None
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(text) for s in fam.samples}
     assert samples[("rsdetect_readout_seconds", (("camera", "shake"), ("source", "configured")))] == 0.024

@@ -69,15 +69,22 @@ def longest_run(flags: list[bool] | np.ndarray) -> int:
     return best
 
 
+# A camera's shear per ms of readout, counted in constant memory: geometric bins 5% wide from 1e-4 to 10 px/ms (the
+# first holds everything up to 1e-4, the last everything over 10); its 95th percentile is read to the bin
+PER_MS_EDGES = np.geomspace(1e-4, 10.0, 237)
+
+
 class FlagStats:
     """A camera's running flag counts, in constant memory (a camera at 5 frames/s scores 432,000 frames a day):
-    frames scored, flagged, the longest run of flagged frames and when it was last flagged."""
+    frames scored, flagged, the longest run of flagged frames, when it was last flagged, and its video frames' shear
+    per ms of readout (rsdetect.video.evidence: measured without a readout) where something moved."""
 
     def __init__(self) -> None:
         self.scored = self.flagged = self.run = self.longest = self.static = 0
         self.last_flagged_time: float | None = None
+        self.per_ms = np.zeros(len(PER_MS_EDGES) + 1, np.int64)
 
-    def add(self, flag: bool, now: float, static: bool = False) -> None:
+    def add(self, flag: bool, now: float, static: bool = False, per_ms: float | None = None) -> None:
         self.scored += 1
         self.static += static
         self.flagged += flag
@@ -85,12 +92,24 @@ class FlagStats:
         self.longest = max(self.longest, self.run)
         if flag:
             self.last_flagged_time = now
+        if per_ms is not None and not static:
+            self.per_ms[np.searchsorted(PER_MS_EDGES, per_ms)] += 1
+
+    def per_ms_p95(self) -> float | None:
+        """The 95th percentile of the shear per ms of readout, to the upper edge of its bin (0 in the first:
+        nothing that moved sheared); None without a frame where something moved."""
+        n = int(self.per_ms.sum())
+        if not n:
+            return None
+        k = int(np.searchsorted(np.cumsum(self.per_ms), 0.95 * n))
+        return 0.0 if k == 0 else round(float(PER_MS_EDGES[min(k, len(PER_MS_EDGES) - 1)]), 4)
 
     def summary(self) -> dict[str, Any]:
         """The counts (no clock: a scan's reports are the same on every run; watch adds last_flagged_time)."""
         return {"frames_scored": self.scored, "flagged": self.flagged,
                 "flagged_rate": self.flagged / self.scored if self.scored else None,
-                "longest_flagged_run": self.longest, "static_frames": self.static}
+                "longest_flagged_run": self.longest, "static_frames": self.static,
+                "shear_px_per_ms_p95": self.per_ms_p95()}
 
 
 @dataclass
@@ -141,7 +160,8 @@ class CameraState:
         # single-frame estimate, blind to movers, is not run on it. Measured before the frame is counted: a
         # Ctrl-C during the estimate must not count a frame without a row.
         shear = shear_columns(self.explain if evidence is None else None, rgb, flag)
-        self.stats.add(flag, time.time(), evidence is not None and evidence["evidence"] == "static")
+        self.stats.add(flag, time.time(), evidence is not None and evidence["evidence"] == "static",
+                       None if evidence is None else evidence["shear_px_per_ms"])
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
         # ties: the earlier frame ranks worse; a video frame's measured de-skew preview rides along (stream.py)

@@ -133,7 +133,7 @@ class WatchRecord:
         """Count scored rows (flag stats, metrics) and append them to the frames log."""
         now = time.time()
         for row in rows:
-            self.stats[row["camera"]].add(row["flag"], now, row["evidence"] == "static")
+            self.stats[row["camera"]].add(row["flag"], now, row["evidence"] == "static", row["shear_px_per_ms"])
             self.metrics.observe(row, now)
         self.reports.log.write(rows)
 
