@@ -62,7 +62,8 @@ def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list
                                                          sensor["shutter"], readout.update)]
     for row, truth in zip(rows, clip.truth, strict=True):
         row.update(clip=clip_id, kind=clip.kind, shutter=clip.shutter, source=source, told=told,
-                   true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"])
+                   true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"],
+                   true_readout_ms=clip.readout_ms if clip.shutter == "rolling" else 0.0)
     return rows, {"clip": clip_id, "kind": clip.kind, "shutter": clip.shutter, "source": source, "told": told,
                   "true_readout_ms": clip.readout_ms if clip.shutter == "rolling" else 0.0, **readout}
 
@@ -88,6 +89,15 @@ def clip_auc(rows: list[dict], kinds) -> float | None:
             prev = scores.get(r["clip"], (r["shutter"], 0.0))[1]
             scores[r["clip"]] = (r["shutter"], max(prev, r["probability"]))
     return auc([s for sh, s in scores.values() if sh == "rolling"], [s for sh, s in scores.values() if sh == "global"])
+
+
+def per_ms_error(distorted: list[dict], kind: str) -> float | None:
+    """Median |shear per ms of readout (measured without the readout) x the true readout - the true shear| over the
+    distorted frames of `kind`: a constant-velocity mover's is its shear; a shake's only to first order (its shear
+    follows its curve within the frame)."""
+    errors = [abs(r["shear_px_per_ms"] * r["true_readout_ms"] - r["true_shear_px"]) for r in distorted
+              if r["kind"] == kind]
+    return round(float(np.median(errors)), 3) if errors else None
 
 
 def flag_rate(rows: list[dict]) -> float | None:
@@ -119,6 +129,7 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
                 [r["probability"] for r in sel if r["true_shear_px"] >= VISIBLE_PX],
                 [r["probability"] for r in sel if r["true_shear_px"] < CLEAN_PX])
         else:
+            m["shear_per_ms_error_median_px"] = {k: per_ms_error(distorted, k) for k in CLIP_KINDS if k != "static"}
             rs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "rolling"]
             gs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "global"]
             within = [c["ms"] is not None
