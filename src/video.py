@@ -60,12 +60,12 @@ def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list
     frames = ((k, k / clip.fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)) for k, frame in enumerate(clip.frames))
     rows = [evidence for *_, evidence in analysed_frames(frames, params.video.analysis, sensor["readout_ms"],
                                                          sensor["shutter"], readout.update)]
+    true_ms = clip.readout_ms if clip.shutter == "rolling" else 0.0
     for row, truth in zip(rows, clip.truth, strict=True):
         row.update(clip=clip_id, kind=clip.kind, shutter=clip.shutter, source=source, told=told,
-                   true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"],
-                   true_readout_ms=clip.readout_ms if clip.shutter == "rolling" else 0.0)
+                   true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"], true_readout_ms=true_ms)
     return rows, {"clip": clip_id, "kind": clip.kind, "shutter": clip.shutter, "source": source, "told": told,
-                  "true_readout_ms": clip.readout_ms if clip.shutter == "rolling" else 0.0, **readout}
+                  "true_readout_ms": true_ms, **readout}
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:

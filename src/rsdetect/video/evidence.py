@@ -122,10 +122,10 @@ def logistic(x: float) -> float:
     return float(1.0 / (1.0 + np.exp(-np.clip(x, -50, 50))))
 
 
-def typical_shear(fm: FrameMotion, typical: float, height: int, p: VideoAnalysisParams) -> float:
-    """The probability that the frame's movers are sheared by flag_shear_px or more under a readout drawn from the
-    cameras' typical ones: log-normal, median `typical` (frame periods: video.analysis.typical_readout_ms),
-    log-sd typical_readout_sigma.
+def typical_shear(per_period: float, typical: float, p: VideoAnalysisParams) -> float:
+    """The probability that the frame's movers, sheared `per_period` px by a readout of one frame period
+    (mover_shear), are sheared by flag_shear_px or more under a readout drawn from the cameras' typical ones:
+    log-normal, median `typical` (frame periods: video.analysis.typical_readout_ms), log-sd typical_readout_sigma.
 
     Without a readout a mover's shear cannot be told: a walker at constant speed is sheared alike in every frame,
     and its shape is unknown, so a rolling shutter's walker and its global-shutter twin look the same (measured on
@@ -133,16 +133,10 @@ def typical_shear(fm: FrameMotion, typical: float, height: int, p: VideoAnalysis
     What can be told is how much a rolling shutter would shear it: speed x readout x height. Ranked by that, the
     frames a correction step should look at first (large, fast movers) come first; it tells no shutter from
     another, so it stays under the flag (x UNDECIDED) and rs_shear_px stays null."""
-    shear = mover_shear(fm, typical, height)
+    shear = per_period * typical
     if shear <= 0:
         return 0.0
     return float(ndtr(np.log(shear / p.flag_shear_px) / p.typical_readout_sigma))
-
-
-def shear_per_ms(fm: FrameMotion, height: int, frame_ms: float) -> float:
-    """Native px of shear per ms of readout at constant velocity (`shear_px_per_ms` in the module docstring)."""
-    camera = fm.camera_px if fm.camera_moving else 0.0
-    return max(camera, mover_shear(fm, 1.0, height)) / frame_ms
 
 
 def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None, noise: float, height: int,
@@ -151,10 +145,13 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
     probability, evidence. `frame_ms`: the frame period (the cameras' typical readout in frame periods, for
     `typical_shear`, is video.analysis.typical_readout_ms over it)."""
     z = row_dependence(fm, noise)
-    typical = p.typical_readout_ms / frame_ms
+    camera = fm.camera_px
+    per_period = mover_shear(fm, 1.0, height)  # the movers' shear under a readout of one frame period
+    # shear_px_per_ms (module docstring): the camera's speed or the movers' shear, per ms of readout
+    per_ms = max(camera if fm.camera_moving else 0.0, per_period) / frame_ms
     base = {"frame": fm.index, "static": fm.static, "motion_px": round(fm.motion_px, 3),
-            "camera_px": round(fm.camera_px, 3), "movers": len(fm.regions), "row_dependence": round(z, 3),
-            "shear_px_per_ms": round(shear_per_ms(fm, height, frame_ms), 4)}
+            "camera_px": round(camera, 3), "movers": len(fm.regions), "row_dependence": round(z, 3),
+            "shear_px_per_ms": round(per_ms, 4)}
     if fm.static:
         return {**base, "rs_shear_px": 0.0, "probability": 0.0, "flag": False, "evidence": "static"}
     if r is None:
@@ -162,7 +159,8 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
         # and it ranks frames but never flags one: measured on 32 clips, a flag from it alone put 15% of the
         # global-shutter twins' frames over 0.5 (flow's own row bias on flat drawn scenes reads as a slope); movers
         # alone are ranked by the shear a typical readout gives them, under the flag as well
-        prob = UNDECIDED * (logistic(z - p.row_z_flag) if fm.camera_moving else typical_shear(fm, typical, height, p))
+        prob = UNDECIDED * (logistic(z - p.row_z_flag) if fm.camera_moving
+                            else typical_shear(per_period, p.typical_readout_ms / frame_ms, p))
         return {**base, "rs_shear_px": None, "probability": round(prob, 4), "flag": False,
                 "evidence": "row-dependence" if fm.camera_moving else "no-readout"}
     cam = camera_shear(trajectory, fm.index, r) if fm.camera_moving else 0.0
