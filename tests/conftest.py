@@ -24,6 +24,15 @@ def params_group(path: str, **overrides):
     return with_params(group, **overrides)
 
 
+def texture(rng: np.random.Generator) -> np.ndarray:
+    """A 640x480 soft texture (BGR): blurred noise at two scales, what the video tests film (flow needs texture)."""
+    import cv2
+
+    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
+    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
+    return cv2.cvtColor(np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+
+
 def params_raw(overrides: dict | None = None) -> dict:
     """The repo's params.yaml as a plain mapping, with `overrides` (a nested mapping) merged in key by key: a
     bad-value test changes one param of an otherwise valid file, so the error it gets is about that param."""

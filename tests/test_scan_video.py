@@ -16,7 +16,7 @@ from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import Sensor, parse_sources  # noqa: E402
 from rsdetect.synth.clips import crop_box, degrade, render_camera, still, vibration  # noqa: E402
 
-from conftest import colour_model, params_group  # noqa: E402
+from conftest import colour_model, params_group, texture  # noqa: E402
 
 FPS = 25.0
 FRAMES = 40
@@ -37,11 +37,7 @@ def analysis():
 
 def scene() -> np.ndarray:
     """A textured 640x480 scene (flow needs texture)."""
-    rng = np.random.default_rng(5)
-    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
-    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
-    grey = np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    return texture(np.random.default_rng(5))
 
 
 def write_clip(path: Path, trajectory, readout_ms: float, shutter: str) -> list[dict]:

@@ -24,7 +24,7 @@ from rsdetect.synth.clips import (
 from rsdetect.video.analyze import CameraAnalyzer, analyze, configured_readout
 from rsdetect.video.stream import analysed_frames
 
-from conftest import params_group
+from conftest import params_group, texture
 
 FPS = 25.0
 FRAMES = 40
@@ -37,12 +37,9 @@ def analysis():
 
 @pytest.fixture(scope="module")
 def scene() -> np.ndarray:
-    """A 640x480 textured scene: blurred noise at two scales and some boxes (flow needs texture)."""
+    """A 640x480 textured scene: `texture` and some boxes (flow needs texture)."""
     rng = np.random.default_rng(5)
-    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
-    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
-    grey = np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8)
-    image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    image = texture(rng)
     for _ in range(12):
         x, y = rng.integers(0, 600), rng.integers(0, 440)
         cv2.rectangle(image, (int(x), int(y)), (int(x) + 40, int(y) + 30), [int(v) for v in rng.integers(0, 255, 3)],
@@ -218,10 +215,7 @@ def test_a_slow_shakes_reversals_are_measured_not_taken_as_static(analysis, read
     Taken as static, those frames told the fit the camera stood still, row for row, and put this camera at 1.2, 0
     and 0 ms; measured (the camera moved within static_after_still_frames), they carry its readout. Its twin stays
     at 0. The scene is `scene`'s texture without its boxes: their sharp edges change pixels at any motion."""
-    rng = np.random.default_rng(5)
-    fine = cv2.GaussianBlur(rng.uniform(0, 255, (480, 640)), (0, 0), 2)
-    coarse = cv2.resize(rng.uniform(0, 255, (12, 16)), (640, 480), interpolation=cv2.INTER_CUBIC)
-    soft = cv2.cvtColor(np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    soft = texture(np.random.default_rng(5))
     shake = vibration(2.5, 4.0, FPS, 0.3, 0.6)
     readouts = {}
     for shutter in ("rolling", "global"):
