@@ -33,6 +33,30 @@ def texture(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(np.clip(0.5 * fine + 0.5 * coarse, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
 
 
+def mains_clip(readout_ms: float, shutter: str, hz: float = 120.0, fps: float = 25.0, frames: int = 40,
+               walker: bool = True, exposure_ms: float = 4.0, depth: float = 0.3) -> list[np.ndarray]:
+    """A fixed camera over `texture` under lamps on mains of hz / 2 (RGB frames, 640x480): their light follows |sin|
+    of the mains (harmonics at hz, 2 hz, ...), 1 - depth to 1 of its peak, and each row integrates it over
+    exposure_ms ending when the row is read (a global shutter: every row at once). `walker`: a box crossing at
+    6 px/frame. Sensor noise, JPEG (tests/test_flicker.py, test_scan_video.py)."""
+    from rsdetect.synth.clips import degrade
+
+    rng = np.random.default_rng(7)
+    scene = texture(np.random.default_rng(5)).astype(np.float32)
+    h = scene.shape[0]
+    row_time = (np.arange(h) / (h - 1) * readout_ms / 1000) if shutter == "rolling" else np.zeros(h)
+    out = []
+    for k in range(frames):
+        # the exposure's 16 instants, each row's ending when the row is read
+        t = k / fps + row_time[:, None] - np.linspace(0, exposure_ms / 1000, 16)[None, :]
+        light = (1 - depth + depth * np.abs(np.sin(np.pi * hz * t))).mean(axis=1)
+        image = scene.copy()
+        if walker:
+            image[180:300, 40 + 6 * k:90 + 6 * k] = (60, 90, 140)
+        out.append(degrade(np.clip(image * light[:, None, None], 0, 255).astype(np.uint8), rng, 1.0, 90))
+    return out
+
+
 def params_raw(overrides: dict | None = None) -> dict:
     """The repo's params.yaml as a plain mapping, with `overrides` (a nested mapping) merged in key by key: a
     bad-value test changes one param of an otherwise valid file, so the error it gets is about that param."""

@@ -72,6 +72,9 @@ def _without(path: str) -> dict:
     (params_raw({"baselines": {"lines": {"min_length_frac": 0}}}), "baselines.lines.min_length_frac"),
     (params_raw({"baselines": {"lines": {"tilted_deg": 30}}}), "baselines.lines.tilted_deg"),
     (params_raw({"baselines": {"lines": {"angle": 3}}}), "baselines.lines.angle"),
+    (params_raw({"video": {"analysis": {"flicker_hz": []}}}), "video.analysis.flicker_hz"),
+    (params_raw({"video": {"analysis": {"flicker_hz": [100, -120]}}}), "video.analysis.flicker_hz"),
+    (params_raw({"video": {"analysis": {"flicker_min_drift": 0.6}}}), "video.analysis.flicker_min_drift"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_bad_params_name_the_param_in_one_line(raw, key):
     with pytest.raises(ConfigError) as err:

@@ -16,7 +16,7 @@ from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import Sensor, parse_sources  # noqa: E402
 from rsdetect.synth.clips import crop_box, degrade, render_camera, still, vibration  # noqa: E402
 
-from conftest import colour_model, params_group, texture  # noqa: E402
+from conftest import colour_model, mains_clip, params_group, texture  # noqa: E402
 
 FPS = 25.0
 FRAMES = 40
@@ -78,7 +78,7 @@ def test_scan_measures_shear_in_native_px_where_the_readout_is_told(tmp_path, mo
                for r in shake)
     cams = result.summary["cameras"]
     assert cams["shake"]["readout"] == {"ms": 24.0, "ci_ms": [24.0, 24.0], "source": "configured",
-                                        "evidence_frames": 0}
+                                        "evidence_frames": 0, "method": None}
     assert cams["twin"]["readout"]["ms"] == 0.0 and cams["twin"]["flagged"] == 0
     assert cams["still"]["flagged"] == 0 and cams["still"]["static_frames"] == FRAMES
     assert cams["still"]["readout"]["source"] == "unknown"  # nothing moved: no evidence, never an invented value
@@ -96,6 +96,23 @@ def test_scan_estimates_a_shaking_cameras_readout_when_not_told(tmp_path, model,
     readout = result.summary["cameras"]["shake"]["readout"]
     assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
     assert readout["ci_ms"][0] <= readout["ms"] <= readout["ci_ms"][1] and readout["evidence_frames"] > 0
+
+
+def test_scan_reads_a_fixed_cameras_readout_off_its_flickering_lights(tmp_path, model, analysis):
+    # Only a walker moves, so the camera's motion gives no readout; lamps on 60 Hz mains, read row by row in 24 ms
+    # at 25 fps, do (rsdetect.video.flicker), in the camera's decoder process as in analyze()
+    writer = cv2.VideoWriter(str(tmp_path / "lobby.avi"), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (640, 480))
+    for frame in mains_clip(24.0, "rolling"):
+        writer.write(frame)
+    writer.release()
+    result = run_scan(parse_sources([str(tmp_path / "lobby.avi")]), model, tmp_path / "out",
+                      ScanOptions(progress=False, analysis=analysis))
+    readout = result.summary["cameras"]["lobby"]["readout"]
+    assert readout["source"] == "estimated" and readout["method"] == "flicker", readout
+    assert abs(readout["ms"] - 24.0) <= 0.05 * 24.0
+    walked = [r for r in rows(tmp_path / "out", "lobby") if r["motion_px"] >= 3.0]  # the walker: 6 px/frame
+    assert len(walked) >= 30 and all(r["evidence"] == "mover-shear" for r in walked)
+    assert 0.6 <= float(np.median([r["rs_shear_px"] for r in walked])) <= 1.3  # 0.9 px true
 
 
 def test_stills_keep_the_model_and_command_line_sensors_reach_the_rows(tmp_path, model, analysis):

@@ -69,7 +69,8 @@ def test_static_scene_is_static_unflagged_and_its_readout_unknown(scene, analysi
 def test_shake_readout_is_estimated_and_its_twin_reads_near_zero(scene, analysis):
     frames, truth = camera_clip(scene, SHAKE, 24.0, "rolling")
     rows, readout = analyze(frames, FPS, analysis)
-    assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
+    assert readout["source"] == "estimated" and readout["method"] == "camera-motion"
+    assert abs(readout["ms"] - 24.0) <= 0.25 * 24.0
     assert readout["ci_ms"][0] <= readout["ms"] <= readout["ci_ms"][1] and readout["evidence_frames"] >= 20
     big = [r for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] >= 2.0]
     small = [r for r, t in zip(rows, truth, strict=True) if t["rs_shear_px"] < 0.5]
@@ -84,7 +85,8 @@ def test_shake_readout_is_estimated_and_its_twin_reads_near_zero(scene, analysis
 def test_pan_shear_in_px_when_the_readout_is_told(scene, analysis):
     frames, truth = camera_clip(scene, PAN, 30.0, "rolling")
     rows, readout = analyze(frames, FPS, analysis, readout_ms=30.0)
-    assert readout == {"ms": 30.0, "ci_ms": [30.0, 30.0], "source": "configured", "evidence_frames": 0}
+    assert readout == {"ms": 30.0, "ci_ms": [30.0, 30.0], "source": "configured", "evidence_frames": 0,
+                       "method": None}
     errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in zip(rows, truth, strict=True)
               if t["rs_shear_px"] >= 1.0]
     assert len(errors) >= 10 and np.median(errors) <= 1.0
@@ -279,7 +281,7 @@ def test_bad_camera_configuration_is_one_line(readout_ms, shutter, message):
 
 def test_configured_readouts():
     assert configured_readout(18, None).as_dict() == {"ms": 18.0, "ci_ms": [18.0, 18.0], "source": "configured",
-                                                     "evidence_frames": 0}
+                                                     "evidence_frames": 0, "method": None}
     assert configured_readout(None, "global").ms == 0.0
     assert configured_readout(None, "rolling") is None and configured_readout(None, None) is None
 

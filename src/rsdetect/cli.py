@@ -70,7 +70,8 @@ def _check_footage(args: argparse.Namespace) -> None:
             continue
         r = e["readout"] or {}
         readout = ("unknown" if r.get("ms") is None
-                   else f"{r['ms']:.1f} ms ({r['source']}, {r['evidence_frames']} frames)")
+                   else f"{r['ms']:.1f} ms ({r['source']}"
+                        f"{' from ' + r['method'] if r.get('method') else ''}, {r['evidence_frames']} frames)")
         per_ms = e["shear_px_per_ms_p95"]
         exposure = ("" if per_ms is None else f", shear per ms of readout {per_ms:.3f} px (p95 of frames with motion; "
                     f"{per_ms * analysis.typical_readout_ms:.1f} px at a typical {analysis.typical_readout_ms} ms)")

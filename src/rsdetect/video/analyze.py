@@ -8,7 +8,8 @@ re-estimated on the window after every refit_frames frames of camera motion. `an
 frame waits for the end, so every row uses the readout estimated from the whole clip.
 
 A readout is configured (readout_ms, or shutter global = 0 ms), else estimated from the camera's own motion
-(rsdetect.video.readout), else unknown; it is never invented.
+(rsdetect.video.readout) or from the lights' flicker read row by row (rsdetect.video.flicker; the narrower interval
+where both tell it), else unknown; it is never invented.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
 from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll, unroll_movers
+from rsdetect.video.flicker import flicker_readout
 from rsdetect.video.motion import FrameMotion, MotionMeter
 from rsdetect.video.readout import Readout, Trajectory, band_weights, estimate_readout, fit_trajectory
 from rsdetect.video.sensor import check_sensor
@@ -49,7 +51,7 @@ class CameraAnalyzer:
         self._readout = self.configured or Readout(None, None, "unknown", 0)
         self.pending: deque[FrameMotion] = deque()
         self.window: deque[FrameMotion] = deque(maxlen=p.window_frames)  # evidence: band displacements
-        self.moving_since_estimate = 0
+        self.evidence_since_estimate = 0  # frames of camera motion or of flicker since the last estimate
         self.estimates = 0
         self.residuals: deque[float] = deque(maxlen=p.window_frames)  # row-fit residuals of camera-motion frames
         self.height = 0
@@ -63,19 +65,20 @@ class CameraAnalyzer:
         self.pending.append(fm)
         if fm.index > 0:
             self.window.append(fm)
-            self.moving_since_estimate += fm.camera_moving
+            self.evidence_since_estimate += fm.camera_moving or fm.flicker is not None
         if fm.camera_moving:
             self.residuals.append(row_fit(fm)[1])
         if self.lag is None or len(self.pending) < 2 * self.lag:
             return []  # rows leave in batches of lag frames: one trajectory fit per batch
-        if self.moving_since_estimate >= self.next_estimate_after():
+        if self.evidence_since_estimate >= self.next_estimate_after():
             self.estimate()
         return self.finish(len(self.pending) - self.lag)
 
     def next_estimate_after(self) -> int:
-        """Frames of camera motion to gather before the next estimate: while the readout is not yet known, after
-        min_evidence_frames, then twice as many each time (a stream's first flags need not wait refit_frames of
-        motion, and a camera that never gives enough evidence costs a handful of fits); once known, refit_frames."""
+        """Frames of evidence (camera motion, flicker) to gather before the next estimate: while the readout is not
+        yet known, after min_evidence_frames, then twice as many each time (a stream's first flags need not wait
+        refit_frames of evidence, and a camera that never gives enough costs a handful of fits); once known,
+        refit_frames."""
         if self._readout.source == "estimated":
             return self.p.refit_frames
         return min(self.p.refit_frames, self.p.min_evidence_frames * 2 ** self.estimates)
@@ -89,8 +92,14 @@ class CameraAnalyzer:
         if self.configured is not None or not self.window:
             return
         frames, disp, moving, weights = self.evidence()
-        self._readout = estimate_readout(frames, disp, moving, self.fps, self.p, weights)
-        self.moving_since_estimate = 0
+        motion = estimate_readout(frames, disp, moving, self.fps, self.p, weights)
+        flicker = self.flicker_readout()
+        # the narrower interval where both tell it (the flicker's is the tighter where lights flicker: its rows are
+        # read straight off the sensor's timing, a shake's through a fitted trajectory)
+        known = [r for r in (motion, flicker) if r.ci_ms is not None]
+        self._readout = (min(known, key=lambda r: r.ci_ms[1] - r.ci_ms[0])  # type: ignore[index]
+                         if known else max(motion, flicker, key=lambda r: r.evidence_frames))
+        self.evidence_since_estimate = 0
         self.estimates += 1
 
     def evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -103,6 +112,16 @@ class CameraAnalyzer:
         unknown = np.full(self.p.bands, np.nan)
         weights = band_weights(np.array([unknown if fm.texture is None else fm.texture for fm in self.window]))
         return frames, disp, moving, weights
+
+    def flicker_readout(self) -> Readout:
+        """The readout from the window's flicker profiles (rsdetect.video.flicker), those of the frame size last
+        seen (a stream that reconnects at another resolution measures its rows anew)."""
+        lit = [fm for fm in self.window if fm.flicker is not None]
+        lit = [fm for fm in lit if len(fm.flicker) == len(lit[-1].flicker)] if lit else []  # type: ignore[arg-type]
+        if not lit:
+            return Readout(None, None, "unknown", 0)
+        return flicker_readout(np.array([fm.index for fm in lit], float), np.array([fm.flicker for fm in lit]),
+                               self.height, self.fps, self.p)
 
     def finish(self, count: int) -> list[dict]:
         """Rows of the `count` oldest waiting frames."""

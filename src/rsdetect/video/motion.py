@@ -51,6 +51,9 @@ class FrameMotion:
     motion_px: float = 0.0                 # largest image speed: the background's or a region's
     camera_moving: bool = False            # the background moved more than camera_work_px (working px)
     texture: np.ndarray | None = None      # (bands,): mean squared grey gradient of each band, where the camera moved
+    # (rows of the quick flow's level,): log of each row's gain into the previous frame's light, where the frame was
+    # measured in it (`lighting`): the lights' flicker read row by row, a fixed camera's readout (video/flicker.py)
+    flicker: np.ndarray | None = None
 
     @property
     def camera_px(self) -> float:
@@ -296,14 +299,16 @@ class MotionMeter:
                 gain = None
         # static: nothing changed, and the camera has stood still for static_after_still_frames (a shake's reversal
         # changes few pixels while its rows still move apart: video.analysis.static_after_still_frames, in params.yaml)
+        flicker = None if gain is None else np.log(gain)
         if changed <= self.p.static_fraction * cur.size and self.still_for >= self.p.static_after_still_frames:
             self.still_for += 1
-            return FrameMotion(self.index, static=True)
+            return FrameMotion(self.index, static=True, flicker=flicker)
         # a camera that moved within static_after_still_frames is measured as a moving one: its slow frames (a
         # shake's reversal) carry the row dependence its readout is read from, with the precision and the band
         # weights that needs
         fm = self.flowed(prev, grey, cur, gain, scale, self.still_for < self.p.static_after_still_frames)
         self.still_for = 0 if fm.camera_moving else self.still_for + 1
+        fm.flicker = flicker
         return fm
 
     def flowed(self, prev: tuple[np.ndarray, np.ndarray], grey: np.ndarray, cur: np.ndarray,

@@ -46,16 +46,18 @@ RIDGE = 1e-6       # fixes the trajectory's free constant (every observation is 
 
 @dataclass(frozen=True)
 class Readout:
-    """A camera's readout: ms (None when unknown), 95% interval, where it comes from, frames it rests on."""
+    """A camera's readout: ms (None when unknown), 95% interval, where it comes from, frames it rests on, and for an
+    estimate, what it was measured from."""
     ms: float | None
     ci_ms: tuple[float, float] | None
     source: str                      # configured | estimated | unknown
     evidence_frames: int
+    method: str | None = None        # estimated: camera-motion (this module) | flicker (rsdetect.video.flicker)
 
     def as_dict(self) -> dict:
         return {"ms": None if self.ms is None else round(self.ms, 2),
                 "ci_ms": None if self.ci_ms is None else [round(v, 2) for v in self.ci_ms],
-                "source": self.source, "evidence_frames": self.evidence_frames}
+                "source": self.source, "evidence_frames": self.evidence_frames, "method": self.method}
 
 
 def band_centres(bands: int) -> np.ndarray:
@@ -156,7 +158,7 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     ms = 1000.0 / fps
     step = grid[1] - grid[0]  # the interval is known to the grid's resolution: one step wider on each side
     lo, hi = float(max(min(lo, r_hat) - step, 0.0)), float(max(hi, r_hat) + step)
-    return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence)
+    return Readout(r_hat * ms, (lo * ms, hi * ms), "estimated", evidence, "camera-motion")
 
 
 def refine(grid: np.ndarray, rss: np.ndarray, best: int) -> float:
