@@ -1,6 +1,7 @@
 """Stage video: rolling shutter judged from motion, measured on rendered twin clips from the test photos.
 
-Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static) from each
+Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static, and a person
+under flickering lamps: flicker) from each
 photo source (real, drawn) of the test split, each with its global-shutter twin (rsdetect.synth.clips), streams
 every clip through the path `scan` and `watch` run in each camera's decoder process (rsdetect.video.stream:
 frames in order, each row lag_frames behind, the readout estimated as the evidence comes in) twice, the readout
@@ -100,8 +101,34 @@ def per_ms_error(distorted: list[dict], kind: str) -> float | None:
     return round(float(np.median(errors)), 3) if errors else None
 
 
+def shear_error(distorted: list[dict]) -> float | None:
+    """Median |rs_shear_px - truth| over the frames whose shear was measured (a readout known)."""
+    errors = [abs(r["rs_shear_px"] - r["true_shear_px"]) for r in distorted if r["rs_shear_px"] is not None]
+    return round(float(np.median(errors)), 3) if errors else None
+
+
 def flag_rate(rows: list[dict]) -> float | None:
     return round(float(np.mean([r["flag"] for r in rows])), 4) if rows else None
+
+
+def flicker_readouts(clips: list[dict]) -> dict:
+    """Readouts of the fixed cameras under flickering lamps (not told): estimated ones within 25%, their median error,
+    the unknown ones (bands that drift under video.analysis.flicker_min_drift a frame tell nothing), and the
+    global-shutter twins left unknown or at most TWIN_READOUT_MS."""
+    rs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "rolling"]
+    gs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "global"]
+    known = [c for c in rs if c["ms"] is not None]
+    within = [c["ms"] is not None and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
+              for c in rs]
+    return {
+        "within_25pct": round(float(np.mean(within)), 4) if rs else None,
+        "error_median_ms": round(float(np.median([abs(c["ms"] - c["true_readout_ms"]) for c in known])), 3)
+        if known else None,
+        "unknown": len(rs) - len(known),
+        "from_flicker": sum(c.get("method") == "flicker" for c in known),
+        "twins_ok": round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4)
+        if gs else None,
+    }
 
 
 def summarise(rows: list[dict], clips: list[dict]) -> dict:
@@ -121,7 +148,9 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
         }
         distorted = [r for r in sel if r["shutter"] == "rolling" and r["true_shear_px"] >= SHEAR_ERROR_PX]
         errors = [abs(r["rs_shear_px"] - r["true_shear_px"]) for r in distorted if r["rs_shear_px"] is not None]
-        m["shear_error_median_px"] = round(float(np.median(errors)), 3) if errors else None
+        m["shear_error_median_px"] = shear_error(distorted)
+        m["shear_error_median_px_by_kind"] = {k: shear_error([r for r in distorted if r["kind"] == k])
+                                              for k in CLIP_KINDS if k != "static"}
         m["shear_error_frames"] = len(errors)
         m["shear_null_frames"] = len(distorted) - len(errors)
         if told:
@@ -141,6 +170,7 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
                 round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4) if gs else None)
             m["readout_static_unknown"] = round(
                 float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
+            m["readout_flicker"] = flicker_readouts(cl)
         out["told" if told else "not_told"] = m
     return out
 

@@ -266,6 +266,25 @@ def test_rendered_twins_differ_only_in_row_dependence(scene):
         render_twins(scene, "person", np.random.default_rng(3), clips, anns=[])
 
 
+def test_flicker_twins_light_each_row_of_a_rolling_shutter_at_its_own_time(scene):
+    # the walker of a flicker clip, and a global-shutter twin whose rows all share one gain per frame
+    clips = params_group("video.clips", frames=8)
+    person = [{"segmentation": [[300, 140, 360, 140, 360, 340, 300, 340]], "iscrowd": 0}]
+    rs, gs = render_twins(scene, "flicker", np.random.default_rng(4), clips, anns=person)
+    base, _ = render_twins(scene, "person", np.random.default_rng(4), clips, anns=person)
+    assert rs.params["flicker_hz"] in clips.flicker_hz and [t["rs_shear_px"] for t in rs.truth] == [
+        t["rs_shear_px"] for t in base.truth]  # the same walker as a person clip of the same draw
+
+    def row_gains(clip):  # each frame's rows, over the unlit walker clip's (outside the walker: columns 0-200)
+        return [np.median(f[:, :200].astype(float) + 1, axis=(1, 2)) / np.median(b[:, :200].astype(float) + 1,
+                                                                                  axis=(1, 2))
+                for f, b in zip(clip.frames, base.frames, strict=True)]
+
+    for rolling, flat in zip(row_gains(rs), row_gains(gs), strict=True):
+        assert np.std(rolling) > 3 * np.std(flat)  # bands over the rows, against one gain (and noise)
+        assert rolling.min() >= 1 - clips.flicker_depth[1] - 0.05 and rolling.max() <= 1.05
+
+
 @pytest.mark.parametrize("readout_ms, shutter, message", [
     (-3, None, r"camera: readout_ms must be a number of milliseconds in \(0, 200\], got -3"),
     (0, None, "camera: readout_ms must be .* got 0"),  # a readout of 0 is a global shutter: say so

@@ -329,6 +329,9 @@ class VideoClipParams(_Group):
     min_person_area: Float(ge=0)            # px^2 of the photo: smaller people are not moved
     noise_sigma: Range(ge=0)                # Gaussian sensor noise per frame, levels
     jpeg_quality: Range(ge=1, le=100)       # every frame re-encoded at a quality drawn from this
+    flicker_hz: Annotated[tuple[Float(gt=0), ...], Field(min_length=1)]  # flicker clips: lamps' flicker, one drawn
+    flicker_depth: Range(gt=0, le=1)        # ... dimming to 1 - this of their peak
+    flicker_exposure_ms: Range(gt=0)        # ... each row exposed this long
 
 
 class VideoAnalysisParams(_Group):

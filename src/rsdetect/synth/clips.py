@@ -7,7 +7,10 @@ mid-row instant), so both clips follow the same trajectory and differ only in th
 - vibration: the camera shakes, image displacement A sin(2 pi f t / fps + phase) along a random direction;
 - pan: the camera pans sideways after `still_frames` still frames, speed ramping up, holding, ramping down;
 - person: a COCO person (polygon) is cut out, the hole inpainted, and moved sideways at a constant speed;
-- static: nothing moves.
+- static: nothing moves;
+- flicker: a person as above, under lamps on the mains (`lit`): each row integrates their flicker over its exposure,
+  ending when the row is read, so a rolling shutter's rows get gains of their own (a fixed camera's readout can be
+  read off them: rsdetect.video.flicker) and its global-shutter twin's rows all the same one.
 
 Magnitudes are native pixels: the output frame is a crop of the photo (video.clips.frame_fraction of its sides),
 the rest of the photo is room for the camera to travel, so no border is ever invented. Each frame gets its own
@@ -30,7 +33,7 @@ from rsdetect.config import VideoClipParams
 from rsdetect.errors import RsdetectError
 from rsdetect.shutter import fill_person_hole, move_person, shear_extent, warp_rows
 
-CLIP_KINDS = ("vibration", "pan", "person", "static")
+CLIP_KINDS = ("vibration", "pan", "person", "static", "flicker")
 Trajectory = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # times (frames) -> (dx, dy) px
 
 
@@ -138,6 +141,14 @@ def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.
     return frames
 
 
+def lit(frame: np.ndarray, row_s: np.ndarray, hz: float, depth: float, exposure_ms: float) -> np.ndarray:
+    """`frame` under lamps flickering at `hz` (twice the mains: |sin| of the mains, 1 - depth to 1 of their peak),
+    each row integrating their light over exposure_ms ending at its read time `row_s` (seconds)."""
+    t = row_s[:, None] - np.linspace(0.0, exposure_ms / 1000.0, EXPOSURE_STEPS)[None, :]
+    light = (1.0 - depth + depth * np.abs(np.sin(np.pi * hz * t))).mean(axis=1)
+    return np.clip(frame * light[:, None, None], 0, 255).astype(np.uint8)
+
+
 def person_mask(image: np.ndarray, polygons: list[list[float]]) -> np.ndarray:
     h, w = image.shape[:2]
     rle = mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
@@ -196,7 +207,7 @@ def draw_trajectory(kind: str, rng: np.random.Generator, p: VideoClipParams, fps
         # centred on the travel: the crop slides from one side of the spare width to the other
         end_x, end_y = base(np.array([start + 2 * ramp + hold]))
         return (lambda t: (base(t)[0] - end_x[0] / 2, base(t)[1] - end_y[0] / 2)), drawn
-    if kind == "person":
+    if kind in ("person", "flicker"):
         speed = float(rng.uniform(*p.person_px))
         direction = float(rng.choice([0.0, np.pi]) + rng.normal(0, PAN_TILT_SD))
         drawn = {"speed_px": speed, "direction": direction}
@@ -206,6 +217,7 @@ def draw_trajectory(kind: str, rng: np.random.Generator, p: VideoClipParams, fps
     return still, {}
 
 
+EXPOSURE_STEPS = 16  # instants a row's exposure is integrated over (`lit`): 0.06-0.25 ms apart at 1-4 ms
 TRAVEL_SLACK_PX = 4   # kept free at each side of a pan's travel: bilinear sampling reads one pixel beyond
 PAN_TILT_SD = 0.1     # radians: cameras pan mostly sideways
 
@@ -222,7 +234,7 @@ def render_twins(image: np.ndarray, kind: str, rng: np.random.Generator, p: Vide
     box = crop_box(image, p.frame_fraction)
     trajectory, drawn = draw_trajectory(kind, rng, p, fps, box, image.shape)
     alpha = None
-    if kind == "person":
+    if kind in ("person", "flicker"):
         height, width = image.shape[:2]
         polygons = usable_person(anns or [], height, width, p.min_person_area)
         if polygons is None:
@@ -230,12 +242,18 @@ def render_twins(image: np.ndarray, kind: str, rng: np.random.Generator, p: Vide
         alpha = person_mask(image, polygons)
     noise = [(float(rng.uniform(*p.noise_sigma)), int(rng.uniform(*p.jpeg_quality))) for _ in range(p.frames)]
     noise_seed = int(rng.integers(2 ** 31))
+    if kind == "flicker":  # drawn last: the walker and its noise are those a person clip of the same rng gets
+        drawn = {**drawn, "flicker_hz": float(rng.choice(p.flicker_hz)), "flicker_depth": float(rng.uniform(
+            *p.flicker_depth)), "exposure_ms": float(rng.uniform(*p.flicker_exposure_ms))}
     clips = []
     for shutter in ("rolling", "global"):
         if alpha is not None:
             frames, truth = render_person(image, alpha, trajectory, p.frames, r, shutter, box)
         else:
             frames, truth = render_camera(image, trajectory, p.frames, r, shutter, box)
+        if kind == "flicker":
+            frames = [lit(f, frame_times(k, f.shape[0], r, shutter) / fps, drawn["flicker_hz"], drawn["flicker_depth"],
+                          drawn["exposure_ms"]) for k, f in enumerate(frames)]
         frame_rng = np.random.default_rng(noise_seed)  # the twin gets the same noise, frame by frame
         frames = [degrade(f, frame_rng, s, q) for f, (s, q) in zip(frames, noise, strict=True)]
         if shutter == "global":

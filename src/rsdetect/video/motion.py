@@ -1,7 +1,7 @@
 """Image motion between consecutive frames: the camera's own motion per horizontal band, and the moving regions.
 
 Each frame is measured against the one before at video.analysis.work_width (grey, INTER_AREA: the shrink also
-averages sensor noise away), in the previous frame's light where a gain per row explains most of what changed
+averages sensor noise away), in the previous frame's light where a gain per row explains half of what changed
 (`lighting`: flicker read row by row, an exposure step). A cheap frame difference decides first whether anything
 moved at all: a frame where
 fewer than static_fraction of the pixels changed by more than static_level is static, gets no flow and cannot show
@@ -292,7 +292,7 @@ class MotionMeter:
         if gain is not None:
             lit = relit(cur, gain)
             lit_changed = cv2.countNonZero(self.changed(prev[1], lit))
-            # kept where it explains most of what changed (video.analysis.lighting_explains: why, in params.yaml)
+            # kept where it explains half of what changed (video.analysis.lighting_explains: why, in params.yaml)
             if lit_changed <= (1.0 - self.p.lighting_explains) * changed:
                 cur, changed = lit, lit_changed
             else:
