@@ -35,25 +35,22 @@ def texture(rng: np.random.Generator) -> np.ndarray:
 
 def mains_clip(readout_ms: float, shutter: str, hz: float = 120.0, fps: float = 25.0, frames: int = 40,
                walker: bool = True, exposure_ms: float = 4.0, depth: float = 0.3) -> list[np.ndarray]:
-    """A fixed camera over `texture` under lamps on mains of hz / 2 (RGB frames, 640x480): their light follows |sin|
-    of the mains (harmonics at hz, 2 hz, ...), 1 - depth to 1 of its peak, and each row integrates it over
-    exposure_ms ending when the row is read (a global shutter: every row at once). `walker`: a box crossing at
-    6 px/frame. Sensor noise, JPEG (tests/test_flicker.py, test_scan_video.py)."""
-    from rsdetect.synth.clips import degrade
+    """A fixed camera over `texture` (640x480) under lamps flickering at `hz` (rsdetect.synth.clips.lit: |sin| of
+    the mains, 1 - depth to 1 of their peak, each row exposed exposure_ms up to its read time; a global shutter reads
+    every row at mid-readout). `walker`: a box crossing at 6 px/frame. Sensor noise, JPEG (tests/test_flicker.py,
+    test_scan_video.py)."""
+    from rsdetect.synth.clips import degrade, frame_times, lit
 
     rng = np.random.default_rng(7)
-    scene = texture(np.random.default_rng(5)).astype(np.float32)
-    h = scene.shape[0]
-    row_time = (np.arange(h) / (h - 1) * readout_ms / 1000) if shutter == "rolling" else np.zeros(h)
+    scene = texture(np.random.default_rng(5))
+    r = readout_ms * fps / 1000
     out = []
     for k in range(frames):
-        # the exposure's 16 instants, each row's ending when the row is read
-        t = k / fps + row_time[:, None] - np.linspace(0, exposure_ms / 1000, 16)[None, :]
-        light = (1 - depth + depth * np.abs(np.sin(np.pi * hz * t))).mean(axis=1)
         image = scene.copy()
         if walker:
             image[180:300, 40 + 6 * k:90 + 6 * k] = (60, 90, 140)
-        out.append(degrade(np.clip(image * light[:, None, None], 0, 255).astype(np.uint8), rng, 1.0, 90))
+        out.append(degrade(lit(image, frame_times(k, image.shape[0], r, shutter) / fps, hz, depth, exposure_ms), rng,
+                           1.0, 90))
     return out
 
 

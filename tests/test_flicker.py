@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rsdetect.synth.clips import crop_box, degrade, frame_times, lit, render_camera, vibration
 from rsdetect.video.analyze import analyze
 from rsdetect.video.flicker import drift, flicker_readout, row_positions
 
-from conftest import mains_clip, params_group
+from conftest import mains_clip, params_group, texture
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +74,23 @@ def test_a_global_shutter_under_the_same_lights_gets_no_readout(analysis):
     assert readout["ms"] is None or readout["ms"] <= analysis.zero_readout_ms, readout
     assert not any(r["flag"] for r in rows)
 
+
+
+@pytest.mark.parametrize("shutter", ["rolling", "global"])
+def test_a_shaking_camera_under_flickering_lamps_keeps_the_narrower_readout(analysis, shutter):
+    # Both evidences at once: the camera's shake and the lamps' bands (taken out of the motion as lighting). Rolling:
+    # both tell about 24 ms, the flicker's interval the narrower (camera motion alone: 23.9 ms, 22.9-25.0);
+    # global: the flicker's rows are flat, the shake tells 0 ms
+    fps, r = 25.0, 24.0 * 25.0 / 1000
+    image = texture(np.random.default_rng(5))
+    frames, _ = render_camera(image, vibration(3.0, 7.0, fps, 0.3, 0.2), 40, r, shutter, crop_box(image, 0.7))
+    rng = np.random.default_rng(0)
+    frames = [degrade(lit(f, frame_times(k, f.shape[0], r, shutter) / fps, 120.0, 0.3, 2.0), rng, 2.0, 90)
+              for k, f in enumerate(frames)]
+    rows, readout = analyze(frames, fps, analysis)
+    if shutter == "rolling":
+        assert readout["method"] == "flicker" and abs(readout["ms"] - 24.0) <= 0.05 * 24.0, readout
+        assert readout["ci_ms"][1] - readout["ci_ms"][0] < 2.0
+    else:
+        assert readout["method"] == "camera-motion" and readout["ms"] <= analysis.zero_readout_ms, readout
+        assert not any(row["flag"] for row in rows)
