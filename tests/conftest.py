@@ -34,12 +34,12 @@ def texture(rng: np.random.Generator) -> np.ndarray:
 
 
 def mains_clip(readout_ms: float, shutter: str, hz: float = 120.0, fps: float = 25.0, frames: int = 40,
-               walker: bool = True, exposure_ms: float = 4.0, depth: float = 0.3) -> list[np.ndarray]:
-    """A fixed camera over `texture` (640x480) under lamps flickering at `hz` (rsdetect.synth.clips.lit: |sin| of
-    the mains, 1 - depth to 1 of their peak, each row exposed exposure_ms up to its read time; a global shutter reads
-    every row at mid-readout). `walker`: a box crossing at 6 px/frame. Sensor noise, JPEG (tests/test_flicker.py,
-    test_scan_video.py)."""
-    from rsdetect.synth.clips import degrade, frame_times, lit
+               walker: bool = True, exposure_ms: float = 4.0, depth: float = 0.3, wave=None) -> list[np.ndarray]:
+    """A fixed camera over `texture` (640x480) under lamps flickering at `hz` (rsdetect.synth.clips.lit: `wave`,
+    by default |sin| of the mains, 1 - depth to 1 of their peak, each row exposed exposure_ms up to its read time; a
+    global shutter reads every row at mid-readout). `walker`: a box crossing at 6 px/frame. Sensor noise, JPEG
+    (tests/test_flicker.py, test_scan_video.py)."""
+    from rsdetect.synth.clips import degrade, frame_times, lit, mains_wave
 
     rng = np.random.default_rng(7)
     scene = texture(np.random.default_rng(5))
@@ -49,8 +49,8 @@ def mains_clip(readout_ms: float, shutter: str, hz: float = 120.0, fps: float = 
         image = scene.copy()
         if walker:
             image[180:300, 40 + 6 * k:90 + 6 * k] = (60, 90, 140)
-        out.append(degrade(lit(image, frame_times(k, image.shape[0], r, shutter) / fps, hz, depth, exposure_ms), rng,
-                           1.0, 90))
+        out.append(degrade(lit(image, frame_times(k, image.shape[0], r, shutter) / fps, hz, depth, exposure_ms,
+                               wave or mains_wave), rng, 1.0, 90))
     return out
 
 

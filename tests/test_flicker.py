@@ -69,6 +69,23 @@ def test_a_fixed_camera_under_flickering_lights_gets_its_readout(analysis):
     assert readout["ms"] is None and not any(r["flag"] for r in still)
 
 
+LAMPS = {  # a cycle of the flicker (0 to 1) -> light, 0 to 1: other lamps than |sin|, rich in harmonics
+    "square": lambda x: (x % 1.0 < 0.5).astype(float),       # a switching driver
+    "phosphor": lambda x: np.exp(-(x % 1.0) / 0.25),           # a fluorescent's phosphor decaying after each peak
+    "pwm 20%": lambda x: (x % 1.0 < 0.2).astype(float),      # an LED dimmed by pulse width
+}
+
+
+@pytest.mark.parametrize("lamp", sorted(LAMPS))
+def test_lamps_rich_in_harmonics_give_the_readout_too(analysis, lamp):
+    # the fit is of the flicker's fundamental; harmonics only widen the interval (|sin|: 23.58-24.46 ms at 2 ms;
+    # square 23.75-24.25, phosphor 23.04-24.96, pwm 22.62-25.38, measured)
+    _, readout = analyze(mains_clip(24.0, "rolling", exposure_ms=2.0, wave=LAMPS[lamp]), 25.0, analysis)
+    assert readout["method"] == "flicker" and abs(readout["ms"] - 24.0) <= 0.05 * 24.0, readout
+    _, twin = analyze(mains_clip(24.0, "global", exposure_ms=2.0, wave=LAMPS[lamp]), 25.0, analysis)
+    assert twin["ms"] is None, twin
+
+
 def test_a_global_shutter_under_the_same_lights_gets_no_readout(analysis):
     rows, readout = analyze(mains_clip(24.0, "global", walker=True), 25.0, analysis)
     assert readout["ms"] is None or readout["ms"] <= analysis.zero_readout_ms, readout

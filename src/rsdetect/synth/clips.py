@@ -141,11 +141,17 @@ def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.
     return frames
 
 
-def lit(frame: np.ndarray, row_s: np.ndarray, hz: float, depth: float, exposure_ms: float) -> np.ndarray:
-    """`frame` under lamps flickering at `hz` (twice the mains: |sin| of the mains, 1 - depth to 1 of their peak),
-    each row integrating their light over exposure_ms ending at its read time `row_s` (seconds)."""
+def mains_wave(cycles: np.ndarray) -> np.ndarray:
+    """A lamp's light over its flicker's cycles, 0 to 1: |sin| of the mains (an incandescent or a plain LED driver)."""
+    return np.abs(np.sin(np.pi * cycles))
+
+
+def lit(frame: np.ndarray, row_s: np.ndarray, hz: float, depth: float, exposure_ms: float,
+        wave: Callable[[np.ndarray], np.ndarray] = mains_wave) -> np.ndarray:
+    """`frame` under lamps flickering at `hz` (twice the mains), their light 1 - depth to 1 of its peak following
+    `wave` over each cycle, each row integrating it over exposure_ms ending at its read time `row_s` (seconds)."""
     t = row_s[:, None] - np.linspace(0.0, exposure_ms / 1000.0, EXPOSURE_STEPS)[None, :]
-    light = (1.0 - depth + depth * np.abs(np.sin(np.pi * hz * t))).mean(axis=1)
+    light = (1.0 - depth + depth * wave(hz * t)).mean(axis=1)
     return np.clip(frame * light[:, None, None], 0, 255).astype(np.uint8)
 
 
