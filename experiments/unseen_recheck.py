@@ -9,6 +9,9 @@ them out: read at run time, written nowhere), with its own choices where the sta
   ramp, not a linear one) at 2-10 px/frame in any direction within 30 degrees of the horizontal, after 8 still frames;
 - a person (COCO polygon, filled with cv2.fillPoly, the hole filled with cv2.inpaint) walks at 3-16 px/frame, any
   direction within 20 degrees of the horizontal;
+- lamps: the same walker under lamps on 50 or 60 Hz mains drawn at random (so at 25 or 30 frames/s half the clips'
+  bands stand still and must stay unknown): a raised cosine at twice the mains with a second harmonic (not the
+  stage's |sin|), dimming by 20-60%, each row exposed 0.5-5 ms before it is read;
 - 25 or 30 frames/s, readout 6-33 ms (Gyroflow's database, 10th-90th percentile), sensor noise sigma 1-3 and a JPEG
   round trip at quality 75-92 per frame; 48 frames a clip;
 - each row y of frame k is sampled at k + r y / (H - 1) (its global-shutter twin: every row at k + r / 2), by
@@ -20,7 +23,8 @@ frame's rows; the person's over its rows), in native px. The analysis is the str
 Measured 2026-12-07 (docs/video.md, "Recheck"), seeds 0/1/2 and seed 0 through mp4v: not told, camera frame ROC
 AUC 0.990/0.977/0.968/0.988, clip 1.0/0.994/1.0/1.0, nothing static or global flagged, readouts within 25%
 16/16, 16/16, 13/16, 14/16, twins 16/16 on each, walker frame ROC AUC 0.63/0.77/0.68/0.63; told, shear error
-0.30/0.30/0.23/0.31 px, frame ROC AUC 0.985-0.989. ~75 s a run on 2 cores.
+0.30/0.30/0.23/0.31 px, frame ROC AUC 0.985-0.989. Lamps (seeds 0-2): 12/12 readouts within 25% where the bands
+drift, 12/12 unknown where they stand still, twins 24/24 unknown. ~110 s a run on 2 cores.
 Run: PYTHONPATH=src python experiments/unseen_recheck.py [--clips 8] [--seed 0] [--codec mp4v] [--kinds pan ...]
      [--set smoothness=3 ...]   (video.analysis values swept in place of params.yaml's)
 """
@@ -45,7 +49,7 @@ from rsdetect.video.stream import analysed_frames
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FRAMES = 48
-KINDS = ("shake", "pan", "person", "static")
+KINDS = ("shake", "pan", "person", "static", "lamps")
 Path2 = Callable[[np.ndarray], np.ndarray]  # times (frames) -> (n, 2) displacement, px
 
 
@@ -134,6 +138,20 @@ def person_clip(photo: np.ndarray, polygons: list, speed: float, ang: float, r: 
     return frames, truth
 
 
+def lamps(frames: list, rng: np.random.Generator, fps: float, r: float, rolling: bool) -> tuple[list, float]:
+    """`frames` under lamps on mains of 50 or 60 Hz (drawn): a raised cosine at twice the mains plus its second
+    harmonic, dimming by 20-60%, each row integrating it over 0.5-5 ms before its read time; and the lamps' hz."""
+    hz = 2.0 * float(rng.choice([50.0, 60.0]))
+    depth, exposure, phase = rng.uniform(0.2, 0.6), rng.uniform(0.5, 5.0) / 1000, rng.uniform(0, 2 * np.pi)
+    out = []
+    for k, frame in enumerate(frames):
+        t = row_times(k, frame.shape[0], r, rolling)[:, None] / fps - np.linspace(0, exposure, 8)[None, :]
+        wave = (0.5 + 0.5 * np.cos(2 * np.pi * hz * t + phase) + 0.15 * np.cos(4 * np.pi * hz * t + 1.0)) / 1.15
+        light = (1 - depth + depth * wave).mean(axis=1)
+        out.append(np.clip(frame * light[:, None, None], 0, 255).astype(np.uint8))
+    return out, hz
+
+
 def degraded(frames: list, rng: np.random.Generator, fps: float, codec: str | None, tmp: Path) -> list:
     sigma, quality = rng.uniform(1, 3), int(rng.integers(75, 93))
     noise_rng = np.random.default_rng(rng.integers(1 << 31))
@@ -220,13 +238,16 @@ def main() -> None:
                 twins = {}
                 for rolling in (True, False):
                     crng = np.random.default_rng([args.seed, KINDS.index(kind), n])  # twins: same draws
-                    if kind == "person":
+                    hz = None
+                    if kind in ("person", "lamps"):
                         path, anns = people[int(crng.integers(len(people)))]
                         photo = cv2.imread(str(path))
                         ann = max(anns, key=lambda a: a["area"])
                         heading = crng.uniform(-np.pi / 9, np.pi / 9) + (np.pi if crng.random() < 0.5 else 0.0)
                         frames, truth = person_clip(photo, ann["segmentation"], crng.uniform(3, 16), heading, r,
                                                     rolling)
+                        if kind == "lamps":
+                            frames, hz = lamps(frames, crng, fps, r, rolling)
                     else:
                         path = scenes[int(crng.integers(len(scenes)))][0]
                         photo = cv2.imread(str(path))
@@ -253,8 +274,8 @@ def main() -> None:
                         for row, t in zip(got, truth, strict=False):
                             rows.append({**row, "clip": cid, "kind": kind, "shutter": shutter, "told": told,
                                          "truth": t})
-                        clips.append({"clip": cid, "kind": kind, "shutter": shutter, "told": told,
-                                      "true_ms": readout_ms if rolling else 0.0, **readout})
+                        clips.append({"clip": cid, "kind": kind, "shutter": shutter, "told": told, "hz": hz,
+                                      "fps": fps, "true_ms": readout_ms if rolling else 0.0, **readout})
     report(rows, clips)
     print(f"({len(clips) // 2} clips, {time.perf_counter() - start:.0f} s)")
 
@@ -273,19 +294,20 @@ def report(rows: list[dict], clips: list[dict]) -> None:
                        [s for sh, s in best.values() if sh == "global"])
         static = rate([x["flag"] for x in sel if x["kind"] == "static"])
         twins = rate([x["flag"] for x in sel if x["shutter"] == "global"])
-        walker = auc([x["probability"] for x in sel if x["kind"] == "person" and x["shutter"] == "rolling"
-                      and x["truth"] >= 2], [x["probability"] for x in sel if x["kind"] == "person"
-                                             and x["shutter"] == "global"])
+        walker, lit = (auc([x["probability"] for x in sel if x["kind"] == k and x["shutter"] == "rolling"
+                            and x["truth"] >= 2], [x["probability"] for x in sel if x["kind"] == k
+                                                   and x["shutter"] == "global"]) for k in ("person", "lamps"))
         print(f"{'told' if told else 'not told'}: camera frame ROC AUC {auc(pos, neg)} (>= 2 px: {len(pos)} frames), "
               f"clip {clip_auc}; static flagged {static}, global twins {twins}; "
-              f"person frame ROC AUC {walker}")
+              f"person frame ROC AUC {walker}; under lamps {lit}")
         if told:
             err = [abs(x["rs_shear_px"] - x["truth"]) for x in sel if x["shutter"] == "rolling" and x["truth"] >= 1
                    and x["rs_shear_px"] is not None]
             big = [x["probability"] for x in sel if x["truth"] >= 2]
             clean = [x["probability"] for x in sel if x["truth"] < 0.5]
             by = {k: np.median([abs(x["rs_shear_px"] - x["truth"]) for x in sel if x["kind"] == k
-                                and x["shutter"] == "rolling" and x["truth"] >= 1] or [np.nan]) for k in KINDS[:3]}
+                                and x["shutter"] == "rolling" and x["truth"] >= 1] or [np.nan])
+                  for k in KINDS if k != "static"}
             print(f"told: median |rs_shear_px - truth| {np.median(err or [np.nan]):.3f} px over {len(err)} frames "
                   f">= 1 px "
                   f"({', '.join(f'{k} {v:.2f}' for k, v in by.items())}); frame ROC AUC >= 2 px vs < 0.5 px "
@@ -304,6 +326,23 @@ def report(rows: list[dict], clips: list[dict]) -> None:
             for c in tw:
                 if c not in tw_ok:
                     print(f"  twin {c['clip']} estimated {c.get('ms')} ms")
+            lit = [c for c in clips if not c["told"] and c["kind"] == "lamps"]
+            if lit:
+                # bands drift where the frame rate does not divide the lamps' flicker (video/flicker.py)
+                drifts = [c for c in lit if c["shutter"] == "rolling"
+                          and abs((c["hz"] / c["fps"] + 0.5) % 1 - 0.5) >= 0.05]
+                still = [c for c in lit if c["shutter"] == "rolling" and c not in drifts]
+                good = [c for c in drifts if c.get("ms") is not None
+                        and abs(c["ms"] - c["true_ms"]) <= 0.25 * c["true_ms"]]
+                gs = [c for c in lit if c["shutter"] == "global"]
+                print(f"not told, lamps: readout within 25% {len(good)}/{len(drifts)} where the bands drift "
+                      f"({sum(c.get('method') == 'flicker' for c in good)} from the flicker), unknown "
+                      f"{sum(c.get('ms') is None for c in still)}/{len(still)} where they stand still, twins unknown "
+                      f"or <= 2 ms {sum(c.get('ms') is None or c['ms'] <= 2.0 for c in gs)}/{len(gs)}")
+                for c in lit:
+                    if c["shutter"] == "rolling":
+                        print(f"  {c['clip']:18s} {c['hz']:.0f} Hz at {c['fps']:.0f} fps, true {c['true_ms']:5.1f} ms, "
+                              f"estimated {c.get('ms')} ({c.get('source')}, {c.get('method')})")
 
 
 if __name__ == "__main__":
