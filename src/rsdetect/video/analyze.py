@@ -96,9 +96,9 @@ class CameraAnalyzer:
         flicker = self.flicker_readout()
         # the narrower interval where both tell it (the flicker's is the tighter where lights flicker: its rows are
         # read straight off the sensor's timing, a shake's through a fitted trajectory)
-        known = [r for r in (motion, flicker) if r.ci_ms is not None]
-        self._readout = (min(known, key=lambda r: r.ci_ms[1] - r.ci_ms[0])  # type: ignore[index]
-                         if known else max(motion, flicker, key=lambda r: r.evidence_frames))
+        known = [r for r in (motion, flicker) if r.ms is not None]
+        self._readout = (min(known, key=lambda r: r.ci_ms[1] - r.ci_ms[0] if r.ci_ms else np.inf) if known
+                         else max(motion, flicker, key=lambda r: r.evidence_frames))
         self.evidence_since_estimate = 0
         self.estimates += 1
 
@@ -116,11 +116,11 @@ class CameraAnalyzer:
     def flicker_readout(self) -> Readout:
         """The readout from the window's flicker profiles (rsdetect.video.flicker), those of the frame size last
         seen (a stream that reconnects at another resolution measures its rows anew)."""
-        lit = [fm for fm in self.window if fm.flicker is not None]
-        lit = [fm for fm in lit if len(fm.flicker) == len(lit[-1].flicker)] if lit else []  # type: ignore[arg-type]
+        lit = [(fm.index, fm.flicker) for fm in self.window if fm.flicker is not None]
         if not lit:
             return Readout(None, None, "unknown", 0)
-        return flicker_readout(np.array([fm.index for fm in lit], float), np.array([fm.flicker for fm in lit]),
+        lit = [(index, gains) for index, gains in lit if len(gains) == len(lit[-1][1])]
+        return flicker_readout(np.array([index for index, _ in lit], float), np.array([gains for _, gains in lit]),
                                self.height, self.fps, self.p)
 
     def finish(self, count: int) -> list[dict]:
