@@ -146,3 +146,23 @@ def test_params_group_overrides_are_validated():
     assert params_group("baselines.lines", bands=4).bands == 4
     with pytest.raises(ValidationError, match="size"):
         params_group("synthesize", size=-1)
+
+
+def test_serving_params_round_trip_and_bad_ones_name_the_file():
+    # what rsdetect export saves beside a model and scan reads back on a host without params.yaml
+    import json
+
+    from rsdetect.config import load_params, parse_serving, serving_params
+
+    params = load_params(ROOT / "params.yaml")
+    saved = json.loads(json.dumps(serving_params(params)))  # through JSON, as the sidecar keeps them
+    assert parse_serving(saved, "m.json") == (params.shear, params.video.analysis)
+    for bad, line in [({**saved, "shear": 3}, "m.json: shear: Input should be a valid dictionary"),
+                      ({"shear": saved["shear"]}, "m.json: video_analysis: Input should be a valid dictionary"),
+                      ({**saved, "video_analysis": {**saved["video_analysis"], "bands": 0}},
+                       "m.json: video_analysis.bands: Input should be greater than or equal to 3"),
+                      ([], "m.json: serving params must be a mapping, got list")]:
+        with pytest.raises(ConfigError) as err:
+            parse_serving(bad, "m.json")
+        assert str(err.value).startswith(line) and "\n" not in str(err.value), str(err.value)
+

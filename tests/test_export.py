@@ -23,7 +23,7 @@ from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.export import check_inputs, export_model, sidecar_path  # noqa: E402
 
-from conftest import COLOUR_GAIN, colour_model  # noqa: E402
+from conftest import COLOUR_GAIN, ROOT, colour_model  # noqa: E402
 
 SIZE = 32
 GAIN = COLOUR_GAIN
@@ -93,7 +93,8 @@ def test_tflite_export_agrees_with_keras(tmp_path, models_dir, capsys) -> None:
     ref = keras_model(x, training=False).numpy().reshape(-1)
     assert np.ptp(ref) > 1e-3  # the outputs differ per image, so the comparison is not trivially true
     assert np.abs(litert_probs(out, x) - ref).max() < 1e-4
-    assert not sidecar_path(out).exists()  # a plain .keras file carries no threshold
+    meta = json.loads(sidecar_path(out).read_text())  # run where params.yaml is: its serving params are kept
+    assert "threshold" not in meta and set(meta["serving"]) == {"shear", "video_analysis"}  # a .keras file: none
 
 
 def test_tflite_scorer_split_between_interpreters_scores_as_one(tmp_path, models_dir) -> None:
@@ -127,6 +128,39 @@ def test_scan_accepts_tflite(tmp_path, models_dir, capsys) -> None:
     assert flags["tflite"] == flags["keras"]
     assert {i for i, f in flags["tflite"] if f} == {2, 3, 7}
     assert json.loads((tmp_path / "scan-tflite" / "summary.json").read_text())["model_kind"] == "tflite"
+
+
+def test_an_exported_model_carries_the_video_params_to_a_host_without_params_yaml(tmp_path, models_dir, capsys,
+                                                                                   monkeypatch) -> None:
+    # A camera host gets the exported model, not the checkout: without params.yaml, scan had scored video frames by
+    # the single-frame model alone (at chance at realistic magnitudes: issue 21). Exported where params.yaml is, the
+    # model's sidecar keeps the shear and video.analysis params, and scan there measures the video.
+    from rsdetect.config import load_params
+
+    monkeypatch.chdir(ROOT)  # the checkout: export picks up its params.yaml
+    cli.main(["export", "--model", str(models_dir / "colour.keras"), "--format", "tflite",
+              "--out", str(tmp_path / "host" / "colour.tflite")])
+    assert "video.analysis params from params.yaml saved beside it" in capsys.readouterr().out
+    saved = json.loads(sidecar_path(tmp_path / "host" / "colour.tflite").read_text())["serving"]
+    assert saved["video_analysis"]["flicker_hz"] == list(load_params(ROOT / "params.yaml").video.analysis.flicker_hz)
+    video = write_video(tmp_path / "host" / "cam.avi", set(), 10)
+    monkeypatch.chdir(tmp_path / "host")  # the host: no params.yaml
+    cli.main(["scan", str(video), "--model", "colour.tflite", "--out", "out"])
+    summary = json.loads((tmp_path / "host" / "out" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "host" / "out" / "frames.jsonl").read_text().splitlines()]
+    assert summary["video_evidence"] and all(r["evidence"] != "cnn" for r in rows)
+    # a sidecar without them (an older export): scored by the model alone, and the summary says why
+    sidecar_path(tmp_path / "host" / "colour.tflite").write_text(json.dumps({"threshold": 0.5}))
+    cli.main(["scan", str(video), "--model", "colour.tflite", "--out", "out2"])
+    summary = json.loads((tmp_path / "host" / "out2" / "summary.json").read_text())
+    assert not summary["video_evidence"]
+    # bad saved params: one line naming the sidecar and the param
+    bad = {**saved, "video_analysis": {**saved["video_analysis"], "flicker_hz": []}}
+    sidecar_path(tmp_path / "host" / "colour.tflite").write_text(json.dumps({"serving": bad}))
+    with pytest.raises(SystemExit):
+        cli.main(["scan", str(video), "--model", "colour.tflite", "--out", "out3"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "colour.tflite.json: video_analysis.flicker_hz" in err, err
 
 
 def test_export_refuses_a_model_that_disagrees(tmp_path, models_dir, monkeypatch) -> None:

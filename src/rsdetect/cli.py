@@ -90,16 +90,23 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
-def serve_params(params_path: str | None, model_only: bool = False):
-    """(the `shear` params of --params, its `video.analysis` params, or None and None, and why not): the default
-    params.yaml may be absent (a camera host with an exported model), then the shear estimate and the video evidence
-    are off (video frames are scored by the model alone) and the summary says so; a given file must load."""
+def serve_params(params_path: str | None, model_only: bool = False, model: str | None = None):
+    """(the `shear` params, the `video.analysis` params, or None and None, and why not), from --params, else the
+    working folder's params.yaml, else those `rsdetect export` saved beside an exported `model` (a camera host with
+    an exported model and no checkout). With none of them the shear estimate and the video evidence are off (video
+    frames are scored by the model alone) and the summary says so; a given file must load."""
     from pathlib import Path
 
     from rsdetect.config import load_params
+    from rsdetect.serve.loaders import exported_serving
 
     if params_path is None and not Path("params.yaml").is_file():
-        return None, None, "no params.yaml in the working folder (give --params)"
+        saved = exported_serving(model) if model is not None and Path(model).suffix in (".tflite", ".onnx") else None
+        if saved is None:
+            return None, None, ("no params.yaml in the working folder and none saved with the model (give --params, "
+                                "or export the model where params.yaml is)")
+        shear, analysis = saved
+        return shear, None if model_only else analysis, None
     params = load_params(params_path or "params.yaml")
     return params.shear, None if model_only else params.video.analysis, None
 
@@ -121,7 +128,7 @@ def _scan(args: argparse.Namespace) -> None:
     from rsdetect.serve.signals import StopSignals, interrupt_exit_code
 
     # Cheap checks first (options, sources, the report folder and its lock), then the slow model load.
-    shear, analysis, shear_note = serve_params(args.params, args.model_only)
+    shear, analysis, shear_note = serve_params(args.params, args.model_only, args.model)
     options = ScanOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
                           smooth=args.smooth, threshold=args.threshold, annotate=args.annotate,
                           max_frames=args.max_frames, analysis=analysis)
@@ -163,7 +170,7 @@ def _watch(args: argparse.Namespace) -> None:
     from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics
 
     # Cheap checks first (options, sources, report folder and lock, metrics port), then the slow model load.
-    shear, analysis, shear_note = serve_params(args.params, args.model_only)
+    shear, analysis, shear_note = serve_params(args.params, args.model_only, args.model)
     options = WatchOptions(every=1 if args.every is None else args.every, fps=args.fps, batch=args.batch,
                            smooth=args.smooth, threshold=args.threshold, max_frames=args.max_frames,
                            duration=args.duration, stall_timeout=args.stall_timeout,
@@ -203,11 +210,19 @@ def _watch(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rsdetect.config import load_params, serving_params
     from rsdetect.serve.export import export_model
 
-    r = export_model(args.model, args.format, args.out)
+    # the serving params go with the model (its sidecar): from --params, else params.yaml where there is one
+    path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
+    serving = None if path is None else serving_params(load_params(path))
+    r = export_model(args.model, args.format, args.out, serving=serving)
     print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "
-          f"max |p - p_keras| = {r['max_abs_diff']:.2g}")
+          f"max |p - p_keras| = {r['max_abs_diff']:.2g}; "
+          + (f"shear and video.analysis params from {path} saved beside it" if serving is not None else
+             "no params.yaml here: scan and watch with it need --params or a params.yaml for video evidence"))
 
 
 def _sensor_args(p: argparse.ArgumentParser, model_only: bool = True) -> None:
@@ -235,7 +250,8 @@ def sources_of(args: argparse.Namespace) -> list:
 def _explain_and_shard_args(p: argparse.ArgumentParser, verb: str) -> None:
     """--params (the shear estimate) and --workers / --scheduler (Dask), the same for scan and watch."""
     p.add_argument("--params", default=None, metavar="YAML",
-                   help="params file whose `shear` group sets the shear estimate (default: params.yaml if present)")
+                   help="params file whose `shear` and `video.analysis` groups set the shear estimate and the video "
+                        "evidence (default: params.yaml if present, else those saved beside an exported --model)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help=f"{verb} cameras on N worker processes of a local Dask cluster (default 1: this process)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -333,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
     ex.add_argument("--format", required=True, choices=["tflite", "onnx"])
     ex.add_argument("--out", required=True, metavar="PATH", help="output file (.tflite or .onnx)")
+    ex.add_argument("--params", default=None, metavar="YAML",
+                    help="params file whose shear and video.analysis groups are saved beside the model, for scan and "
+                         "watch where no params.yaml is (default: params.yaml if present)")
     return parser
 
 

@@ -415,6 +415,28 @@ class Params(_Group):
 G = TypeVar("G", bound=BaseModel)
 
 
+def serving_params(params: Params) -> dict[str, Any]:
+    """The groups `scan` and `watch` read (shear, video.analysis) as a plain mapping: what an exported model carries
+    beside it, so a camera host without params.yaml measures video as the model was evaluated with."""
+    return {"shear": params.shear.model_dump(mode="json"),
+            "video_analysis": params.video.analysis.model_dump(mode="json")}
+
+
+def parse_serving(raw: Any, where: str) -> tuple[ShearParams, VideoAnalysisParams]:
+    """`serving_params`' mapping back, validated as params.yaml is; ConfigError `<where>: <key>.<param>: <why>`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: serving params must be a mapping, got {type(raw).__name__}")
+    groups: list[Any] = []
+    for key, model in (("shear", ShearParams), ("video_analysis", VideoAnalysisParams)):
+        try:
+            groups.append(model.model_validate(raw.get(key)))
+        except ValidationError as exc:
+            line = one_line(exc)  # 'params: ...' where the group itself is wrong (missing, not a mapping)
+            raise ConfigError(f"{where}: {key}{line[len('params'):] if line.startswith('params:') else '.' + line}"
+                              ) from None
+    return groups[0], groups[1]
+
+
 def updated(group: G, **changes: Any) -> G:
     """`group` with `changes`, validated like params.yaml (model_copy(update=...) alone would take any value):
     for benchmarks and tests that vary a param of the real params.yaml."""

@@ -85,8 +85,11 @@ def max_abs_diff(keras_model: Any, exported_path: str | os.PathLike, fmt: str, i
     return float(np.nan_to_num(diff, nan=np.inf).max())  # NaN outputs must fail the check, not pass it
 
 
-def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Export a Keras model (path or models:/ URI) to `out`; written only if it agrees with Keras within tolerance."""
+def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float = TOLERANCE,
+                 serving: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Export a Keras model (path or models:/ URI) to `out`; written only if it agrees with Keras within tolerance.
+    `serving` (config.serving_params: the shear and video.analysis params) goes into its sidecar with the threshold,
+    so `scan` and `watch` on a camera host without params.yaml measure video as here (loaders.exported_serving)."""
     if fmt not in FORMATS:
         raise RsdetectError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
@@ -107,11 +110,15 @@ def export_model(spec: str, fmt: str, out: str | os.PathLike, tolerance: float =
                                 "not written")
     result = {"source": spec, "format": fmt, "path": str(out), "bytes": len(data), "image_size": size,
               "threshold": threshold, "max_abs_diff": diff}
-    # The registered threshold does not survive conversion; a sidecar keeps it so `scan` flags as the registry would.
+    # The registered threshold and the serving params do not survive conversion; a sidecar keeps them so `scan`
+    # flags as the registry would and measures video as the pipeline did.
     sidecar = sidecar_path(out)
-    if threshold is not None:
-        write_json(sidecar, {"source": spec, "threshold": threshold, "image_size": size})
+    meta = {"source": spec, "image_size": size, **({} if threshold is None else {"threshold": threshold}),
+            **({} if serving is None else {"serving": serving})}
+    if threshold is not None or serving is not None:
+        write_json(sidecar, meta)
     else:
         sidecar.unlink(missing_ok=True)
+    result["serving_params"] = serving is not None
     return result
 

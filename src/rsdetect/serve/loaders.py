@@ -139,6 +139,23 @@ def exported_threshold(path: str | os.PathLike) -> float | None:
     return None if thr is None else float(thr)
 
 
+def exported_serving(path: str | os.PathLike) -> tuple[Any, Any] | None:
+    """The serving params (ShearParams, VideoAnalysisParams) `rsdetect export` saved beside an exported model, or None
+    (no sidecar, or one without them: exported before they were saved); ConfigError naming the sidecar if bad."""
+    from rsdetect.config import parse_serving
+
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        raise RsdetectError(f"{sidecar}: not valid model metadata JSON") from None
+    if not isinstance(meta, dict) or "serving" not in meta:
+        return None
+    return parse_serving(meta["serving"], str(sidecar))
+
+
 def _ensure_registry(uri: str) -> None:
     """Refuse a SQLite tracking URI whose file does not exist (MLflow would silently create an empty one)."""
     if uri.startswith("sqlite:///"):
