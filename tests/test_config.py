@@ -75,6 +75,7 @@ def _without(path: str) -> dict:
     (params_raw({"video": {"analysis": {"flicker_hz": []}}}), "video.analysis.flicker_hz"),
     (params_raw({"video": {"analysis": {"flicker_hz": [100, -120]}}}), "video.analysis.flicker_hz"),
     (params_raw({"video": {"analysis": {"flicker_min_drift": 0.6}}}), "video.analysis.flicker_min_drift"),
+    (params_raw({"video": {"analysis": {"flicker_every": 0}}}), "video.analysis.flicker_every"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_bad_params_name_the_param_in_one_line(raw, key):
     with pytest.raises(ConfigError) as err:

@@ -366,6 +366,7 @@ class VideoAnalysisParams(_Group):
     flicker_hz: Annotated[tuple[Float(gt=0), ...], Field(min_length=1)]  # lights' flicker (twice the mains) ...
     flicker_min_drift: Float(gt=0, le=0.5)  # ... whose bands drift at least this (cycles a frame) can show ...
     flicker_min_explained: Float(gt=0, le=1)  # ... and explain this share of the row gains: a readout (flicker.py)
+    flicker_every: Int(ge=1)                # faint flicker: a still camera's row gains sampled every this many frames
     flag_shear_px: Float(gt=0)              # rs_shear_px at which a frame is flagged (probability 0.5)
     shear_scale_px: Float(gt=0)             # logistic width of the probability around flag_shear_px
     row_z_flag: Float(gt=0)                 # readout unknown: row-dependence z at which a frame is flagged

@@ -61,6 +61,7 @@ class CameraAnalyzer:
 
     def push(self, frame: np.ndarray) -> list[dict]:
         self.height = frame.shape[0]
+        self.meter.flicker_wanted = self._readout.source == "unknown"  # faint flicker is sampled only then
         fm = self.meter.push(frame)
         self.pending.append(fm)
         if fm.index > 0:
@@ -96,9 +97,10 @@ class CameraAnalyzer:
         flicker = self.flicker_readout()
         # the narrower interval where both tell it (the flicker's is the tighter where lights flicker: its rows are
         # read straight off the sensor's timing, a shake's through a fitted trajectory)
+        # (unknown: the camera-motion frames it had, as before; a still camera's sampled row gains are no evidence
+        # of a readout until they tell one)
         known = [r for r in (motion, flicker) if r.ms is not None]
-        self._readout = (min(known, key=lambda r: r.ci_ms[1] - r.ci_ms[0] if r.ci_ms else np.inf) if known
-                         else max(motion, flicker, key=lambda r: r.evidence_frames))
+        self._readout = min(known, key=lambda r: r.ci_ms[1] - r.ci_ms[0] if r.ci_ms else np.inf) if known else motion
         self.evidence_since_estimate = 0
         self.estimates += 1
 

@@ -26,6 +26,8 @@ of a row) leaves no profile: such a camera's readout stays unknown.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
@@ -45,6 +47,17 @@ def drift(hz: float, fps: float) -> float:
     return (hz / fps + 0.5) % 1.0 - 0.5
 
 
+@functools.lru_cache(maxsize=8)
+def row_waves(nu: tuple[float, ...], u: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """cos and sin of 2 pi nu u (nu, rows), each less its mean over the rows, and their products summed over the rows
+    (cos^2, sin^2, cos sin): the same for every estimate of a camera (its frame size, rate and the candidate flicker
+    fix them), so computed once; what is left per estimate is two matrix-vector products."""
+    a = 2 * np.pi * np.asarray(nu)[:, None] * np.asarray(u)[None, :]
+    ca, sa = np.cos(a), np.sin(a)
+    ca, sa = ca - ca.mean(axis=1, keepdims=True), sa - sa.mean(axis=1, keepdims=True)
+    return ca, sa, (ca * ca).sum(axis=1), (sa * sa).sum(axis=1), (ca * sa).sum(axis=1)
+
+
 def explained(profiles: np.ndarray, frames: np.ndarray, u: np.ndarray, delta: float, nu: np.ndarray) -> np.ndarray:
     """For each nu: the sum of squares of `profiles` (n, rows; each less its mean) that the best
     A cos(2 pi nu u + 2 pi delta k + psi) explains, both A and psi free, the sinusoid less its own mean over the rows.
@@ -55,15 +68,12 @@ def explained(profiles: np.ndarray, frames: np.ndarray, u: np.ndarray, delta: fl
     cb, sb = np.cos(b), np.sin(b)
     sc, ss = profiles.T @ cb, profiles.T @ sb                          # (rows,)
     scc, sss, scs = float(cb @ cb), float(sb @ sb), float(cb @ sb)
-    a = 2 * np.pi * nu[:, None] * u[None, :]
-    ca, sa = np.cos(a), np.sin(a)
-    ca -= ca.mean(axis=1, keepdims=True)
-    sa -= sa.mean(axis=1, keepdims=True)
-    p1 = (ca * sc - sa * ss).sum(axis=1)                               # cos(a + b)'s products with the profiles
-    p2 = (ca * ss + sa * sc).sum(axis=1)                               # sin(a + b)'s
-    g11 = (ca * ca * scc + sa * sa * sss - 2 * ca * sa * scs).sum(axis=1)
-    g22 = (ca * ca * sss + sa * sa * scc + 2 * ca * sa * scs).sum(axis=1)
-    g12 = (ca * ca * scs + ca * sa * (scc - sss) - sa * sa * scs).sum(axis=1)
+    ca, sa, caa, saa, csa = row_waves(tuple(nu), tuple(u))
+    p1 = ca @ sc - sa @ ss                                             # cos(a + b)'s products with the profiles
+    p2 = ca @ ss + sa @ sc                                             # sin(a + b)'s
+    g11 = caa * scc + saa * sss - 2 * csa * scs
+    g22 = caa * sss + saa * scc + 2 * csa * scs
+    g12 = caa * scs + csa * (scc - sss) - saa * scs
     det = np.maximum(g11 * g22 - g12 * g12, 1e-12)
     return (g22 * p1 * p1 - 2 * g12 * p1 * p2 + g11 * p2 * p2) / det
 
