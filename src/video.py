@@ -111,6 +111,17 @@ def flag_rate(rows: list[dict]) -> float | None:
     return round(float(np.mean([r["flag"] for r in rows])), 4) if rows else None
 
 
+def readout_right(clip: dict) -> bool:
+    """A rolling-shutter clip's readout estimated within READOUT_TOLERANCE of the truth."""
+    return clip["ms"] is not None and abs(clip["ms"] - clip["true_readout_ms"]) <= READOUT_TOLERANCE * clip[
+        "true_readout_ms"]
+
+
+def twin_right(clip: dict) -> bool:
+    """A global-shutter twin's readout unknown or at most TWIN_READOUT_MS."""
+    return clip["ms"] is None or clip["ms"] <= TWIN_READOUT_MS
+
+
 def flicker_readouts(clips: list[dict]) -> dict:
     """Readouts of the fixed cameras under flickering lamps (not told): estimated ones within 25%, their median error,
     the unknown ones (bands that drift under video.analysis.flicker_min_drift a frame tell nothing), and the
@@ -118,16 +129,13 @@ def flicker_readouts(clips: list[dict]) -> dict:
     rs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "rolling"]
     gs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "global"]
     known = [c for c in rs if c["ms"] is not None]
-    within = [c["ms"] is not None and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
-              for c in rs]
     return {
-        "within_25pct": round(float(np.mean(within)), 4) if rs else None,
+        "within_25pct": round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None,
         "error_median_ms": round(float(np.median([abs(c["ms"] - c["true_readout_ms"]) for c in known])), 3)
         if known else None,
         "unknown": len(rs) - len(known),
         "from_flicker": sum(c.get("method") == "flicker" for c in known),
-        "twins_ok": round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4)
-        if gs else None,
+        "twins_ok": round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None,
     }
 
 
@@ -147,12 +155,12 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
             "flag_rate_frames_without_motion": flag_rate([r for r in sel if r["true_motion_px"] == 0]),
         }
         distorted = [r for r in sel if r["shutter"] == "rolling" and r["true_shear_px"] >= SHEAR_ERROR_PX]
-        errors = [abs(r["rs_shear_px"] - r["true_shear_px"]) for r in distorted if r["rs_shear_px"] is not None]
+        measured = sum(r["rs_shear_px"] is not None for r in distorted)
         m["shear_error_median_px"] = shear_error(distorted)
         m["shear_error_median_px_by_kind"] = {k: shear_error([r for r in distorted if r["kind"] == k])
                                               for k in CLIP_KINDS if k != "static"}
-        m["shear_error_frames"] = len(errors)
-        m["shear_null_frames"] = len(distorted) - len(errors)
+        m["shear_error_frames"] = measured
+        m["shear_null_frames"] = len(distorted) - measured
         if told:
             m["frame_roc_auc_2px_vs_clean"] = auc(
                 [r["probability"] for r in sel if r["true_shear_px"] >= VISIBLE_PX],
@@ -161,13 +169,9 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
             m["shear_per_ms_error_median_px"] = {k: per_ms_error(distorted, k) for k in CLIP_KINDS if k != "static"}
             rs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "rolling"]
             gs = [c for c in cl if c["kind"] in CAMERA_KINDS and c["shutter"] == "global"]
-            within = [c["ms"] is not None
-                      and abs(c["ms"] - c["true_readout_ms"]) <= READOUT_TOLERANCE * c["true_readout_ms"]
-                      for c in rs]
-            m["readout_within_25pct"] = round(float(np.mean(within)), 4) if within else None
+            m["readout_within_25pct"] = round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None
             m["readout_unknown_rolling"] = sum(c["ms"] is None for c in rs)
-            m["readout_twins_ok"] = (
-                round(float(np.mean([c["ms"] is None or c["ms"] <= TWIN_READOUT_MS for c in gs])), 4) if gs else None)
+            m["readout_twins_ok"] = round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None
             m["readout_static_unknown"] = round(
                 float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
             m["readout_flicker"] = flicker_readouts(cl)

@@ -336,3 +336,15 @@ def test_export_of_a_keras_file_that_is_not_a_model(tmp_path) -> None:
         export_model(str(fake), "tflite", tmp_path / "m.tflite")
     assert "not found" not in str(exc.value).lower()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+@pytest.mark.parametrize("text", ["{not json", "[0.5]"])
+def test_a_sidecar_that_is_no_json_object_is_one_line_naming_it(tmp_path, text) -> None:
+    from rsdetect.serve.loaders import exported_serving, exported_threshold
+
+    model = tmp_path / "m.tflite"
+    sidecar_path(model).write_text(text)
+    for read in (exported_threshold, exported_serving):
+        with pytest.raises(RsdetectError, match=r"m\.tflite\.json: not valid model metadata JSON$"):
+            read(model)
+    assert exported_threshold(tmp_path / "other.tflite") is None and exported_serving(tmp_path / "other.tflite") is None

@@ -127,15 +127,24 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(f"{model_path}.json")
 
 
-def exported_threshold(path: str | os.PathLike) -> float | None:
-    """The registered threshold `rsdetect export` saved beside an exported model (its sidecar), if any."""
+def sidecar_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """What `rsdetect export` saved beside an exported model (its sidecar): {} where there is none; RsdetectError
+    naming it where it is not a JSON object."""
     sidecar = sidecar_path(path)
     if not sidecar.is_file():
-        return None
+        return {}
     try:
-        thr = json.loads(sidecar.read_text()).get("threshold")
-    except (json.JSONDecodeError, AttributeError):
-        raise RsdetectError(f"{sidecar}: not valid model metadata JSON") from None
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise RsdetectError(f"{sidecar}: not valid model metadata JSON")
+    return meta
+
+
+def exported_threshold(path: str | os.PathLike) -> float | None:
+    """The registered threshold `rsdetect export` saved beside an exported model (its sidecar), if any."""
+    thr = sidecar_meta(path).get("threshold")
     return None if thr is None else float(thr)
 
 
@@ -144,16 +153,8 @@ def exported_serving(path: str | os.PathLike) -> tuple[Any, Any] | None:
     (no sidecar, or one without them: exported before they were saved); ConfigError naming the sidecar if bad."""
     from rsdetect.config import parse_serving
 
-    sidecar = sidecar_path(path)
-    if not sidecar.is_file():
-        return None
-    try:
-        meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
-        raise RsdetectError(f"{sidecar}: not valid model metadata JSON") from None
-    if not isinstance(meta, dict) or "serving" not in meta:
-        return None
-    return parse_serving(meta["serving"], str(sidecar))
+    meta = sidecar_meta(path)
+    return parse_serving(meta["serving"], str(sidecar_path(path))) if "serving" in meta else None
 
 
 def _ensure_registry(uri: str) -> None:
