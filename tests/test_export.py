@@ -239,6 +239,27 @@ def test_export_from_pyfunc_keeps_threshold(tmp_path, pyfunc_dir, capsys) -> Non
     assert s["threshold"] == 0.9 and s["cameras"]["mid"]["flagged"] == 0
 
 
+def test_export_of_a_registered_model_keeps_its_serving_params(tmp_path, models_dir, capsys, monkeypatch) -> None:
+    # exported on a host without params.yaml from a registered model (a pyfunc folder, as models:/ downloads one):
+    # the shear and video.analysis params the register stage saved in its config go into the sidecar
+    import mlflow
+
+    from rsdetect.config import load_params, serving_params
+    from rsdetect.registry.pyfunc import RsDetector
+
+    serving = serving_params(load_params(ROOT / "params.yaml"))
+    serving["video_analysis"]["flicker_every"] = 5  # not params.yaml's: it must come from the model
+    path = tmp_path / "rs-detector"
+    mlflow.pyfunc.save_model(str(path), python_model=RsDetector(),
+                             artifacts={"keras_model": str(models_dir / "colour.keras")},
+                             model_config={"threshold": 0.9, "image_size": SIZE, "serving": serving},
+                             pip_requirements=["rsdetect"])
+    monkeypatch.chdir(tmp_path)  # no params.yaml here
+    cli.main(["export", "--model", str(path), "--format", "tflite", "--out", "m.tflite"])
+    assert f"params from {path}'s registration saved beside it" in capsys.readouterr().out
+    assert json.loads(sidecar_path(tmp_path / "m.tflite").read_text())["serving"] == serving
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 from pathlib import Path
 
@@ -435,3 +436,69 @@ def test_a_run_left_running_by_a_dead_process_is_marked_failed_on_the_next_start
     assert f"run {runs['killed']} (killed) was left RUNNING by process" in err and "marked FAILED" in err
     for rid in (runs["alive"], runs["elsewhere"]):
         client.set_terminated(rid)
+
+
+@pytest.mark.slow
+def test_a_registered_model_carries_the_video_params_to_a_host_without_params_yaml(tmp_path, mlflow_env, capsys):
+    # A host that scans with models:/rs-detector@champion and has no checkout (no params.yaml) had scored video frames
+    # by the single-frame model alone (at chance at realistic magnitudes: issue 21). The register stage saves the
+    # shear and video.analysis params in the version's model config; scan there measures the video with them.
+    from rsdetect import cli
+    from rsdetect.config import load_params, serving_params
+    from rsdetect.serve.loaders import registered_serving
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    serving = serving_params(params)
+    paths, labels, _ = make_test_frames(tmp_path)
+    good, other = tmp_path / "good.keras", tmp_path / "other.keras"
+    colour_model(0.08).save(good)
+    colour_model(0.08, 0.05).save(other)
+
+    def register(path, serving):
+        return register_candidate(path, S, 0.5, {"roc_auc": true_auc(path, paths, labels)}, paths, labels, NAME,
+                                  ALIAS, "roc_auc", {}, tolerance=1e-6, serving=serving)
+
+    assert register(good, serving)["promoted"]
+    uri = f"models:/{NAME}@{ALIAS}"
+    assert registered_serving(uri) == (params.shear, params.video.analysis)
+
+    host = tmp_path / "host"
+    host.mkdir()
+    writer = cv2.VideoWriter(str(host / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(10):
+        writer.write(np.full((48, 64, 3), 120, np.uint8))
+    writer.release()
+    os.chdir(host)  # mlflow_env's monkeypatch.chdir puts the working folder back
+
+    def scan(model, out):
+        cli.main(["scan", "cam.avi", "--model", model, "--out", out])
+        summary = json.loads((host / out / "summary.json").read_text())
+        rows = [json.loads(line) for line in (host / out / "frames.jsonl").read_text().splitlines()]
+        return summary["video_evidence"], {r["evidence"] for r in rows}
+
+    evidence, kinds = scan(uri, "out")
+    assert evidence and "cnn" not in kinds
+
+    # the pipeline's video params change: the champion's own checkpoint registers again with them and takes the
+    # alias (a tie on the test set would otherwise leave the host measuring with the old ones)
+    changed = {**serving, "video_analysis": {**serving["video_analysis"], "flicker_every": 4}}
+    r2 = register(good, changed)
+    assert (r2["version"], r2["promoted"], r2["renewed"]) == ("2", True, True)
+    assert "own checkpoint with this pipeline's serving params" in register_summary(r2)
+    assert registered_serving(uri)[1].flicker_every == 4
+    r3 = register(good, changed)  # idempotent as before
+    assert r3["already_registered"] and r3["version"] == "2" and not r3["renewed"]
+    # another checkpoint that does not beat the champion is no renewal: the alias stays
+    r4 = register(other, None)  # registered as before this change: no serving params in its config
+    assert r4["version"] == "3" and not r4["renewed"] and r4["champion_version"] == "2"
+    assert registered_serving(f"models:/{NAME}/3") is None
+    evidence, kinds = scan(f"models:/{NAME}/3", "out3")
+    assert not evidence and kinds == {"cnn"}  # the model alone, and the summary says why
+    # bad saved params: one line naming the model and the param
+    bad = {**serving, "video_analysis": {**serving["video_analysis"], "flicker_hz": []}}
+    assert register(other, bad)["version"] == "4"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        scan(f"models:/{NAME}/4", "out4")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"models:/{NAME}/4 (its model config): video_analysis.flicker_hz" in err, err

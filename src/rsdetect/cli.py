@@ -90,21 +90,35 @@ def _register(args: argparse.Namespace) -> None:
     register_from_outputs(args.params, args.model, args.evaluation, args.manifest, args.out, force=args.force)
 
 
+def saved_serving(model: str | None):
+    """The serving params (shear, video.analysis) saved with `model`: beside an exported .tflite/.onnx (`rsdetect
+    export`), or in a registered model's config (the register stage: models:/, runs:/, a pyfunc folder); None where
+    none are (a .keras file, an older export or registration)."""
+    from pathlib import Path
+
+    from rsdetect.serve.loaders import REGISTRY_PREFIXES, exported_serving, registered_serving
+
+    if model is None:
+        return None
+    if model.startswith(REGISTRY_PREFIXES) or (Path(model) / "MLmodel").is_file():
+        return registered_serving(model)
+    return exported_serving(model) if Path(model).suffix in (".tflite", ".onnx") else None
+
+
 def serve_params(params_path: str | None, model_only: bool = False, model: str | None = None):
     """(the `shear` params, the `video.analysis` params, or None and None, and why not), from --params, else the
-    working folder's params.yaml, else those `rsdetect export` saved beside an exported `model` (a camera host with
-    an exported model and no checkout). With none of them the shear estimate and the video evidence are off (video
+    working folder's params.yaml, else those saved with `model` (saved_serving: a camera host with an exported or a
+    registered model and no checkout). With none of them the shear estimate and the video evidence are off (video
     frames are scored by the model alone) and the summary says so; a given file must load."""
     from pathlib import Path
 
     from rsdetect.config import load_params
-    from rsdetect.serve.loaders import exported_serving
 
     if params_path is None and not Path("params.yaml").is_file():
-        saved = exported_serving(model) if model is not None and Path(model).suffix in (".tflite", ".onnx") else None
+        saved = saved_serving(model)
         if saved is None:
             return None, None, ("no params.yaml in the working folder and none saved with the model (give --params, "
-                                "or export the model where params.yaml is)")
+                                "or export or register the model where params.yaml is)")
         shear, analysis = saved
         return shear, None if model_only else analysis, None
     params = load_params(params_path or "params.yaml")
@@ -215,9 +229,13 @@ def _export(args: argparse.Namespace) -> None:
     from rsdetect.config import load_params, serving_params
     from rsdetect.serve.export import export_model
 
-    # the serving params go with the model (its sidecar): from --params, else params.yaml where there is one
+    # the serving params go with the model (its sidecar): from --params, else params.yaml where there is one, else
+    # those the model was registered with
     path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     serving = None if path is None else serving_params(load_params(path))
+    if serving is None and (saved := saved_serving(args.model)) is not None:
+        serving, path = {"shear": saved[0].model_dump(mode="json"),
+                         "video_analysis": saved[1].model_dump(mode="json")}, f"{args.model}'s registration"
     r = export_model(args.model, args.format, args.out, serving=serving)
     print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "
           f"max |p - p_keras| = {r['max_abs_diff']:.2g}; "

@@ -2,6 +2,8 @@
 champion, both re-scored on the same test set by the same code; one registration at a time per registry."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -163,41 +165,62 @@ def _take_over_dead_lock(client: Any, lock: str) -> bool:
 
 def register_candidate(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float],
                        test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
-                       tags: dict[str, str], force: bool = False, *, tolerance: float) -> dict:
-    """Register the checkpoint as a version of `name` (once per checkpoint and threshold) and move `alias`
-    to it only if it beats the current champion on `metric` over the same test set (or `force`). Both are
-    re-scored here; `metrics[metric]` (the evaluation's figure) must agree with the candidate's within
-    `tolerance`."""
+                       tags: dict[str, str], force: bool = False, *, tolerance: float,
+                       serving: dict[str, Any] | None = None) -> dict:
+    """Register the checkpoint as a version of `name` (once per checkpoint, threshold and serving params) and move
+    `alias` to it only if it beats the current champion on `metric` over the same test set (or `force`), or is the
+    champion's own checkpoint and threshold with other serving params (`same_model`). Both are re-scored here;
+    `metrics[metric]` (the evaluation's figure) must agree with the candidate's within `tolerance`.
+
+    `serving` (config.serving_params: the shear and video.analysis params the pipeline measured video with) goes
+    into the version's model config, so `scan` and `watch` of `models:/...` on a host without params.yaml measure
+    video as the pipeline did (serve.loaders.registered_serving), as an exported model's sidecar does."""
     with tracking_server(tracking_uri()):
         setup_mlflow()  # the first request: a server that is down is one line, before the scoring
         score = candidate_score(model_path, image_size, threshold, metric, metrics[metric], tolerance, test_paths,
                                 test_labels)  # before anything is registered: a refusal changes nothing
         return _register(model_path, image_size, threshold, metrics, score, test_paths, test_labels, name, alias,
-                         metric, tags, force)
+                         metric, tags, force, serving)
 
 
 def _register(model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float], score: float,
               test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str,
-              tags: dict[str, str], force: bool) -> dict:
+              tags: dict[str, str], force: bool, serving: dict[str, Any] | None) -> dict:
     """register_candidate's body, inside tracking_server."""
     import mlflow
 
     client = mlflow.MlflowClient()
     with gate_lock(client, name):  # the read-compare-set below is one step for every runner sharing the server
         return _gate(client, model_path, image_size, threshold, metrics, score, test_paths, test_labels, name, alias,
-                     metric, tags, force)
+                     metric, tags, force, serving)
+
+
+def identity_of(model_path: str | Path, threshold: float, serving: dict[str, Any] | None) -> str:
+    """A registration's identity: the checkpoint's md5 and the threshold (the model), then a digest of the serving
+    params where there are any (what it measures video with)."""
+    model = f"{file_md5(model_path)}-{threshold:.6f}"
+    if serving is None:
+        return model
+    return f"{model}-{hashlib.md5(json.dumps(serving, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def same_model(identity: str, other: str | None) -> bool:
+    """Whether two identities name the same checkpoint and threshold (their serving params may differ)."""
+    return other is not None and identity.split("-")[:2] == other.split("-")[:2]
 
 
 def _gate(client, model_path: str | Path, image_size: int, threshold: float, metrics: dict[str, float], score: float,
           test_paths: list[str], test_labels: np.ndarray, name: str, alias: str, metric: str, tags: dict[str, str],
-          force: bool) -> dict:
-    """Register the checkpoint once and move the alias if it wins (under gate_lock)."""
+          force: bool, serving: dict[str, Any] | None) -> dict:
+    """Register the checkpoint once (per serving params) and move the alias if it wins (under gate_lock)."""
     import mlflow
 
-    identity = f"{file_md5(model_path)}-{threshold:.6f}"
+    identity = identity_of(model_path, threshold, serving)
     existing = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("identity") == identity] \
         if client.search_registered_models(f"name='{name}'") else []
     champ_version, champ_score = champion_score(name, alias, metric, test_paths, test_labels)
+    champ_identity = None if champ_version is None else client.get_model_version(name, champ_version).tags.get(
+        "identity")
     if existing:
         version = existing[0].version
     else:
@@ -210,7 +233,9 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
             with quiet_logger("mlflow.pyfunc"):
                 info = mlflow.pyfunc.log_model(
                     name="model", python_model=RsDetector(), artifacts={"keras_model": str(model_path)},
-                    model_config={"threshold": threshold, "image_size": image_size}, registered_model_name=name,
+                    model_config={"threshold": threshold, "image_size": image_size,
+                                  **({} if serving is None else {"serving": serving})},
+                    registered_model_name=name,
                     pip_requirements=["rsdetect", "tensorflow-cpu==2.21.0", "keras==3.15.1",
                                       "opencv-python-headless==5.0.0.93"])
         version = str(info.registered_model_version)
@@ -218,13 +243,19 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
                     **{f"test_{k}": f"{v:.6f}" for k, v in metrics.items() if isinstance(v, (int, float))}}
         for k, v in all_tags.items():
             client.set_model_version_tag(name, version, k, str(v))
-    # Both scores come from test_set_score; better by more than rounding noise, or the champion stays.
-    promote = force or champ_score is None or (str(champ_version) != str(version) and score > champ_score + SCORE_TIE)
+    # Both scores come from test_set_score; better by more than rounding noise, or the champion stays. The champion's
+    # own checkpoint and threshold registered with other serving params (the pipeline's video.analysis changed) is
+    # the same model measuring video as the pipeline now does: it takes the alias, or a camera host reading the
+    # champion's params (no params.yaml there) would measure video with the old ones.
+    renewed = str(champ_version) != str(version) and same_model(identity, champ_identity)
+    promote = force or champ_score is None or renewed or (str(champ_version) != str(version)
+                                                          and score > champ_score + SCORE_TIE)
     if promote:
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version
     return {"model_name": name, "version": str(version), "alias": alias, "champion_version": str(current),
             "promoted": bool(promote), "already_registered": bool(existing), "candidate_score": score,
+            "serving_params": serving is not None, "renewed": bool(renewed and not force),
             "previous_champion_version": None if champ_version is None else str(champ_version),
             "previous_champion_score": champ_score, "metric": metric, "uri": f"models:/{name}@{alias}",
             "tracking_uri": tracking_uri()}
@@ -240,6 +271,9 @@ def register_summary(result: dict) -> str:
             now = result["promoted"] and result["previous_champion_version"] != champion
             return f"{head} and {'now' if now else 'already'} {alias}"
         return f"{head}; {'now' if result['promoted'] else 'not'} {alias} ({alias} is version {champion})"
+    if result.get("renewed"):
+        return (f"{name} version {version} registered and now {alias}: {alias}'s own checkpoint with this pipeline's "
+                f"serving params (shear, video.analysis)")
     if result["promoted"]:
         return f"{name} version {version} registered and now {alias}"
     return (f"{name} version {version} registered; not {alias} ({alias} is version {champion}; "
@@ -249,9 +283,7 @@ def register_summary(result: dict) -> str:
 def register_from_outputs(params_path: str, model_path: str, evaluation_path: str, manifest_path: str,
                           out_path: str, force: bool = False) -> dict:
     """Register the pipeline's checkpoint with its operating threshold and test metrics; write the result JSON."""
-    import json
-
-    from rsdetect.config import load_params
+    from rsdetect.config import load_params, serving_params
     from rsdetect.io import write_json
     from rsdetect.synth.manifest import read_manifest
 
@@ -269,7 +301,8 @@ def register_from_outputs(params_path: str, model_path: str, evaluation_path: st
     r = params.register
     result = register_candidate(model_path, params.features.image_size, cnn["threshold"], cnn["test"],
                                 [str(synth / t["path"]) for t in test], np.array([t["label"] for t in test]),
-                                r.model_name, r.alias, r.metric, tags, force=force, tolerance=r.claim_tolerance)
+                                r.model_name, r.alias, r.metric, tags, force=force, tolerance=r.claim_tolerance,
+                                serving=serving_params(params))
     write_json(out_path, {k: v for k, v in result.items() if k != "tracking_uri"})
     print(f"register: {register_summary(result)}; "
           f"load it with mlflow.pyfunc.load_model('{result['uri']}') from {result['tracking_uri']}")

@@ -157,6 +157,30 @@ def exported_serving(path: str | os.PathLike) -> tuple[Any, Any] | None:
     return parse_serving(meta["serving"], str(sidecar_path(path))) if "serving" in meta else None
 
 
+def registered_serving(spec: str) -> tuple[Any, Any] | None:
+    """The serving params (ShearParams, VideoAnalysisParams) the register stage saved in a registered model's config
+    (models:/, runs:/ or a pyfunc folder: its MLmodel file only, not the model), or None where it holds none
+    (registered before they were saved); one line naming the model where they are bad or it cannot be read."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from rsdetect.config import parse_serving
+    from rsdetect.registry.tracking import tracking_server, tracking_uri
+
+    if spec.startswith(REGISTRY_PREFIXES):
+        _ensure_registry(tracking_uri())
+        mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with tracking_server(tracking_uri()):
+            info = mlflow.models.get_model_info(spec)
+    except MlflowException as exc:
+        raise RsdetectError(f"{spec}: cannot read the model's config ({str(exc).splitlines()[0][:200]})") from None
+    except OSError as exc:
+        raise RsdetectError(f"{spec}: cannot read the model's config ({exc.strerror or type(exc).__name__})") from None
+    config = (info.flavors.get("python_function") or {}).get("config") or {}
+    return parse_serving(config["serving"], f"{spec} (its model config)") if "serving" in config else None
+
+
 def _ensure_registry(uri: str) -> None:
     """Refuse a SQLite tracking URI whose file does not exist (MLflow would silently create an empty one)."""
     if uri.startswith("sqlite:///"):
