@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsdetect.synth.clips import vibration
+from rsdetect.synth.clips import pan, vibration
 from rsdetect.video.readout import band_centres, band_weights, estimate_readout
 
 from conftest import params_group
@@ -95,6 +95,38 @@ def test_texture_weights_keep_a_rolling_shutters_readout(analysis):
     texture[:, :3] = 10.0
     got = estimate_readout(frames, disp, np.ones(len(frames), bool), FPS, analysis, band_weights(texture))
     assert got.source == "estimated" and abs(got.ms - 0.6 * 1000.0 / FPS) <= 0.1 * 0.6 * 1000.0 / FPS
+
+
+def pan_bands(r: float, bands: int, frames_n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames, band displacements and camera motion of a pan that starts, holds and stops (6 px/frame, frames
+    10-24) in a clip of frames_n, every frame with flow noise: a still camera's frames measured, not static, as
+    real movers leave them."""
+    move = pan(6.0, 10.0, 4.0, 6.0, 0.1)
+    frames = np.arange(1, frames_n, dtype=float)
+    t = frames[:, None] + r * band_centres(bands)[None, :]
+    x1, y1 = move(t)
+    x0, y0 = move(t - 1.0)
+    disp = np.stack([x1 - x0, y1 - y0], axis=-1)
+    moving = np.hypot(*disp.mean(axis=1).T) > 0.25
+    return frames, disp + np.random.default_rng(3).normal(0, FLOW_NOISE_PX, disp.shape), moving
+
+
+@pytest.mark.parametrize("still_frames", [26, 86])
+def test_a_pan_of_a_camera_whose_still_frames_are_measured_gets_its_readout(analysis, still_frames):
+    # Real footage panned (experiments/real_shake.py): a still camera's frames are measured (its movers change
+    # pixels), their flow noise adds to every readout's residual alike. Counted against the camera-moving frames
+    # only, that noise had widened the interval by the still frames' number: no pan got a readout. A frame's noise
+    # is now estimated over the frames measured: more still frames do not hide the readout, and a global shutter
+    # still reads none.
+    r = 0.5
+    frames, disp, moving = pan_bands(r, analysis.bands, 14 + still_frames)
+    assert 12 <= moving.sum() <= 16
+    got = estimate_readout(frames, disp, moving, FPS, analysis)
+    truth_ms = r * 1000.0 / FPS
+    assert got.source == "estimated" and abs(got.ms - truth_ms) <= 0.1 * truth_ms, got
+    frames, disp, moving = pan_bands(0.0, analysis.bands, 14 + still_frames)
+    twin = estimate_readout(frames, disp, moving, FPS, analysis)
+    assert twin.ms is None or twin.ms <= analysis.zero_readout_ms, twin
 
 
 def test_band_weights_follow_texture_and_unmeasured_frames_weigh_one():

@@ -21,10 +21,13 @@ all frames, so noise in one band cannot be absorbed.
 A least residual at the grid's top (readout_max, past one frame period) is no minimum: the readout is unknown.
 
 Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
-is the set of r whose residual stays within RSS_min * (1 + 3.84 / n), n the number of frames with camera motion
-(a profile-likelihood interval with one parameter). Too few such frames, an interval wider than max_ci_frames, or
-an interval reaching 0 around an estimate above zero_readout_ms, and the readout is unknown: a value is never
-invented.
+is the set of r whose residual stays within RSS_min + 3.84 s^2, s^2 a frame's residual variance at the best r over
+the frames measured (a profile-likelihood interval with one parameter). (RSS_min * (1 + 3.84 / n), n the frames
+with camera motion, is the same where every other frame is static, as on clips drawn from still photos; on real
+footage a still camera's movers leave its frames measured and noisy, and their noise, added to every r alike,
+had widened the interval by their number: panned real footage got no readout.) Too few frames with camera motion,
+an interval wider than max_ci_frames, or an interval reaching 0 around an estimate above zero_readout_ms, and the
+readout is unknown: a value is never invented.
 """
 from __future__ import annotations
 
@@ -71,6 +74,7 @@ class Trajectory:
     q: int
     knots: np.ndarray                # (n, 2)
     rss: float
+    frame_rss: np.ndarray            # (frames,): each frame's share of rss
 
     def at(self, t: np.ndarray) -> np.ndarray:
         """(len(t), 2) positions, linear between knots (clamped at the ends)."""
@@ -128,21 +132,35 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
         res = np.hypot(*(a @ knots - d).T)
         scale = HUBER_K * max(float(np.median(res)) * MAD_TO_SD, NOISE_FLOOR_PX)
         weights = prior * np.minimum(1.0, scale / np.maximum(res, 1e-12))
-    rss = float((prior * np.minimum(res, scale) * (2 * res - np.minimum(res, scale))).sum())  # Huber loss (x2)
-    return Trajectory(t0, p.nodes_per_frame, knots, rss)
+    loss = np.zeros(len(seen))
+    loss[seen] = prior * np.minimum(res, scale) * (2 * res - np.minimum(res, scale))  # Huber loss (x2)
+    frame_rss = loss.reshape(disp.shape[:2]).sum(axis=1)
+    return Trajectory(t0, p.nodes_per_frame, knots, float(frame_rss.sum()), frame_rss)
 
 
 def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, fps: float,
-                     p: VideoAnalysisParams, weights: np.ndarray | None = None) -> Readout:
+                     p: VideoAnalysisParams, weights: np.ndarray | None = None,
+                     measured: np.ndarray | None = None) -> Readout:
     """The readout from band displacements of consecutive frames (frames, disp: (n, bands, 2); moving: frames
-    whose camera moved; weights: (n, bands), band_weights). Unknown where the evidence is too thin or too loose."""
+    whose camera moved; weights: (n, bands), band_weights; measured: frames whose bands were measured, not set to
+    zero as static, default all). Unknown where the evidence is too thin or too loose."""
     evidence = int(moving.sum())
     if evidence < p.min_evidence_frames:
         return Readout(None, None, "unknown", evidence)
     grid = np.linspace(0.0, p.readout_max, p.readout_steps)
-    rss = np.array([fit_trajectory(frames, disp, r, p, weights).rss for r in grid])
+    fits = [fit_trajectory(frames, disp, r, p, weights) for r in grid]
+    rss = np.array([fit.rss for fit in fits])
     best = int(np.argmin(rss))
-    inside = grid[rss <= rss[best] * (1 + CHI2_1_95 / evidence)]
+    # the noise from the frames that carry the evidence (the camera moved): a still camera's frames add their flow
+    # noise (real movers, codec blocks) to every r's residual alike, and had widened the interval by as much
+    # (experiments/real_shake.py)
+    # each frame's residual variance, from the frames measured (a static frame, set to zero, is not): a still
+    # camera's measured frames (real movers, codec blocks) add their noise to every r's residual alike, and as a
+    # share of the camera-moving frames' count it had widened the interval by their number (real footage panned:
+    # no readout on 12 pans, experiments/real_shake.py)
+    measured = np.ones(len(frames), bool) if measured is None else measured
+    noise = fits[best].frame_rss[measured].sum() / max(int(measured.sum()), 1)
+    inside = grid[rss <= rss[best] + CHI2_1_95 * noise]
     lo, hi = float(inside.min()), float(inside.max())
     r_hat = refine(grid, rss, best)
     if hi >= grid[-1]:
