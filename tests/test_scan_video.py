@@ -269,6 +269,13 @@ def test_worst_video_frames_get_the_measured_de_skew(tmp_path, model, analysis):
                       tmp_path / "out", ScanOptions(progress=False, analysis=analysis), explain=explain)
     worst = result.summary["cameras"]["shake"]["worst_frames"]
     assert len(worst) == 5 and all(w["deskew"] == "measured" for w in worst)
+    # handed over with what was measured, and nothing of the single-frame model that did not score them (its edge
+    # estimate of the shear, blind to movers, read -5.3 px on a real road frame whose cars were sheared 1-3 px)
+    rows = {r["frame_index"]: r for r in map(json.loads, (tmp_path / "out" / "frames.jsonl").read_text().splitlines())}
+    for w in worst:
+        assert w["rs_shear_px"] == rows[w["frame_index"]]["rs_shear_px"] >= 1.0
+        assert w["evidence"] == rows[w["frame_index"]]["evidence"] == "camera-shear"
+        assert w["shear_px"] is None and w["cam_path"] is None and w["tile"] is None
     for w in worst:  # the frame as saved and its preview: both decoded, noisy and JPEG'd alike
         frame, preview = (cv2.imread(str(tmp_path / "out" / w[key])).astype(float) for key in ("path", "deskew_path"))
         twin = gs[w["frame_index"]].astype(float)

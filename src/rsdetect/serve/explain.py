@@ -93,12 +93,20 @@ class Explainer:
         return self.shear_fields(rgb) if flag else dict(NO_SHEAR)
 
     def worst_extras(self, folder: Path, stem: str, rgb: np.ndarray,
-                     unrolled: np.ndarray | None = None) -> dict[str, Any]:
+                     measured: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write worst/<stem>_cam.jpg (heatmap) and worst/<stem>_deskew.jpg beside a worst frame; its entry fields.
-        `unrolled`: the frame with its measured per-row motion undone (video evidence), preferred as the de-skew
-        (`deskew`: measured); else the shear estimate's (`deskew`: estimated)."""
-        out: dict[str, Any] = {"cam_path": None, "cam_peak": None, "tile": None, **self.shear_fields(rgb),
-                               "deskew_path": None, "deskew": None}
+        `measured`: a video frame's evidence (reports.Worst), scored by it and not by the model: no heatmap (it would
+        explain a score the frame did not get) and no shear estimate from edges (blind to movers: its rs_shear_px is
+        measured); its de-skew is its measured per-row motion undone (`deskew`: measured), where a readout gave one.
+        A frame the model scored gets the heatmap, the estimate and the estimate's de-skew (`deskew`: estimated)."""
+        out: dict[str, Any] = {"cam_path": None, "cam_peak": None, "tile": None, "shear_px": None,
+                               "shear_direction": None, "deskew_path": None, "deskew": None}
+        rel = f"worst/{stem}_deskew.jpg"
+        if measured is not None:
+            if measured["unrolled"] is not None and write_jpeg(folder / rel, measured["unrolled"]):
+                out.update(deskew_path=rel, deskew="measured")
+            return out
+        out.update(self.shear_fields(rgb))
         cam = self.cam(rgb)
         if cam is None:
             self.counts["heatmaps_skipped"] += 1
@@ -108,11 +116,7 @@ class Explainer:
                 self.counts["heatmaps"] += 1
                 out.update(cam_path=rel, cam_peak=None if cam.peak is None else list(cam.peak),
                            tile=",".join(str(v) for v in cam.tile))
-        rel = f"worst/{stem}_deskew.jpg"
-        if unrolled is not None:
-            if write_jpeg(folder / rel, unrolled):
-                out.update(deskew_path=rel, deskew="measured")
-        elif out["shear_px"] is not None and write_jpeg(folder / rel, deskew(rgb, out["shear_px"])):
+        if out["shear_px"] is not None and write_jpeg(folder / rel, deskew(rgb, out["shear_px"])):
             out.update(deskew_path=rel, deskew="estimated")
         return out
 

@@ -107,21 +107,27 @@ def shear_columns(explain: Explainer | None, rgb: np.ndarray | None, flag: bool)
     return explain.frame_fields(rgb, flag) if explain is not None and rgb is not None else dict(NO_SHEAR)
 
 
-# A worst frame: (probability, frame_index, RGB frame, its measured de-skew preview or None)
-Worst = tuple[float, int, np.ndarray, np.ndarray | None]
+# A worst frame: (probability, frame_index, RGB frame, measured), measured: for a video frame scored by its evidence,
+# {rs_shear_px, evidence, unrolled: its measured de-skew preview or None} (scoring.measured_worst); None for a frame
+# the model scored
+Worst = tuple[float, int, np.ndarray, dict[str, Any] | None]
 
 
 def save_worst(folder: Path, stem: str, worst: list[Worst], explain: Explainer | None = None) -> list[dict[str, Any]]:
-    """Write a camera's worst frames as worst/<stem>_<frame>.jpg; their summary entries. With an Explainer, each
-    also gets its Grad-CAM heatmap (<stem>_<frame>_cam.jpg), shear estimate and de-skewed preview (_deskew.jpg):
-    the measured one (the camera's per-row motion undone) where the video evidence made one, else the estimate's."""
+    """Write a camera's worst frames as worst/<stem>_<frame>.jpg; their summary entries. A video frame scored by its
+    evidence says its measured shear and what decided (rs_shear_px, evidence). With an Explainer, each also gets a
+    de-skewed preview (_deskew.jpg): the measured one (the per-row motion undone) where the video evidence made one;
+    a frame the model scored, its Grad-CAM heatmap (<stem>_<frame>_cam.jpg), shear estimate and the estimate's
+    preview."""
     entries = []
-    for p, index, rgb, unrolled in worst:
+    for p, index, rgb, measured in worst:
         rel = f"worst/{stem}_{index}.jpg"
         write_jpeg(folder / rel, rgb)
-        entry = {"frame_index": index, "probability": round(p, 6), "path": rel}
+        entry: dict[str, Any] = {"frame_index": index, "probability": round(p, 6), "path": rel}
+        if measured is not None:
+            entry.update(rs_shear_px=measured["rs_shear_px"], evidence=measured["evidence"])
         if explain is not None:
-            entry.update(explain.worst_extras(folder, f"{stem}_{index}", rgb, unrolled))
+            entry.update(explain.worst_extras(folder, f"{stem}_{index}", rgb, measured))
         entries.append(entry)
     return entries
 

@@ -129,7 +129,7 @@ class CameraState:
     scores: list[Score] = field(default_factory=list)  # for annotation only
     readout: dict[str, Any] | None = None  # the camera's readout as its decoder measures it (video sources)
     _window: RollingMean = field(init=False)
-    _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb, unrolled)
+    _worst: list = field(default_factory=list)  # min-heap of (probability, -frame_index, frame_index, rgb, measured)
 
     def __post_init__(self) -> None:
         self._window = RollingMean(self.k)
@@ -164,10 +164,10 @@ class CameraState:
                        None if evidence is None else evidence["shear_px_per_ms"])
         if self.keep_scores:
             self.scores.append((frame_index, prob, smoothed, flag))
-        # ties: the earlier frame ranks worse; a video frame's measured de-skew preview rides along (stream.py)
-        # a frame without pixels: its decoder knew it cannot be among the worst (the same order: video/stream.py)
+        # ties: the earlier frame ranks worse; a video frame's measured shear, evidence and de-skew preview ride
+        # along (stream.py). A frame without pixels: its decoder knew it cannot be among the worst (the same order)
         if rgb is not None:
-            item = (prob, -frame_index, frame_index, rgb, None if evidence is None else evidence.get("unrolled"))
+            item = (prob, -frame_index, frame_index, rgb, None if evidence is None else measured_worst(evidence))
             if len(self._worst) < WORST_PER_CAMERA:
                 heapq.heappush(self._worst, item)
             elif item[:2] > self._worst[0][:2]:
@@ -184,9 +184,17 @@ class CameraState:
                 "failures": len(self.errors), "errors": list(self.errors), "notes": list(self.notes)}
 
     def worst(self) -> list[Worst]:
-        """The highest-probability frames, worst first: (probability, frame_index, rgb, measured de-skew or None)."""
-        return [(p, i, rgb, unrolled) for p, _, i, rgb, unrolled in sorted(self._worst, key=lambda t: t[:2],
+        """The highest-probability frames, worst first: (probability, frame_index, rgb, what the video evidence
+        measured of it or None: reports.Worst)."""
+        return [(p, i, rgb, measured) for p, _, i, rgb, measured in sorted(self._worst, key=lambda t: t[:2],
                                                                              reverse=True)]
+
+
+def measured_worst(evidence: dict[str, Any]) -> dict[str, Any]:
+    """What a worst video frame's entry carries of its evidence row (reports.Worst): its measured shear, what
+    decided, and its de-skew preview (None where no readout undid anything)."""
+    return {"rs_shear_px": evidence["rs_shear_px"], "evidence": evidence["evidence"],
+            "unrolled": evidence.get("unrolled")}
 
 
 
