@@ -17,7 +17,7 @@ the median |rs_shear_px - truth| over frames sheared >= 1 px whose shear is the 
 the real movers' own shear is not known, so frames where a mover's is the larger are counted apart).
 What is not modelled: the real camera's own rolling shutter on its movers (the source frames' content is what it
 is), lens distortion, motion blur of the added motion.
-Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [VIDEO ...]
+Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [VIDEO ...]
 """
 from __future__ import annotations
 
@@ -60,17 +60,22 @@ def trajectory(kind: str, rng: np.random.Generator, fps: float, frames: int, wid
     return lambda t: (base(t)[0] - end[0][0] / 2, base(t)[1] - end[1][0] / 2)
 
 
-def render(frames: list[np.ndarray], move, r: float, shutter: str) -> tuple[list[np.ndarray], list[float]]:
-    """RGB frames of the real ones moved by `move` row by row (frame_times), cropped and re-encoded; per frame the
-    true shear (native px: the spread of the rows' displacements)."""
+def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float = 0.0
+           ) -> tuple[list[np.ndarray], list[float]]:
+    """RGB frames of the real ones moved by `move` row by row (frame_times), with sensor noise of sd `noise` (a dark
+    scene's; the same draws for a clip and its twin), cropped and re-encoded; per frame the true shear (native px: the
+    spread of the rows' displacements)."""
     box = crop_box(frames[0], CROP)
     x0, y0, w, h = box
     out, truth = [], []
+    rng = np.random.default_rng(0)
     for k, frame in enumerate(frames):
         dx, dy = move(frame_times(k, h, r, shutter))
         full_dx, full_dy = np.zeros(frame.shape[0]), np.zeros(frame.shape[0])
         full_dx[y0:y0 + h], full_dy[y0:y0 + h] = dx, dy
         moved = warp_rows(frame, full_dx, full_dy, box=box)
+        if noise > 0:
+            moved = np.clip(moved + rng.normal(0, noise, moved.shape), 0, 255).astype(np.uint8)
         _, buf = cv2.imencode(".jpg", cv2.cvtColor(moved, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         out.append(cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
         truth.append(shear_extent(dx, dy))
@@ -83,6 +88,7 @@ def main() -> None:
     ap.add_argument("--segments", type=int, default=6, help="segments per file and kind (default 6)")
     ap.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", type=float, default=0.0, help="sensor noise sd added, grey levels (default 0)")
     args = ap.parse_args()
     analysis = load_params(ROOT / "params.yaml").video.analysis
     videos = args.videos or sorted(FOOTAGE.glob("*.avi"))
@@ -104,8 +110,8 @@ def main() -> None:
                 readout_ms = float(rng.uniform(6.0, min(33.0, 0.95 * period_ms)))
                 r = readout_ms / period_ms
                 move = trajectory(kind, rng, fps, args.frames, segment[0].shape[1])
-                rs, truth = render(segment, move, r, "rolling")
-                gs, _ = render(segment, move, r, "global")
+                rs, truth = render(segment, move, r, "rolling", args.noise)
+                gs, _ = render(segment, move, r, "global", args.noise)
                 rs_rows, rs_readout = analyze(rs, fps, analysis)
                 gs_rows, gs_readout = analyze(gs, fps, analysis)
                 told, _ = analyze(rs, fps, analysis, readout_ms=readout_ms)
