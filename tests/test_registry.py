@@ -458,8 +458,12 @@ def test_a_registered_model_carries_the_video_params_to_a_host_without_params_ya
         return register_candidate(path, S, 0.5, {"roc_auc": true_auc(path, paths, labels)}, paths, labels, NAME,
                                   ALIAS, "roc_auc", {}, tolerance=1e-6, serving=serving)
 
-    assert register(good, serving)["promoted"]
+    # registered before the params were saved (an existing registry), then again by a pipeline that saves them:
+    # the same checkpoint takes the alias with them
     uri = f"models:/{NAME}@{ALIAS}"
+    assert register(good, None)["promoted"] and registered_serving(uri) is None
+    r1 = register(good, serving)
+    assert (r1["version"], r1["promoted"], r1["renewed"]) == ("2", True, True)
     assert registered_serving(uri) == (params.shear, params.video.analysis)
 
     host = tmp_path / "host"
@@ -483,22 +487,22 @@ def test_a_registered_model_carries_the_video_params_to_a_host_without_params_ya
     # alias (a tie on the test set would otherwise leave the host measuring with the old ones)
     changed = {**serving, "video_analysis": {**serving["video_analysis"], "flicker_every": 4}}
     r2 = register(good, changed)
-    assert (r2["version"], r2["promoted"], r2["renewed"]) == ("2", True, True)
+    assert (r2["version"], r2["promoted"], r2["renewed"]) == ("3", True, True)
     assert "own checkpoint with this pipeline's serving params" in register_summary(r2)
     assert registered_serving(uri)[1].flicker_every == 4
     r3 = register(good, changed)  # idempotent as before
-    assert r3["already_registered"] and r3["version"] == "2" and not r3["renewed"]
+    assert r3["already_registered"] and r3["version"] == "3" and not r3["renewed"]
     # another checkpoint that does not beat the champion is no renewal: the alias stays
     r4 = register(other, None)  # registered as before this change: no serving params in its config
-    assert r4["version"] == "3" and not r4["renewed"] and r4["champion_version"] == "2"
-    assert registered_serving(f"models:/{NAME}/3") is None
-    evidence, kinds = scan(f"models:/{NAME}/3", "out3")
+    assert r4["version"] == "4" and not r4["renewed"] and r4["champion_version"] == "3"
+    assert registered_serving(f"models:/{NAME}/4") is None
+    evidence, kinds = scan(f"models:/{NAME}/4", "out4")
     assert not evidence and kinds == {"cnn"}  # the model alone, and the summary says why
     # bad saved params: one line naming the model and the param
     bad = {**serving, "video_analysis": {**serving["video_analysis"], "flicker_hz": []}}
-    assert register(other, bad)["version"] == "4"
+    assert register(other, bad)["version"] == "5"
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        scan(f"models:/{NAME}/4", "out4")
+        scan(f"models:/{NAME}/5", "out5")
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert f"models:/{NAME}/4 (its model config): video_analysis.flicker_hz" in err, err
+    assert f"models:/{NAME}/5 (its model config): video_analysis.flicker_hz" in err, err
