@@ -17,7 +17,8 @@ the median |rs_shear_px - truth| over frames sheared >= 1 px whose shear is the 
 the real movers' own shear is not known, so frames where a mover's is the larger are counted apart).
 What is not modelled: the real camera's own rolling shutter on its movers (the source frames' content is what it
 is), lens distortion, motion blur of the added motion.
-Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [VIDEO ...]
+Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [--roll 0]
+[VIDEO ...]
 """
 from __future__ import annotations
 
@@ -60,20 +61,34 @@ def trajectory(kind: str, rng: np.random.Generator, fps: float, frames: int, wid
     return lambda t: (base(t)[0] - end[0][0] / 2, base(t)[1] - end[1][0] / 2)
 
 
-def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float = 0.0
+def rolled(frame: np.ndarray, box: tuple[int, int, int, int], dx: np.ndarray, dy: np.ndarray,
+           th: np.ndarray) -> np.ndarray:
+    """The box of `frame`, each row shifted by (dx, dy) and turned by th radians about the box's centre
+    (synth.clips.render_rolled's mapping, on a real frame)."""
+    x0, y0, w, h = box
+    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
+    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
+    px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
+    map_x = (np.cos(th)[:, None] * px + np.sin(th)[:, None] * py + cx).astype(np.float32)
+    map_y = (-np.sin(th)[:, None] * px + np.cos(th)[:, None] * py + cy).astype(np.float32)
+    return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float = 0.0, roll=None
            ) -> tuple[list[np.ndarray], list[float]]:
-    """RGB frames of the real ones moved by `move` row by row (frame_times), with sensor noise of sd `noise` (a dark
-    scene's; the same draws for a clip and its twin), cropped and re-encoded; per frame the true shear (native px: the
-    spread of the rows' displacements)."""
+    """RGB frames of the real ones moved by `move` row by row (frame_times), turned by roll(t) radians where given,
+    with sensor noise of sd `noise` (a dark scene's; the same draws for a clip and its twin), cropped and re-encoded;
+    per frame the true shear of the translation (native px: the spread of the rows' displacements)."""
     box = crop_box(frames[0], CROP)
     x0, y0, w, h = box
     out, truth = [], []
     rng = np.random.default_rng(0)
     for k, frame in enumerate(frames):
-        dx, dy = move(frame_times(k, h, r, shutter))
+        t = frame_times(k, h, r, shutter)
+        dx, dy = move(t)
         full_dx, full_dy = np.zeros(frame.shape[0]), np.zeros(frame.shape[0])
         full_dx[y0:y0 + h], full_dy[y0:y0 + h] = dx, dy
-        moved = warp_rows(frame, full_dx, full_dy, box=box)
+        moved = warp_rows(frame, full_dx, full_dy, box=box) if roll is None else rolled(frame, box, dx, dy, roll(t))
         if noise > 0:
             moved = np.clip(moved + rng.normal(0, noise, moved.shape), 0, 255).astype(np.uint8)
         _, buf = cv2.imencode(".jpg", cv2.cvtColor(moved, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -89,12 +104,15 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0, help="sensor noise sd added, grey levels (default 0)")
+    ap.add_argument("--roll", type=float, default=0.0,
+                    help="shakes also turn, up to this many px at the crop's side edges, 4-12 Hz (default 0)")
     args = ap.parse_args()
     analysis = load_params(ROOT / "params.yaml").video.analysis
     videos = args.videos or sorted(FOOTAGE.glob("*.avi"))
     if not videos:
         raise SystemExit(f"no videos given and none in {FOOTAGE}")
     rng = np.random.default_rng(args.seed)
+    turns = np.random.default_rng([args.seed, 1])  # --roll's draws
     for video in videos:
         stamped = list(video_frames(str(video), on_note=lambda _: None))
         fps = 1.0 / (stamped[1][1] - stamped[0][1])
@@ -110,8 +128,14 @@ def main() -> None:
                 readout_ms = float(rng.uniform(6.0, min(33.0, 0.95 * period_ms)))
                 r = readout_ms / period_ms
                 move = trajectory(kind, rng, fps, args.frames, segment[0].shape[1])
-                rs, truth = render(segment, move, r, "rolling", args.noise)
-                gs, _ = render(segment, move, r, "global", args.noise)
+                roll = None
+                if args.roll > 0 and kind == "vibration":  # its own draws: the clips stay those of a run without
+                    turn = 2 * args.roll / (CROP * segment[0].shape[1])
+                    hz, phase = turns.uniform(4, 12), turns.uniform(0, 2 * np.pi)
+                    roll = vibration(turn, hz, fps, phase, 0.0)
+                    roll = (lambda at: lambda t: at(t)[0])(roll)
+                rs, truth = render(segment, move, r, "rolling", args.noise, roll)
+                gs, _ = render(segment, move, r, "global", args.noise, roll)
                 rs_rows, rs_readout = analyze(rs, fps, analysis)
                 gs_rows, gs_readout = analyze(gs, fps, analysis)
                 told, _ = analyze(rs, fps, analysis, readout_ms=readout_ms)
