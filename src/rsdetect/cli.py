@@ -226,7 +226,7 @@ def _watch(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from rsdetect.config import load_params, serving_params
+    from rsdetect.config import load_params, serving_mapping, serving_params
     from rsdetect.serve.export import export_model
 
     # the serving params go with the model (its sidecar): from --params, else params.yaml where there is one, else
@@ -234,8 +234,7 @@ def _export(args: argparse.Namespace) -> None:
     path = args.params or ("params.yaml" if Path("params.yaml").is_file() else None)
     serving = None if path is None else serving_params(load_params(path))
     if serving is None and (saved := saved_serving(args.model)) is not None:
-        serving, path = {"shear": saved[0].model_dump(mode="json"),
-                         "video_analysis": saved[1].model_dump(mode="json")}, f"{args.model}'s registration"
+        serving, path = serving_mapping(*saved), f"{args.model}'s registration"
     r = export_model(args.model, args.format, args.out, serving=serving)
     print(f"export: {r['path']} ({r['format']}, {r['bytes'] / 1e6:.1f} MB, {r['image_size']}px); "
           f"max |p - p_keras| = {r['max_abs_diff']:.2g}; "

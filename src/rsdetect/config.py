@@ -417,10 +417,14 @@ G = TypeVar("G", bound=BaseModel)
 
 
 def serving_params(params: Params) -> dict[str, Any]:
-    """The groups `scan` and `watch` read (shear, video.analysis) as a plain mapping: what an exported model carries
-    beside it, so a camera host without params.yaml measures video as the model was evaluated with."""
-    return {"shear": params.shear.model_dump(mode="json"),
-            "video_analysis": params.video.analysis.model_dump(mode="json")}
+    """The groups `scan` and `watch` read (shear, video.analysis) as a plain mapping: what an exported or registered
+    model carries, so a camera host without params.yaml measures video as the model was evaluated with."""
+    return serving_mapping(params.shear, params.video.analysis)
+
+
+def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[str, Any]:
+    """The two serving groups as `serving_params` maps them (parse_serving reads them back)."""
+    return {"shear": shear.model_dump(mode="json"), "video_analysis": analysis.model_dump(mode="json")}
 
 
 def parse_serving(raw: Any, where: str) -> tuple[ShearParams, VideoAnalysisParams]:

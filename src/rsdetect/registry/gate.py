@@ -247,9 +247,9 @@ def _gate(client, model_path: str | Path, image_size: int, threshold: float, met
     # own checkpoint and threshold registered with other serving params (the pipeline's video.analysis changed) is
     # the same model measuring video as the pipeline now does: it takes the alias, or a camera host reading the
     # champion's params (no params.yaml there) would measure video with the old ones.
-    renewed = str(champ_version) != str(version) and same_model(identity, champ_identity)
-    promote = force or champ_score is None or renewed or (str(champ_version) != str(version)
-                                                          and score > champ_score + SCORE_TIE)
+    other = str(champ_version) != str(version)  # the candidate is not the champion already
+    renewed = other and same_model(identity, champ_identity)
+    promote = force or champ_score is None or renewed or (other and score > champ_score + SCORE_TIE)
     if promote:
         client.set_registered_model_alias(name, alias, version)
     current = client.get_model_version_by_alias(name, alias).version

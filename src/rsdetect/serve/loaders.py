@@ -167,9 +167,7 @@ def registered_serving(spec: str) -> tuple[Any, Any] | None:
     from rsdetect.config import parse_serving
     from rsdetect.registry.tracking import tracking_server, tracking_uri
 
-    if spec.startswith(REGISTRY_PREFIXES):
-        _ensure_registry(tracking_uri())
-        mlflow.set_tracking_uri(tracking_uri())
+    use_registry(spec)
     try:
         with tracking_server(tracking_uri()):
             info = mlflow.models.get_model_info(spec)
@@ -179,6 +177,19 @@ def registered_serving(spec: str) -> tuple[Any, Any] | None:
         raise RsdetectError(f"{spec}: cannot read the model's config ({exc.strerror or type(exc).__name__})") from None
     config = (info.flavors.get("python_function") or {}).get("config") or {}
     return parse_serving(config["serving"], f"{spec} (its model config)") if "serving" in config else None
+
+
+def use_registry(spec: str) -> None:
+    """Point MLflow at the registry a models:/ or runs:/ `spec` is read from (tracking_uri: MLFLOW_TRACKING_URI or
+    the checkout's SQLite file), refusing a SQLite file that does not exist; a folder needs none."""
+    import mlflow
+
+    from rsdetect.registry.tracking import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
+    # .tflite/.onnx/.keras scans and every Dask worker process that unpickles a scan task do not need
+
+    if spec.startswith(REGISTRY_PREFIXES):
+        _ensure_registry(tracking_uri())
+        mlflow.set_tracking_uri(tracking_uri())
 
 
 def _ensure_registry(uri: str) -> None:
@@ -198,12 +209,7 @@ def load_pyfunc(uri: str) -> tuple[Any, Any]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from rsdetect.registry.tracking import tracking_uri  # here, not at the top: it imports MLflow (3 s of CPU), which
-    # .tflite/.onnx/.keras scans and every Dask worker process that unpickles a scan task do not need
-
-    if uri.startswith(REGISTRY_PREFIXES):
-        _ensure_registry(tracking_uri())
-        mlflow.set_tracking_uri(tracking_uri())
+    use_registry(uri)
     try:
         loaded = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
