@@ -18,9 +18,13 @@ their mean share of frames flagged, rolling-shutter readouts within 25%:
   roll and zoom taken out in full       8/8  0.00  8/8       4/8  0.14  7/8
   ... under 0.1 work px left (kept)     6/8  0.01  7/8       3/8  0.17  7/8
   ... and bands weighed by texture      7/8  0.00  8/8       5/8  0.12  6/8
+Again 2026-12-07, before -> after the roll was measured with its side columns kept (refit) and taken out whole
+for a camera found to roll (video.analysis.roll_camera_work_px):
+  as it is now                          7/8 -> 8/8  0.00  6/8 -> 7/8    5/8 -> 8/8  0.13 -> 0.00  5/8 -> 6/8
 (rsdetect.video.motion.column_slopes; params.yaml's video.analysis.roll_dead_work_px says why the dead zone;
 rsdetect.video.readout.band_weights for the last row.)
-Drawn scenes (flat colours) give flow too little texture to measure a roll well: their twins still get readouts.
+Drawn scenes (flat colours) had seemed to give flow too little texture to measure a roll well; what was short was
+the roll's measure (its side columns left out as movers): their twins are right since.
 Run: PYTHONPATH=src python experiments/roll_shake.py [--raw data/raw] [--source real|drawn] [--clips 8] [--seed 0]
 """
 from __future__ import annotations

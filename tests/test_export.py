@@ -154,6 +154,12 @@ def test_an_exported_model_carries_the_video_params_to_a_host_without_params_yam
     cli.main(["scan", str(video), "--model", "colour.tflite", "--out", "out2"])
     summary = json.loads((tmp_path / "host" / "out2" / "summary.json").read_text())
     assert not summary["video_evidence"]
+    # saved before a param existed (an export of an earlier rsdetect): read with the value that does what it did then
+    older = {**saved, "video_analysis": {k: v for k, v in saved["video_analysis"].items()
+                                         if k != "roll_camera_work_px"}}
+    sidecar_path(tmp_path / "host" / "colour.tflite").write_text(json.dumps({"serving": older}))
+    cli.main(["scan", str(video), "--model", "colour.tflite", "--out", "out4"])
+    assert json.loads((tmp_path / "host" / "out4" / "summary.json").read_text())["video_evidence"]
     # bad saved params: one line naming the sidecar and the param
     bad = {**saved, "video_analysis": {**saved["video_analysis"], "flicker_hz": []}}
     sidecar_path(tmp_path / "host" / "colour.tflite").write_text(json.dumps({"serving": bad}))

@@ -349,6 +349,7 @@ class VideoAnalysisParams(_Group):
     camera_work_px: Float(ge=0)             # px/frame at work_width of background motion: the camera itself moves
                                             # (flow's precision is set by the working image, not the native one)
     roll_dead_work_px: Float(ge=0)          # work px at the top and bottom rows: a roll or zoom under it is none
+    roll_camera_work_px: Float(ge=0)        # a camera whose median roll (top and bottom rows) is over it rolls
     lighting_explains: Float(gt=0, le=1)    # a row gain (flicker, exposure) is taken out where it explains this much
                                             # of the pixels that changed
     overlay_held: Float(gt=0, lt=1)         # a flow sample under this share of the camera's speed was held still ...
@@ -427,14 +428,26 @@ def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[s
     return {"shear": shear.model_dump(mode="json"), "video_analysis": analysis.model_dump(mode="json")}
 
 
+# Params added to the serving groups since models first carried them, each with the value that does what a model
+# saved before it did: a camera host that upgrades rsdetect keeps scanning with a model exported or registered
+# earlier (the strict schema would refuse its mapping for the missing param) and measures as it was evaluated.
+SERVING_ADDED: dict[str, dict[str, Any]] = {
+    "video_analysis": {"roll_camera_work_px": 1e9},  # 2026-12-07; before it, no camera was taken to roll
+}
+
+
 def parse_serving(raw: Any, where: str) -> tuple[ShearParams, VideoAnalysisParams]:
-    """`serving_params`' mapping back, validated as params.yaml is; ConfigError `<where>: <key>.<param>: <why>`."""
+    """`serving_params`' mapping back, validated as params.yaml is (a param it predates: SERVING_ADDED's value);
+    ConfigError `<where>: <key>.<param>: <why>`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: serving params must be a mapping, got {type(raw).__name__}")
     groups: list[Any] = []
     for key, model in (("shear", ShearParams), ("video_analysis", VideoAnalysisParams)):
+        group = raw.get(key)
+        if isinstance(group, dict):
+            group = {**SERVING_ADDED.get(key, {}), **group}
         try:
-            groups.append(model.model_validate(raw.get(key)))
+            groups.append(model.model_validate(group))
         except ValidationError as exc:
             line = one_line(exc)  # 'params: ...' where the group itself is wrong (missing, not a mapping)
             raise ConfigError(f"{where}: {key}{line[len('params'):] if line.startswith('params:') else '.' + line}"

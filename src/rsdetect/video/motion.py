@@ -36,6 +36,7 @@ OPEN_KERNEL = np.ones((3, 3), np.uint8)  # opening removes isolated flow outlier
 REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+ROLL_REFITS = 4  # a large roll's slope refitted at most this often (MotionMeter.measure): it settles in 2-3
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
 
@@ -54,6 +55,10 @@ class FrameMotion:
     # (rows of the quick flow's level,): log of each row's gain into the previous frame's light, where the frame was
     # measured in it (`lighting`): the lights' flicker read row by row, a fixed camera's readout (video/flicker.py)
     flicker: np.ndarray | None = None
+    # the roll or zoom (the larger) at the top and bottom sampled rows, working px, dead zone or not; and (bands, 2)
+    # the row dependence of it that the dead zone left in the bands (None: taken out whole)
+    roll_work_px: float = 0.0
+    unturned: np.ndarray | None = None
 
     @property
     def camera_px(self) -> float:
@@ -83,27 +88,29 @@ def quantile(values: np.ndarray, q: float) -> float:
     return float(part[lo] + (pos - lo) * (part[hi] - part[lo]))
 
 
-def column_slopes(samples: np.ndarray, bands: np.ndarray, off: np.ndarray, width: int, dead_px: float) -> np.ndarray:
+def column_slopes(samples: np.ndarray, bands: np.ndarray, off: np.ndarray, width: int) -> np.ndarray:
     """(zoom, roll): the background's displacement per flow px of column, dx and dy, fitted (least squares) to the
-    samples (bands, rows x width, 2) that move with their band (not `off`), about each band's median; a slope
-    whose displacement at the top and bottom rows is under `dead_px` (work px) is taken as none, and a larger
-    one less that much (video.analysis.roll_dead_work_px: why, in params.yaml).
+    samples (bands, rows x width, 2) that move with their band (not `off`), about each band's median.
 
     A rolling shutter reads rows at different times, never columns: it gives the background's displacement no
     column dependence. A camera turning about its optical axis (roll) or zooming does, and gives every shutter a
     row dependence as well, which the readout fit would take for a readout: measured, global-shutter cameras
     shaking with 0.3-1.2 degrees of roll (1-4 px at the edges) got estimated readouts of 14-28 ms and most of their
     frames flagged (experiments/roll_shake.py). Their column dependence measures them, and so their row
-    dependence."""
+    dependence (how much of it is taken out: `dead_zone`)."""
     column = (np.arange(samples.shape[1]) % width - (width - 1) / 2)[None, :]
     keep = ~off
     spread = float((keep * column * column).sum())
     if spread <= 0:
         return np.zeros(2)
     centred = samples - bands[:, None, :]
-    slopes = np.array([(keep * column * centred[..., k]).sum() / spread for k in (0, 1)])
-    half = len(bands) * samples.shape[1] / width / 2  # rows of samples, top or bottom to middle
-    return np.sign(slopes) * np.maximum(np.abs(slopes) - dead_px / half, 0.0)
+    return np.array([(keep * column * centred[..., k]).sum() / spread for k in (0, 1)])
+
+
+def dead_zone(slopes: np.ndarray, dead: float) -> np.ndarray:
+    """`slopes` less `dead` each (none where under it): a camera not known to roll keeps the row dependence of a
+    slope within flow's own column structure (video.analysis.roll_dead_work_px: why, in params.yaml)."""
+    return np.sign(slopes) * np.maximum(np.abs(slopes) - dead, 0.0)
 
 
 def off_background(flow: np.ndarray, background: np.ndarray, limit: float) -> np.ndarray:
@@ -292,6 +299,8 @@ class MotionMeter:
         # whether the camera's readout is still wanted (unknown, not configured: CameraAnalyzer says): then even
         # faint flicker's row gains are sampled (`push`)
         self.flicker_wanted = False
+        # whether the camera is known to roll or zoom as it moves: its slopes taken out whole (CameraAnalyzer says)
+        self.rolls = False
         reach = max(1, self.dis.dis.getPatchSize() * self.dis.grid // (2 * STAT_STEP))  # half a patch, in samples
         self.grow = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
 
@@ -427,7 +436,24 @@ class MotionMeter:
         if over is not None:  # a band the overlay covers whole is not measured
             bands[held.all(axis=1)] = np.nan
         band_of_row = band_of_rows(h, p.bands)
-        spin = column_slopes(samples, np.nan_to_num(bands), off, w, p.roll_dead_work_px)  # (a NaN band is all off)
+        slopes = column_slopes(samples, np.nan_to_num(bands), off, w)  # (a NaN band is all off)
+        for _ in range(ROLL_REFITS):
+            if np.abs(slopes).max() * (w - 1) / 2 <= p.mover_work_px / 4:
+                break
+            # A roll (or zoom) this large moves the side columns' background far from its band's median: the side
+            # samples whose noise took them past mover_work_px were left out as movers, and the slope came out short
+            # (a real 3 px roll 10-20% short, and its global-shutter twin's readout 12 ms: the rest of the roll's row
+            # dependence). Again, the movers told from the background with its column dependence, until it settles.
+            column = (np.arange(samples.shape[1]) % w - (w - 1) / 2)[None, :, None]
+            off = off_background(samples, np.nan_to_num(bands)[:, None] + column * slopes, p.mover_work_px)
+            if over is not None:
+                off |= held
+            slopes, before = column_slopes(samples, np.nan_to_num(bands), off, w), slopes
+            if np.abs(slopes - before).max() <= 0.02 * np.abs(slopes).max():
+                break
+        half = p.bands * samples.shape[1] / w / 2  # flow rows from the middle to the top or bottom sampled row
+        # a camera known to roll (or zoom) has it taken out whole; another, less a dead zone (CameraAnalyzer.rolling)
+        spin = slopes if self.rolls else dead_zone(slopes, p.roll_dead_work_px / half)
         column = np.arange(w) - (w - 1) / 2
         background = bands[band_of_row][:, None] + column[None, :, None] * spin  # (h, w, 2): roll and zoom too
         moving = off_background(flow, background, p.mover_work_px)
@@ -440,13 +466,17 @@ class MotionMeter:
         # taken out (a roll of w gives dx = -w (y - cy) and dy = w (x - cx); a zoom s, dx = s (x - cx) and
         # dy = s (y - cy)); what is left is the readout's
         rows = band_centres(p.bands) * h - h / 2  # each band's centre row about the middle (rows h: flow px)
-        bands = bands + rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
+        turned = rows[:, None] * np.array([spin[1], -spin[0]])[None, :]
+        bands = bands + turned
         camera = float(np.hypot(*median(bands, 0)))
         self.last = (flow, camera)
         s = scale  # working px -> native px
         motion = max([camera] + [r["speed_px"] / s + camera for r in regions]) * s
+        # what the dead zone left in: added where the camera turns out to roll (CameraAnalyzer.rolling)
+        left = rows[:, None] * np.array([slopes[1], -slopes[0]])[None, :] - turned
         return FrameMotion(self.index, static=False, bands=bands * s, regions=regions, motion_px=motion,
-                           camera_moving=camera > p.camera_work_px)
+                           camera_moving=camera > p.camera_work_px, roll_work_px=float(np.abs(slopes).max() * half),
+                           unturned=None if self.rolls else left * s)
 
     def regions(self, mask: np.ndarray, flow: np.ndarray, bands: np.ndarray, band_of_row: np.ndarray,
                 cell: int, scale: float) -> list[dict]:
