@@ -18,6 +18,7 @@ the real movers' own shear is not known, so frames where a mover's is the larger
 What is not modelled: the real camera's own rolling shutter on its movers (the source frames' content is what it
 is), lens distortion, motion blur of the added motion.
 Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [--roll 0]
+[--every 1]
 [VIDEO ...]
 """
 from __future__ import annotations
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48, help="frames per clip (default 48)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=0.0, help="sensor noise sd added, grey levels (default 0)")
+    ap.add_argument("--every", type=int, default=1,
+                    help="every Nth frame of the footage, at its frame rate / N: a camera recording at a low rate")
     ap.add_argument("--roll", type=float, default=0.0,
                     help="shakes also turn, up to this many px at the crop's side edges, 4-12 Hz (default 0)")
     args = ap.parse_args()
@@ -115,8 +118,8 @@ def main() -> None:
     turns = np.random.default_rng([args.seed, 1])  # --roll's draws
     for video in videos:
         stamped = list(video_frames(str(video), on_note=lambda _: None))
-        fps = 1.0 / (stamped[1][1] - stamped[0][1])
-        frames = [rgb for _, _, rgb in stamped]
+        fps = 1.0 / (stamped[1][1] - stamped[0][1]) / args.every
+        frames = [rgb for _, _, rgb in stamped[::args.every]]
         period_ms = 1000.0 / fps
         for kind in ("vibration", "pan"):
             rows = {"readout_ok": 0, "twin_ok": 0, "twin_flagged": [], "pos": [], "neg": [], "told_err": [],

@@ -50,6 +50,16 @@ def test_motion_that_no_readout_in_range_explains_gives_unknown(analysis, r):
     assert got.source == "unknown" and got.ms is None and got.evidence_frames == len(frames)
 
 
+def test_a_camera_recording_under_min_readout_fps_gets_no_readout_from_its_motion(analysis):
+    # Its rows sample the trajectory within each frame's readout only; the rest of a long frame period the smooth
+    # curve guesses, and real footage shaken at 12.5-15 frames/s got wrong readouts (params.yaml). The same band
+    # evidence, said to come at 25 frames/s, gives one; at 12.5, none is claimed.
+    frames, disp = shake_bands(0.3, analysis.bands)
+    assert estimate_readout(frames, disp, np.ones(len(frames), bool), 25.0, analysis).source == "estimated"
+    low = estimate_readout(frames, disp, np.ones(len(frames), bool), 12.5, analysis)
+    assert analysis.min_readout_fps > 12.5 and low.source == "unknown" and low.evidence_frames == len(frames)
+
+
 def test_a_readout_the_evidence_does_not_bound_below_the_grid_top_is_unknown(analysis):
     # A mover filling a fixed camera's frame, read as the background, gave a global-shutter twin 1.16 frames with
     # an interval reaching the top of the searched readouts: the evidence does not bound it, so no readout is

@@ -364,6 +364,7 @@ class VideoAnalysisParams(_Group):
     min_evidence_frames: Int(ge=1)          # frames with camera motion an estimate must rest on
     max_ci_frames: Float(gt=0)              # a 95% interval wider than this (frame intervals): readout unknown
     zero_readout_ms: Float(ge=0)            # ... as is one reaching 0 around an estimate above this
+    min_readout_fps: Float(ge=0)            # below this frame rate camera motion gives no readout estimate
     flicker_hz: Annotated[tuple[Float(gt=0), ...], Field(min_length=1)]  # lights' flicker (twice the mains) ...
     flicker_min_drift: Float(gt=0, le=0.5)  # ... whose bands drift at least this (cycles a frame) can show ...
     flicker_min_explained: Float(gt=0, le=1)  # ... and explain this share of the row gains: a readout (flicker.py)
@@ -432,7 +433,8 @@ def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[s
 # saved before it did: a camera host that upgrades rsdetect keeps scanning with a model exported or registered
 # earlier (the strict schema would refuse its mapping for the missing param) and measures as it was evaluated.
 SERVING_ADDED: dict[str, dict[str, Any]] = {
-    "video_analysis": {"roll_camera_work_px": 1e9},  # 2026-12-07; before it, no camera was taken to roll
+    # 2026-12-07; before them no camera was taken to roll, and every frame rate's camera motion gave readouts
+    "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0},
 }
 
 

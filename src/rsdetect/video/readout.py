@@ -145,7 +145,10 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     whose camera moved; weights: (n, bands), band_weights; measured: frames whose bands were measured, not set to
     zero as static, default all). Unknown where the evidence is too thin or too loose."""
     evidence = int(moving.sum())
-    if evidence < p.min_evidence_frames:
+    if evidence < p.min_evidence_frames or fps < p.min_readout_fps:
+        # too few frames, or too few a second: the rows sample the trajectory only within each frame's readout, and
+        # at a low frame rate a shake turns over in the rest of the period, where the smooth curve guesses
+        # (video.analysis.min_readout_fps: measured wrong readouts below it)
         return Readout(None, None, "unknown", evidence)
     grid = np.linspace(0.0, p.readout_max, p.readout_steps)
     fits = [fit_trajectory(frames, disp, r, p, weights) for r in grid]
