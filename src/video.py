@@ -1,7 +1,7 @@
 """Stage video: rolling shutter judged from motion, measured on rendered twin clips from the test photos.
 
-Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static, and a person
-under flickering lamps: flicker) from each
+Renders video.clips.clips_per_kind rolling-shutter clips of each kind (vibration, pan, person, static, a person
+under flickering lamps: flicker, and a shake that also rolls: roll) from each
 photo source (real, drawn) of the test split, each with its global-shutter twin (rsdetect.synth.clips), streams
 every clip through the path `scan` and `watch` run in each camera's decoder process (rsdetect.video.stream:
 frames in order, each row lag_frames behind, the readout estimated as the evidence comes in) twice, the readout
@@ -139,6 +139,17 @@ def flicker_readouts(clips: list[dict]) -> dict:
     }
 
 
+def roll_readouts(clips: list[dict], rows: list[dict]) -> dict:
+    """Shaking mounts that also roll (not told): readouts within 25%, global-shutter twins unknown or at most
+    TWIN_READOUT_MS, and the share of the twins' frames flagged. Apart from the camera kinds: the issue's goals name
+    shakes and pans, and a roll gives every shutter a row dependence of its own (video.analysis.roll_camera_work_px)."""
+    rs = [c for c in clips if c["kind"] == "roll" and c["shutter"] == "rolling"]
+    gs = [c for c in clips if c["kind"] == "roll" and c["shutter"] == "global"]
+    return {"within_25pct": round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None,
+            "twins_ok": round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None,
+            "twin_frames_flagged": flag_rate([r for r in rows if r["kind"] == "roll" and r["shutter"] == "global"])}
+
+
 def summarise(rows: list[dict], clips: list[dict]) -> dict:
     out: dict = {}
     for told in (False, True):
@@ -175,6 +186,7 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
             m["readout_static_unknown"] = round(
                 float(np.mean([c["ms"] is None for c in cl if c["kind"] == "static"])), 4)
             m["readout_flicker"] = flicker_readouts(cl)
+            m["readout_roll"] = roll_readouts(cl, sel)
         out["told" if told else "not_told"] = m
     return out
 
@@ -253,7 +265,8 @@ def main() -> None:
     print(f"video: {metrics['clips']} clips; not told: camera frame AUC {nt['frame_roc_auc_camera']}, clip AUC "
           f"{nt['clip_roc_auc_camera']}, readout within 25% {nt['readout_within_25pct']}, static flagged "
           f"{nt['flag_rate_static']}, GS flagged {nt['flag_rate_global_twins']}; told: shear error "
-          f"{t['shear_error_median_px']} px, AUC {t['frame_roc_auc_2px_vs_clean']} ({elapsed:.0f} s)")
+          f"{t['shear_error_median_px']} px, AUC {t['frame_roc_auc_2px_vs_clean']}; rolling mounts: readout within 25% "
+          f"{nt['readout_roll']['within_25pct']}, twins {nt['readout_roll']['twins_ok']} ({elapsed:.0f} s)")
 
 
 if __name__ == "__main__":

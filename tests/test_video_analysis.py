@@ -287,6 +287,23 @@ def test_flicker_twins_light_each_row_of_a_rolling_shutter_at_its_own_time(scene
         assert rolling.min() >= 1 - clips.flicker_depth[1] - 0.05 and rolling.max() <= 1.05
 
 
+def test_a_roll_clip_is_a_vibration_clips_shake_turned_about_the_middle(scene):
+    # the stage's roll clips: the shake, noise and truth of the vibration clip of the same draw, and a roll on top
+    # (rsdetect.synth.clips.turning) that moves the side columns and leaves the middle one
+    clips = params_group("video.clips", frames=8)
+    rolled, twin = render_twins(scene, "roll", np.random.default_rng(5), clips)
+    shake, _ = render_twins(scene, "vibration", np.random.default_rng(5), clips)
+    assert clips.roll_px[0] <= rolled.params["roll_px"] <= clips.roll_px[1]
+    assert [t["rs_shear_px"] for t in rolled.truth] == [t["rs_shear_px"] for t in shake.truth]
+    assert all(t["rs_shear_px"] == 0.0 for t in twin.truth)
+    w = rolled.frames[0].shape[1]
+    turned = [np.abs(f.astype(float) - g.astype(float)).mean(axis=(0, 2))
+              for f, g in zip(rolled.frames, shake.frames, strict=True)]
+    sides = np.mean([d[: w // 8].mean() + d[-w // 8:].mean() for d in turned]) / 2
+    middle = np.mean([d[w // 2 - w // 16: w // 2 + w // 16].mean() for d in turned])
+    assert sides > 2 * middle, (sides, middle)
+
+
 @pytest.mark.parametrize("readout_ms, shutter, message", [
     (-3, None, r"camera: readout_ms must be a number of milliseconds in \(0, 200\], got -3"),
     (0, None, "camera: readout_ms must be .* got 0"),  # a readout of 0 is a global shutter: say so

@@ -322,6 +322,7 @@ class VideoClipParams(_Group):
                                             # room for the camera to travel, so no border is ever invented)
     vibration_px: Range(gt=0)               # shake amplitude, native px
     vibration_hz: Range(gt=0)
+    roll_px: Range(gt=0)                    # roll clips: a shaking mount's roll at the crop's side edges, px
     pan_px: Range(gt=0)                     # pan's peak speed, native px per frame
     pan_ramp_frames: Range(ge=1)            # frames to reach the peak speed (and to stop)
     still_frames: Int(ge=1)                 # still frames before a pan starts: the reference its shear shows against

@@ -33,7 +33,7 @@ from rsdetect.config import VideoClipParams
 from rsdetect.errors import RsdetectError
 from rsdetect.shutter import fill_person_hole, move_person, shear_extent, warp_rows
 
-CLIP_KINDS = ("vibration", "pan", "person", "static", "flicker")
+CLIP_KINDS = ("vibration", "pan", "person", "static", "flicker", "roll")  # new kinds last: the others' draws stay
 Trajectory = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # times (frames) -> (dx, dy) px
 
 
@@ -111,21 +111,32 @@ def render_camera(image: np.ndarray, trajectory: Trajectory, n: int, r: float, s
                   box: tuple[int, int, int, int]) -> tuple[list[np.ndarray], list[dict]]:
     """Frames of a moving camera: each output row is the photo's row displaced by the trajectory at its time."""
     _, y0, _, h = box
-    frames, truth = [], []
+    frames = []
     for k in range(n):
         dx, dy = trajectory(frame_times(k, h, r, shutter))
         full_dx, full_dy = np.zeros(image.shape[0]), np.zeros(image.shape[0])
         full_dx[y0:y0 + h], full_dy[y0:y0 + h] = dx, dy
         frames.append(warp_rows(image, full_dx, full_dy, box=box))
-        truth.append({"rs_shear_px": shear_extent(dx, dy), "motion_px": speed_at(trajectory, k + r / 2)})
-    return frames, truth
+    return frames, camera_truth(trajectory, n, r, shutter, h)
+
+
+def camera_truth(trajectory: Trajectory, n: int, r: float, shutter: str, h: int) -> list[dict]:
+    """Per frame, the shear the camera's translation gives its rows (native px) and its image speed."""
+    return [{"rs_shear_px": shear_extent(*trajectory(frame_times(k, h, r, shutter))),
+             "motion_px": speed_at(trajectory, k + r / 2)} for k in range(n)]
+
+
+def turning(radians: float, hz: float, fps: float, phase: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A mount's roll about the optical axis, radians at time t (frames): a sinusoid of `radians` at `hz`."""
+    return lambda t: radians * np.sin(2 * np.pi * hz / fps * np.asarray(t, np.float64) + phase)
 
 
 def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.ndarray], np.ndarray], n: int,
                   r: float, shutter: str, box: tuple[int, int, int, int]) -> list[np.ndarray]:
     """Frames of a mount that turns about the crop's centre by roll(t) radians as it shifts by trajectory(t), each
-    row at its read time (frame_times): out(p) = in(R(-roll) (p - c - d) + c). No stage renders these (their roll
-    is measured apart: rsdetect.video.motion.column_slopes); tests and experiments/roll_shake.py do."""
+    row at its read time (frame_times): out(p) = in(R(-roll) (p - c - d) + c). A roll moves every shutter's rows
+    apart (it is measured apart: rsdetect.video.motion.column_slopes); rendered for the `video` stage's roll clips,
+    tests and experiments/roll_shake.py."""
     x0, y0, w, h = box
     cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
     xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
@@ -197,7 +208,7 @@ def usable_person(anns: list[dict], height: int, width: int, min_area: float) ->
 def draw_trajectory(kind: str, rng: np.random.Generator, p: VideoClipParams, fps: float,
                     box: tuple[int, int, int, int], image_shape: tuple[int, ...]) -> tuple[Trajectory, dict]:
     """The motion of a clip of `kind`, drawn from the params; pans are fitted into the photo's spare width."""
-    if kind == "vibration":
+    if kind in ("vibration", "roll"):  # a roll clip's shake; its roll is drawn after (render_twins)
         drawn = {"amplitude_px": float(rng.uniform(*p.vibration_px)), "hz": float(rng.uniform(*p.vibration_hz)),
                  "phase": float(rng.uniform(0, 2 * np.pi)), "direction": float(rng.uniform(0, np.pi))}
         return vibration(drawn["amplitude_px"], drawn["hz"], fps, drawn["phase"], drawn["direction"]), drawn
@@ -251,10 +262,19 @@ def render_twins(image: np.ndarray, kind: str, rng: np.random.Generator, p: Vide
     if kind == "flicker":  # drawn last: the walker and its noise are those a person clip of the same rng gets
         drawn = {**drawn, "flicker_hz": float(rng.choice(p.flicker_hz)), "flicker_depth": float(rng.uniform(
             *p.flicker_depth)), "exposure_ms": float(rng.uniform(*p.flicker_exposure_ms))}
+    if kind == "roll":  # drawn last: the shake is a vibration clip's of the same rng
+        drawn = {**drawn, "roll_px": float(rng.uniform(*p.roll_px)), "roll_hz": float(rng.uniform(*p.vibration_hz)),
+                 "roll_phase": float(rng.uniform(0, 2 * np.pi))}
+        roll = turning(drawn["roll_px"] / (box[2] / 2), drawn["roll_hz"], fps, drawn["roll_phase"])
     clips = []
     for shutter in ("rolling", "global"):
         if alpha is not None:
             frames, truth = render_person(image, alpha, trajectory, p.frames, r, shutter, box)
+        elif kind == "roll":
+            # the truth is the translation's shear: the roll turns every shutter's rows alike but for its own
+            # change within the readout, which the analysis takes out with the roll (it is not counted either way)
+            frames = render_rolled(image, trajectory, roll, p.frames, r, shutter, box)
+            truth = camera_truth(trajectory, p.frames, r, shutter, box[3])
         else:
             frames, truth = render_camera(image, trajectory, p.frames, r, shutter, box)
         if kind == "flicker":
