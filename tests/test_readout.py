@@ -58,6 +58,7 @@ def test_a_camera_recording_under_min_readout_fps_gets_no_readout_from_its_motio
     assert estimate_readout(frames, disp, np.ones(len(frames), bool), 25.0, analysis).source == "estimated"
     low = estimate_readout(frames, disp, np.ones(len(frames), bool), 12.5, analysis)
     assert analysis.min_readout_fps > 12.5 and low.source == "unknown" and low.evidence_frames == len(frames)
+    assert "12.5 frames/s, under video.analysis.min_readout_fps" in low.why  # summary.json says why
 
 
 def test_a_readout_the_evidence_does_not_bound_below_the_grid_top_is_unknown(analysis):

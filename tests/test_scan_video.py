@@ -78,9 +78,10 @@ def test_scan_measures_shear_in_native_px_where_the_readout_is_told(tmp_path, mo
                for r in shake)
     cams = result.summary["cameras"]
     assert cams["shake"]["readout"] == {"ms": 24.0, "ci_ms": [24.0, 24.0], "source": "configured",
-                                        "evidence_frames": 0, "method": None}
+                                        "evidence_frames": 0, "method": None, "why": None}
     assert cams["twin"]["readout"]["ms"] == 0.0 and cams["twin"]["flagged"] == 0
     assert cams["still"]["flagged"] == 0 and cams["still"]["static_frames"] == FRAMES
+    assert "too few frames of camera motion" in cams["still"]["readout"]["why"]  # what a user can act on
     assert cams["still"]["readout"]["source"] == "unknown"  # nothing moved: no evidence, never an invented value
     # the shear per ms of readout of the frames that moved, to its 5% bin; none where nothing moved
     moved = [r["shear_px_per_ms"] for r in shake if r["evidence"] != "static"]

@@ -88,7 +88,7 @@ def test_pan_shear_in_px_when_the_readout_is_told(scene, analysis):
     frames, truth = camera_clip(scene, PAN, 30.0, "rolling")
     rows, readout = analyze(frames, FPS, analysis, readout_ms=30.0)
     assert readout == {"ms": 30.0, "ci_ms": [30.0, 30.0], "source": "configured", "evidence_frames": 0,
-                       "method": None}
+                       "method": None, "why": None}
     errors = [abs(r["rs_shear_px"] - t["rs_shear_px"]) for r, t in zip(rows, truth, strict=True)
               if t["rs_shear_px"] >= 1.0]
     assert len(errors) >= 10 and np.median(errors) <= 1.0
@@ -319,7 +319,7 @@ def test_bad_camera_configuration_is_one_line(readout_ms, shutter, message):
 
 def test_configured_readouts():
     assert configured_readout(18, None).as_dict() == {"ms": 18.0, "ci_ms": [18.0, 18.0], "source": "configured",
-                                                     "evidence_frames": 0, "method": None}
+                                                     "evidence_frames": 0, "method": None, "why": None}
     assert configured_readout(None, "global").ms == 0.0
     assert configured_readout(None, "rolling") is None and configured_readout(None, None) is None
 

@@ -69,7 +69,7 @@ def _check_footage(args: argparse.Namespace) -> None:
             print(f"check-footage: {name}: {e['errors'][-1]}", file=sys.stderr)
             continue
         r = e["readout"] or {}
-        readout = ("unknown" if r.get("ms") is None
+        readout = (f"unknown{' (' + r['why'] + ')' if r.get('why') else ''}" if r.get("ms") is None
                    else f"{r['ms']:.1f} ms ({r['source']}"
                         f"{' from ' + r['method'] if r.get('method') else ''}, {r['evidence_frames']} frames)")
         per_ms = e["shear_px_per_ms_p95"]

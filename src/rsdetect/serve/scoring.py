@@ -206,7 +206,7 @@ def camera_readout(source: Source, measured: dict[str, Any] | None) -> dict[str,
     if source.kind == "images":
         return None
     configured = configured_readout(source.readout_ms, source.shutter)
-    return (configured or Readout(None, None, "unknown", 0)).as_dict()
+    return (configured or Readout(None, None, "unknown", 0, why="no video frames measured yet")).as_dict()
 
 
 Item = tuple[CameraState, tuple[int, float | None, np.ndarray | None, dict[str, Any] | None]]  # a state and a Decoded

@@ -45,6 +45,9 @@ HUBER_K = 1.345       # Huber's constant: 95% efficiency under Gaussian noise
 MAD_TO_SD = 1.4826    # median absolute residual -> standard deviation under Gaussian noise
 NOISE_FLOOR_PX = 0.01 # residual scale never below this: a noiseless synthetic fit must not weigh by ~0
 RIDGE = 1e-6       # fixes the trajectory's free constant (every observation is a difference)
+# an unknown readout's `why` where the camera hardly moved: most cameras (fixed ones) say this; their readout can
+# still be configured, or read off flickering lamps (rsdetect.video.flicker)
+TOO_LITTLE_MOTION = "too few frames of camera motion; a fixed camera: configure its readout_ms"
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,13 @@ class Readout:
     source: str                      # configured | estimated | unknown
     evidence_frames: int
     method: str | None = None        # estimated: camera-motion (this module) | flicker (rsdetect.video.flicker)
+    why: str | None = None           # unknown: why the footage did not tell it (what a user can act on)
 
     def as_dict(self) -> dict:
         return {"ms": None if self.ms is None else round(self.ms, 2),
                 "ci_ms": None if self.ci_ms is None else [round(v, 2) for v in self.ci_ms],
-                "source": self.source, "evidence_frames": self.evidence_frames, "method": self.method}
+                "source": self.source, "evidence_frames": self.evidence_frames, "method": self.method,
+                "why": self.why}
 
 
 def band_centres(bands: int) -> np.ndarray:
@@ -145,11 +150,15 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
     whose camera moved; weights: (n, bands), band_weights; measured: frames whose bands were measured, not set to
     zero as static, default all). Unknown where the evidence is too thin or too loose."""
     evidence = int(moving.sum())
-    if evidence < p.min_evidence_frames or fps < p.min_readout_fps:
-        # too few frames, or too few a second: the rows sample the trajectory only within each frame's readout, and
-        # at a low frame rate a shake turns over in the rest of the period, where the smooth curve guesses
-        # (video.analysis.min_readout_fps: measured wrong readouts below it)
-        return Readout(None, None, "unknown", evidence)
+    if evidence < p.min_evidence_frames:
+        return Readout(None, None, "unknown", evidence, why=TOO_LITTLE_MOTION)
+    if fps < p.min_readout_fps:
+        # the rows sample the trajectory only within each frame's readout, and at a low frame rate a shake turns
+        # over in the rest of the period, where the smooth curve guesses (video.analysis.min_readout_fps: measured
+        # wrong readouts below it)
+        return Readout(None, None, "unknown", evidence,
+                       why=f"{fps:.3g} frames/s, under video.analysis.min_readout_fps ({p.min_readout_fps:g}): "
+                           "camera motion tells no readout there")
     grid = np.linspace(0.0, p.readout_max, p.readout_steps)
     fits = [fit_trajectory(frames, disp, r, p, weights) for r in grid]
     rss = np.array([fit.rss for fit in fits])
@@ -171,11 +180,11 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
         # the most a readout can be): what moves is not the camera seen through a readout (a mover filling the
         # frame read as the background gave 1.2 frames on a global-shutter twin; another, 1.16 frames with an
         # interval reaching the top), so the footage does not tell the readout
-        return Readout(None, None, "unknown", evidence)
+        return Readout(None, None, "unknown", evidence, why="no readout within a frame period explains the motion")
     if hi - lo > p.max_ci_frames or (lo == 0.0 and r_hat * 1000.0 / fps > p.zero_readout_ms):
         # too loose, or consistent with a global shutter while the point estimate says otherwise: either way the
         # footage does not tell the readout
-        return Readout(None, None, "unknown", evidence)
+        return Readout(None, None, "unknown", evidence, why="the camera's motion bounds it too loosely")
     ms = 1000.0 / fps
     step = grid[1] - grid[0]  # the interval is known to the grid's resolution: one step wider on each side
     lo, hi = float(max(min(lo, r_hat) - step, 0.0)), float(max(hi, r_hat) + step)
