@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.sources import video_frames  # noqa: E402
 from rsdetect.shutter import shear_extent, warp_rows  # noqa: E402
-from rsdetect.synth.clips import crop_box, frame_times, pan, vibration  # noqa: E402
+from rsdetect.synth.clips import crop_box, frame_times, pan, turn_rows, turning, vibration  # noqa: E402
 from rsdetect.video.analyze import analyze  # noqa: E402
 
 FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
@@ -62,19 +62,6 @@ def trajectory(kind: str, rng: np.random.Generator, fps: float, frames: int, wid
     return lambda t: (base(t)[0] - end[0][0] / 2, base(t)[1] - end[1][0] / 2)
 
 
-def rolled(frame: np.ndarray, box: tuple[int, int, int, int], dx: np.ndarray, dy: np.ndarray,
-           th: np.ndarray) -> np.ndarray:
-    """The box of `frame`, each row shifted by (dx, dy) and turned by th radians about the box's centre
-    (synth.clips.render_rolled's mapping, on a real frame)."""
-    x0, y0, w, h = box
-    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
-    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
-    px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
-    map_x = (np.cos(th)[:, None] * px + np.sin(th)[:, None] * py + cx).astype(np.float32)
-    map_y = (-np.sin(th)[:, None] * px + np.cos(th)[:, None] * py + cy).astype(np.float32)
-    return cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-
-
 def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float = 0.0, roll=None
            ) -> tuple[list[np.ndarray], list[float]]:
     """RGB frames of the real ones moved by `move` row by row (frame_times), turned by roll(t) radians where given,
@@ -89,7 +76,7 @@ def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float 
         dx, dy = move(t)
         full_dx, full_dy = np.zeros(frame.shape[0]), np.zeros(frame.shape[0])
         full_dx[y0:y0 + h], full_dy[y0:y0 + h] = dx, dy
-        moved = warp_rows(frame, full_dx, full_dy, box=box) if roll is None else rolled(frame, box, dx, dy, roll(t))
+        moved = warp_rows(frame, full_dx, full_dy, box=box) if roll is None else turn_rows(frame, box, dx, dy, roll(t))
         if noise > 0:
             moved = np.clip(moved + rng.normal(0, noise, moved.shape), 0, 255).astype(np.uint8)
         _, buf = cv2.imencode(".jpg", cv2.cvtColor(moved, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -135,8 +122,7 @@ def main() -> None:
                 if args.roll > 0 and kind == "vibration":  # its own draws: the clips stay those of a run without
                     turn = 2 * args.roll / (CROP * segment[0].shape[1])
                     hz, phase = turns.uniform(4, 12), turns.uniform(0, 2 * np.pi)
-                    roll = vibration(turn, hz, fps, phase, 0.0)
-                    roll = (lambda at: lambda t: at(t)[0])(roll)
+                    roll = turning(turn, hz, fps, phase)
                 rs, truth = render(segment, move, r, "rolling", args.noise, roll)
                 gs, _ = render(segment, move, r, "global", args.noise, roll)
                 rs_rows, rs_readout = analyze(rs, fps, analysis)

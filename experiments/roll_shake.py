@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from rsdetect.config import load_params  # noqa: E402
-from rsdetect.synth.clips import crop_box, degrade, render_rolled, vibration  # noqa: E402
+from rsdetect.synth.clips import crop_box, degrade, render_rolled, turning, vibration  # noqa: E402
 from rsdetect.video.analyze import analyze  # noqa: E402
 from video import test_photos  # noqa: E402  (src/video.py: the stage's test split)
 
@@ -74,9 +74,7 @@ def main() -> None:
                           rng.uniform(0, 2 * np.pi))
         half_width = crop_box(image, 0.7)[2] / 2
         amplitude, hz, phase = rng.uniform(1, 4) / half_width, rng.uniform(4, 12), rng.uniform(0, 2 * np.pi)
-
-        def roll(t: np.ndarray, a=amplitude, f=hz, ph=phase) -> np.ndarray:
-            return a * np.sin(2 * np.pi * f * np.asarray(t) / FPS + ph)
+        roll = turning(amplitude, hz, FPS, phase)
 
         r = rng.uniform(6, 33) * FPS / 1000.0
         for shutter in ("global", "rolling"):

@@ -21,6 +21,8 @@ from rsdetect.synth.clips import (
     render_rolled,
     render_twins,
     still,
+    turn_rows,
+    turning,
     vibration,
 )
 from rsdetect.video.analyze import CameraAnalyzer, analyze, configured_readout
@@ -374,9 +376,7 @@ def real_panned(frames: list[np.ndarray], trajectory, r: float, shutter: str, ro
     roll(t) radians about the crop's centre where given, cropped to their middle 90% and passed through JPEG again
     (experiments/real_shake.py)."""
     box = crop_box(frames[0], 0.9)
-    x0, y0, w, h = box
-    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
-    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
+    _, y0, _, h = box
     out = []
     for k, frame in enumerate(frames):
         t = frame_times(k, h, r, shutter)
@@ -386,11 +386,7 @@ def real_panned(frames: list[np.ndarray], trajectory, r: float, shutter: str, ro
             full_dx[y0:y0 + h], full_dy[y0:y0 + h] = dx, dy
             moved = warp_rows(frame, full_dx, full_dy, box=box)
         else:
-            th = roll(t)[:, None]
-            px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
-            moved = cv2.remap(frame, (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32),
-                              (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32), cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REFLECT_101)
+            moved = turn_rows(frame, box, dx, dy, roll(t))
         out.append(degrade(moved, np.random.default_rng(k), 0.0, 90))
     return out
 
@@ -427,8 +423,8 @@ def test_a_global_shutter_mount_that_rolls_as_it_shakes_gets_no_readout_on_real_
     frames = [rgb for _, _, rgb in video_frames(str(CONCOURSE), max_frames=48, on_note=lambda _: None)]
     fps = 25.0
     shake = vibration(1.899, 7.381, fps, 0.178, 0.39)
-    turn = vibration(2 * 3 / (0.9 * frames[0].shape[1]), 10.302, fps, 0.002, 0.0)
-    rows, twin = analyze(real_panned(frames, shake, 0.0, "global", lambda t: turn(t)[0]), fps, analysis)
+    turn = turning(2 * 3 / (0.9 * frames[0].shape[1]), 10.302, fps, 0.002)
+    rows, twin = analyze(real_panned(frames, shake, 0.0, "global", turn), fps, analysis)
     assert twin["ms"] is None or twin["ms"] <= analysis.zero_readout_ms, twin
     assert not any(r["flag"] for r in rows)
 
@@ -501,8 +497,8 @@ def rolled_clip(image, shift, roll_px, readout_ms, shutter, seed=0):
     """A shaking camera that also turns about its optical axis: roll_px, the roll at the crop's edges (px), at 5 Hz."""
     box = crop_box(image, 0.7)
     half_width = box[2] / 2
-    frames = render_rolled(image, shift, lambda t: roll_px / half_width * np.sin(2 * np.pi * 5.0 * t / FPS + 1.0),
-                           FRAMES, readout_ms * FPS / 1000, shutter, box)
+    frames = render_rolled(image, shift, turning(roll_px / half_width, 5.0, FPS, 1.0), FRAMES, readout_ms * FPS / 1000,
+                           shutter, box)
     rng = np.random.default_rng(seed)
     return [degrade(f, rng, 2.0, 90) for f in frames]
 

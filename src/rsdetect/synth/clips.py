@@ -127,8 +127,24 @@ def camera_truth(trajectory: Trajectory, n: int, r: float, shutter: str, h: int)
 
 
 def turning(radians: float, hz: float, fps: float, phase: float) -> Callable[[np.ndarray], np.ndarray]:
-    """A mount's roll about the optical axis, radians at time t (frames): a sinusoid of `radians` at `hz`."""
-    return lambda t: radians * np.sin(2 * np.pi * hz / fps * np.asarray(t, np.float64) + phase)
+    """A mount's roll about the optical axis, radians at time t (frames): a vibration of `radians` at `hz`."""
+    at = vibration(radians, hz, fps, phase, 0.0)
+    return lambda t: at(t)[0]
+
+
+def turn_rows(image: np.ndarray, box: tuple[int, int, int, int], dx: np.ndarray, dy: np.ndarray,
+              th: np.ndarray) -> np.ndarray:
+    """The box of `image`, each of its rows shifted by (dx, dy) and turned by th radians about the box's centre:
+    out(p) = in(R(-th) (p - c - d) + c), row by row (render_rolled's frames; real footage in tests and
+    experiments/real_shake.py)."""
+    x0, y0, w, h = box
+    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
+    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
+    th = np.asarray(th)[:, None]
+    px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
+    map_x = (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32)
+    map_y = (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
 def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.ndarray], np.ndarray], n: int,
@@ -137,18 +153,10 @@ def render_rolled(image: np.ndarray, trajectory: Trajectory, roll: Callable[[np.
     row at its read time (frame_times): out(p) = in(R(-roll) (p - c - d) + c). A roll moves every shutter's rows
     apart (it is measured apart: rsdetect.video.motion.column_slopes); rendered for the `video` stage's roll clips,
     tests and experiments/roll_shake.py."""
-    x0, y0, w, h = box
-    cx, cy = x0 + (w - 1) / 2, y0 + (h - 1) / 2
-    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float64), np.arange(y0, y0 + h, dtype=np.float64))
     frames = []
     for k in range(n):
-        t = frame_times(k, h, r, shutter)
-        dx, dy = trajectory(t)
-        th = np.asarray(roll(t))[:, None]
-        px, py = xs - cx - dx[:, None], ys - cy - dy[:, None]
-        map_x = (np.cos(th) * px + np.sin(th) * py + cx).astype(np.float32)
-        map_y = (-np.sin(th) * px + np.cos(th) * py + cy).astype(np.float32)
-        frames.append(cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101))
+        t = frame_times(k, box[3], r, shutter)
+        frames.append(turn_rows(image, box, *trajectory(t), roll(t)))
     return frames
 
 

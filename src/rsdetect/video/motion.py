@@ -98,13 +98,18 @@ def column_slopes(samples: np.ndarray, bands: np.ndarray, off: np.ndarray, width
     shaking with 0.3-1.2 degrees of roll (1-4 px at the edges) got estimated readouts of 14-28 ms and most of their
     frames flagged (experiments/roll_shake.py). Their column dependence measures them, and so their row
     dependence (how much of it is taken out: `dead_zone`)."""
-    column = (np.arange(samples.shape[1]) % width - (width - 1) / 2)[None, :]
+    column = sample_columns(samples, width)[..., 0]
     keep = ~off
     spread = float((keep * column * column).sum())
     if spread <= 0:
         return np.zeros(2)
     centred = samples - bands[:, None, :]
     return np.array([(keep * column * centred[..., k]).sum() / spread for k in (0, 1)])
+
+
+def sample_columns(samples: np.ndarray, width: int) -> np.ndarray:
+    """(1, rows x width, 1): each band sample's column about the middle (flow px): the lever of a roll or zoom."""
+    return (np.arange(samples.shape[1]) % width - (width - 1) / 2)[None, :, None]
 
 
 def dead_zone(slopes: np.ndarray, dead: float) -> np.ndarray:
@@ -436,7 +441,8 @@ class MotionMeter:
         if over is not None:  # a band the overlay covers whole is not measured
             bands[held.all(axis=1)] = np.nan
         band_of_row = band_of_rows(h, p.bands)
-        slopes = column_slopes(samples, np.nan_to_num(bands), off, w)  # (a NaN band is all off)
+        measured = np.nan_to_num(bands)  # (a NaN band is all off)
+        slopes = column_slopes(samples, measured, off, w)
         for _ in range(ROLL_REFITS):
             if np.abs(slopes).max() * (w - 1) / 2 <= p.mover_work_px / 4:
                 break
@@ -444,11 +450,10 @@ class MotionMeter:
             # samples whose noise took them past mover_work_px were left out as movers, and the slope came out short
             # (a real 3 px roll 10-20% short, and its global-shutter twin's readout 12 ms: the rest of the roll's row
             # dependence). Again, the movers told from the background with its column dependence, until it settles.
-            column = (np.arange(samples.shape[1]) % w - (w - 1) / 2)[None, :, None]
-            off = off_background(samples, np.nan_to_num(bands)[:, None] + column * slopes, p.mover_work_px)
+            off = off_background(samples, measured[:, None] + sample_columns(samples, w) * slopes, p.mover_work_px)
             if over is not None:
                 off |= held
-            slopes, before = column_slopes(samples, np.nan_to_num(bands), off, w), slopes
+            slopes, before = column_slopes(samples, measured, off, w), slopes
             if np.abs(slopes - before).max() <= 0.02 * np.abs(slopes).max():
                 break
         half = p.bands * samples.shape[1] / w / 2  # flow rows from the middle to the top or bottom sampled row
