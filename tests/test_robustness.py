@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
+@pytest.fixture
+def ctrl_c_reaches_children():
+    """Children started with SIGINT at its default, as a terminal starts its foreground job. A child inherits an
+    ignored SIGINT (Python then installs no KeyboardInterrupt handler), and a shell without job control starts every
+    `cmd &` with SIGINT ignored: run that way (`nohup bash .ci/run &`), pytest ignored it and so did the children of
+    the Ctrl-C tests, which slept 30 s and exited 0. Any handler in this process (not SIG_IGN) execs as the default."""
+    import signal
+
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
 def run_python(code: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=ENV,
                           cwd=cwd, timeout=300)
@@ -47,7 +60,7 @@ def test_a_camera_written_twice_in_a_cameras_file_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- 18: Ctrl-C in a stage
 
-def test_ctrl_c_in_a_stage_is_one_line_and_exit_130():
+def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(ctrl_c_reaches_children):
     r = run_python("""
         import os, signal, time
         from rsdetect.stage import run_stage
@@ -561,7 +574,7 @@ def test_a_small_jpeg_declaring_20000x20000_pixels_is_refused_without_allocating
     assert int(grown_mb) < 100  # a decode would need 1200 MB for the pixels alone
 
 
-def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path):
+def test_ctrl_c_during_synthesize_with_worker_processes_is_one_line(tmp_path, ctrl_c_reaches_children):
     """Ctrl-C in a terminal reaches the whole process group (the stage and its spawned workers): one line, exit
     130, no staging folder left. The signal is sent once the progress bar shows ten photos or more done, so the
     workers are busy on photos (before issue 23 each printed a KeyboardInterrupt traceback, and a staging folder
