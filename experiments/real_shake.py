@@ -14,12 +14,14 @@ measures each clip not told and told its readout (the truth; `shutter: global` f
 Reported per file and kind: rolling-shutter readouts within 25% of the truth; twins unknown or <= 2 ms; the share of
 the twins' frames flagged (not told); frame ROC AUC of frames sheared >= 2 px against their twins' (not told); told,
 the median |rs_shear_px - truth| over frames sheared >= 1 px whose shear is the camera's (`evidence: camera-shear`;
-the real movers' own shear is not known, so frames where a mover's is the larger are counted apart).
+the real movers' own shear is not known, so frames where a mover's is the larger are counted apart), and the same
+for the camera's told shear on every such frame whichever evidence won (`camera told err`: a camera shear read short
+loses the frame to a mover's and would leave the first number's frames).
 What is not modelled: the real camera's own rolling shutter on its movers (the source frames' content is what it
 is), lens distortion, motion blur of the added motion.
 Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [--roll 0]
 [--every 1]
-[VIDEO ...]
+[--told-only] [--shear-smoothness S] [VIDEO ...]
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.sources import video_frames  # noqa: E402
 from rsdetect.shutter import shear_extent, warp_rows  # noqa: E402
 from rsdetect.synth.clips import crop_box, frame_times, pan, turn_rows, turning, vibration  # noqa: E402
-from rsdetect.video.analyze import analyze  # noqa: E402
+from rsdetect.video.analyze import CameraAnalyzer, analyze  # noqa: E402
+from rsdetect.video.evidence import camera_shear  # noqa: E402
 
 FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
 CROP = 0.9  # of each side kept: a 4 px shake or a pan's travel never reads outside the frame
@@ -85,6 +88,19 @@ def render(frames: list[np.ndarray], move, r: float, shutter: str, noise: float 
     return out, truth
 
 
+def told(frames: list[np.ndarray], fps: float, analysis, readout_ms: float) -> tuple[list[dict], list[float]]:
+    """analyze() told the readout, and the camera's own told shear of each frame (0 where it did not move), which a
+    row gives only where it is the larger."""
+    analyzer = CameraAnalyzer(analysis, fps, readout_ms)
+    for frame in frames:
+        analyzer.push(frame)
+    rows = analyzer.flush()
+    r = readout_ms * fps / 1000.0
+    trajectory = analyzer.trajectory(r)
+    moving = {fm.index: fm.camera_moving for fm in analyzer.window}
+    return rows, [camera_shear(trajectory, k, r) if moving.get(k) else 0.0 for k in range(len(frames))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("videos", nargs="*", type=Path)
@@ -96,8 +112,14 @@ def main() -> None:
                     help="every Nth frame of the footage, at its frame rate / N: a camera recording at a low rate")
     ap.add_argument("--roll", type=float, default=0.0,
                     help="shakes also turn, up to this many px at the crop's side edges, 4-12 Hz (default 0)")
+    ap.add_argument("--told-only", action="store_true", help="only the told measures (a third of the time)")
+    ap.add_argument("--shear-smoothness", type=float, default=None,
+                    help="video.analysis.shear_smoothness (default params.yaml's; 1e9: the readout search's "
+                         "smoothness, as every frame's shear was read before 2026-12-07)")
     args = ap.parse_args()
     analysis = load_params(ROOT / "params.yaml").video.analysis
+    if args.shear_smoothness is not None:
+        analysis = analysis.model_copy(update={"shear_smoothness": args.shear_smoothness})
     videos = args.videos or sorted(FOOTAGE.glob("*.avi"))
     if not videos:
         raise SystemExit(f"no videos given and none in {FOOTAGE}")
@@ -110,7 +132,7 @@ def main() -> None:
         period_ms = 1000.0 / fps
         for kind in ("vibration", "pan"):
             rows = {"readout_ok": 0, "twin_ok": 0, "twin_flagged": [], "pos": [], "neg": [], "told_err": [],
-                    "told_mover": 0, "n": 0}
+                    "told_mover": 0, "told_camera": [], "n": 0}
             estimates = []
             for _ in range(args.segments):
                 start = int(rng.integers(0, len(frames) - args.frames))
@@ -124,12 +146,23 @@ def main() -> None:
                     hz, phase = turns.uniform(4, 12), turns.uniform(0, 2 * np.pi)
                     roll = turning(turn, hz, fps, phase)
                 rs, truth = render(segment, move, r, "rolling", args.noise, roll)
+                told_rows, camera = told(rs, fps, analysis, readout_ms)
+                rows["n"] += 1
+                for row, cam, t in zip(told_rows, camera, truth, strict=True):
+                    # the real movers' own shear is no part of the truth (the real camera's shutter is unknown):
+                    # frames where a mover's told shear is the larger are counted apart
+                    if t >= 1.0 and row["evidence"] == "camera-shear":
+                        rows["told_err"].append(abs(row["rs_shear_px"] - t))
+                    elif t >= 1.0:
+                        rows["told_mover"] += 1
+                    if t >= 1.0:
+                        rows["told_camera"].append(abs(cam - t))
+                if args.told_only:
+                    continue
                 gs, _ = render(segment, move, r, "global", args.noise, roll)
                 rs_rows, rs_readout = analyze(rs, fps, analysis)
                 gs_rows, gs_readout = analyze(gs, fps, analysis)
-                told, _ = analyze(rs, fps, analysis, readout_ms=readout_ms)
                 est = rs_readout["ms"]
-                rows["n"] += 1
                 rows["readout_ok"] += est is not None and abs(est - readout_ms) <= 0.25 * readout_ms
                 rows["twin_ok"] += gs_readout["ms"] is None or gs_readout["ms"] <= 2.0
                 rows["twin_flagged"].append(np.mean([row["flag"] for row in gs_rows]))
@@ -137,23 +170,22 @@ def main() -> None:
                     if t >= 2.0:
                         rows["pos"].append(row["probability"])
                         rows["neg"].append(twin["probability"])
-                for row, t in zip(told, truth, strict=True):
-                    # the real movers' own shear is no part of the truth (the real camera's shutter is unknown):
-                    # frames where a mover's told shear is the larger are counted apart
-                    if t >= 1.0 and row["evidence"] == "camera-shear":
-                        rows["told_err"].append(abs(row["rs_shear_px"] - t))
-                    elif t >= 1.0:
-                        rows["told_mover"] += 1
                 twin = gs_readout["ms"]
                 estimates.append(f"{readout_ms:.1f}->{'-' if est is None else f'{est:.1f}'}"
                                  f"/{'-' if twin is None else f'{twin:.1f}'}")
             auc = (roc_auc_score([1] * len(rows["pos"]) + [0] * len(rows["neg"]), rows["pos"] + rows["neg"])
                    if rows["pos"] else float("nan"))
+            camera_err = np.array(rows["told_camera"])
+            told_line = (f"told err {np.median(rows['told_err']) if rows['told_err'] else float('nan'):.3f} px "
+                         f"({len(rows['told_err'])} frames; {rows['told_mover']} others a mover's); camera told err "
+                         f"{np.median(camera_err) if len(camera_err) else float('nan'):.3f} px, within 1 px "
+                         f"{np.mean(camera_err <= 1.0) if len(camera_err) else float('nan'):.2f} ({len(camera_err)})")
+            if args.told_only:
+                print(f"{video.name[:24]:24s} {kind:9s} {fps:.3g} frames/s {told_line}")
+                continue
             print(f"{video.name[:24]:24s} {kind:9s} readouts {rows['readout_ok']}/{rows['n']} "
                   f"twins ok {rows['twin_ok']}/{rows['n']} twin frames flagged {np.mean(rows['twin_flagged']):.3f} "
-                  f"frame AUC {auc:.3f} ({len(rows['pos'])} frames >= 2 px) told err "
-                  f"{np.median(rows['told_err']) if rows['told_err'] else float('nan'):.3f} px "
-                  f"({len(rows['told_err'])} frames; {rows['told_mover']} others a mover's)")
+                  f"frame AUC {auc:.3f} ({len(rows['pos'])} frames >= 2 px) {told_line}")
             print(f"    true->estimated/twin ms: {' '.join(estimates)}")
 
 

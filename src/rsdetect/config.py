@@ -359,7 +359,9 @@ class VideoAnalysisParams(_Group):
     typical_readout_ms: Float(gt=0)         # readout unknown: movers ranked by the shear a typical readout gives ...
     typical_readout_sigma: Float(gt=0)      # ... log-normal around it with this log-sd
     nodes_per_frame: Int(ge=1)              # camera trajectory knots per frame interval (sub-frame timing)
-    smoothness: Float(ge=0)                 # penalty on the trajectory's second differences
+    smoothness: Float(ge=0)                 # penalty on the trajectory's second differences (readout search)
+    shear_smoothness: Float(ge=0)           # ... where the readout is given, for a frame's shear: at 25 frames/s,
+                                            # x (fps / 25)^2, at most smoothness
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals
     readout_steps: Int(ge=3)
     min_evidence_frames: Int(ge=1)          # frames with camera motion an estimate must rest on
@@ -434,8 +436,9 @@ def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[s
 # saved before it did: a camera host that upgrades rsdetect keeps scanning with a model exported or registered
 # earlier (the strict schema would refuse its mapping for the missing param) and measures as it was evaluated.
 SERVING_ADDED: dict[str, dict[str, Any]] = {
-    # 2026-12-07; before them no camera was taken to roll, and every frame rate's camera motion gave readouts
-    "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0},
+    # 2026-12-07; before them no camera was taken to roll, every frame rate's camera motion gave readouts, and a
+    # frame's shear was read off the trajectory the readout search fits (smoothness)
+    "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0, "shear_smoothness": 1e9},
 }
 
 

@@ -23,7 +23,14 @@ from rsdetect.errors import RsdetectError
 from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll, unroll_movers
 from rsdetect.video.flicker import flicker_readout
 from rsdetect.video.motion import FrameMotion, MotionMeter, median
-from rsdetect.video.readout import Readout, Trajectory, band_weights, estimate_readout, fit_trajectory
+from rsdetect.video.readout import (
+    Readout,
+    Trajectory,
+    band_weights,
+    estimate_readout,
+    fit_trajectory,
+    shear_smoothness,
+)
 from rsdetect.video.sensor import check_sensor
 
 
@@ -188,7 +195,7 @@ class CameraAnalyzer:
             if not near.any():
                 return None
             frames, disp, weights = frames[near], disp[near], weights[near]
-        return fit_trajectory(frames, disp, r, self.p, weights)
+        return fit_trajectory(frames, disp, r, self.p, weights, shear_smoothness(self.p, self.fps))
 
 
 def analyze(frames: Iterable[np.ndarray], fps: float, p: VideoAnalysisParams, readout_ms: float | None = None,

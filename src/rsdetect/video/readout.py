@@ -45,6 +45,7 @@ HUBER_K = 1.345       # Huber's constant: 95% efficiency under Gaussian noise
 MAD_TO_SD = 1.4826    # median absolute residual -> standard deviation under Gaussian noise
 NOISE_FLOOR_PX = 0.01 # residual scale never below this: a noiseless synthetic fit must not weigh by ~0
 RIDGE = 1e-6       # fixes the trajectory's free constant (every observation is a difference)
+SMOOTHNESS_FPS = 25.0  # the frame rate video.analysis.shear_smoothness is given at (its unit, not a setting)
 # an unknown readout's `why` where the camera hardly moved: most cameras (fixed ones) say this; their readout can
 # still be configured, or read off flickering lamps (rsdetect.video.flicker)
 TOO_LITTLE_MOTION = "too few frames of camera motion; a fixed camera: configure its readout_ms"
@@ -113,17 +114,29 @@ def band_weights(texture: np.ndarray) -> np.ndarray:
     return w
 
 
+def shear_smoothness(p: VideoAnalysisParams, fps: float) -> float:
+    """The smoothness of the trajectory a frame's shear is read off once the readout is given: shear_smoothness at
+    SMOOTHNESS_FPS, x (fps / SMOOTHNESS_FPS)^2, at most the readout search's.
+
+    The readout search needs a stiff curve (a limber one fits noise with a readout: params.yaml smoothness). Given
+    the readout, the rows' timing within each frame is what tells the shear, and a stiff curve overrules it where
+    the motion turns over between two frames' readouts: more so the fewer frames a second (a 4-12 Hz shake at
+    6-20 frames/s: told shear 0.2-1.8 px off with 10, 0.06-0.6 with this; params.yaml shear_smoothness)."""
+    return min(p.smoothness, p.shear_smoothness * (fps / SMOOTHNESS_FPS) ** 2)
+
+
 def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnalysisParams,
-                   weights: np.ndarray | None = None) -> Trajectory:
+                   weights: np.ndarray | None = None, smoothness: float | None = None) -> Trajectory:
     """The smooth trajectory X best explaining disp[i, b] = X(frames[i] + r s_b) - X(frames[i] - 1 + r s_b),
-    each band sample weighted by `weights` (n, bands; band_weights) where given."""
+    each band sample weighted by `weights` (n, bands; band_weights) where given; `smoothness`: the penalty on its
+    second differences (default p.smoothness, the readout search's)."""
     s = band_centres(disp.shape[1])
     t0 = float(frames.min()) - 1.0
     n = int(np.ceil((frames.max() + r - t0) * p.nodes_per_frame)) + 2
     t_late = (frames[:, None] + r * s[None, :]).ravel()
     a = interp_matrix(t_late, t0, p.nodes_per_frame, n) - interp_matrix(t_late - 1.0, t0, p.nodes_per_frame, n)
     second = sparse.diags([1.0, -2.0, 1.0], [0, 1, 2], shape=(n - 2, n))
-    penalty = p.smoothness * (second.T @ second) + RIDGE * sparse.identity(n)
+    penalty = (p.smoothness if smoothness is None else smoothness) * (second.T @ second) + RIDGE * sparse.identity(n)
     d = disp.reshape(-1, 2)
     seen = ~np.isnan(d).any(axis=1)  # a band that could not be measured is NaN
     a, d = a[seen], d[seen]
