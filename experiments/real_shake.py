@@ -3,13 +3,14 @@
 The `video` stage's and the recheck's clips are rendered from still photos: their scenes hold still but for what is
 drawn moving, and their noise is drawn. Real footage has real movers (cars, walkers) that the camera-motion fit must
 leave out, real sensor noise and real codec blocks. The real cameras of ../shared/data/footage/ stand still, so
-their readouts stay unknown. Here a camera motion is added to them: each output row is the real frame's row displaced
-by the mount's trajectory at the row's read time (a rolling shutter, readout drawn within the frame period) or at
-mid-frame for every row (its global-shutter twin), with the stage's motions (a 1-4 px shake at 4-12 Hz; a 3-10
-px/frame pan that starts and stops), on segments of each file from its own offsets, cropped to the middle 90% (the
-trajectory never reads outside the frame) and passed once more through JPEG (quality 90: the warp's interpolation
-smooths the codec's blocks away). The video path (rsdetect.video.analyze.analyze, the code scan runs per camera)
-measures each clip not told and told its readout (the truth; `shutter: global` for the twins).
+their readouts stay unknown. Here a camera motion is added to them: each output row is the real frame's row
+displaced by the mount's trajectory at the row's read time (a rolling shutter, readout drawn within the frame
+period) or at mid-frame for every row (its global-shutter twin), with the stage's motions (a 1-4 px shake at 4-12
+Hz; a 3-10 px/frame pan that starts and stops; with --kinds tap, a knock on the mount that rings 0.2-0.6 s), on
+segments of each file from its own offsets, cropped to the middle 90% (the trajectory never reads outside the frame)
+and passed once more through JPEG (quality 90: the warp's interpolation smooths the codec's blocks away). The video
+path (rsdetect.video.analyze.analyze, the code scan runs per camera) measures each clip not told and told its
+readout (the truth; `shutter: global` for the twins).
 
 Reported per file and kind: rolling-shutter readouts within 25% of the truth; twins unknown or <= 2 ms; the share of
 the twins' frames flagged (not told); frame ROC AUC of frames sheared >= 2 px against their twins' (not told); told,
@@ -21,7 +22,8 @@ What is not modelled: the real camera's own rolling shutter on its movers (the s
 is), lens distortion, motion blur of the added motion.
 Run: PYTHONPATH=src python experiments/real_shake.py [--segments 6] [--frames 48] [--seed 0] [--noise 0] [--roll 0]
 [--every 1]
-[--told-only] [--shear-smoothness S] [VIDEO ...]
+[--told-only] [--kinds vibration,pan,tap] [--set KEY=VALUE ...]
+[VIDEO ...]
 """
 from __future__ import annotations
 
@@ -31,15 +33,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
+from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rsdetect.config import load_params  # noqa: E402
+from rsdetect.config import load_params, one_line, updated  # noqa: E402
 from rsdetect.serve.sources import video_frames  # noqa: E402
 from rsdetect.shutter import shear_extent, warp_rows  # noqa: E402
-from rsdetect.synth.clips import crop_box, frame_times, pan, turn_rows, turning, vibration  # noqa: E402
+from rsdetect.synth.clips import crop_box, frame_times, pan, tap, turn_rows, turning, vibration  # noqa: E402
 from rsdetect.video.analyze import CameraAnalyzer, analyze  # noqa: E402
 from rsdetect.video.evidence import camera_shear  # noqa: E402
 
@@ -47,6 +51,7 @@ FOOTAGE = ROOT.parent / "shared" / "data" / "footage"
 CROP = 0.9  # of each side kept: a 4 px shake or a pan's travel never reads outside the frame
 JPEG_QUALITY = 90
 PAN_TRAVEL = 0.08  # of the frame's width a pan travels at most, centred (the crop leaves 5% each side)
+TAP_DECAY_S = (0.2, 0.6)  # a knocked mount's ringing dies away with a time constant in this range (s)
 
 
 def trajectory(kind: str, rng: np.random.Generator, fps: float, frames: int, width: int):
@@ -55,6 +60,9 @@ def trajectory(kind: str, rng: np.random.Generator, fps: float, frames: int, wid
     if kind == "vibration":
         return vibration(rng.uniform(*clips.vibration_px), rng.uniform(*clips.vibration_hz), fps,
                          rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi))
+    if kind == "tap":  # the shake's amplitude and frequency, knocked once after the still frames, ringing 0.2-0.6 s
+        return tap(rng.uniform(*clips.vibration_px), rng.uniform(*clips.vibration_hz), fps, rng.uniform(*TAP_DECAY_S),
+                   clips.still_frames, rng.uniform(0, np.pi))
     ramp = rng.uniform(*clips.pan_ramp_frames)
     travel = PAN_TRAVEL * width
     peak = min(rng.uniform(*clips.pan_px), travel / (ramp + 4))
@@ -112,14 +120,23 @@ def main() -> None:
                     help="every Nth frame of the footage, at its frame rate / N: a camera recording at a low rate")
     ap.add_argument("--roll", type=float, default=0.0,
                     help="shakes also turn, up to this many px at the crop's side edges, 4-12 Hz (default 0)")
+    ap.add_argument("--kinds", default="vibration,pan",
+                    help="vibration, pan and tap (a knock on the mount: still, then ringing that dies away), comma "
+                         "separated (default vibration,pan)")
     ap.add_argument("--told-only", action="store_true", help="only the told measures (a third of the time)")
-    ap.add_argument("--shear-smoothness", type=float, default=None,
-                    help="video.analysis.shear_smoothness (default params.yaml's; 1e9: the readout search's "
-                         "smoothness, as every frame's shear was read before 2026-12-07)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="video.analysis values in place of params.yaml's, checked by its schema (as before "
+                         "2026-12-07: shear_smoothness=1e9 evidence_margin_frames=1000000000)")
     args = ap.parse_args()
     analysis = load_params(ROOT / "params.yaml").video.analysis
-    if args.shear_smoothness is not None:
-        analysis = analysis.model_copy(update={"shear_smoothness": args.shear_smoothness})
+    if args.set:
+        bare = [kv for kv in args.set if "=" not in kv]
+        if bare:
+            raise SystemExit(f"real_shake: --set {bare[0]}: give KEY=VALUE")
+        try:
+            analysis = updated(analysis, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+        except ValidationError as exc:
+            raise SystemExit(f"real_shake: --set: video.analysis.{one_line(exc)}") from None
     videos = args.videos or sorted(FOOTAGE.glob("*.avi"))
     if not videos:
         raise SystemExit(f"no videos given and none in {FOOTAGE}")
@@ -130,7 +147,7 @@ def main() -> None:
         fps = 1.0 / (stamped[1][1] - stamped[0][1]) / args.every
         frames = [rgb for _, _, rgb in stamped[::args.every]]
         period_ms = 1000.0 / fps
-        for kind in ("vibration", "pan"):
+        for kind in args.kinds.split(","):
             rows = {"readout_ok": 0, "twin_ok": 0, "twin_flagged": [], "pos": [], "neg": [], "told_err": [],
                     "told_mover": 0, "told_camera": [], "n": 0}
             estimates = []

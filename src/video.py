@@ -122,31 +122,35 @@ def twin_right(clip: dict) -> bool:
     return clip["ms"] is None or clip["ms"] <= TWIN_READOUT_MS
 
 
-def flicker_readouts(clips: list[dict]) -> dict:
-    """Readouts of the fixed cameras under flickering lamps (not told): estimated ones within 25%, their median error,
-    the unknown ones (bands that drift under video.analysis.flicker_min_drift a frame tell nothing), and the
+def kind_readouts(clips: list[dict], kind: str) -> tuple[list[dict], dict]:
+    """A kind's rolling-shutter clips, and its readouts (not told): the share within 25% and the share of its
     global-shutter twins left unknown or at most TWIN_READOUT_MS."""
-    rs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "rolling"]
-    gs = [c for c in clips if c["kind"] == "flicker" and c["shutter"] == "global"]
+    rs = [c for c in clips if c["kind"] == kind and c["shutter"] == "rolling"]
+    gs = [c for c in clips if c["kind"] == kind and c["shutter"] == "global"]
+    return rs, {"within_25pct": round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None,
+                "twins_ok": round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None}
+
+
+def flicker_readouts(clips: list[dict]) -> dict:
+    """Readouts of the fixed cameras under flickering lamps (kind_readouts), with the estimated ones' median error,
+    the unknown ones (bands that drift under video.analysis.flicker_min_drift a frame tell nothing), and those read
+    off the flicker."""
+    rs, shares = kind_readouts(clips, "flicker")
     known = [c for c in rs if c["ms"] is not None]
     return {
-        "within_25pct": round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None,
+        **shares,
         "error_median_ms": round(float(np.median([abs(c["ms"] - c["true_readout_ms"]) for c in known])), 3)
         if known else None,
         "unknown": len(rs) - len(known),
         "from_flicker": sum(c.get("method") == "flicker" for c in known),
-        "twins_ok": round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None,
     }
 
 
 def roll_readouts(clips: list[dict], rows: list[dict]) -> dict:
-    """Shaking mounts that also roll (not told): readouts within 25%, global-shutter twins unknown or at most
-    TWIN_READOUT_MS, and the share of the twins' frames flagged. Apart from the camera kinds: the issue's goals name
-    shakes and pans, and a roll gives every shutter a row dependence of its own (video.analysis.roll_camera_work_px)."""
-    rs = [c for c in clips if c["kind"] == "roll" and c["shutter"] == "rolling"]
-    gs = [c for c in clips if c["kind"] == "roll" and c["shutter"] == "global"]
-    return {"within_25pct": round(float(np.mean([readout_right(c) for c in rs])), 4) if rs else None,
-            "twins_ok": round(float(np.mean([twin_right(c) for c in gs])), 4) if gs else None,
+    """Shaking mounts that also roll (kind_readouts), with the share of the twins' frames flagged. Apart from the
+    camera kinds: the issue's goals name shakes and pans, and a roll gives every shutter a row dependence of its own
+    (video.analysis.roll_camera_work_px)."""
+    return {**kind_readouts(clips, "roll")[1],
             "twin_frames_flagged": flag_rate([r for r in rows if r["kind"] == "roll" and r["shutter"] == "global"])}
 
 

@@ -254,6 +254,14 @@ def test_check_footage_reports_each_video_and_a_bad_one_in_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert f"check-footage: broken: {tmp_path / 'broken.avi'}: cannot open" in err and "Traceback" not in err
 
+    # not told, the shake's readout is estimated, and printed with its interval (what a user configures it from)
+    cli.main(["check-footage", str(tmp_path / "shake.avi"), "--out", str(tmp_path / "estimated.json")])
+    readout = json.loads((tmp_path / "estimated.json").read_text())["videos"]["shake"]["readout"]
+    assert readout["source"] == "estimated" and abs(readout["ms"] - 24.0) <= 0.25 * 24.0
+    lo, hi = readout["ci_ms"]
+    assert f"readout {readout['ms']:.1f} ms (estimated from camera-motion, 95% {lo:.1f}-{hi:.1f} ms, " in \
+        capsys.readouterr().out
+
 
 def test_worst_video_frames_get_the_measured_de_skew(tmp_path, model, analysis):
     """A shaking camera's worst frames are handed to correction with the camera's measured per-row motion undone

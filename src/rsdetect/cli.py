@@ -71,7 +71,10 @@ def _check_footage(args: argparse.Namespace) -> None:
         r = e["readout"] or {}
         readout = (f"unknown{' (' + r['why'] + ')' if r.get('why') else ''}" if r.get("ms") is None
                    else f"{r['ms']:.1f} ms ({r['source']}"
-                        f"{' from ' + r['method'] if r.get('method') else ''}, {r['evidence_frames']} frames)")
+                        f"{' from ' + r['method'] if r.get('method') else ''}"
+                        # an estimate's 95% interval: what a user copies into readout_ms comes with how well it is known
+                        f"{', 95% {:.1f}-{:.1f} ms'.format(*r['ci_ms']) if r['source'] == 'estimated' else ''}"
+                        f", {r['evidence_frames']} frames)")
         per_ms = e["shear_px_per_ms_p95"]
         exposure = ("" if per_ms is None else f", shear per ms of readout {per_ms:.3f} px (p95 of frames with motion; "
                     f"{per_ms * analysis.typical_readout_ms:.1f} px at a typical {analysis.typical_readout_ms} ms)")

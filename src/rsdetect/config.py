@@ -365,6 +365,7 @@ class VideoAnalysisParams(_Group):
     readout_max: Float(gt=0, le=2)          # readouts searched: 0 .. this, in frame intervals
     readout_steps: Int(ge=3)
     min_evidence_frames: Int(ge=1)          # frames with camera motion an estimate must rest on
+    evidence_margin_frames: Int(ge=0)       # ... read off them and this many frames on each side
     max_ci_frames: Float(gt=0)              # a 95% interval wider than this (frame intervals): readout unknown
     zero_readout_ms: Float(ge=0)            # ... as is one reaching 0 around an estimate above this
     min_readout_fps: Float(ge=0)            # below this frame rate camera motion gives no readout estimate
@@ -436,9 +437,10 @@ def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[s
 # saved before it did: a camera host that upgrades rsdetect keeps scanning with a model exported or registered
 # earlier (the strict schema would refuse its mapping for the missing param) and measures as it was evaluated.
 SERVING_ADDED: dict[str, dict[str, Any]] = {
-    # 2026-12-07; before them no camera was taken to roll, every frame rate's camera motion gave readouts, and a
-    # frame's shear was read off the trajectory the readout search fits (smoothness)
-    "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0, "shear_smoothness": 1e9},
+    # 2026-12-07; before them no camera was taken to roll, every frame rate's camera motion gave readouts, a frame's
+    # shear was read off the trajectory the readout search fits (smoothness), and the readout off every frame
+    "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0, "shear_smoothness": 1e9,
+                       "evidence_margin_frames": 10**9},
 }
 
 

@@ -56,6 +56,16 @@ def vibration(amplitude: float, hz: float, fps: float, phase: float, direction: 
     return at
 
 
+def tap(amplitude: float, hz: float, fps: float, decay_s: float, start: float, direction: float) -> Trajectory:
+    """A knock on the mount (a door slammed, a truck passing): still until frame `start`, then ringing at `hz`, dying
+    away with time constant `decay_s`. A knock is an impulse: the ringing starts from rest at full speed."""
+    def at(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        since = np.clip(np.asarray(t, np.float64) - start, 0, None) / fps
+        s = amplitude * np.exp(-since / decay_s) * np.sin(2 * np.pi * hz * since)
+        return s * np.cos(direction), s * np.sin(direction)
+    return at
+
+
 def pan(peak: float, start: float, ramp: float, hold: float, direction: float) -> Trajectory:
     """Start-hold-stop: speed 0 until `start`, linear up to `peak` over `ramp`, `hold`, linear down over `ramp`."""
     knots = np.array([start, start + ramp, start + ramp + hold, start + 2 * ramp + hold])

@@ -124,8 +124,7 @@ class CameraAnalyzer:
         if self.configured is not None or not self.window:
             return
         frames, disp, moving, weights = self.evidence()
-        measured = np.array([fm.bands is not None for fm in self.window])
-        motion = estimate_readout(frames, disp, moving, self.fps, self.p, weights, measured)
+        motion = estimate_readout(frames, disp, moving, self.fps, self.p, weights)
         flicker = self.flicker_readout()
         # the narrower interval where both tell it (the flicker's is the tighter where lights flicker: its rows are
         # read straight off the sensor's timing, a shake's through a fitted trajectory)

@@ -37,6 +37,8 @@ REGION_SPEED_QUANTILE = 0.9
 FLOW_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 ROLL_REFITS = 4  # a large roll's slope refitted at most this often (MotionMeter.measure): it settles in 2-3
+ROLL_REFIT_SHARE = 0.25  # ... once it moves the side columns by this share of mover_work_px (noise then crosses it)
+ROLL_SETTLED = 0.02  # ... until a refit changes it by under this share of its size
 STAT_STEP = 4  # bands and regions from every 4th flow pixel each way (DIS: one patch per 4-6 px): measured on
 # the video stage, 2 -> 4 changed no readout estimate and no ROC AUC by more than 0.005, and cut the stage 23%
 
@@ -444,7 +446,7 @@ class MotionMeter:
         measured = np.nan_to_num(bands)  # (a NaN band is all off)
         slopes = column_slopes(samples, measured, off, w)
         for _ in range(ROLL_REFITS):
-            if np.abs(slopes).max() * (w - 1) / 2 <= p.mover_work_px / 4:
+            if np.abs(slopes).max() * (w - 1) / 2 <= ROLL_REFIT_SHARE * p.mover_work_px:
                 break
             # A roll (or zoom) this large moves the side columns' background far from its band's median: the side
             # samples whose noise took them past mover_work_px were left out as movers, and the slope came out short
@@ -454,7 +456,7 @@ class MotionMeter:
             if over is not None:
                 off |= held
             slopes, before = column_slopes(samples, measured, off, w), slopes
-            if np.abs(slopes - before).max() <= 0.02 * np.abs(slopes).max():
+            if np.abs(slopes - before).max() <= ROLL_SETTLED * np.abs(slopes).max():
                 break
         half = p.bands * samples.shape[1] / w / 2  # flow rows from the middle to the top or bottom sampled row
         # a camera known to roll (or zoom) has it taken out whole; another, less a dead zone (CameraAnalyzer.rolling)

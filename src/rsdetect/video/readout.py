@@ -20,12 +20,18 @@ all frames, so noise in one band cannot be absorbed.
 
 A least residual at the grid's top (readout_max, past one frame period) is no minimum: the readout is unknown.
 
+The residual compared is that of the frames that carry the evidence: those the camera moved in and
+evidence_margin_frames on each side (the still frames just before a start or after a stop pin its timing). A still
+camera's other frames tell nothing of its readout, but a readout lets the curve follow, row by row, what its movers
+leave in the band medians: summed over a real road's 60 still frames around a knock on its mount, that had read a
+13.3 ms readout as 17.3 and put global-shutter twins at 11.9-14.2 ms (experiments/real_shake.py --kinds tap).
+
 Confidence: frames are the independent units (flow errors are correlated within a frame), so the 95% interval
 is the set of r whose residual stays within RSS_min + 3.84 s^2, s^2 a frame's residual variance at the best r over
-the frames measured (a profile-likelihood interval with one parameter). (RSS_min * (1 + 3.84 / n), n the frames
-with camera motion, is the same where every other frame is static, as on clips drawn from still photos; on real
-footage a still camera's movers leave its frames measured and noisy, and their noise, added to every r alike,
-had widened the interval by their number: panned real footage got no readout.) Too few frames with camera motion,
+those frames (a profile-likelihood interval with one parameter): the variance of the residual that is compared.
+(Taken over every measured frame while the residual was every frame's, a still camera's noise had been added to every
+r alike, and as a share of the moving frames alone it had widened the interval until panned real footage got no
+readout.) Too few frames with camera motion,
 an interval wider than max_ci_frames, or an interval reaching 0 around an estimate above zero_readout_ms, and the
 readout is unknown: a value is never invented.
 """
@@ -156,12 +162,19 @@ def fit_trajectory(frames: np.ndarray, disp: np.ndarray, r: float, p: VideoAnaly
     return Trajectory(t0, p.nodes_per_frame, knots, float(frame_rss.sum()), frame_rss)
 
 
+def evidence_frames(moving: np.ndarray, margin: int) -> np.ndarray:
+    """The frames the camera moved in and `margin` frames on each side of them (in the window's order)."""
+    near = moving.copy()
+    for k in range(1, min(margin, len(moving)) + 1):
+        near[k:] |= moving[:-k]
+        near[:-k] |= moving[k:]
+    return near
+
+
 def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, fps: float,
-                     p: VideoAnalysisParams, weights: np.ndarray | None = None,
-                     measured: np.ndarray | None = None) -> Readout:
+                     p: VideoAnalysisParams, weights: np.ndarray | None = None) -> Readout:
     """The readout from band displacements of consecutive frames (frames, disp: (n, bands, 2); moving: frames
-    whose camera moved; weights: (n, bands), band_weights; measured: frames whose bands were measured, not set to
-    zero as static, default all). Unknown where the evidence is too thin or too loose."""
+    whose camera moved; weights: (n, bands), band_weights). Unknown where the evidence is too thin or too loose."""
     evidence = int(moving.sum())
     if evidence < p.min_evidence_frames:
         return Readout(None, None, "unknown", evidence, why=TOO_LITTLE_MOTION)
@@ -174,17 +187,10 @@ def estimate_readout(frames: np.ndarray, disp: np.ndarray, moving: np.ndarray, f
                            "camera motion tells no readout there")
     grid = np.linspace(0.0, p.readout_max, p.readout_steps)
     fits = [fit_trajectory(frames, disp, r, p, weights) for r in grid]
-    rss = np.array([fit.rss for fit in fits])
+    near = evidence_frames(moving, p.evidence_margin_frames)  # the residual and its noise: the module docstring
+    rss = np.array([fit.frame_rss[near].sum() for fit in fits])
     best = int(np.argmin(rss))
-    # the noise from the frames that carry the evidence (the camera moved): a still camera's frames add their flow
-    # noise (real movers, codec blocks) to every r's residual alike, and had widened the interval by as much
-    # (experiments/real_shake.py)
-    # each frame's residual variance, from the frames measured (a static frame, set to zero, is not): a still
-    # camera's measured frames (real movers, codec blocks) add their noise to every r's residual alike, and as a
-    # share of the camera-moving frames' count it had widened the interval by their number (real footage panned:
-    # no readout on 12 pans, experiments/real_shake.py)
-    measured = np.ones(len(frames), bool) if measured is None else measured
-    noise = fits[best].frame_rss[measured].sum() / max(int(measured.sum()), 1)
+    noise = fits[best].frame_rss[near].sum() / int(near.sum())
     inside = grid[rss <= rss[best] + CHI2_1_95 * noise]
     lo, hi = float(inside.min()), float(inside.max())
     r_hat = refine(grid, rss, best)
