@@ -438,7 +438,8 @@ def serving_mapping(shear: ShearParams, analysis: VideoAnalysisParams) -> dict[s
 # earlier (the strict schema would refuse its mapping for the missing param) and measures as it was evaluated.
 SERVING_ADDED: dict[str, dict[str, Any]] = {
     # 2026-12-07; before them no camera was taken to roll, every frame rate's camera motion gave readouts, a frame's
-    # shear was read off the trajectory the readout search fits (smoothness), and the readout off every frame
+    # shear was read off the trajectory the readout search fits (smoothness), and the readout off every frame (not
+    # exactly as before: its interval's noise is then over every frame of the window, where it was over those measured)
     "video_analysis": {"roll_camera_work_px": 1e9, "min_readout_fps": 0.0, "shear_smoothness": 1e9,
                        "evidence_margin_frames": 10**9},
 }
