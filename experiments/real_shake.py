@@ -33,14 +33,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
-from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rsdetect.config import load_params, one_line, updated  # noqa: E402
+from video_params import video_analysis  # noqa: E402
+
+from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.sources import video_frames  # noqa: E402
 from rsdetect.shutter import shear_extent, warp_rows  # noqa: E402
 from rsdetect.synth.clips import crop_box, frame_times, pan, tap, turn_rows, turning, vibration  # noqa: E402
@@ -128,15 +128,7 @@ def main() -> None:
                     help="video.analysis values in place of params.yaml's, checked by its schema (as before "
                          "2026-12-07: shear_smoothness=1e9 evidence_margin_frames=1000000000)")
     args = ap.parse_args()
-    analysis = load_params(ROOT / "params.yaml").video.analysis
-    if args.set:
-        bare = [kv for kv in args.set if "=" not in kv]
-        if bare:
-            raise SystemExit(f"real_shake: --set {bare[0]}: give KEY=VALUE")
-        try:
-            analysis = updated(analysis, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
-        except ValidationError as exc:
-            raise SystemExit(f"real_shake: --set: video.analysis.{one_line(exc)}") from None
+    analysis = video_analysis(ROOT / "params.yaml", args.set, "real_shake")
     videos = args.videos or sorted(FOOTAGE.glob("*.avi"))
     if not videos:
         raise SystemExit(f"no videos given and none in {FOOTAGE}")

@@ -38,11 +38,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
-from pydantic import ValidationError
 from sklearn.metrics import roc_auc_score
+from video_params import video_analysis
 
-from rsdetect.config import load_params, one_line, updated
 from rsdetect.evaluation.photos import held_out_photos
 from rsdetect.video.stream import analysed_frames
 
@@ -206,15 +204,7 @@ def main() -> None:
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"{SHARED}: not found; this experiment renders from ../shared's COCO samples")
-    analysis = load_params(ROOT / "params.yaml").video.analysis
-    if args.set:
-        bare = [kv for kv in args.set if "=" not in kv]
-        if bare:
-            raise SystemExit(f"unseen_recheck: --set {bare[0]}: give KEY=VALUE")
-        try:
-            analysis = updated(analysis, **{k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)})
-        except ValidationError as exc:
-            raise SystemExit(f"unseen_recheck: --set: video.analysis.{one_line(exc)}") from None
+    analysis = video_analysis(ROOT / "params.yaml", args.set, "unseen_recheck")
     held = held_out_photos([SHARED / "coco-scenes-sample", SHARED / "coco-person-sample"],
                            [ROOT / "data" / "coco-licensed" / "instances.json"])
     rng = np.random.default_rng(args.seed)
