@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
-from rsdetect.serve.reports import FIELDS  # noqa: E402
+from rsdetect.serve.reports import FIELDS, ROW_FIELDS  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.scoring import FlagStats, longest_run, smooth  # noqa: E402
 from rsdetect.serve.signals import Interrupted, StopSignals, uninterrupted  # noqa: E402
@@ -302,7 +302,8 @@ def test_outputs_are_well_formed(tmp_path, model_path, capsys) -> None:
     expected = {"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"}
     assert {p.name for p in out.iterdir()} == expected  # and no leftover temp files
     jl = rows(out)
-    assert all(tuple(r) == FIELDS for r in jl) and len(jl) == 6 + 1  # 12 frames every 2nd; 2 stills every 2nd
+    assert all(tuple(r) == ROW_FIELDS for r in jl) and len(jl) == 6 + 1  # 12 frames every 2nd; 2 stills
+    assert all(r["unroll"] is None for r in jl)  # the model scored these: nothing measured to undo
     with open(out / "frames.csv", newline="") as f:
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == FIELDS

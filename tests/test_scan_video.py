@@ -15,6 +15,7 @@ from rsdetect.serve.loaders import load_model  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import Sensor, parse_sources  # noqa: E402
 from rsdetect.synth.clips import crop_box, degrade, render_camera, still, vibration  # noqa: E402
+from rsdetect.video.evidence import unroll  # noqa: E402
 
 from conftest import colour_model, mains_clip, params_group, texture  # noqa: E402
 
@@ -76,6 +77,9 @@ def test_scan_measures_shear_in_native_px_where_the_readout_is_told(tmp_path, mo
     # (no-shear: a slow frame of the shake, measured because the camera just moved, sheared under the flag)
     assert all(r["evidence"] in ("camera-shear", "mover-shear", "no-shear", "static") and r["tile"] is None
                for r in shake)
+    # a flagged frame is handed to correction with how to undo what was measured (the camera's per-row motion)
+    assert all((r["unroll"] is not None) == r["flag"] for r in shake)
+    assert all(r["unroll"]["camera"] is not None for r in shake if r["flag"])
     cams = result.summary["cameras"]
     assert cams["shake"]["readout"] == {"ms": 24.0, "ci_ms": [24.0, 24.0], "source": "configured",
                                         "evidence_frames": 0, "method": None, "why": None}
@@ -154,6 +158,8 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
     run_scan(sources, model, tmp_path / "s", ScanOptions(batch=4, progress=False, analysis=analysis))
     for cam in ("shake", "still"):
         assert rows(tmp_path / "w", cam) == rows(tmp_path / "s", cam)  # the same scoring core, the same rows
+    watched = rows(tmp_path / "w", "shake")  # flagged ones with how to undo them (unroll), as scan's
+    assert any(r["flag"] for r in watched) and all((r["unroll"] is not None) == r["flag"] for r in watched)
     cams = result.summary["cameras"]
     assert cams["shake"]["readout"]["source"] == "configured" and cams["still"]["static_frames"] == FRAMES
     assert cams["shake"]["shear_px_per_ms_p95"] > 0 and cams["still"]["shear_px_per_ms_p95"] is None
@@ -291,3 +297,6 @@ def test_worst_video_frames_get_the_measured_de_skew(tmp_path, model, analysis):
         inner = (slice(20, -20), slice(20, -20))  # the rows' shift brings in border pixels
         before, after = (np.abs(x - twin)[inner].mean() for x in (frame, preview))
         assert after < before, (w["frame_index"], before, after)
+        # a correction step, given the frame and its row's `unroll` (frames.jsonl), undoes it as the preview did
+        redone = np.abs(unroll(frame, rows[w["frame_index"]]["unroll"]) - twin)[inner].mean()
+        assert redone < before and abs(redone - after) < 0.25 * (before - after), (before, after, redone)

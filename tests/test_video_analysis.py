@@ -2,6 +2,7 @@
 scene and global-shutter twins; readout told and not told; the configuration's one-line errors."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from rsdetect.synth.clips import (
     vibration,
 )
 from rsdetect.video.analyze import CameraAnalyzer, analyze, configured_readout
+from rsdetect.video.evidence import unroll
 from rsdetect.video.stream import analysed_frames
 
 from conftest import params_group, texture
@@ -451,20 +453,26 @@ def test_a_global_shutter_mount_that_rolls_as_it_shakes_gets_no_readout_on_real_
 
 
 def test_unrolling_undoes_a_pans_measured_shear(scene, analysis):
-    """A frame of a held pan, unrolled with the measured trajectory, is closer to its global-shutter twin (both
-    read at mid-frame) than the rolling-shutter frame is."""
+    """A frame of a held pan, its row's `unroll` applied (as a correction step reads it from frames.jsonl), is
+    closer to its global-shutter twin (both read at mid-frame) than the rolling-shutter frame is."""
     frames, truth = camera_clip(scene, PAN, 30.0, "rolling")
     twin, _ = camera_clip(scene, PAN, 30.0, "global")
-    analyzer = CameraAnalyzer(analysis, FPS, readout_ms=30.0)
-    for frame in frames:
-        analyzer.push(frame)
+    rows, _ = analyze(frames, FPS, analysis, readout_ms=30.0)
     k = int(np.argmax([t["rs_shear_px"] for t in truth]))
-    fixed = analyzer.unrolled(frames[k], k, "camera-shear")
+    model = json.loads(json.dumps(rows[k]["unroll"]))  # what frames.jsonl holds
+    assert rows[k]["evidence"] == "camera-shear" and model["camera"] is not None
+    fixed = unroll(frames[k], model)
     inner = (slice(20, -20), slice(40, -40))  # away from the borders the warp replicates
     before = np.abs(frames[k][inner].astype(float) - twin[k][inner]).mean()
     after = np.abs(fixed[inner].astype(float) - twin[k][inner]).mean()
     assert truth[k]["rs_shear_px"] >= 4 and after < 0.6 * before
-    assert CameraAnalyzer(analysis, FPS).unrolled(frames[k], k, "camera-shear") is None  # no readout: nothing to undo
+    # the camera's displacement top to bottom is the measured shear
+    camera = np.array(model["camera"])
+    assert np.hypot(*(camera[-1] - camera[0])) == pytest.approx(rows[k]["rs_shear_px"], rel=0.05)
+    told_global, _ = analyze(frames, FPS, analysis, shutter="global")
+    assert not any("unroll" in r for r in told_global)  # a global shutter: nothing to undo
+    with pytest.raises(RsdetectError, match=r"^unroll: the model is for a frame \d+ rows tall, this one has 100$"):
+        unroll(frames[k][:100], model)
 
 
 def test_unrolling_undoes_a_movers_measured_shear(scene, analysis):

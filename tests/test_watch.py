@@ -30,7 +30,7 @@ from rsdetect import cli  # noqa: E402
 from rsdetect.config import load_params  # noqa: E402
 from rsdetect.serve.explain import Explainer  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
-from rsdetect.serve.reports import FIELDS  # noqa: E402
+from rsdetect.serve.reports import ROW_FIELDS  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
 from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
@@ -102,7 +102,7 @@ def test_two_cameras_metrics_match_the_frames_log(tmp_path, model) -> None:
         m = scrape(server.url)
     out = result.out_dir
     assert result.exit_code == 0 and result.stopped_by == "max-frames"
-    assert all(tuple(r) == FIELDS for r in rows(out))  # scan's fields, in scan's order
+    assert all(tuple(r) == ROW_FIELDS for r in rows(out))  # scan's fields, in scan's order
     summary = json.loads((out / "summary.json").read_text())
     for cam, flagged in (("door", {i for i in range(n) if i % 3 == 0}), ("hall", set())):
         r = rows(out, cam)

@@ -25,8 +25,10 @@ from rsdetect.io import default_file_mode
 from rsdetect.serve.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.serve.sources import open_capture, video_meta
 
+# frames.csv's columns: a row's fields but `unroll` (nested: frames.jsonl only)
 FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source", "shear_px",
           "shear_direction", "rs_shear_px", "shear_px_per_ms", "motion_px", "evidence")
+ROW_FIELDS = (*FIELDS, "unroll")  # frames.jsonl's: `unroll`, how to undo a flagged video frame's measured displacement
 REPORT_NAMES = frozenset({"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"})
 # Temp files earlier versions could leave behind when killed: still part of a report folder, not user data.
 _OLD_TEMP = re.compile(r"\.(frames\.jsonl|frames\.csv|summary\.json|flagged_rate\.png)\..+\.tmp")
@@ -94,12 +96,17 @@ class FrameLog(Closing):
     def write(self, row: dict[str, Any]) -> None:
         """Append one frame's row (None is an empty CSV cell)."""
         self._jsonl.write(json.dumps(row) + "\n")
-        self._writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        self._writer.writerow(csv_cells(row))
 
     def close(self) -> None:
         self._jsonl.close()
         self._csv.close()
 
+
+
+def csv_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's frames.csv cells: FIELDS, None (or missing) as an empty cell."""
+    return {k: "" if row.get(k) is None else row[k] for k in FIELDS}
 
 
 def shear_columns(explain: Explainer | None, rgb: np.ndarray | None, flag: bool) -> dict[str, Any]:

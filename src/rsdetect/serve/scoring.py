@@ -27,7 +27,7 @@ WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewe
 # video.analysis.flag_shear_px: 0.5 is the flag at that shear. The model's threshold is for its own scores (stills).
 EVIDENCE_THRESHOLD = 0.5
 # a still: the single-frame model decided
-NO_EVIDENCE = {"rs_shear_px": None, "shear_px_per_ms": None, "motion_px": None, "evidence": "cnn"}
+NO_EVIDENCE = {"rs_shear_px": None, "shear_px_per_ms": None, "motion_px": None, "evidence": "cnn", "unroll": None}
 
 Row = dict[str, Any]
 
@@ -176,7 +176,7 @@ class CameraState:
                 "timestamp_s": None if timestamp is None else round(float(timestamp), 6),
                 "probability": round(prob, 6), "smoothed": round(smoothed, 6), "flag": bool(flag),
                 "tile": None if tile is None else box_text(tile), "source": self.source.frame_source(frame_index),
-                **shear, **(NO_EVIDENCE if evidence is None else {k: evidence[k] for k in NO_EVIDENCE})}
+                **shear, **(NO_EVIDENCE if evidence is None else measured_columns(evidence, flag))}
 
     def summary(self) -> dict[str, Any]:
         """The camera's counts, readout and failures, as summary.json gives them."""
@@ -188,6 +188,12 @@ class CameraState:
         measured of it or None: reports.Worst)."""
         return [(p, i, rgb, measured) for p, _, i, rgb, measured in sorted(self._worst, key=lambda t: t[:2],
                                                                              reverse=True)]
+
+
+def measured_columns(evidence: dict[str, Any], flag: bool) -> dict[str, Any]:
+    """A video frame's evidence columns of its row; `unroll` (how to undo its measured displacement) for a flagged
+    frame only, as a still's shear_px: the hand-off to the correction step."""
+    return {**{k: evidence.get(k) for k in NO_EVIDENCE}, "unroll": evidence.get("unroll") if flag else None}
 
 
 def measured_worst(evidence: dict[str, Any]) -> dict[str, Any]:

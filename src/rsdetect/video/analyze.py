@@ -20,7 +20,7 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.errors import RsdetectError
-from rsdetect.video.evidence import frame_result, row_displacement, row_fit, unroll, unroll_movers
+from rsdetect.video.evidence import frame_result, row_fit
 from rsdetect.video.flicker import flicker_readout
 from rsdetect.video.motion import FrameMotion, MotionMeter, median
 from rsdetect.video.readout import (
@@ -164,23 +164,6 @@ class CameraAnalyzer:
         trajectory = self.trajectory(r, around) if any(fm.camera_moving for fm in batch) else None
         noise = float(np.median(self.residuals)) if self.residuals else 0.0
         return [frame_result(fm, trajectory, r, noise, self.height, self.p, 1000.0 / self.fps) for fm in batch]
-
-    def unrolled(self, frame: np.ndarray, index: int, evidence: str) -> np.ndarray | None:
-        """Frame `index` (still in the evidence window) with the measured rolling-shutter shear undone, or None
-        where the readout is unknown: the camera's per-row motion for `camera-shear`, each moving region's for
-        `mover-shear` (on top of the camera's where it moved). For the de-skew preview of the worst frames."""
-        r = None if self._readout.ms is None else self._readout.ms * self.fps / 1000.0
-        fm = next((f for f in reversed(self.window) if f.index == index), None)
-        if r is None or fm is None:
-            return None
-        out = frame
-        if fm.camera_moving:
-            trajectory = self.trajectory(r, (index - self.p.lag_frames, index + self.p.lag_frames))
-            if trajectory is not None:
-                out = unroll(out, row_displacement(trajectory, index, r, frame.shape[0]))
-        if evidence == "mover-shear":
-            out = unroll_movers(out, fm.regions, r)
-        return None if out is frame else out
 
     def trajectory(self, r: float | None, around: tuple[int, int] | None = None) -> Trajectory | None:
         """The camera's trajectory fitted with readout r on the window's evidence, or on its frames within

@@ -20,11 +20,14 @@
 """
 from __future__ import annotations
 
+import base64
+
 import cv2
 import numpy as np
 from scipy.special import ndtr
 
 from rsdetect.config import VideoAnalysisParams
+from rsdetect.errors import RsdetectError
 from rsdetect.shutter import shear_extent, warp_rows
 from rsdetect.video.motion import FrameMotion
 from rsdetect.video.readout import Trajectory, band_centres
@@ -40,40 +43,79 @@ def camera_shear(trajectory: Trajectory | None, index: int, r: float) -> float:
     return shear_extent(pos[:, 0], pos[:, 1])
 
 
-def row_displacement(trajectory: Trajectory, index: int, r: float, height: int) -> np.ndarray:
-    """(height, 2): the camera's displacement of each row of frame `index` relative to its middle row, native px."""
-    pos = trajectory.at(index + r * np.arange(height) / max(height - 1, 1))
-    return pos - trajectory.at(np.array([index + r / 2]))
+UNROLL_ROWS = 17  # rows of a frame at which `unroll` gives the camera's displacement (linear between: a shake's
+# curve over one readout bends by well under 1% of its size between samples 1/16 of the frame apart)
 
 
-def unroll(frame: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """The frame with each row moved back by its measured displacement (`row_displacement`): the camera's
-    rolling-shutter shear undone, every row as if read at mid-frame (the de-skew preview of a flagged frame)."""
-    return warp_rows(frame, -rows[:, 0], -rows[:, 1], border=cv2.BORDER_REPLICATE)
+def unroll_model(fm: FrameMotion, trajectory: Trajectory | None, r: float, height: int) -> dict:
+    """How to undo frame fm's measured rolling-shutter displacement, every row as if read at mid-frame: the
+    hand-off to a correction step (`unroll` applies it; the de-skew preview of the worst frames is it applied).
 
-
-def unroll_movers(frame: np.ndarray, regions: list[dict], r: float) -> np.ndarray:
-    """The frame with each moving region's own rolling-shutter shear undone: a region moving at v px/frame against
-    the background has its row y displaced by v x r x (y / (H - 1) - 1/2) from where it was at mid-frame, so its
-    pixels (its mask, grown by that displacement) are moved back by it, as `unroll` does for the camera; the
-    background around it stays. v: the region's median direction at its measured speed (speed_px: the median
-    under-reads a flat-coloured mover)."""
-    h = frame.shape[0]
-    out = frame.copy()
-    frac = np.arange(h) / max(h - 1, 1) - 0.5
-    for reg in regions:
+    - `rows`: UNROLL_ROWS rows of the frame (native, 0 to H - 1); `camera`: the camera's displacement (dx, dy) of
+      each, native px, relative to the mid-frame row's, from its fitted trajectory (null where it did not move);
+    - `movers`: each moving region's `box` (x, y, w, h, native px), `shear` (sx, sy): its velocity against the
+      background x the readout, so that its row y sits shear x (y / (H - 1) - 1/2) from where it was at mid-frame
+      (the direction is the region's median flow, the size its speed_px: the median under-reads a flat-coloured
+      mover), and `mask`, its pixels in the box at the flow's resolution (rows, cols, bits: np.packbits of the
+      row-major mask, base64), which `unroll` stretches over the box."""
+    rows = np.linspace(0.0, height - 1, UNROLL_ROWS)
+    camera = None
+    if fm.camera_moving and trajectory is not None:
+        pos = trajectory.at(fm.index + r * rows / max(height - 1, 1))
+        camera = np.round(pos - trajectory.at(np.array([fm.index + r / 2])), 3).tolist()
+    movers = []
+    for reg in fm.regions:
         norm = float(np.hypot(reg["vx"], reg["vy"]))
         if norm <= 0:
             continue
-        vx, vy = (reg["vx"] / norm * reg["speed_px"] * r, reg["vy"] / norm * reg["speed_px"] * r)
-        pad = int(np.ceil(max(abs(vx), abs(vy)) / 2)) + 1
-        x0, y0 = max(reg["x"] - pad, 0), max(reg["y"] - pad, 0)
-        x1, y1 = min(reg["x"] + reg["w"] + pad, frame.shape[1]), min(reg["y"] + reg["h"] + pad, h)
-        warped = warp_rows(frame, -vx * frac, -vy * frac, border=cv2.BORDER_REPLICATE, box=(x0, y0, x1 - x0, y1 - y0))
+        shear = (reg["vx"] / norm * reg["speed_px"] * r, reg["vy"] / norm * reg["speed_px"] * r)
+        mask = np.asarray(reg["mask"], bool)
+        movers.append({"box": [reg["x"], reg["y"], reg["w"], reg["h"]], "shear": [round(v, 3) for v in shear],
+                       "mask": {"rows": mask.shape[0], "cols": mask.shape[1],
+                                "bits": base64.b64encode(np.packbits(mask).tobytes()).decode("ascii")}})
+    return {"rows": np.round(rows, 2).tolist(), "camera": camera, "movers": movers}
+
+
+def unroll(frame: np.ndarray, model: dict) -> np.ndarray:
+    """`frame` with the displacement `model` (unroll_model, a frames.jsonl row's `unroll`) undone: each row moved
+    back by the camera's displacement (interpolated between the model's rows), then each mover's pixels by its own
+    shear (its mask, grown by that displacement; the background around it stays). RsdetectError for a frame of
+    another height than the model's."""
+    h = frame.shape[0]
+    rows = np.asarray(model["rows"], float)
+    if abs(rows[-1] - (h - 1)) > 0.01:
+        raise RsdetectError(f"unroll: the model is for a frame {rows[-1] + 1:g} rows tall, this one has {h}")
+    out = frame
+    if model["camera"] is not None:
+        camera = np.asarray(model["camera"], float)
+        at = np.arange(h)
+        out = warp_rows(out, -np.interp(at, rows, camera[:, 0]), -np.interp(at, rows, camera[:, 1]),
+                        border=cv2.BORDER_REPLICATE)
+    return unroll_movers(out, model["movers"])
+
+
+def unroll_movers(frame: np.ndarray, movers: list[dict]) -> np.ndarray:
+    """The frame with each mover's own rolling-shutter shear undone (unroll_model's `movers`): a region moving at v
+    px/frame against the background has its row y displaced by v x r x (y / (H - 1) - 1/2) from where it was at
+    mid-frame, so its pixels (its mask, grown by that displacement) are moved back by it; the background around
+    it stays."""
+    if not movers:
+        return frame
+    h = frame.shape[0]
+    out = frame.copy()
+    frac = np.arange(h) / max(h - 1, 1) - 0.5
+    for mover in movers:
+        (x, y, w, bh), (sx, sy) = mover["box"], mover["shear"]
+        pad = int(np.ceil(max(abs(sx), abs(sy)) / 2)) + 1
+        x0, y0 = max(x - pad, 0), max(y - pad, 0)
+        x1, y1 = min(x + w + pad, frame.shape[1]), min(y + bh + pad, h)
+        warped = warp_rows(frame, -sx * frac, -sy * frac, border=cv2.BORDER_REPLICATE, box=(x0, y0, x1 - x0, y1 - y0))
+        cells = mover["mask"]
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(cells["bits"]), np.uint8),
+                             count=cells["rows"] * cells["cols"]).reshape(cells["rows"], cells["cols"])
         mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        mask[reg["y"] - y0:reg["y"] - y0 + reg["h"], reg["x"] - x0:reg["x"] - x0 + reg["w"]] = cv2.resize(
-            reg["mask"].astype(np.uint8), (reg["w"], reg["h"]), interpolation=cv2.INTER_NEAREST)[
-            :y1 - reg["y"], :x1 - reg["x"]]
+        mask[y - y0:y - y0 + bh, x - x0:x - x0 + w] = cv2.resize(bits, (w, bh), interpolation=cv2.INTER_NEAREST)[
+            :y1 - y, :x1 - x]
         mask = cv2.dilate(mask, np.ones((2 * pad + 1, 2 * pad + 1), np.uint8)).astype(bool)
         out[y0:y1, x0:x1][mask] = warped[mask]
     return out
@@ -167,5 +209,7 @@ def frame_result(fm: FrameMotion, trajectory: Trajectory | None, r: float | None
     mov = mover_shear(fm, r, height)
     shear = max(cam, mov)
     prob = logistic((shear - p.flag_shear_px) / p.shear_scale_px)
-    return {**base, "rs_shear_px": round(shear, 3), "probability": round(prob, 4), "flag": prob >= 0.5,
-            "evidence": "camera-shear" if cam > mov else "mover-shear" if mov > 0 else "no-shear"}
+    row = {**base, "rs_shear_px": round(shear, 3), "probability": round(prob, 4), "flag": prob >= 0.5,
+           "evidence": "camera-shear" if cam > mov else "mover-shear" if mov > 0 else "no-shear"}
+    # how to undo what was measured, where something was (`unroll`: the hand-off to a correction step)
+    return {**row, "unroll": unroll_model(fm, trajectory, r, height)} if shear > 0 else row

@@ -22,6 +22,7 @@ import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
 from rsdetect.video.analyze import CameraAnalyzer
+from rsdetect.video.evidence import unroll
 
 Evidence = dict[str, Any]
 # a FrameItem and its evidence row; the pixels are None for a frame with evidence that cannot be among the worst
@@ -36,9 +37,9 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
 
     `worst`: how many worst frames the scorer keeps per camera (highest probability, ties to the earlier frame).
     A frame that can still be among them keeps its pixels, and where the camera's motion or a mover sheared it,
-    gets `unrolled` in its evidence: the frame with the measured per-row motion undone (CameraAnalyzer.unrolled),
-    the de-skewed preview for the correction step (only here is that motion known). Every other frame with evidence
-    comes out without pixels (None)."""
+    gets `unrolled` in its evidence: the frame with its row's `unroll` applied (evidence.unroll: the measured
+    per-row motion undone), the de-skewed preview for the correction step (only here are the pixels at hand).
+    Every other frame with evidence comes out without pixels (None)."""
     pending: deque[tuple[int, float | None, np.ndarray]] = deque()
     analyzer: CameraAnalyzer | None = None
     said: dict[str, Any] | None = None
@@ -51,11 +52,10 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
         if worst <= 0 or (len(kept) >= worst and key <= kept[0]):
             return None, row  # the scorer's heap would not take it either: same key, same order
         (heapq.heappush if len(kept) < worst else heapq.heapreplace)(kept, key)
-        if row["evidence"] not in ("camera-shear", "mover-shear"):
+        if "unroll" not in row:
             return rgb, row
-        assert analyzer is not None
-        unrolled = analyzer.unrolled(rgb, row["frame"], row["evidence"])
-        return rgb, row if unrolled is None else {**row, "unrolled": unrolled}
+        unrolled = unroll(rgb, row["unroll"])
+        return rgb, row if unrolled is rgb else {**row, "unrolled": unrolled}
 
     def release(rows: list[Evidence]) -> Iterator[AnalysedFrame]:
         nonlocal said

@@ -29,7 +29,15 @@ from typing import Any
 
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
 from rsdetect.serve.explain import Explainer
-from rsdetect.serve.reports import FIELDS, Closing, Worst, flagged_rate_chart, is_report_file, save_worst
+from rsdetect.serve.reports import (
+    FIELDS,
+    Closing,
+    Worst,
+    csv_cells,
+    flagged_rate_chart,
+    is_report_file,
+    save_worst,
+)
 
 ROTATED = re.compile(r"frames\.\d+\.(jsonl|csv)")
 LOG_EXTS = ("jsonl", "csv")
@@ -126,8 +134,7 @@ class RollingLog:
                 self.rotate()
             chunk, rows = rows[:self.rotate_rows - self.rows], rows[self.rotate_rows - self.rows:]
             text = io.StringIO()
-            csv.DictWriter(text, fieldnames=FIELDS).writerows({k: "" if v is None else v for k, v in r.items()}
-                                                               for r in chunk)
+            csv.DictWriter(text, fieldnames=FIELDS).writerows(csv_cells(r) for r in chunk)
             _write_all(self._fds["jsonl"], "".join(json.dumps(r) + "\n" for r in chunk).encode())
             _write_all(self._fds["csv"], text.getvalue().encode())
             self.rows += len(chunk)
