@@ -87,6 +87,18 @@ def _check_footage(args: argparse.Namespace) -> None:
         sys.exit(3)
 
 
+def _deskew(args: argparse.Namespace) -> None:
+    from rsdetect.serve.deskew import deskew_report
+
+    done = deskew_report(args.report, args.out, args.originals)
+    for message in done.messages:
+        print(f"deskew: {message}", file=sys.stderr)
+    print(f"deskew: {done.frames} flagged frames of {done.cameras} cameras written with their measured rolling-shutter "
+          f"displacement undone to {args.out}" + (f"; {done.skipped} skipped" if done.skipped else ""))
+    if done.skipped:
+        sys.exit(3)
+
+
 def _register(args: argparse.Namespace) -> None:
     from rsdetect.registry.gate import register_from_outputs
 
@@ -365,6 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--summary-interval", type=float, default=10.0, metavar="S",
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    d = command("deskew", _deskew, "write a scan's flagged video frames with their measured rolling-shutter "
+                "displacement undone (frames.jsonl's `unroll`), for a correction step")
+    d.add_argument("report", metavar="REPORT", help="a scan's --out folder (its frames.jsonl names the videos)")
+    d.add_argument("--out", default="deskew-out", help="folder for <camera>_<frame>.png, replaced whole "
+                   "(default: %(default)s)")
+    d.add_argument("--originals", action="store_true", help="also write each frame as decoded, <camera>_<frame>"
+                   "_original.png")
     ex = command("export", _export, "export the Keras model to TFLite or ONNX, checked against Keras")
     ex.add_argument("--model", default="models:/rs-detector@champion", help="models:/NAME@ALIAS or a .keras file")
     ex.add_argument("--format", required=True, choices=["tflite", "onnx"])
