@@ -20,7 +20,7 @@ keras = pytest.importorskip("keras")
 from rsdetect import cli  # noqa: E402
 from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
-from rsdetect.serve.reports import FIELDS, ROW_FIELDS  # noqa: E402
+from rsdetect.serve.reports import FIELDS, ROW_FIELDS, camera_ranking  # noqa: E402
 from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.scoring import FlagStats, longest_run, smooth  # noqa: E402
 from rsdetect.serve.signals import Interrupted, StopSignals, uninterrupted  # noqa: E402
@@ -637,3 +637,25 @@ def test_a_camera_whose_decoder_aborts_fails_alone(tmp_path, model, capfd) -> No
               "this camera stops"
     assert cams["b"]["errors"] == [message]
     assert f"scan: b: {message}" in scan_lines(capfd.readouterr().err)
+
+
+def test_the_cameras_that_distort_most_are_named_flagged_first_then_unknown_readouts_by_shear_per_ms() -> None:
+    """scan's last lines (camera_ranking): flagged cameras by flagged rate with their readout; cameras never flagged
+    for want of a readout by shear per ms of readout, in px at a typical readout; five at most, and how many more."""
+    def camera(flagged: int, rate: float, per_ms: float | None, ms: float | None, source: str = "unknown") -> dict:
+        return {"flagged": flagged, "flagged_rate": rate, "shear_px_per_ms_p95": per_ms,
+                "readout": {"ms": ms, "source": source}}
+
+    cameras = {"gate": camera(3, 0.03, 0.5, 18.0, "configured"), "dock": camera(9, 0.09, 0.2, 21.25, "estimated"),
+               "stills": {"flagged": 1, "flagged_rate": 0.5, "shear_px_per_ms_p95": None, "readout": None},
+               "lobby": camera(0, 0.0, None, None),  # nothing moved
+               **{f"road{i}": camera(0, 0.0, 0.1 * i, None) for i in range(1, 8)}}
+    assert camera_ranking(cameras, 15.7) == [
+        "most flagged: stills 50.0%, dock 9.0% (readout 21.25 ms, estimated), gate 3.0% (readout 18 ms, configured)",
+        "readout unknown (never flagged), most shear per ms of readout (p95): road7 0.700 px/ms (11.0 px at a typical "
+        "15.7 ms), road6 0.600 px/ms (9.4 px), road5 0.500 px/ms (7.8 px), road4 0.400 px/ms (6.3 px), road3 0.300 "
+        "px/ms (4.7 px) and 2 more; give their readout_ms to flag them"]
+    assert camera_ranking({"lobby": camera(0, 0.0, None, None)}, 15.7) == []  # nothing to name
+    assert camera_ranking({"road": camera(0, 0.0, 0.25, None)}, None) == [  # --model-only: no typical readout
+        "readout unknown (never flagged), most shear per ms of readout (p95): road 0.250 px/ms; give their "
+        "readout_ms to flag them"]

@@ -180,7 +180,8 @@ def test_watch_rows_summary_and_a_scrape_carry_the_evidence(tmp_path, model, ana
     assert samples[("rsdetect_shear_px_per_ms_count", (("camera", "still"),))] == 0
 
 
-def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_path, model, monkeypatch):
+def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_path, model, monkeypatch,
+                                                                            capsys):
     """`rsdetect scan` in the project folder reads video.analysis from params.yaml: video rows carry the evidence;
     --model-only scores them with the model, as stills."""
     from rsdetect import cli
@@ -195,6 +196,10 @@ def test_the_command_line_measures_video_by_default_and_model_only_opts_out(tmp_
         out = tmp_path / f"out{len(flags)}"
         cli.main(["scan", str(tmp_path / "shake.avi"), "--model", str(path), "--out", str(out), "--readout-ms", "24",
                   *flags])
+        if not flags:  # the cameras that distort most, named at the end: the shake told 24 ms, flagged
+            rate = json.loads((out / "summary.json").read_text())["cameras"]["shake"]["flagged_rate"]
+            assert capsys.readouterr().out.splitlines()[-1] == \
+                f"scan: most flagged: shake {rate:.1%} (readout 24 ms, configured)"
         got = rows(out, "shake")
         assert len(got) == FRAMES and {r["evidence"] for r in got} <= evidence and got[-1]["evidence"] in evidence
         summary = json.loads((out / "summary.json").read_text())

@@ -153,6 +153,7 @@ def explainer(model, shear, shear_note: str | None, sharded: str | None = None):
 
 def _scan(args: argparse.Namespace) -> None:
     from rsdetect.serve.loaders import load_model
+    from rsdetect.serve.reports import camera_ranking
     from rsdetect.serve.scan import ScanOptions, claim, run_scan
     from rsdetect.serve.signals import StopSignals, interrupt_exit_code
 
@@ -188,6 +189,8 @@ def _scan(args: argparse.Namespace) -> None:
     state = " (interrupted)" if result.interrupted else ""
     print(f"scan{state}: {t['frames_scored']} frames from {t['cameras']} cameras, {t['flagged']} flagged ({rate}), "
           f"{t['failed_cameras']} cameras with failures; reports in {result.out_dir}")
+    for line in camera_ranking(result.summary["cameras"], None if analysis is None else analysis.typical_readout_ms):
+        print(f"scan: {line}")
     if result.exit_code:
         sys.exit(result.exit_code)
 

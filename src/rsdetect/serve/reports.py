@@ -139,6 +139,39 @@ def save_worst(folder: Path, stem: str, worst: list[Worst], explain: Explainer |
     return entries
 
 
+RANKED = 5  # cameras named in each ranking line of `camera_ranking`
+
+
+def camera_ranking(cameras: dict[str, dict[str, Any]], typical_readout_ms: float | None) -> list[str]:
+    """Which cameras distort most, as lines for the end of a scan (summary.json's `cameras`): those flagged, by
+    flagged rate, with their readout; and those whose readout is unknown (never flagged: most fixed cameras), by the
+    shear each ms of readout gives their frames (shear_px_per_ms_p95; x a typical readout where one is given). Each
+    names at most RANKED cameras and says how many more there are; no line where no camera belongs in it."""
+    lines = []
+    flagged = sorted(((e["flagged_rate"], c) for c, e in cameras.items() if e.get("flagged")), reverse=True)
+    if flagged:
+        named = [f"{c} {rate:.1%}{readout_text(cameras[c].get('readout'))}" for rate, c in flagged[:RANKED]]
+        lines.append(f"most flagged: {', '.join(named)}{more(len(flagged))}")
+    exposed = sorted(((e["shear_px_per_ms_p95"], c) for c, e in cameras.items()
+                      if e.get("shear_px_per_ms_p95") and (e.get("readout") or {}).get("ms") is None), reverse=True)
+    if exposed:
+        named = [f"{c} {per_ms:.3f} px/ms" for per_ms, c in exposed[:RANKED]]
+        if typical_readout_ms is not None:  # in px at a typical readout: what a rolling shutter would make of it
+            named = [f"{c} {per_ms:.3f} px/ms ({per_ms * typical_readout_ms:.1f} px)" for per_ms, c in exposed[:RANKED]]
+            named[0] = f"{named[0][:-1]} at a typical {typical_readout_ms:g} ms)"
+        lines.append(f"readout unknown (never flagged), most shear per ms of readout (p95): {', '.join(named)}"
+                     f"{more(len(exposed))}; give their readout_ms to flag them")
+    return lines
+
+
+def readout_text(readout: dict[str, Any] | None) -> str:
+    return "" if not readout or readout.get("ms") is None else f" (readout {readout['ms']:g} ms, {readout['source']})"
+
+
+def more(count: int) -> str:
+    return f" and {count - RANKED} more" if count > RANKED else ""
+
+
 def write_summary(folder: Path, summary: dict[str, Any]) -> None:
     """summary.json: indented and key-sorted so equal content gives equal bytes."""
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
