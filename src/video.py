@@ -6,7 +6,9 @@ photo source (real, drawn) of the test split, each with its global-shutter twin 
 every clip through the path `scan` and `watch` run in each camera's decoder process (rsdetect.video.stream:
 frames in order, each row lag_frames behind, the readout estimated as the evidence comes in) twice, the readout
 not told and told (the true readout_ms; shutter global for the twins), and writes metrics (ROC AUC by kind and
-source via sklearn, flag rates, shear error, readout error) and a figure.
+source via sklearn, flag rates, shear error, readout error) and a figure. Told, each distorted frame's `unroll`
+(how to undo its measured shear: what a correction step gets) is applied and compared with its global-shutter twin
+(`deskew_to_twin`).
 
 Run: python src/video.py RAW METRICS FIGURE [CLIP_SEED]. CLIP_SEED draws the clips (motion, readout, noise) from
 another seed than params' seed, the photos staying: for measuring a change on other draws than the stage's one set
@@ -27,6 +29,7 @@ from rsdetect.io import atomic_write_bytes, write_json
 from rsdetect.stage import run_stage
 from rsdetect.synth.clips import CLIP_KINDS, render_twins
 from rsdetect.synth.twins import split_images
+from rsdetect.video.evidence import unroll
 from rsdetect.video.stream import analysed_frames
 
 CAMERA_KINDS = ("vibration", "pan")
@@ -36,6 +39,7 @@ SHEAR_ERROR_PX = 1.0  # median |rs_shear_px - truth| is taken over frames with t
 READOUT_TOLERANCE = 0.25  # an estimate within 25% of the truth is right
 TWIN_READOUT_MS = 2.0     # a global-shutter twin's estimate at or under this (or unknown) is right
 MAX_TRIES = 20        # photos tried per clip (a person clip needs a photo with a usable person)
+BORDER_PX = 16        # the de-skew is compared inside this margin: a row's shift brings border pixels in
 
 
 def test_photos(raw: Path, params) -> dict[str, list[tuple[Path, list]]]:
@@ -67,6 +71,30 @@ def clip_rows(clip, source: str, clip_id: str, told: bool, params) -> tuple[list
                    true_shear_px=truth["rs_shear_px"], true_motion_px=truth["motion_px"], true_readout_ms=true_ms)
     return rows, {"clip": clip_id, "kind": clip.kind, "shutter": clip.shutter, "source": source, "told": told,
                   "true_readout_ms": true_ms, **readout}
+
+
+def deskew_errors(rows: list[dict], clip, twin) -> None:
+    """Each told distorted frame (true shear >= VISIBLE_PX) of a rolling-shutter clip whose row says how to undo its
+    shear (`unroll`, what a correction step is handed): its mean absolute difference (grey levels, inside BORDER_PX)
+    to its global-shutter twin's frame, read at the same mid-frame instant with the same noise, as rendered and
+    with the unroll applied (`deskew_before`, `deskew_after`)."""
+    inner = (slice(BORDER_PX, -BORDER_PX), slice(BORDER_PX, -BORDER_PX))
+    for row, frame, target in zip(rows, clip.frames, twin.frames, strict=True):
+        if row.get("unroll") is not None and row["true_shear_px"] >= VISIBLE_PX:
+            goal = target[inner].astype(np.float32)
+            row["deskew_before"] = float(np.abs(frame[inner].astype(np.float32) - goal).mean())
+            row["deskew_after"] = float(np.abs(unroll(frame, row["unroll"])[inner].astype(np.float32) - goal).mean())
+
+
+def deskew_summary(told: list[dict]) -> dict:
+    """By kind, over the frames deskew_errors measured: how many, and the median of after / before (1: the de-skew
+    changed nothing, under 1: closer to the twin; never 0: the twins' own JPEG round trips differ)."""
+    out = {}
+    for kind in CLIP_KINDS:
+        sel = [r for r in told if r["kind"] == kind and "deskew_after" in r]
+        out[kind] = {"frames": len(sel), "ratio_median": round(float(np.median(
+            [r["deskew_after"] / max(r["deskew_before"], 1e-6) for r in sel])), 3) if sel else None}
+    return out
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:
@@ -177,6 +205,7 @@ def summarise(rows: list[dict], clips: list[dict]) -> dict:
         m["shear_error_frames"] = measured
         m["shear_null_frames"] = len(distorted) - measured
         if told:
+            m["deskew_to_twin"] = deskew_summary(sel)
             m["frame_roc_auc_2px_vs_clean"] = auc(
                 [r["probability"] for r in sel if r["true_shear_px"] >= VISIBLE_PX],
                 [r["probability"] for r in sel if r["true_shear_px"] < CLEAN_PX])
@@ -256,6 +285,10 @@ def main() -> None:
                     clip_id = f"{source}-{kind}-{n}-{clip.shutter}"
                     for told in (False, True):
                         r, info = clip_rows(clip, source, clip_id, told, params)
+                        if told and clip.shutter == "rolling":
+                            deskew_errors(r, clip, twins[1])
+                        for row in r:  # what it says to undo is measured: not kept beside the thousands of rows
+                            row.pop("unroll", None)
                         rows += r
                         clips.append(info)
                         frames += len(r)
