@@ -40,6 +40,7 @@ READOUT_TOLERANCE = 0.25  # an estimate within 25% of the truth is right
 TWIN_READOUT_MS = 2.0     # a global-shutter twin's estimate at or under this (or unknown) is right
 MAX_TRIES = 20        # photos tried per clip (a person clip needs a photo with a usable person)
 BORDER_PX = 16        # the de-skew is compared inside this margin: a row's shift brings border pixels in
+DISTORTED_LEVELS = 20  # ... and also where the frame differs from its twin by more (grey levels, any channel)
 
 
 def test_photos(raw: Path, params) -> dict[str, list[tuple[Path, list]]]:
@@ -77,23 +78,35 @@ def deskew_errors(rows: list[dict], clip, twin) -> None:
     """Each told distorted frame (true shear >= VISIBLE_PX) of a rolling-shutter clip whose row says how to undo its
     shear (`unroll`, what a correction step is handed): its mean absolute difference (grey levels, inside BORDER_PX)
     to its global-shutter twin's frame, read at the same mid-frame instant with the same noise, as rendered and
-    with the unroll applied (`deskew_before`, `deskew_after`)."""
+    with the unroll applied, over the whole frame (`deskew_before`, `deskew_after`) and where the frame as rendered
+    differs from the twin by over DISTORTED_LEVELS (`deskew_before_distorted`, `deskew_after_distorted`: a mover's
+    pixels; the whole frame also counts what the unroll moved that did not need it)."""
     inner = (slice(BORDER_PX, -BORDER_PX), slice(BORDER_PX, -BORDER_PX))
     for row, frame, target in zip(rows, clip.frames, twin.frames, strict=True):
         if row.get("unroll") is not None and row["true_shear_px"] >= VISIBLE_PX:
             goal = target[inner].astype(np.float32)
-            row["deskew_before"] = float(np.abs(frame[inner].astype(np.float32) - goal).mean())
-            row["deskew_after"] = float(np.abs(unroll(frame, row["unroll"])[inner].astype(np.float32) - goal).mean())
+            before = np.abs(frame[inner].astype(np.float32) - goal)
+            after = np.abs(unroll(frame, row["unroll"])[inner].astype(np.float32) - goal)
+            distorted = before.max(axis=2) > DISTORTED_LEVELS
+            row.update(deskew_before=float(before.mean()), deskew_after=float(after.mean()))
+            if distorted.any():
+                row.update(deskew_before_distorted=float(before[distorted].mean()),
+                           deskew_after_distorted=float(after[distorted].mean()))
 
 
 def deskew_summary(told: list[dict]) -> dict:
-    """By kind, over the frames deskew_errors measured: how many, and the median of after / before (1: the de-skew
-    changed nothing, under 1: closer to the twin; never 0: the twins' own JPEG round trips differ)."""
+    """By kind, over the frames deskew_errors measured: how many, and the median of after / before over the whole
+    frame and where it was distorted (1: the de-skew changed nothing, under 1: closer to the twin; never 0: the
+    twins' own JPEG round trips differ)."""
+    def ratio(sel: list[dict], suffix: str) -> float | None:
+        pairs = [(r[f"deskew_after{suffix}"], r[f"deskew_before{suffix}"]) for r in sel if f"deskew_after{suffix}" in r]
+        return round(float(np.median([a / max(b, 1e-6) for a, b in pairs])), 3) if pairs else None
+
     out = {}
     for kind in CLIP_KINDS:
         sel = [r for r in told if r["kind"] == kind and "deskew_after" in r]
-        out[kind] = {"frames": len(sel), "ratio_median": round(float(np.median(
-            [r["deskew_after"] / max(r["deskew_before"], 1e-6) for r in sel])), 3) if sel else None}
+        out[kind] = {"frames": len(sel), "ratio_median": ratio(sel, ""),
+                     "ratio_median_where_distorted": ratio(sel, "_distorted")}
     return out
 
 
