@@ -98,6 +98,18 @@ def test_what_cannot_be_undone_is_counted_and_said_in_one_line(scanned, tmp_path
         f"deskew: shake: {tmp_path / 'gone.avi'}: no video file there; {flagged} flagged frames skipped",
         "deskew: gate: rtsp://127.0.0.1:8554/gate: a stream's frames cannot be read again; 1 flagged frames skipped"]
     assert "0 flagged frames of 2 cameras written" in captured.out and f"{flagged + 1} skipped" in captured.out
+    # a row's unroll that scan did not write (edited by hand): that frame skipped and said, the others written
+    rows_back = [json.loads(line) for line in lines]
+    broken = next(r for r in rows_back if r["unroll"] is not None)
+    broken["unroll"] = {"camera": None, "movers": []}
+    (moved / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_back))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["deskew", str(moved), "--out", str(tmp_path / "fixed")])
+    captured = capsys.readouterr()
+    assert exc.value.code == 3 and captured.err.splitlines() == [
+        f"deskew: shake: frame {broken['frame_index']}: its unroll is not one scan writes (KeyError: 'rows')"]
+    assert f"{flagged - 1} flagged frames of 1 cameras written" in captured.out
+    assert len(list((tmp_path / "fixed").iterdir())) == flagged - 1
     # not a report, or a broken one: one line, exit 2, nothing written
     (moved / "frames.jsonl").write_text('{"camera": "a"}\nnot json\n')
     for folder, message in ((tmp_path / "nothing", "frames.jsonl: missing; give the --out folder of a scan"),
@@ -105,4 +117,8 @@ def test_what_cannot_be_undone_is_counted_and_said_in_one_line(scanned, tmp_path
         with pytest.raises(SystemExit) as exc:
             cli.main(["deskew", str(folder), "--out", str(tmp_path / "broken")])
         assert exc.value.code == 2 and message in capsys.readouterr().err
+    (moved / "frames.jsonl").write_text('{"camera": "a", "frame_index": 3, "unroll": {}}\n')  # no source
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["deskew", str(moved), "--out", str(tmp_path / "broken")])
+    assert exc.value.code == 2 and "line 1 is not a frame row" in capsys.readouterr().err
     assert not (tmp_path / "broken").exists()

@@ -53,10 +53,10 @@ def flagged_rows(report: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
                 if row.get("unroll") is not None:
-                    rows.append(row)
-            except (json.JSONDecodeError, AttributeError):
-                raise RsdetectError(f"{path}: line {n} is not a frame row (a scan writes one JSON object a line)"
-                                    ) from None
+                    rows.append({**{k: row[k] for k in ("camera", "source", "frame_index")}, "unroll": row["unroll"]})
+            except (json.JSONDecodeError, AttributeError, KeyError):
+                raise RsdetectError(f"{path}: line {n} is not a frame row (a scan writes one JSON object a line, with "
+                                    "camera, source and frame_index)") from None
     return rows
 
 
@@ -66,9 +66,11 @@ def write_frame(stem: Path, rgb: np.ndarray, model: dict, originals: bool) -> st
         fixed = unroll(rgb, model)
     except RsdetectError as exc:  # another video at the same path: another frame size
         return str(exc)
-    cv2.imwrite(f"{stem}.png", cv2.cvtColor(fixed, cv2.COLOR_RGB2BGR))
-    if originals:
-        cv2.imwrite(f"{stem}_original.png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # a row edited by hand, or another tool's
+        return f"its unroll is not one scan writes ({type(exc).__name__}: {exc})"
+    for path, image in ((f"{stem}.png", fixed), *(((f"{stem}_original.png", rgb),) if originals else ())):
+        if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):  # a full disk: nothing half-written
+            raise RsdetectError(f"{path}: cannot be written")
     return None
 
 
