@@ -155,10 +155,14 @@ def camera_ranking(cameras: dict[str, dict[str, Any]], typical_readout_ms: float
     exposed = sorted(((e["shear_px_per_ms_p95"], c) for c, e in cameras.items()
                       if e.get("shear_px_per_ms_p95") and (e.get("readout") or {}).get("ms") is None), reverse=True)
     if exposed:
-        named = [f"{c} {per_ms:.3f} px/ms" for per_ms, c in exposed[:RANKED]]
-        if typical_readout_ms is not None:  # in px at a typical readout: what a rolling shutter would make of it
-            named = [f"{c} {per_ms:.3f} px/ms ({per_ms * typical_readout_ms:.1f} px)" for per_ms, c in exposed[:RANKED]]
-            named[0] = f"{named[0][:-1]} at a typical {typical_readout_ms:g} ms)"
+        def at_typical(per_ms: float, first: bool) -> str:
+            """In px at a typical readout (what a rolling shutter would make of it), said once which."""
+            if typical_readout_ms is None:
+                return ""
+            which = f" at a typical {typical_readout_ms:g} ms" if first else ""
+            return f" ({per_ms * typical_readout_ms:.1f} px{which})"
+        named = [f"{c} {per_ms:.3f} px/ms{at_typical(per_ms, i == 0)}"
+                 for i, (per_ms, c) in enumerate(exposed[:RANKED])]
         lines.append(f"readout unknown (never flagged), most shear per ms of readout (p95): {', '.join(named)}"
                      f"{more(len(exposed))}; give their readout_ms to flag them")
     return lines
