@@ -191,7 +191,7 @@ def test_shear_per_ms_of_readout_needs_no_readout_and_times_the_readout_is_the_s
 def test_no_evidence_without_a_readout_reaches_the_flag():
     """Without a readout no frame may reach the flag, however strong its evidence: at 0.5 x a logistic, a row
     dependence of z >= 14 rounded to 0.5, where scan's scorer flags, though the row said no flag."""
-    from rsdetect.serve.scoring import EVIDENCE_THRESHOLD
+    from rsdetect.threshold import EVIDENCE_THRESHOLD
     from rsdetect.video.evidence import frame_result
     from rsdetect.video.motion import FrameMotion
 

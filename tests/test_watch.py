@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import typing
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
@@ -28,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from rsdetect import cli  # noqa: E402
 from rsdetect.config import load_params  # noqa: E402
+from rsdetect.errors import RsdetectError  # noqa: E402
 from rsdetect.serve.explain import Explainer  # noqa: E402
 from rsdetect.serve.loaders import LoadedModel, load_model  # noqa: E402
 from rsdetect.serve.reports import ROW_FIELDS  # noqa: E402
@@ -35,7 +39,7 @@ from rsdetect.serve.scan import ScanOptions, run_scan  # noqa: E402
 from rsdetect.serve.sources import parse_sources  # noqa: E402
 from rsdetect.serve.watch.loop import CameraLoop, WatchOptions, run_watch, watch_claim  # noqa: E402
 from rsdetect.serve.watch.metrics import MetricsServer, WatchMetrics  # noqa: E402
-from rsdetect.serve.watch.reports import RollingLog  # noqa: E402
+from rsdetect.serve.watch.reports import RollingLog, WatchReports  # noqa: E402
 
 from conftest import colour_model  # noqa: E402
 from mjpeg_server import MjpegCamera, solid  # noqa: E402
@@ -243,6 +247,33 @@ def test_rotation_keeps_k_files_of_whole_rows(tmp_path) -> None:
     assert (tmp_path / "frames.jsonl").read_text() == "" and csv_indices("frames.csv") == []
 
 
+def test_flagged_frames_keep_each_cameras_newest_n_and_a_restart_starts_again(tmp_path) -> None:
+    """--keep-flagged's folder: per camera the newest N, counted; written whole or said in one line; an earlier
+    session's frames removed (its frame numbers start again), also by a watch that keeps none."""
+    (tmp_path / "flagged").mkdir()
+    (tmp_path / "flagged" / "door_3.bmp").write_bytes(b"an earlier session's")
+    reports = WatchReports(tmp_path, rotate_rows=100, rotate_seconds=None, keep=1, keep_flagged=2)
+    flagged = reports.flagged
+    assert flagged is not None and not list((tmp_path / "flagged").iterdir())
+    frames = {i: np.full((6, 8, 3), 10 * i, np.uint8) for i in range(4)}
+    assert [flagged.save("door", "door", i, frames[i]) for i in range(3)] == [f"flagged/door_{i}.bmp" for i in range(3)]
+    flagged.save("hall", "hall", 0, frames[3])
+    assert sorted(p.name for p in (tmp_path / "flagged").iterdir()) == ["door_1.bmp", "door_2.bmp", "hall_0.bmp"]
+    back = cv2.cvtColor(cv2.imread(str(tmp_path / "flagged" / "door_2.bmp")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(back, frames[2])  # lossless
+    assert flagged.summary("door") == {"saved": 3, "kept": 2, "missed": 0}
+    shutil.rmtree(tmp_path / "flagged")
+    (tmp_path / "flagged").write_text("not a folder")  # what a full or broken disk looks like to a writer
+    with pytest.raises(RsdetectError, match=r"flagged/door_9\.bmp: cannot be written") as exc:
+        flagged.save("door", "door", 9, frames[0])
+    assert "\n" not in str(exc.value) and flagged.summary("door")["kept"] == 2
+    reports.close()
+    (tmp_path / "flagged").unlink()
+    (tmp_path / "flagged").mkdir()
+    WatchReports(tmp_path, rotate_rows=100, rotate_seconds=None, keep=1).close()  # keeps none: the old ones go too
+    assert not (tmp_path / "flagged").exists()
+
+
 # ---------------------------------------------------------------- the command
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -273,6 +304,11 @@ def test_bad_flags_are_one_line_errors_before_the_model_loads(tmp_path, model_pa
         busy.listen()
         err = one_line_error(capsys, [*base, *out, "--metrics-port", str(busy.getsockname()[1])])
         assert "cannot listen" in err and str(busy.getsockname()[1]) in err
+    assert "--keep-flagged must be >= 0" in one_line_error(capsys, [*base, *out, "--keep-flagged", "-1"])
+    assert "needs the video evidence: not with --model-only" in one_line_error(
+        capsys, [*base, *out, "--keep-flagged", "3", "--model-only"])
+    assert "not with --workers/--scheduler" in one_line_error(capsys, [*base, *out, "--keep-flagged", "3",
+                                                                        "--workers", "2"])
     assert "cannot write in /proc" in one_line_error(capsys, [*base, "--out", "/proc/rsdetect-nope/out"])
     (tmp_path / "mine.txt").write_text("not a report")
     assert "not rsdetect reports" in one_line_error(capsys, [*base, "--out", str(tmp_path)])

@@ -87,7 +87,7 @@ def test_sharded_watch_gives_the_single_process_rows_and_metrics(tmp_path, dask_
         def series(scraped: dict, cam=cam) -> dict:
             return {k: v for k, v in scraped.items()
                     if k[1] == cam and not k[0].endswith(("_seconds", "_sum", "_created"))}
-        assert series(m) == series(scrapes["one"]) and len(series(m)) == 10  # 7 + static frames, shear counts (2)
+        assert series(m) == series(scrapes["one"]) and len(series(m)) == 11  # 7 + static, saved, shear counts (2)
         # The worst frames are the same frames, written here (heatmaps skipped: the model is on the workers).
         assert [(w["frame_index"], w["path"]) for w in c2["worst_frames"]] == \
                [(w["frame_index"], w["path"]) for w in c1["worst_frames"]]

@@ -208,12 +208,15 @@ def _watch(args: argparse.Namespace) -> None:
                            duration=args.duration, stall_timeout=args.stall_timeout,
                            reconnect_initial=args.reconnect_initial, reconnect_max=args.reconnect_max,
                            rotate_rows=args.rotate_rows, rotate_seconds=args.rotate_seconds,
-                           keep_rotated=args.keep_rotated, summary_interval=args.summary_interval, analysis=analysis)
+                           keep_rotated=args.keep_rotated, summary_interval=args.summary_interval, analysis=analysis,
+                           keep_flagged=args.keep_flagged)
     sources = sources_of(args)
     sharded = args.workers != 1 or args.scheduler is not None
     if sharded:
         from rsdetect.serve.shard import check_workers, describe_model, open_client
-        from rsdetect.serve.watch.shard import run_sharded_watch
+        from rsdetect.serve.watch.shard import check_sharded_options, run_sharded_watch
+
+        check_sharded_options(options)
 
         check_workers(args.workers, args.scheduler)
     metrics = WatchMetrics()
@@ -380,9 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--summary-interval", type=float, default=10.0, metavar="S",
                    help="rewrite summary.json, worst frames and chart every S seconds (default 10)")
     w.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    d = command("deskew", _deskew, "write a scan's flagged video frames with their measured rolling-shutter "
+    w.add_argument("--keep-flagged", type=int, default=0, metavar="N",
+                   help="save each camera's newest N flagged video frames as decoded, flagged/<camera>_<frame>.bmp, "
+                        "named in their rows (frame_file) for a correction step to apply `unroll` to (default 0: none)")
+    d = command("deskew", _deskew, "write a scan's or watch's flagged video frames with their measured rolling-shutter "
                 "displacement undone (frames.jsonl's `unroll`), for a correction step")
-    d.add_argument("report", metavar="REPORT", help="a scan's --out folder (its frames.jsonl names the videos)")
+    d.add_argument("report", metavar="REPORT", help="a scan's or watch's --out folder (its frames.jsonl names the "
+                   "videos, or the frames a watch saved with --keep-flagged)")
     d.add_argument("--out", default="deskew-out", help="folder for <camera>_<frame>.png, replaced whole "
                    "(default: %(default)s)")
     d.add_argument("--originals", action="store_true", help="also write each frame as decoded, <camera>_<frame>"

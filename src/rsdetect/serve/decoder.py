@@ -74,6 +74,9 @@ class ReadRequest:
     # The worst frames the reader keeps per camera: with analysis, only frames that can be among them cross to the
     # reader with their pixels (and a measured de-skew preview); the others' evidence comes alone (video/stream.py)
     worst: int = 0
+    # K > 0: frames flagged at the scorer's K-frame smoothing (the caller's --smooth) cross with their pixels too, to
+    # be saved (watch --keep-flagged); 0: they do not
+    flag_smooth: int = 0
     max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # this process's decode limit, handed on
 
 
@@ -97,7 +100,7 @@ def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_no
     # two overlap on the second core (bench_footage.py)
     frames = (frame for chunk in read_ahead(frames, READ_AHEAD) for frame in chunk)
     return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None),
-                           request.worst)
+                           request.worst, request.flag_smooth)
 
 
 STOP = None  # the reader's word for "no more frames" (slots handed back are ints)

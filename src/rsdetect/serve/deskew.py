@@ -8,9 +8,10 @@ the decoder costs only its camera) and writes every such frame with it undone, `
 with `originals` the frame as decoded beside it (`<camera>_<frame>_original.png`). The folder is written whole or
 not at all (io.staged_dir).
 
-A stream is not read again (its frames are gone; scan and watch keep its worst frames with their previews), nor is a
-file that is no longer where the row says; such rows, and frames a file no longer holds, are skipped: counted and
-said in one line each.
+A row with a `frame_file` (a watch's --keep-flagged: the frame as decoded, saved in the report folder) is read from
+that file instead: a live camera's frames cannot be read again. A stream's row without one is not read again (scan
+and watch keep its worst frames with their previews), nor is a file that is no longer where the row says; such rows,
+frames a file no longer holds and saved frames no longer kept are skipped: counted and said in one line each.
 """
 from __future__ import annotations
 
@@ -46,14 +47,15 @@ def flagged_rows(report: Path) -> list[dict[str, Any]]:
     a folder without it or a line that is not a row."""
     path = report / "frames.jsonl"
     if not path.is_file():
-        raise RsdetectError(f"{path}: missing; give the --out folder of a scan")
+        raise RsdetectError(f"{path}: missing; give the --out folder of a scan or watch")
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
                 if row.get("unroll") is not None:
-                    rows.append({**{k: row[k] for k in ("camera", "source", "frame_index")}, "unroll": row["unroll"]})
+                    rows.append({**{k: row[k] for k in ("camera", "source", "frame_index")}, "unroll": row["unroll"],
+                                 "frame_file": row.get("frame_file")})
             except (json.JSONDecodeError, AttributeError, KeyError):
                 raise RsdetectError(f"{path}: line {n} is not a frame row (a scan writes one JSON object a line, with "
                                     "camera, source and frame_index)") from None
@@ -75,15 +77,41 @@ def write_frame(stem: Path, rgb: np.ndarray, model: dict, originals: bool) -> st
 
 
 def deskew_report(report: str | Path, out: str | Path, originals: bool = False) -> Deskewed:
-    """Write each flagged video frame of the scan report `report` with its `unroll` applied into the folder `out`
-    (replaced whole); the counts and what was skipped."""
+    """Write each flagged video frame of the scan or watch report `report` with its `unroll` applied into the folder
+    `out` (replaced whole); the counts and what was skipped."""
     rows = flagged_rows(Path(report))
     by_camera: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    saved: dict[str, list[dict[str, Any]]] = defaultdict(list)  # rows whose frame a watch saved
     for row in rows:
-        by_camera[(row["camera"], row["source"])][row["frame_index"]] = row["unroll"]
-    stems = file_stems(camera for camera, _ in by_camera)
-    done = Deskewed(cameras=len(by_camera))
+        if row["frame_file"] is not None:
+            saved[row["camera"]].append(row)
+        else:
+            by_camera[(row["camera"], row["source"])][row["frame_index"]] = row["unroll"]
+    stems = file_stems({*(camera for camera, _ in by_camera), *saved})
+    done = Deskewed(cameras=len({*(camera for camera, _ in by_camera), *saved}))
     with staged_dir(out) as stage:
+        for camera, kept in saved.items():
+            gone = 0
+            for row in kept:
+                path = Path(report) / row["frame_file"]
+                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+                if bgr is None:
+                    if path.is_file():
+                        done.skipped += 1
+                        done.messages.append(f"{camera}: frame {row['frame_index']}: {path}: not an image")
+                    else:
+                        gone += 1
+                    continue
+                written = write_frame(stage / f"{stems[camera]}_{row['frame_index']}",
+                                      cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), row["unroll"], originals)
+                done.frames += written is None
+                if written is not None:
+                    done.skipped += 1
+                    done.messages.append(f"{camera}: frame {row['frame_index']}: {written}")
+            if gone:
+                done.skipped += gone
+                done.messages.append(f"{camera}: {gone} saved flagged frames no longer in {report}/flagged (a watch "
+                                     "keeps each camera's newest --keep-flagged; a restart starts again)")
         for (camera, source), wanted in by_camera.items():
             video = None if is_url(source) else VideoSource.claim(camera, source)
             if video is None:

@@ -26,8 +26,9 @@ from rsdetect.serve.explain import NO_SHEAR, Explainer, write_jpeg
 from rsdetect.serve.sources import open_capture, video_meta
 
 # frames.csv's columns: a row's fields but `unroll` (nested: frames.jsonl only)
+# frame_file: where a watch saved a flagged video frame (--keep-flagged), relative to the report folder; else empty
 FIELDS = ("camera", "frame_index", "timestamp_s", "probability", "smoothed", "flag", "tile", "source", "shear_px",
-          "shear_direction", "rs_shear_px", "shear_px_per_ms", "motion_px", "evidence")
+          "shear_direction", "rs_shear_px", "shear_px_per_ms", "motion_px", "evidence", "frame_file")
 ROW_FIELDS = (*FIELDS, "unroll")  # frames.jsonl's: `unroll`, how to undo a flagged video frame's measured displacement
 REPORT_NAMES = frozenset({"frames.jsonl", "frames.csv", "summary.json", "flagged_rate.png", "worst", "annotated"})
 # Temp files earlier versions could leave behind when killed: still part of a report folder, not user data.

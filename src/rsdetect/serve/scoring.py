@@ -6,7 +6,6 @@ from __future__ import annotations
 import heapq
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +18,15 @@ from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.reports import Score, Worst, shear_columns
 from rsdetect.serve.sources import Source
+from rsdetect.threshold import EVIDENCE_THRESHOLD, RollingMean
 from rsdetect.video.analyze import configured_readout
 from rsdetect.video.readout import Readout
 
 WORST_PER_CAMERA = 5  # worst frames kept per camera (with heatmaps and de-skewed previews in the reports)
-# Video frames are scored by their measured evidence (rsdetect.video), whose probability is a logistic centred on
-# video.analysis.flag_shear_px: 0.5 is the flag at that shear. The model's threshold is for its own scores (stills).
-EVIDENCE_THRESHOLD = 0.5
 # a still: the single-frame model decided
-NO_EVIDENCE = {"rs_shear_px": None, "shear_px_per_ms": None, "motion_px": None, "evidence": "cnn", "unroll": None}
+# (frame_file: where a watch saved a flagged video frame, set by watch.loop.CameraLoop.save; reports.ROW_FIELDS' order)
+NO_EVIDENCE = {"rs_shear_px": None, "shear_px_per_ms": None, "motion_px": None, "evidence": "cnn", "frame_file": None,
+               "unroll": None}
 
 Row = dict[str, Any]
 
@@ -38,21 +37,6 @@ def report_failure(camera: str, message: str) -> None:
 
 
 # ---------------------------------------------------------------- scores
-
-class RollingMean:
-    """The mean of the last k values pushed (of all of them while fewer than k): the per-camera smoothing."""
-
-    def __init__(self, k: int) -> None:
-        if k < 1:
-            raise RsdetectError(f"--smooth must be >= 1, got {k}")
-        self._window: deque[float] = deque(maxlen=k)
-
-    def push(self, value: float) -> float:
-        """Add a value; the mean of the window now."""
-        self._window.append(value)
-        # the window's mean (np.mean's to the last bit or two; rows keep 6 decimals) without np.mean's ~20 us a frame
-        return sum(self._window) / len(self._window)
-
 
 def smooth(probs: np.ndarray | list[float], k: int) -> np.ndarray:
     """A whole series smoothed as a scan smooths it frame by frame: smoothed[i] = mean(probs[max(0, i-k+1): i+1])."""
@@ -193,7 +177,8 @@ class CameraState:
 def measured_columns(evidence: dict[str, Any], flag: bool) -> dict[str, Any]:
     """A video frame's evidence columns of its row; `unroll` (how to undo its measured displacement) for a flagged
     frame only, as a still's shear_px: the hand-off to the correction step."""
-    return {**{k: evidence.get(k) for k in NO_EVIDENCE}, "unroll": evidence.get("unroll") if flag else None}
+    return {**{k: evidence.get(k) for k in NO_EVIDENCE}, "frame_file": None,
+            "unroll": evidence.get("unroll") if flag else None}
 
 
 def measured_worst(evidence: dict[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,9 @@ the single-frame model. The frame rate the analyzer needs (the readout is measur
 frames it is given: from the first two time stamps, so `--every N` and `--fps F` sampling are accounted for.
 
 A video frame's pixels travel on only where the scorer can use them: a frame with evidence is scored by it, so only
-the frames that can still be among the camera's `worst` (saved as images in the reports) keep their pixels; the
-others come out with None in their place (a camera's frames need not cross to the scorer: issue 21's throughput).
+the frames that can still be among the camera's `worst` (saved as images in the reports) keep their pixels, and,
+where the caller saves flagged frames (`watch --keep-flagged`), the frames the scorer will flag; the others come out
+with None in their place (a camera's frames need not cross to the scorer: issue 21's throughput).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rsdetect.config import VideoAnalysisParams
+from rsdetect.threshold import EVIDENCE_THRESHOLD, RollingMean
 from rsdetect.video.analyze import CameraAnalyzer
 from rsdetect.video.evidence import unroll
 
@@ -31,7 +33,8 @@ AnalysedFrame = tuple[int, float | None, np.ndarray | None, Evidence | None]
 
 def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: VideoAnalysisParams,
                     readout_ms: float | None, shutter: str | None,
-                    on_readout: Callable[[dict[str, Any]], None], worst: int = 0) -> Iterator[AnalysedFrame]:
+                    on_readout: Callable[[dict[str, Any]], None], worst: int = 0,
+                    flag_smooth: int = 0) -> Iterator[AnalysedFrame]:
     """`frames` with their evidence (see the module docstring); `on_readout` hears the camera's readout
     ({ms, ci_ms, source, evidence_frames}) whenever it changes, and once at the end.
 
@@ -39,18 +42,26 @@ def analysed_frames(frames: Iterable[tuple[int, float | None, np.ndarray]], p: V
     A frame that can still be among them keeps its pixels, and where the camera's motion or a mover sheared it,
     gets `unrolled` in its evidence: the frame with its row's `unroll` applied (evidence.unroll: the measured
     per-row motion undone), the de-skewed preview for the correction step (only here are the pixels at hand).
+    `flag_smooth` K > 0: a frame the scorer will flag (its K-frame rolling mean of the evidence's probability at
+    EVIDENCE_THRESHOLD: the scorer's rule, rsdetect.threshold) keeps its pixels too, for the caller to save.
     Every other frame with evidence comes out without pixels (None)."""
     pending: deque[tuple[int, float | None, np.ndarray]] = deque()
     analyzer: CameraAnalyzer | None = None
     said: dict[str, Any] | None = None
     kept: list[tuple[float, int]] = []  # min-heap of (probability, -index): the scorer's worst-frame order
+    # The scorer's smoothing of this camera's probabilities, replayed: it sees the same frames in the same order
+    # (a watch's reconnect restarts this window but not the scorer's, and a frame a live camera's full queue drops
+    # leaves the scorer's: with K > 1 the two can then differ for K - 1 frames; the caller counts a flag without
+    # pixels)
+    window = RollingMean(flag_smooth) if flag_smooth > 0 else None
 
     def keep(index: int, rgb: np.ndarray, row: Evidence) -> tuple[np.ndarray | None, Evidence]:
         """The frame's pixels if it can be among the worst (with its preview where the camera or a mover sheared
-        it)."""
+        it) or, with flag_smooth, if it will be flagged."""
         key = (float(row["probability"]), -index)
+        flagged = window is not None and window.push(float(row["probability"])) >= EVIDENCE_THRESHOLD
         if worst <= 0 or (len(kept) >= worst and key <= kept[0]):
-            return None, row  # the scorer's heap would not take it either: same key, same order
+            return (rgb if flagged else None), row  # the scorer's heap would not take it either: same key, same order
         (heapq.heappush if len(kept) < worst else heapq.heapreplace)(kept, key)
         if "unroll" not in row:
             return rgb, row

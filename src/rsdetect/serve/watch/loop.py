@@ -38,8 +38,8 @@ from rsdetect.serve.scoring import CameraState, FlagStats, Row, camera_readout, 
 from rsdetect.serve.signals import StopSignals
 from rsdetect.serve.sources import Source, redact
 from rsdetect.serve.watch.metrics import WatchMetrics
-from rsdetect.serve.watch.readers import CameraReader, ReadOptions
-from rsdetect.serve.watch.reports import WatchReports, is_watch_report_file
+from rsdetect.serve.watch.readers import CameraReader, ReadOptions, say
+from rsdetect.serve.watch.reports import FlaggedFrames, WatchReports, is_watch_report_file
 from rsdetect.threshold import resolve_threshold
 
 # A part-filled batch waits this long for more frames: fewer, fuller model calls (LiteRT reallocates its tensors
@@ -73,6 +73,7 @@ class WatchOptions(ScanOptions):
     keep_rotated: int = 5
     summary_interval: float = 10.0
     queue_frames: int | None = None  # per camera; default: one batch
+    keep_flagged: int = 0  # per camera, the newest flagged video frames saved (flagged/); 0: none
 
     def __post_init__(self) -> None:
         super().__post_init__()  # scan's checks and messages for the flags both share
@@ -88,6 +89,11 @@ class WatchOptions(ScanOptions):
             raise RsdetectError(f"--rotate-rows must be >= 1, got {self.rotate_rows}")
         if self.keep_rotated < 0:
             raise RsdetectError(f"--keep-rotated must be >= 0, got {self.keep_rotated}")
+        if self.keep_flagged < 0:
+            raise RsdetectError(f"--keep-flagged must be >= 0 (frames per camera; 0: none), got {self.keep_flagged}")
+        if self.keep_flagged and self.analysis is None:
+            raise RsdetectError("--keep-flagged saves flagged video frames with their measured `unroll`, which needs "
+                                "the video evidence: not with --model-only, nor without params (give --params)")
         if self.queue_frames is not None and self.queue_frames < 1:
             raise RsdetectError(f"queue_frames must be >= 1, got {self.queue_frames}")
 
@@ -97,7 +103,8 @@ class WatchOptions(ScanOptions):
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(self.every, self.fps, self.max_frames, self.stall_timeout, self.reconnect_initial,
-                           self.reconnect_max, self.queue_frames or self.batch, self.analysis, self.max_pixels)
+                           self.reconnect_max, self.queue_frames or self.batch, self.analysis,
+                           flag_smooth=self.smooth if self.keep_flagged else 0, max_pixels=self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,8 @@ class WatchRecord:
                             "last_flagged_time": stats.last_flagged_time,
                             "failures": health[cam]["read_errors"], **health[cam],
                             "readout": camera_readout(source, health[cam]["readout"]),
+                            "flagged_frames": (None if self.reports.flagged is None
+                                               else self.reports.flagged.summary(cam)),
                             "worst_frames": self.reports.worst.update(self.stems[cam], worst[cam], self.explain)}
         scored = sum(c["frames_scored"] for c in cameras.values())
         flagged = sum(c["flagged"] for c in cameras.values())
@@ -193,12 +202,17 @@ class WatchRecord:
 
 class CameraLoop:
     """Some cameras' readers and the scoring of their frames, round robin in batches across cameras, each row
-    handed to `on_rows`: what a watch runs in its own process, or in a Dask task (rsdetect.serve.watch.shard)."""
+    handed to `on_rows`: what a watch runs in its own process, or in a Dask task (rsdetect.serve.watch.shard).
+    `flagged`: where flagged video frames are saved (--keep-flagged), each before its row is handed on."""
 
     def __init__(self, sources: list[Source], model: LoadedModel, options: WatchOptions, threshold: float,
                  metrics: WatchMetrics, stop: threading.Event, on_rows: Callable[[list[Row]], None],
-                 explain: Explainer | None = None, echo: bool = True, started: float | None = None) -> None:
+                 explain: Explainer | None = None, echo: bool = True, started: float | None = None,
+                 flagged: FlaggedFrames | None = None) -> None:
         self.model, self.options, self.stop, self.on_rows = model, options, stop, on_rows
+        self.metrics, self.flagged, self.echo = metrics, flagged, echo
+        self.stems = file_stems(s.camera for s in sources)
+        self.save_failing: set[str] = set()  # cameras whose last flagged frame could not be saved (said once)
         self.ready = threading.Event()
         self.states = {s.camera: CameraState(s, options.smooth, threshold, explain=explain) for s in sources}
         started = time.monotonic() if started is None else started  # streams' timestamps count from it
@@ -227,9 +241,33 @@ class CameraLoop:
         return items
 
     def score(self, items: list[tuple[CameraState, Any]]) -> None:
-        """Score a batch (as scan does) and hand its rows on."""
+        """Score a batch (as scan does), save its flagged video frames (--keep-flagged) and hand its rows on."""
         frames = [(state, frame) for state, (frame, _) in items]
-        self.on_rows(score_items(frames, self.model, self.options.batch, [tiled for _, (_, tiled) in items]))
+        rows = score_items(frames, self.model, self.options.batch, [tiled for _, (_, tiled) in items])
+        if self.flagged is not None:
+            for (_, (index, _, rgb, evidence)), row in zip(frames, rows, strict=True):
+                if row["flag"] and evidence is not None:
+                    row["frame_file"] = self.save(row["camera"], index, rgb)
+        self.on_rows(rows)
+
+    def save(self, camera: str, index: int, rgb: np.ndarray | None) -> str | None:
+        """A flagged video frame saved (flagged/); its path, or None where it came without pixels (counted as
+        missed: rsdetect.video.stream) or could not be written (counted, said once until a save succeeds)."""
+        assert self.flagged is not None
+        if rgb is None:
+            self.flagged.missed[camera] += 1
+            return None
+        try:
+            path = self.flagged.save(camera, self.stems[camera], index, rgb)
+        except RsdetectError as exc:
+            self.flagged.missed[camera] += 1
+            if camera not in self.save_failing and self.echo:
+                say(camera, f"flagged frames not saved: {exc}")
+            self.save_failing.add(camera)
+            return None
+        self.save_failing.discard(camera)
+        self.metrics.saved.labels(camera).inc()
+        return path
 
     def start(self) -> None:
         """Trace the model, then start the readers."""
@@ -293,7 +331,7 @@ def watch_session(out_dir: str | Path, options: WatchOptions, lock: OutputLock |
         # No exception into the middle of a write: a signal sets `stop`; readers end, queued frames are scored.
         signals = stack.enter_context(StopSignals("watch", interrupt=False))
         reports = stack.enter_context(WatchReports(out, options.rotate_rows, options.rotate_seconds,
-                                                   options.keep_rotated))
+                                                   options.keep_rotated, options.keep_flagged))
         yield reports, signals.stop, signals.said
 
 
@@ -305,7 +343,7 @@ def run_watch(sources: list[Source], model: LoadedModel, out_dir: str | Path, op
     with watch_session(out_dir, options, lock) as (reports, stop, said):
         record = WatchRecord(sources, model, reports, options, metrics, explain)
         loop = CameraLoop(sources, model, options, record.threshold, metrics, stop, record.record, explain,
-                          started=record.started)
+                          started=record.started, flagged=reports.flagged)
 
         def tick() -> str | None:
             if stop.is_set():

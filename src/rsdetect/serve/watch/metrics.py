@@ -46,6 +46,8 @@ _PER_CAMERA: tuple[tuple[str, type[Counter | Gauge | Histogram], str, str, tuple
      "Unix time of the camera's last frame read (0: none yet)", ()),
     ("last_flagged", Gauge, "rsdetect_last_flagged_timestamp_seconds",
      "Unix time of the camera's last flagged frame (0: none yet)", ()),
+    ("saved", Counter, "rsdetect_flagged_frames_saved",
+     "Flagged video frames saved for the correction step (watch --keep-flagged: flagged/, the newest N kept)", ()),
     ("static", Counter, "rsdetect_frames_static",
      "Video frames in which nothing moved: they cannot show rolling-shutter distortion and are not flagged", ()),
     ("shear", Histogram, "rsdetect_rs_shear_px",
@@ -71,6 +73,7 @@ class WatchMetrics:
     up: Gauge
     last_frame: Gauge
     last_flagged: Gauge
+    saved: Counter
     static: Counter
     shear: Histogram
     shear_per_ms: Histogram

@@ -77,6 +77,7 @@ class ReadOptions:
     reconnect_max: float
     queue_frames: int
     analysis: VideoAnalysisParams | None = None  # video evidence (rsdetect.video), measured in the decoder process
+    flag_smooth: int = 0  # K > 0: flagged video frames (K-frame smoothing) come with their pixels (--keep-flagged)
     max_pixels: int = dataclasses.field(default_factory=limits.max_pixels)  # the decode limit, handed on
 
 
@@ -134,7 +135,8 @@ class CameraReader(threading.Thread):
         o = self.options
         return decoded_frames(self.source, self._error,
                               ReadRequest(o.every, o.fps, None, round(o.stall_timeout * 1000) if self.live else None,
-                                          o.analysis, WORST_PER_CAMERA, o.max_pixels),
+                                          o.analysis, WORST_PER_CAMERA, flag_smooth=o.flag_smooth,
+                                          max_pixels=o.max_pixels),
                               on_note=self._note, on_readout=self._readout)
 
     def _note(self, message: str) -> None:

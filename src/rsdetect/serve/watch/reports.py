@@ -10,12 +10,18 @@ layout (rsdetect.serve.reports), but rolling instead of swapped in whole at the 
 - worst/<stem>_<frame>.jpg: each camera's worst frames so far, written by reports.save_worst into a staging
   folder and renamed into place; frames that left a camera's top set are removed after the summary that no
   longer names them is in place.
+- flagged/<stem>_<frame>.bmp (`--keep-flagged N`): each camera's newest N flagged video frames as decoded
+  (lossless, uncompressed), for a correction step to apply the row's `unroll` to (the frames of a live camera are
+  not there to be read again); each renamed into place before its row is logged, the oldest removed once a camera
+  has N.
 
 A restart begins a new session: the earlier session's frames files are rotated like any other, its
-summary.json and worst frames are replaced.
+summary.json, worst frames and flagged frames are replaced (its frame numbers start again: a kept frame of
+the earlier session would share a new one's name).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,9 +30,14 @@ import re
 import shutil
 import tempfile
 import time
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
+from rsdetect.errors import RsdetectError
 from rsdetect.io import atomic_write_bytes, default_file_mode, write_json
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.reports import (
@@ -44,8 +55,8 @@ LOG_EXTS = ("jsonl", "csv")
 
 
 def is_watch_report_file(name: str) -> bool:
-    """True for the names a watch report folder holds: scan's, plus rotated frames files."""
-    return is_report_file(name) or bool(ROTATED.fullmatch(name))
+    """True for the names a watch report folder holds: scan's, plus rotated frames files and flagged frames."""
+    return is_report_file(name) or name == "flagged" or bool(ROTATED.fullmatch(name))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -183,13 +194,69 @@ class WorstFrames:
         self._stale = set()
 
 
+# Lossless (a correction step wants the pixels as decoded) and uncompressed: the scoring thread writes each one, and
+# PNG's compression (even its fastest) cost more than the frame's analysis. bench_keep_flagged.py, told 16 ms,
+# frames/s with saving over without: PNG 0.74 / 0.82 / 0.28, BMP 0.92 / 0.93 / 0.80 (concourse 1280x720, 7% of
+# frames flagged; road 320x240, 33%; 640x480 movers, 64%). Encoding one 1920x1080 frame: PNG 89 ms (1.3 MB), BMP
+# 7 ms (6.2 MB): --keep-flagged N bounds the disk
+FLAGGED_EXT = ".bmp"
+
+
+class FlaggedFrames:
+    """flagged/ of a watch report folder: each camera's newest `keep` flagged video frames, lossless, with counts.
+
+    A frame is written to a dot-file and renamed into place (a correction step polling the folder never reads half
+    a frame); the caller logs its row after `save` returns, so a row that names a file was written after it."""
+
+    def __init__(self, folder: Path, keep: int) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.dir, self.keep = folder / "flagged", keep
+        shutil.rmtree(self.dir, ignore_errors=True)  # the earlier session's (see the module docstring)
+        self.dir.mkdir()
+        self._kept: dict[str, deque[str]] = defaultdict(deque)
+        self.saved: dict[str, int] = defaultdict(int)
+        self.missed: dict[str, int] = defaultdict(int)  # flagged without pixels (see rsdetect.video.stream)
+
+    def save(self, camera: str, stem: str, index: int, rgb: np.ndarray) -> str:
+        """Write a camera's flagged frame; its path relative to the report folder. RsdetectError (one line) where it
+        cannot be written (a full disk: nothing half-written is left; the caller counts it and goes on)."""
+        name = f"{stem}_{index}{FLAGGED_EXT}"
+        path, tmp = self.dir / name, self.dir / f".{name}.tmp"
+        ok, encoded = cv2.imencode(FLAGGED_EXT, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        try:
+            if not ok:
+                raise OSError("encoding failed")
+            tmp.write_bytes(encoded.tobytes())
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # nothing half-written left (where there is a folder to leave it in)
+                tmp.unlink()
+            raise RsdetectError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+        kept = self._kept[camera]
+        kept.append(name)
+        self.saved[camera] += 1
+        while len(kept) > self.keep:
+            (self.dir / kept.popleft()).unlink(missing_ok=True)
+        return f"flagged/{name}"
+
+    def summary(self, camera: str) -> dict[str, int]:
+        """summary.json's `flagged_frames` of a camera: saved this session, on disk now, flagged without pixels."""
+        return {"saved": self.saved[camera], "kept": len(self._kept[camera]), "missed": self.missed[camera]}
+
+
 class WatchReports(Closing):
     """The report folder of a running watch: the rolling frames log, worst frames, summary and chart."""
 
-    def __init__(self, folder: Path, rotate_rows: int, rotate_seconds: float | None, keep: int) -> None:
+    def __init__(self, folder: Path, rotate_rows: int, rotate_seconds: float | None, keep: int,
+                 keep_flagged: int = 0) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.worst = WorstFrames(folder)
+        self.flagged = FlaggedFrames(folder, keep_flagged) if keep_flagged else None
+        if self.flagged is None:
+            shutil.rmtree(folder / "flagged", ignore_errors=True)  # an earlier session's: its frame numbers are gone
         self.log = RollingLog(folder, rotate_rows, rotate_seconds, keep)
 
     def write_summary(self, summary: dict[str, Any], threshold: float, smooth: int, chart: bool = True) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from distributed import Event, KilledWorker, Queue
 
+from rsdetect.errors import RsdetectError
 from rsdetect.serve.explain import Explainer
 from rsdetect.serve.loaders import LoadedModel
 from rsdetect.serve.report_dir import OutputLock
@@ -185,11 +186,18 @@ def camera_groups(sources: list[Source], slots: int) -> list[list[Source]]:
     return [sources[i::n] for i in range(n)]
 
 
+def check_sharded_options(options: WatchOptions) -> None:
+    """What a sharded watch cannot do, as a one-line RsdetectError (the command line checks it before the model)."""
+    if options.keep_flagged:  # the frames would be saved where the workers run, and counted there
+        raise RsdetectError("--keep-flagged saves frames from the watching process: not with --workers/--scheduler")
+
+
 def run_sharded_watch(client: Any, spec: str, sources: list[Source], model: LoadedModel, out_dir: str | Path,
                       options: WatchOptions, metrics: WatchMetrics, lock: OutputLock | None = None,
                       explain: Explainer | None = None) -> WatchResult:
     """run_watch with the cameras on `client`'s workers, each loading the model `spec` (`model`: as
     shard.describe_model describes it); the same reports and metrics, written here."""
+    check_sharded_options(options)
     with watch_session(out_dir, options, lock) as (reports, stop, said):
         record = WatchRecord(sources, model, reports, options, metrics, explain)
         remote = RemoteCameras(sources, record, metrics)
