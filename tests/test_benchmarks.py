@@ -16,6 +16,7 @@ SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "coco-person-sample"
 TINY_RUNS = {
     "bench_fetch": ["--images", "4", "--latency-ms", "1"],
     "bench_footage": ["--model", "{model}", "--frames", "12", "--repeat", "1"],
+    "bench_keep_flagged": ["--model", "{model}", "--frames", "12", "--repeat", "1"],
     "bench_infer": ["--model", "{model}", "--seconds", "0.2", "--batches", "1"],
     "bench_lines": ["--pairs", "1", "--folds", "2", "--repeats", "1", "--size", "64"],
     "bench_scan": ["--model", "{model}", "--frames", "8", "--cameras", "1"],
