@@ -84,16 +84,18 @@ def test_the_decode_limit_reaches_the_decoder_process(tmp_path, monkeypatch):
 
 def test_video_frames_with_evidence_cross_without_pixels_unless_among_the_worst(tmp_path):
     """With analysis, a video frame's evidence decides its score: only frames that can be among the scorer's worst
-    (highest probability, ties to the earlier frame) bring their pixels across; the worst all have theirs."""
+    (highest probability, ties to the earlier frame) bring their pixels across; the worst all have theirs, in RGB as
+    any reader gives them (the decoder process keeps a video's frames BGR until one is kept)."""
     import heapq
 
+    from rsdetect.serve.sources import video_frames
     from rsdetect.synth.clips import crop_box, render_camera, vibration
 
     from conftest import params_group
 
     rng = np.random.default_rng(5)
-    image = cv2.cvtColor(cv2.GaussianBlur(rng.uniform(0, 255, (240, 320)), (0, 0), 2).astype(np.uint8),
-                         cv2.COLOR_GRAY2BGR)
+    grey = cv2.GaussianBlur(rng.uniform(0, 255, (240, 320)), (0, 0), 2)
+    image = np.stack([0.2 * grey, 0.6 * grey, grey], axis=-1).astype(np.uint8)  # BGR: blue, unlike its RGB
     frames, _ = render_camera(image, vibration(3.0, 7.0, 25.0, 0.3, 0.2), 30, 0.6, "rolling", crop_box(image, 0.7))
     h, w = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(tmp_path / "shake.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (w, h))
@@ -110,6 +112,10 @@ def test_video_frames_with_evidence_cross_without_pixels_unless_among_the_worst(
         top = {i for _, i in heapq.nlargest(worst, ((e["probability"], -i) for i, *_, e in got))}
         assert {-i for i in top} <= with_pixels, (worst, isolate)
         assert len(with_pixels) <= 15 if worst else not with_pixels
+        decoded = {i: rgb for i, _, rgb in video_frames(str(tmp_path / "shake.avi"))}
+        for i, _, rgb, _ in got:
+            if rgb is not None:
+                np.testing.assert_array_equal(rgb, decoded[i])
 
 
 def test_a_decoder_closed_early_stops_on_its_own_and_removes_its_ring(tmp_path, monkeypatch):

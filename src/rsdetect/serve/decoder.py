@@ -38,6 +38,7 @@ from rsdetect.serve.sources import (
     Source,
     SourceError,
     StreamSource,
+    VideoSource,
     note_to_stderr,
     read_ahead,
     redact,
@@ -89,18 +90,24 @@ def source_frames(source: Source, on_error: OnError, request: ReadRequest, on_no
                   on_readout: OnReadout | None = None) -> Iterator[Decoded]:
     """The frames of `source` as this process reads them (Source.frames, or for a stream with a stall timeout,
     video_frames with that timeout), each with its video evidence where `request.analysis` asks for it."""
+    measured = request.analysis is not None and source.kind != "images"
+    # Measured, a video's frames stay BGR until one is kept (video/stream.py: most never leave this process)
+    bgr = measured and isinstance(source, (VideoSource, StreamSource))
     if isinstance(source, StreamSource) and request.timeout_ms is not None:
         frames = video_frames(source.spec, request.every, request.fps, request.max_frames,
-                              timeout_ms=request.timeout_ms, on_note=on_note)
+                              timeout_ms=request.timeout_ms, on_note=on_note, bgr=bgr)
+    elif bgr:
+        frames = video_frames(source.spec, request.every, request.fps, request.max_frames, on_note=on_note, bgr=True)
     else:
         frames = source.frames(on_error, request.every, request.fps, request.max_frames, on_note=on_note)
-    if request.analysis is None or source.kind == "images":
+    if not measured:
         return ((index, ts, rgb, None) for index, ts, rgb in frames)
+    assert request.analysis is not None
     # Decoding the next frames in a thread while this one measures motion: OpenCV releases the GIL in both, so the
     # two overlap on the second core (bench_footage.py)
     frames = (frame for chunk in read_ahead(frames, READ_AHEAD) for frame in chunk)
     return analysed_frames(frames, request.analysis, source.readout_ms, source.shutter, on_readout or (lambda _: None),
-                           request.worst, request.flag_smooth)
+                           request.worst, request.flag_smooth, bgr)
 
 
 STOP = None  # the reader's word for "no more frames" (slots handed back are ints)

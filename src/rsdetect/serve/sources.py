@@ -306,8 +306,10 @@ def video_meta(cap: cv2.VideoCapture) -> tuple[float, int | None]:
 
 
 def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames: int | None = None,
-                 timeout_ms: int = STREAM_TIMEOUT_MS, on_note: OnNote | None = None) -> Iterator[FrameItem]:
-    """Sampled frames of a video file or stream; SourceError if it does not open, yields nothing, or ends early.
+                 timeout_ms: int = STREAM_TIMEOUT_MS, on_note: OnNote | None = None,
+                 bgr: bool = False) -> Iterator[FrameItem]:
+    """Sampled frames of a video file or stream (RGB; `bgr`: as OpenCV decodes them, for a caller that converts
+    only what it keeps); SourceError if it does not open, yields nothing, or ends early.
     A stream silent for `timeout_ms` ends like one that closed. A file a few frames short of its container's
     claim (within FRAME_COUNT_SHORT_FRACTION) is whole: the shortfall goes to `on_note` as one line (default:
     stderr), not a failure."""
@@ -333,11 +335,11 @@ def video_frames(spec: str, every: int = 1, fps: float | None = None, max_frames
                 ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 or time.monotonic() - start
             if not sampler.keep(index, ts):
                 continue
-            ok, bgr = cap.retrieve()
-            if not ok or bgr is None:
+            ok, frame = cap.retrieve()
+            if not ok or frame is None:
                 raise SourceError(f"{redact(spec)}: cannot decode frame {index}")
             kept += 1
-            yield index, ts, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            yield index, ts, frame if bgr else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         if not exhausted:
             return
         if index < 0:
