@@ -155,6 +155,9 @@ def main() -> None:
         videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
         videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
         videos.append(static_clip(Path(tmp) / "static_320x240.mp4", args.frames))
+        # The decoder processes' forkserver starts with the first scan (~1 s of imports): started here, untimed, so
+        # that it is not counted in the first video's first round (nor in that round's steady rate)
+        scan_fps(videos[-1], model, analysis, 2, Path(tmp) / "warm-up")
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"bench_footage: {len(os.sched_getaffinity(0))} cores, load {load:.2f}, best of {args.repeat}")
         print(f"{'video':34s} {'size':>9s} {'frames':>6s} {'decode f/s':>10s} {'cores':>5s} {'analysis':>8s} "

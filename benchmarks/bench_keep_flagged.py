@@ -55,6 +55,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
         videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
+        watch(videos[-1], model, analysis, args.readout_ms, 2, 0, Path(tmp) / "warm-up")  # the forkserver's start
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         print(f"bench_keep_flagged: {len(os.sched_getaffinity(0))} cores, load {load:.2f}, best of {args.repeat}, "
               f"told {args.readout_ms:g} ms, --keep-flagged {args.keep}")
