@@ -177,28 +177,26 @@ def test_a_live_cameras_flagged_frames_saved_by_watch_are_undone_from_the_saved_
         assert before / after > 1.5, (r["frame_index"], before, after)  # measured 1.8-3.6
 
 
-def test_watch_saves_every_frame_it_flags_also_when_smoothing(tmp_path):
+def test_watch_saves_every_frame_it_flags_also_when_smoothing(tmp_path, capsys):
     """With --smooth K the decoder replays the scorer's smoothing to send the flagged frames' pixels: on a file
-    (no reconnects, no drops) every flagged frame is saved, exactly as decoded (FFV1: lossless)."""
-    from rsdetect.serve.loaders import load_model
-    from rsdetect.serve.sources import parse_sources, video_frames
-    from rsdetect.serve.watch.loop import WatchOptions, run_watch
-    from rsdetect.serve.watch.metrics import WatchMetrics
+    (no reconnects, no drops) every flagged frame is saved, exactly as decoded (FFV1: lossless). The command line
+    says how many."""
+    from rsdetect.serve.sources import video_frames
 
     video = write(tmp_path / "shake.avi", clip("rolling"))
     model = tmp_path / "colour.keras"
     colour_model(32).save(model)
-    analysis = load_params("params.yaml").video.analysis
     (tmp_path / "cameras.yaml").write_text(f"cameras:\n  shake: {{source: '{video}', readout_ms: {READOUT_MS}}}\n")
-    result = run_watch(parse_sources([], str(tmp_path / "cameras.yaml")), load_model(str(model)), tmp_path / "w",
-                       WatchOptions(batch=4, queue_frames=256, summary_interval=0.3, smooth=3, analysis=analysis,
-                                    keep_flagged=FRAMES), WatchMetrics())
+    cli.main(["watch", "--cameras", str(tmp_path / "cameras.yaml"), "--model", str(model), "--out", str(tmp_path / "w"),
+              "--smooth", "3", "--keep-flagged", str(FRAMES), "--metrics-port", "0", "--batch", "4"])
     watched = rows(tmp_path / "w")
     flagged = [r for r in watched if r["flag"]]
     own = [r for r in flagged if r["probability"] < 0.5]  # flagged by the smoothing alone
     assert len(flagged) >= 10 and own, "no frame that only the smoothing flagged: the test tests nothing"
-    assert result.summary["cameras"]["shake"]["flagged_frames"] == {"saved": len(flagged), "kept": len(flagged),
-                                                                     "missed": 0}
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["cameras"]["shake"]["flagged_frames"] == {"saved": len(flagged), "kept": len(flagged), "missed": 0}
+    n = len(flagged)
+    assert f"{n} flagged ({n / FRAMES:.1%}), {n} saved to flagged/ ({n} kept), 0 reconnects" in capsys.readouterr().out
     decoded = {i: rgb for i, _, rgb in video_frames(str(video))}
     for r in flagged:
         saved = cv2.cvtColor(cv2.imread(str(tmp_path / "w" / r["frame_file"])), cv2.COLOR_BGR2RGB)

@@ -239,9 +239,12 @@ def _watch(args: argparse.Namespace) -> None:
         return
     t = result.summary["totals"]
     rate = "n/a" if t["flagged_rate"] is None else f"{t['flagged_rate']:.1%}"
+    kept = t["flagged_frames"]
+    saved = "" if kept is None else (f", {kept['saved']} saved to flagged/ ({kept['kept']} kept"
+                                     + (f", {kept['missed']} missed)" if kept["missed"] else ")"))
     print(f"watch ({result.stopped_by}): {t['frames_scored']} frames from {t['cameras']} cameras, "
-          f"{t['flagged']} flagged "
-          f"({rate}), {t['reconnects']} reconnects, {t['frames_dropped']} dropped; reports in {result.out_dir}")
+          f"{t['flagged']} flagged ({rate}){saved}, {t['reconnects']} reconnects, {t['frames_dropped']} dropped; "
+          f"reports in {result.out_dir}")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -187,7 +187,10 @@ class WatchRecord:
                            "cameras_up": sum(c["up"] for c in cameras.values()), "frames_scored": scored,
                            "flagged": flagged, "flagged_rate": flagged / scored if scored else None,
                            "frames_dropped": sum(c["frames_dropped"] for c in cameras.values()),
-                           "reconnects": sum(c["reconnects"] for c in cameras.values())},
+                           "reconnects": sum(c["reconnects"] for c in cameras.values()),
+                           "flagged_frames": None if self.reports.flagged is None else {
+                               k: sum(c["flagged_frames"][k] for c in cameras.values())
+                               for k in ("saved", "kept", "missed")}},
                 "watch": {"running": stopped_by is None, "stopped_by": stopped_by, "started_time": self.started_unix,
                           "updated_time": time.time(), "uptime_s": round(time.monotonic() - self.started, 3),
                           "rotations": self.reports.log.rotations},
