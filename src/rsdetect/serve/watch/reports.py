@@ -216,7 +216,7 @@ class FlaggedFrames:
         self.dir.mkdir()
         self._kept: dict[str, deque[str]] = defaultdict(deque)
         self.saved: dict[str, int] = defaultdict(int)
-        self.missed: dict[str, int] = defaultdict(int)  # flagged without pixels (see rsdetect.video.stream)
+        self.missed: dict[str, int] = defaultdict(int)  # flagged, not saved: came without pixels, or unwritable
 
     def save(self, camera: str, stem: str, index: int, rgb: np.ndarray) -> str:
         """Write a camera's flagged frame; its path relative to the report folder. RsdetectError (one line) where it
