@@ -141,18 +141,28 @@ def ratio(fps: float, decode: float) -> str:
     return f"{fps / decode:6.2f}" if fps > 0 else f"{'-':>6s}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("videos", nargs="*", type=Path)
+def footage_args(doc: str, frames: int) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks run on footage: videos, model, params, frames and rounds."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("videos", nargs="*", type=Path, help="default: ../shared/data/footage/*.avi where present")
     ap.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--frames", type=int, default=400, help="frames per video and way (default 400)")
+    ap.add_argument("--frames", type=int, default=frames, help=f"frames per video and way (default {frames})")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best of each is kept (default 2)")
-    args = ap.parse_args()
+    return ap
+
+
+def footage(videos: list[Path]) -> list[Path]:
+    """The videos given, else the real footage in ../shared where present."""
+    return list(videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
+
+
+def main() -> None:
+    args = footage_args(__doc__, 400).parse_args()
     analysis = load_params(args.params).video.analysis
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
+        videos = footage(args.videos)
         videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
         videos.append(static_clip(Path(tmp) / "static_320x240.mp4", args.frames))
         # The decoder processes' forkserver starts with the first scan (~1 s of imports): started here, untimed, so

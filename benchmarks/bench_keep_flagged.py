@@ -10,14 +10,13 @@ Run: python benchmarks/bench_keep_flagged.py [--frames 600] [--repeat 2] [--read
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
 
-from bench_footage import FOOTAGE, ROOT, movers_clip
+from bench_footage import footage, footage_args, movers_clip
 
 from rsdetect.config import load_params
 from rsdetect.serve.loaders import load_model
@@ -41,19 +40,14 @@ def watch(path: Path, model, analysis, readout_ms: float, frames: int, keep: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("videos", nargs="*", type=Path)
-    ap.add_argument("--model", default=str(ROOT / "models" / "model.keras"))
-    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
-    ap.add_argument("--frames", type=int, default=600, help="frames per video and way (default 600)")
-    ap.add_argument("--repeat", type=int, default=2, help="interleaved rounds; the best of each is kept (default 2)")
+    ap = footage_args(__doc__, 600)
     ap.add_argument("--readout-ms", type=float, default=16.0, help="the readout every camera is told (default 16)")
     ap.add_argument("--keep", type=int, default=100, help="--keep-flagged N of the saving runs (default 100)")
     args = ap.parse_args()
     analysis = load_params(args.params).video.analysis
     model = load_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        videos = list(args.videos) or (sorted(FOOTAGE.glob("*.avi")) if FOOTAGE.is_dir() else [])
+        videos = footage(args.videos)
         videos.append(movers_clip(Path(tmp) / "movers_640x480.mp4", args.frames))
         watch(videos[-1], model, analysis, args.readout_ms, 2, 0, Path(tmp) / "warm-up")  # the forkserver's start
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
