@@ -87,9 +87,20 @@ def deskew_report(report: str | Path, out: str | Path, originals: bool = False) 
             saved[row["camera"]].append(row)
         else:
             by_camera[(row["camera"], row["source"])][row["frame_index"]] = row["unroll"]
-    stems = file_stems({*(camera for camera, _ in by_camera), *saved})
-    done = Deskewed(cameras=len({*(camera for camera, _ in by_camera), *saved}))
+    cameras = {*(camera for camera, _ in by_camera), *saved}
+    stems = file_stems(cameras)
+    done = Deskewed(cameras=len(cameras))
     with staged_dir(out) as stage:
+
+        def write(camera: str, index: int, rgb: np.ndarray, model: dict) -> None:
+            """One flagged frame undone into the stage: counted as written, or as skipped with why."""
+            why = write_frame(stage / f"{stems[camera]}_{index}", rgb, model, originals)
+            if why is None:
+                done.frames += 1
+            else:
+                done.skipped += 1
+                done.messages.append(f"{camera}: frame {index}: {why}")
+
         for camera, kept in saved.items():
             gone = 0
             for row in kept:
@@ -102,12 +113,7 @@ def deskew_report(report: str | Path, out: str | Path, originals: bool = False) 
                     else:
                         gone += 1
                     continue
-                written = write_frame(stage / f"{stems[camera]}_{row['frame_index']}",
-                                      cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), row["unroll"], originals)
-                done.frames += written is None
-                if written is not None:
-                    done.skipped += 1
-                    done.messages.append(f"{camera}: frame {row['frame_index']}: {written}")
+                write(camera, row["frame_index"], cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), row["unroll"])
             if gone:
                 done.skipped += gone
                 done.messages.append(f"{camera}: {gone} saved flagged frames no longer in {report}/flagged (a watch "
@@ -126,12 +132,7 @@ def deskew_report(report: str | Path, out: str | Path, originals: bool = False) 
                     for index, _, rgb, _ in frames:
                         model = wanted.pop(index, None)
                         if model is not None and rgb is not None:
-                            written = write_frame(stage / f"{stems[camera]}_{index}", rgb, model, originals)
-                            if written is None:
-                                done.frames += 1
-                            else:
-                                done.skipped += 1
-                                done.messages.append(f"{camera}: frame {index}: {written}")
+                            write(camera, index, rgb, model)
                         if not wanted:
                             break
             except SourceError as exc:

@@ -242,7 +242,7 @@ class FlaggedFrames:
         return f"flagged/{name}"
 
     def summary(self, camera: str) -> dict[str, int]:
-        """summary.json's `flagged_frames` of a camera: saved this session, on disk now, flagged without pixels."""
+        """summary.json's `flagged_frames` of a camera: saved this session, on disk now, flagged but not saved."""
         return {"saved": self.saved[camera], "kept": len(self._kept[camera]), "missed": self.missed[camera]}
 
 
