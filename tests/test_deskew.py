@@ -14,10 +14,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from rsdetect import cli  # noqa: E402
-from rsdetect.config import load_params  # noqa: E402
 from rsdetect.synth.clips import crop_box, render_camera, vibration  # noqa: E402
 
-from conftest import colour_model, texture  # noqa: E402
+from conftest import colour_model, params_group, texture  # noqa: E402
 
 FPS = 25.0
 FRAMES = 30
@@ -142,7 +141,7 @@ def test_a_live_cameras_flagged_frames_saved_by_watch_are_undone_from_the_saved_
     rolling, twin = clip("rolling"), clip("global")
     model = tmp_path / "colour.keras"
     colour_model(32).save(model)
-    analysis = load_params("params.yaml").video.analysis
+    analysis = params_group("video.analysis")
     with MjpegCamera(lambda i: cv2.cvtColor(rolling[i % FRAMES], cv2.COLOR_RGB2BGR), fps=FPS) as cam, \
             MetricsServer(WatchMetrics(), "127.0.0.1", 0) as server:
         (tmp_path / "cameras.yaml").write_text(f"cameras:\n  shake: {{source: '{cam.url}', "
